@@ -1,0 +1,219 @@
+"""`runsync`: the command line. A thin layer: parse options, call one module, print the result.
+
+Exit codes: 0 on success; 1 when the store or a transfer failed; 2 for bad input (options,
+annotations-style specs, URLs, run paths). A failure prints one line on stderr that names the
+thing, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import catalog, config, contract, keys, logs, sync as syncing, transfer
+from .errors import InputError, RunsyncError
+
+app = typer.Typer(
+    help="Save and restore training-run files in S3 (W&B-style), for pods and laptops alike.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+# Off a terminal (pipes, CI logs) tables get room instead of wrapping at 80 columns.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, soft_wrap=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+class _State:
+    store: str = ""
+
+
+@app.callback()
+def main(
+    store: Annotated[str, typer.Option(
+        "--store", envvar=contract.ENV_STORE, show_envvar=True,
+        help="s3://BUCKET/PREFIX of the store. Endpoint and keys come from the AWS_* variables.",
+    )] = "",
+    log_level: Annotated[str, typer.Option(help="Level of the JSON-lines log on stderr.")] = "warning",
+) -> None:
+    _State.store = store
+    logs.setup(sys.stderr, log_level.upper())
+
+
+@app.command("sync")
+def sync_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="The local run dir to upload.")],
+    run: Annotated[str, typer.Option("--run", help="NAMESPACE/PROJECT/RUN to store it as.")],
+    replica: Annotated[str, typer.Option(help="Replica name within the run.")] = contract.DEFAULT_REPLICA,
+    save: Annotated[Optional[str], typer.Option(
+        help="What to upload and how, as the runsync.dev/save annotation: GLOB[:POLICY],...")] = None,
+    ignore: Annotated[Optional[str], typer.Option(
+        help="Comma-separated globs never uploaded (runsync.dev/ignore).")] = None,
+    clean: Annotated[bool, typer.Option(
+        "--clean", help="Then delete the local files that are durable in the store.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Upload a local run dir once: changed files only, then commit a manifest."""
+    def go():
+        store, run_path = _store(), keys.RunPath.parse(run)
+        rules = config.parse_save(save, "--save") if save else ()
+        ignores = config.parse_globs(ignore, "--ignore") if ignore else ()
+        with _progress("uploading") as hooks:
+            return syncing.sync(run_dir, store, run_path, keys.check_replica(replica), rules, ignores,
+                                clean=clean, hooks=hooks)
+    report = _run(go)
+    if as_json:
+        out.print_json(json.dumps({
+            "uploaded": [e.name for e in report.uploaded], "uploaded_bytes": report.uploaded_bytes,
+            "unchanged": report.unchanged, "ignored": report.ignored,
+            "skipped": [{"path": p, "why": w} for p, w in report.skipped],
+            "failed": [{"path": p, "error": e} for p, e in report.failed],
+            "manifest": report.committed.seq if report.committed else None,
+            "cleaned": report.cleaned,
+        }))
+    else:
+        m = report.committed
+        note = ": nothing changed" if not report.uploaded else ""
+        out.print(f"uploaded {len(report.uploaded)} files ({_size(report.uploaded_bytes)}){note}; "
+                  f"{report.unchanged} unchanged, {report.ignored} ignored")
+        for path, why in report.skipped:
+            out.print(f"skipped {path}: {why}")
+        if m is not None:
+            out.print(f"manifest {m.seq} of {run} replica {replica}: {len(m.files)} files, {_size(m.size)}")
+        if clean:
+            out.print(f"cleaned {len(report.cleaned)} local files")
+    if report.failed:
+        for path, error in report.failed:
+            err.print(f"runsync: error: {path}: {error}", markup=False, highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command("ls")
+def ls_cmd(
+    run: Annotated[str, typer.Argument(help="NAMESPACE/PROJECT/RUN")],
+    as_json: JsonOpt = False,
+) -> None:
+    """The files of the run's latest committed manifest (every replica): name, size, time, checksum."""
+    def go():
+        store, run_path = _store(), keys.RunPath.parse(run)
+        s3 = transfer.client()
+        transfer.check_store(s3, store)
+        return _store_call(lambda: catalog.files(s3, store, run_path), store, s3)
+    found = _run(go)
+    rows = [(replica, m.seq, e) for replica, m in found for e in sorted(m.files.values(), key=lambda e: e.name)]
+    if as_json:
+        out.print_json(json.dumps([{
+            "replica": r, "manifest": seq, "name": e.name, "size": e.size, "mtime": e.mtime_ns / 1e9,
+            "sha256": e.sha256, "policy": e.policy, "key": e.key} for r, seq, e in rows]))
+        return
+    if not found:
+        err.print(f"runsync: {run} has no committed files in {_State.store}", markup=False, highlight=False)
+        return
+    table = Table("replica", "name", "size", "modified (UTC)", "sha256", box=None)
+    for r, _, e in rows:
+        table.add_row(r, e.name, _size(e.size), _time(e.mtime_ns / 1e9), e.sha256[:16], style=None)
+    out.print(table)
+
+
+@app.command("runs")
+def runs_cmd(
+    scope: Annotated[Optional[str], typer.Argument(help="NAMESPACE or NAMESPACE/PROJECT")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The runs in the store, with last update, size and state."""
+    def go():
+        store = _store()
+        namespace, _, project = (scope or "").partition("/")
+        if scope is not None:
+            keys.RunPath.parse(f"{namespace}/{project or 'x'}/x")  # validates both parts
+        s3 = transfer.client()
+        transfer.check_store(s3, store)
+        return _store_call(lambda: catalog.runs(s3, store, namespace or None, project or None), store, s3)
+    found = _run(go)
+    if as_json:
+        out.print_json(json.dumps([{
+            "run": str(r.path), "replicas": r.replicas, "files": r.files, "size": r.size,
+            "updated": r.updated, "state": r.state} for r in found]))
+        return
+    table = Table("run", "replicas", "files", "size", "updated (UTC)", "state", box=None)
+    for r in found:
+        table.add_row(str(r.path), str(r.replicas), str(r.files), _size(r.size),
+                      _time(r.updated) if r.updated else "-", r.state)
+    out.print(table)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _store() -> keys.StoreURL:
+    return keys.StoreURL.parse(_State.store)
+
+
+def _store_call(fn, store, s3):
+    try:
+        return fn()
+    except RunsyncError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - botocore failures become one clear line
+        raise transfer.describe(exc, store, s3) from None
+
+
+def _run(fn):
+    """Run a verb; a runsync error becomes one line on stderr and an exit code."""
+    try:
+        return fn()
+    except InputError as exc:
+        err.print(f"runsync: error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(2)
+    except RunsyncError as exc:
+        err.print(f"runsync: error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(1)
+
+
+class _progress:
+    """Rich progress bars on a terminal; nothing otherwise."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.bar: Progress | None = None
+
+    def __enter__(self) -> syncing.Hooks:
+        if not err.is_terminal:
+            return syncing.Hooks()
+        self.bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                            TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True)
+        self.bar.start()
+        task = self.bar.add_task(self.what, total=None)
+        bar = self.bar
+        return syncing.Hooks(
+            on_plan=lambda files, nbytes: bar.update(task, total=nbytes, description=f"{self.what} {files} files"),
+            on_bytes=lambda n: bar.advance(task, n),
+        )
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _time(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+if __name__ == "__main__":
+    app()

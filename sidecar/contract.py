@@ -1,0 +1,64 @@
+"""Names shared by the operator, the sidecar, restore-init, the CLI and the SDK.
+
+Every label, annotation key and environment variable of SPEC.md is spelt here once; code and
+tests use these constants, never the strings.
+"""
+
+from __future__ import annotations
+
+PREFIX = "runsync.dev/"
+
+# The label that opts a pod in: the webhook's objectSelector sends only pods that carry it.
+INJECT_LABEL = PREFIX + "inject"
+
+# --- Annotations (the pod's configuration). Meaning, format and default are in config.py. ---
+SAVE = PREFIX + "save"
+"""What to upload: `GLOB[:POLICY]` entries (commas or newlines), or a YAML list."""
+IGNORE = PREFIX + "ignore"
+"""Comma-separated globs never uploaded; they win over `save`."""
+RUN = PREFIX + "run"
+"""Run id; default: the owning Job's name, else the owner's name, else the pod's name."""
+PROJECT = PREFIX + "project"
+"""Groups runs; default `default`."""
+RESTORE = PREFIX + "restore"
+"""`auto` (default), `none`, or comma-separated globs."""
+RESTORE_FROM = PREFIX + "restore-from"
+"""`PROJECT/RUN` of another run of the same namespace to start from."""
+RESTORE_STRICT = PREFIX + "restore-strict"
+"""`true`: fail the pod when there is nothing to restore. Default `false`."""
+RESTORE_REPLICAS = PREFIX + "restore-replicas"
+"""`own` (default) or `all`."""
+STORE = PREFIX + "store"
+"""Name of the `Store` in the pod's namespace; default `default`."""
+RUN_DIR = PREFIX + "run-dir"
+"""Mount path of the run dir in the app containers; default `/runsync`."""
+VOLUME = PREFIX + "volume"
+"""Name of an existing pod volume to use as the run dir; default a new emptyDir."""
+CONTAINERS = PREFIX + "containers"
+"""Comma-separated app containers that get the run dir and env; default all."""
+COMPLETE_MARKER = PREFIX + "complete-marker"
+"""Comma-separated globs of files that mark a checkpoint directory complete."""
+REPLICA = PREFIX + "replica"
+"""This pod's replica name within the run; default derived from the owner."""
+STATUS = PREFIX + "status"
+"""Set by the operator (`injected`); never set by users."""
+
+ANNOTATIONS = (
+    SAVE, IGNORE, RUN, PROJECT, RESTORE, RESTORE_FROM, RESTORE_STRICT, RESTORE_REPLICAS,
+    STORE, RUN_DIR, VOLUME, CONTAINERS, COMPLETE_MARKER, REPLICA, STATUS,
+)
+
+STATUS_INJECTED = "injected"
+
+# --- In-pod environment (set by the operator, read by `runsync sidecar` and `restore-init`). ---
+ENV_DIR = "RUNSYNC_DIR"
+ENV_RUN_PATH = "RUNSYNC_RUN_PATH"
+ENV_REPLICA = "RUNSYNC_REPLICA"
+ENV_STORE = "RUNSYNC_STORE"
+ENV_ANNOTATIONS = "RUNSYNC_ANNOTATIONS"
+ENV_API = "RUNSYNC_API"
+
+DEFAULT_REPLICA = "0"
+DEFAULT_PROJECT = "default"
+DEFAULT_STORE = "default"
+DEFAULT_RUN_DIR = "/runsync"

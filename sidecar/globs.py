@@ -1,0 +1,119 @@
+"""Glob patterns over paths relative to the run dir: one semantics for save, ignore and restore.
+
+- Paths and patterns use `/`; a pattern is relative to the run dir. `./` in front is dropped.
+- `*` matches any characters but `/`; `?` one character but `/`; `[abc]`, `[a-z]`, `[!a]`
+  a class (never `/`). An unclosed `[` is literal. There is no escape character.
+- `**` as a whole segment matches zero or more directories: `**/x.pt`, `ckpt/**/shard-*`.
+  Inside a segment (`a**`) it is the same as `*`.
+- Wildcards match names starting with a dot (PyTorch DCP's `.metadata` must not be missed).
+- A pattern that names a directory matches every file below it: `ckpt/step-*` saves whole
+  checkpoint directories, as a `.gitignore` line does.
+- Absolute patterns and `..` segments would reach outside the run dir: `GlobError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+
+
+class GlobError(ValueError):
+    """A pattern that cannot be used; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Glob:
+    pattern: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pattern", normalize(self.pattern))
+        _compile(self.pattern)  # fail at construction, never at match time
+
+    def matches(self, relpath: str) -> bool:
+        """True when the file at `relpath` (relative, `/`-separated) is named by the pattern."""
+        return _compile(self.pattern).match(relpath) is not None
+
+    def __str__(self) -> str:
+        return self.pattern
+
+
+def normalize(pattern: str) -> str:
+    """The pattern without `./` and duplicate slashes; `GlobError` if it climbs out."""
+    if not pattern or not pattern.strip():
+        raise GlobError("empty pattern")
+    if pattern != pattern.strip():
+        raise GlobError("leading or trailing whitespace")
+    if "\x00" in pattern:
+        raise GlobError("NUL character")
+    if pattern.startswith("/"):
+        raise GlobError("absolute path; patterns are relative to the run dir")
+    segments = [s for s in pattern.split("/") if s not in ("", ".")]
+    if ".." in segments:
+        raise GlobError("'..' would reach outside the run dir")
+    if not segments:
+        raise GlobError("names the run dir itself; use '**' for every file")
+    return "/".join(segments)
+
+
+def matches_any(globs: tuple[Glob, ...] | list[Glob], relpath: str) -> bool:
+    return any(g.matches(relpath) for g in globs)
+
+
+@functools.lru_cache(maxsize=4096)
+def _compile(pattern: str) -> re.Pattern[str]:
+    segments = pattern.split("/")
+    parts: list[str] = []
+    for i, segment in enumerate(segments):
+        last = i == len(segments) - 1
+        if segment == "**":
+            parts.append(".*" if last else "(?:[^/]+/)*")
+        else:
+            parts.append(_segment(segment) + ("" if last else "/"))
+    # `(?:/.*)?`: a pattern that names a directory names everything below it.
+    try:
+        return re.compile("".join(parts) + "(?:/.*)?", re.DOTALL)
+    except re.error as err:  # e.g. a reversed range `[z-a]`
+        raise GlobError(f"bad character class: {err.msg}") from None
+
+
+def _segment(segment: str) -> str:
+    out: list[str] = []
+    i, n = 0, len(segment)
+    while i < n:
+        c = segment[i]
+        if c == "*":
+            while i < n and segment[i] == "*":
+                i += 1
+            out.append("[^/]*")
+            continue
+        if c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            end = _class_end(segment, i)
+            if end < 0:
+                out.append(re.escape(c))
+            else:
+                body = segment[i + 1 : end]
+                negate = body[:1] == "!"
+                if negate:
+                    body = body[1:]
+                body = body.replace("\\", "\\\\").replace("^", "\\^").replace("[", "\\[")
+                out.append(f"[^/{body}]" if negate else f"(?!/)[{body}]")
+                i = end + 1
+                continue
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+def _class_end(segment: str, start: int) -> int:
+    """Index of the `]` closing the class that opens at `start`, or -1 (then `[` is literal)."""
+    j = start + 1
+    if j < len(segment) and segment[j] == "!":
+        j += 1
+    if j < len(segment) and segment[j] == "]":  # `[]]` and `[!]]`: a literal `]` first
+        j += 1
+    end = segment.find("]", j)
+    return end

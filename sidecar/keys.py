@@ -1,0 +1,169 @@
+"""Where things live in the bucket: storage layout `format: 1`.
+
+    <prefix>/<namespace>/<project>/<run>/<replica>/files/<stored name>~<sha256[:16]>
+    <prefix>/<namespace>/<project>/<run>/<replica>/manifests/<seq:012d>.json
+    <prefix>/<namespace>/<project>/<run>/<replica>/lease.json
+    <prefix>/<namespace>/<project>/<run>/run.json
+
+A file's object key carries the start of its content's SHA-256, so an object is never
+overwritten: a committed manifest keeps naming exactly the bytes it was committed with, while a
+newer version of the same file is uploading (restore never sees a torn file). Identical content
+under one name is uploaded once. Manifests are numbered; the highest committed one is the latest.
+
+Stored names are `/`-separated paths relative to the run dir. A name that would land outside
+the run dir on restore (`..`, absolute, empty segments, NUL) is refused here, in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from .errors import RunPathError, StoreURLError
+
+FORMAT = 1
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_SEQ_KEY = re.compile(r"(\d{12})\.json")
+_HASH_CHARS = 16
+MAX_NAME_BYTES = 768  # S3 keys are at most 1024 bytes; leave room for prefix and layout
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreURL:
+    """`s3://BUCKET/PREFIX`: where a runsync store lives."""
+
+    bucket: str
+    prefix: str = ""
+
+    @classmethod
+    def parse(cls, url: str) -> "StoreURL":
+        fix = "expected s3://BUCKET or s3://BUCKET/PREFIX (set --store or RUNSYNC_STORE)"
+        if not url:
+            raise StoreURLError(f"store URL is empty; {fix}")
+        if not url.startswith("s3://"):
+            raise StoreURLError(f"store URL {url!r} does not start with s3://; {fix}")
+        bucket, _, prefix = url[len("s3://"):].partition("/")
+        if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+            raise StoreURLError(
+                f"store URL {url!r} has an invalid bucket name {bucket!r}; expected 3-63 "
+                "lowercase letters, digits, '.' or '-' (S3's bucket naming rules)"
+            )
+        segments = [s for s in prefix.split("/") if s]
+        if any(s in (".", "..") for s in segments) or "\x00" in prefix:
+            raise StoreURLError(f"store URL {url!r} has '.' or '..' in its prefix; {fix}")
+        return cls(bucket, "/".join(segments))
+
+    def key(self, *parts: str) -> str:
+        return "/".join(p for p in (self.prefix, *parts) if p)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPath:
+    """`NAMESPACE/PROJECT/RUN`: one run. The namespace is part of every key."""
+
+    namespace: str
+    project: str
+    run: str
+
+    @classmethod
+    def parse(cls, text: str) -> "RunPath":
+        parts = text.split("/")
+        if len(parts) != 3:
+            raise RunPathError(
+                f"run path {text!r} is not NAMESPACE/PROJECT/RUN; expected e.g. team-a/default/bert-1"
+            )
+        namespace, project, run = parts
+        if not _NAMESPACE.fullmatch(namespace):
+            raise RunPathError(
+                f"run path {text!r}: namespace {namespace!r} is not a Kubernetes namespace name "
+                "(1-63 lowercase letters, digits or '-')"
+            )
+        for what, value in (("project", project), ("run", run)):
+            if not _NAME.fullmatch(value):
+                raise RunPathError(
+                    f"run path {text!r}: {what} {value!r} is invalid; expected 1-128 letters, "
+                    "digits, '.', '_' or '-', starting with a letter or digit"
+                )
+        return cls(namespace, project, run)
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.project}/{self.run}"
+
+
+def check_replica(replica: str) -> str:
+    if not _NAME.fullmatch(replica) or len(replica) > 63:
+        raise RunPathError(f"replica {replica!r} is invalid; expected 1-63 letters, digits, '.', '_' or '-'")
+    return replica
+
+
+def check_stored_name(name: str) -> str:
+    """`name` if it stays inside the run dir when restored; `RunPathError` otherwise."""
+    problem = None
+    if not name:
+        problem = "is empty"
+    elif name.startswith("/"):
+        problem = "is absolute"
+    elif "\x00" in name or "\\" in name:
+        problem = "contains NUL or a backslash"
+    elif any(seg in ("", ".", "..") for seg in name.split("/")):
+        problem = "has an empty, '.' or '..' segment"
+    elif len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        problem = f"is longer than {MAX_NAME_BYTES} bytes"
+    if problem:
+        raise RunPathError(f"stored name {name!r} {problem}; it would not stay inside the run dir")
+    return name
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """The keys of one replica of one run in one store."""
+
+    store: StoreURL
+    run: RunPath
+    replica: str
+
+    def __post_init__(self) -> None:
+        check_replica(self.replica)
+
+    @property
+    def run_prefix(self) -> str:
+        return self.store.key(self.run.namespace, self.run.project, self.run.run) + "/"
+
+    @property
+    def replica_prefix(self) -> str:
+        return f"{self.run_prefix}{self.replica}/"
+
+    @property
+    def manifests_prefix(self) -> str:
+        return f"{self.replica_prefix}manifests/"
+
+    @property
+    def lease_key(self) -> str:
+        return f"{self.replica_prefix}lease.json"
+
+    @property
+    def run_metadata_key(self) -> str:
+        return f"{self.run_prefix}run.json"
+
+    def file_key(self, name: str, sha256: str) -> str:
+        return f"{self.replica_prefix}files/{check_stored_name(name)}~{sha256[:_HASH_CHARS]}"
+
+    def manifest_key(self, seq: int) -> str:
+        return f"{self.manifests_prefix}{seq:012d}.json"
+
+    def manifest_seq(self, key: str) -> int | None:
+        """The sequence number of a manifest key, or None for any other key."""
+        if not key.startswith(self.manifests_prefix):
+            return None
+        match = _SEQ_KEY.fullmatch(key[len(self.manifests_prefix):])
+        return int(match.group(1)) if match else None
+
+
+def namespaces_prefix(store: StoreURL) -> str:
+    return store.key() + "/" if store.prefix else ""

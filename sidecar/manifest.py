@@ -1,0 +1,167 @@
+"""Committed manifests: which bytes make up a replica's files at one moment.
+
+A manifest names each file's stored name, object key, size, modification time, SHA-256 and
+policy. It is written only after every file it names is durable, under the next sequence
+number and with `If-None-Match: *`, so two writers can never both commit the same number (the
+loser gets `CommitConflict` and must re-read). The latest manifest is the highest number.
+
+A manifest read from the store is untrusted input: names that escape the run dir and keys
+outside the replica's own `files/` are refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import re
+import time
+from collections.abc import Iterable, Mapping
+
+from botocore.exceptions import ClientError
+
+from . import keys
+from .errors import StoreError
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class CommitConflict(StoreError):
+    """Another writer committed this sequence number first."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FileEntry:
+    name: str
+    key: str
+    size: int
+    mtime_ns: int
+    sha256: str
+    policy: str = "end"
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    run: str
+    replica: str
+    seq: int
+    created: float
+    files: Mapping[str, FileEntry]
+    final: bool = False
+    """True when the run ended (a final flush, or a one-shot `runsync sync`)."""
+    writer: str = ""
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files.values())
+
+    def to_json(self) -> bytes:
+        doc = {
+            "format": keys.FORMAT,
+            "run": self.run,
+            "replica": self.replica,
+            "seq": self.seq,
+            "created": self.created,
+            "final": self.final,
+            "writer": self.writer,
+            "files": [dataclasses.asdict(f) for f in sorted(self.files.values(), key=lambda f: f.name)],
+        }
+        return json.dumps(doc, indent=1, ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, layout: keys.Layout, source: str) -> "Manifest":
+        """Parse and check a stored manifest; `StoreError` naming `source` if it is unusable."""
+        try:
+            doc = json.loads(data)
+            if doc.get("format") != keys.FORMAT:
+                raise ValueError(f"format {doc.get('format')!r} is not {keys.FORMAT}")
+            files: dict[str, FileEntry] = {}
+            for raw in doc["files"]:
+                entry = FileEntry(
+                    name=str(raw["name"]), key=str(raw["key"]), size=int(raw["size"]),
+                    mtime_ns=int(raw["mtime_ns"]), sha256=str(raw["sha256"]),
+                    policy=str(raw.get("policy", "end")),
+                )
+                keys.check_stored_name(entry.name)
+                if not entry.key.startswith(layout.replica_prefix + "files/"):
+                    raise ValueError(f"file {entry.name!r} points outside the replica: {entry.key!r}")
+                if not _SHA256.fullmatch(entry.sha256) or entry.size < 0:
+                    raise ValueError(f"file {entry.name!r} has a bad checksum or size")
+                files[entry.name] = entry
+            return cls(
+                run=str(doc["run"]), replica=str(doc["replica"]), seq=int(doc["seq"]),
+                created=float(doc["created"]), files=files, final=bool(doc.get("final", False)),
+                writer=str(doc.get("writer", "")),
+            )
+        except (ValueError, KeyError, TypeError) as err:
+            raise StoreError(f"manifest {source} is unreadable ({err}); it was not written by "
+                             f"runsync format {keys.FORMAT} or is damaged") from None
+
+
+def latest(client, layout: keys.Layout) -> Manifest | None:
+    """The highest-numbered committed manifest of the replica, or None if it has none."""
+    seq = latest_seq(client, layout)
+    if seq is None:
+        return None
+    key = layout.manifest_key(seq)
+    body = client.get_object(Bucket=layout.store.bucket, Key=key)["Body"].read()
+    return Manifest.from_json(body, layout, f"s3://{layout.store.bucket}/{key}")
+
+
+def latest_seq(client, layout: keys.Layout) -> int | None:
+    best = None
+    paginator = client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=layout.store.bucket, Prefix=layout.manifests_prefix):
+        for obj in page.get("Contents", ()):
+            seq = layout.manifest_seq(obj["Key"])
+            if seq is not None and (best is None or seq > best):
+                best = seq
+    return best
+
+
+def commit(
+    client,
+    layout: keys.Layout,
+    previous: Manifest | None,
+    changes: Iterable[FileEntry],
+    final: bool,
+    writer: str,
+    now: float | None = None,
+) -> Manifest:
+    """Commit `previous`'s files updated by `changes` (all durable) as the next manifest."""
+    files = dict(previous.files) if previous else {}
+    files.update((entry.name, entry) for entry in changes)
+    manifest = Manifest(
+        run=str(layout.run), replica=layout.replica, seq=(previous.seq + 1) if previous else 1,
+        created=time.time() if now is None else now, files=files, final=final, writer=writer,
+    )
+    body = manifest.to_json()
+    key = layout.manifest_key(manifest.seq)
+    try:
+        client.put_object(
+            Bucket=layout.store.bucket, Key=key, Body=body, IfNoneMatch="*",
+            ContentType="application/json",
+            ChecksumSHA256=base64.b64encode(hashlib.sha256(body).digest()).decode(),
+        )
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+            raise CommitConflict(f"manifest {manifest.seq} of {layout.run} replica "
+                                 f"{layout.replica} was committed by another writer") from None
+        raise
+    return manifest
+
+
+def replicas(client, store: keys.StoreURL, run: keys.RunPath) -> list[str]:
+    """The replicas of a run that have stored anything."""
+    prefix = keys.Layout(store, run, "0").run_prefix
+    return [p[len(prefix):-1] for p in list_prefixes(client, store.bucket, prefix)]
+
+
+def list_prefixes(client, bucket: str, prefix: str) -> list[str]:
+    """The `/`-delimited child prefixes under `prefix` (one level of the layout)."""
+    found: list[str] = []
+    paginator = client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+        found.extend(p["Prefix"] for p in page.get("CommonPrefixes", ()))
+    return found

@@ -1,0 +1,168 @@
+"""One-shot upload of a local run dir: scan → plan → hash → transfer → commit → (clean).
+
+This is `runsync sync`. The sidecar runs the same plan, transfer and manifest steps on events.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from . import config, globs, keys, manifest, plan, transfer, watch
+from .errors import StoreError
+from .logs import log
+
+
+@dataclasses.dataclass
+class SyncReport:
+    uploaded: list[manifest.FileEntry] = dataclasses.field(default_factory=list)
+    unchanged: int = 0
+    ignored: int = 0
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    """(path, why) of files not uploaded: symlinks, collisions, names S3 cannot hold."""
+    failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    """(path, error) of uploads that failed; the rest was still committed."""
+    committed: manifest.Manifest | None = None
+    cleaned: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def uploaded_bytes(self) -> int:
+        return sum(e.size for e in self.uploaded)
+
+
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+    """How a caller watches progress (the CLI draws bars with these)."""
+
+    on_plan: Callable[[int, int], None] = lambda files, nbytes: None
+    on_bytes: Callable[[int], None] = lambda n: None
+
+
+def sync(
+    run_dir: str | Path,
+    store: keys.StoreURL,
+    run: keys.RunPath,
+    replica: str = "0",
+    rules: tuple[config.SaveRule, ...] = (),
+    ignore: tuple[globs.Glob, ...] = (),
+    clean: bool = False,
+    settings: transfer.Settings = transfer.Settings(),
+    hooks: Hooks = Hooks(),
+) -> SyncReport:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise StoreError(f"run dir {str(run_dir)!r} is not a directory; fix: pass an existing directory")
+    s3 = transfer.client(settings)
+    transfer.check_store(s3, store)
+    try:
+        return _sync(s3, run_dir, keys.Layout(store, run, replica), rules, ignore, clean, settings, hooks)
+    except (ClientError, BotoCoreError) as err:
+        raise transfer.describe(err, store, s3) from None
+
+
+def _sync(s3, run_dir, layout, rules, ignore, clean, settings, hooks) -> SyncReport:
+    store = layout.store
+    report = SyncReport()
+    durable = manifest.latest(s3, layout)
+
+    found = watch.scan(run_dir)
+    report.skipped += [(p, "symlink, not followed") for p in found.symlinks]
+    report.skipped += [(p, "not valid UTF-8, cannot be an S3 key") for p in found.unnamable]
+    the_plan = plan.for_sync(rules, ignore, found.files, durable)
+    report.ignored = len(the_plan.ignored)
+    report.unchanged = len(the_plan.unchanged)
+    report.skipped += [(b.file.relpath, f"same stored name {b.name!r} as {a.file.relpath!r}")
+                       for a, b in the_plan.collisions]
+
+    digests = _hash_all(the_plan.uploads, report)
+    changes: list[manifest.FileEntry] = []
+    to_upload: list[tuple[plan.Intent, transfer.Upload]] = []
+    for intent, digest in digests:
+        previous = durable.files.get(intent.name) if durable else None
+        if previous is not None and previous.sha256 == digest.sha256:
+            # Touched, not changed: record the new mtime, upload nothing.
+            changes.append(dataclasses.replace(previous, mtime_ns=digest.mtime_ns))
+            report.unchanged += 1
+            continue
+        key = layout.file_key(intent.name, digest.sha256)
+        to_upload.append((intent, transfer.Upload(intent.file.path, key, digest)))
+
+    hooks.on_plan(len(to_upload), sum(u.digest.size for _, u in to_upload))
+    by_path = {u.path: intent for intent, u in to_upload}
+    with transfer.Transfers(s3, store, settings) as transfers:
+        for up, err in transfers.upload((u for _, u in to_upload), hooks.on_bytes):
+            intent = by_path[up.path]
+            if err is not None:
+                report.failed.append((intent.file.relpath, str(err)))
+                log.warning("upload failed", extra={"fields": {"file": intent.file.relpath, "error": str(err)}})
+                continue
+            entry = manifest.FileEntry(intent.name, up.key, up.digest.size, up.digest.mtime_ns,
+                                       up.digest.sha256, intent.policy.value)
+            changes.append(entry)
+            report.uploaded.append(entry)
+
+    if changes or durable is None or not durable.final:
+        report.committed = _commit(s3, layout, durable, changes)
+    else:
+        report.committed = durable
+    if clean:
+        report.cleaned = _clean(the_plan, digests, report.committed)
+    return report
+
+
+def _hash_all(intents, report: SyncReport) -> list[tuple[plan.Intent, transfer.Digest]]:
+    """Hash in parallel (hashlib releases the GIL); files still being written are skipped."""
+    def one(intent: plan.Intent):
+        try:
+            return intent, transfer.hash_file(intent.file.path)
+        except transfer.FileChanged:
+            report.skipped.append((intent.file.relpath, "changed while reading; not complete"))
+        except FileNotFoundError:
+            report.skipped.append((intent.file.relpath, "deleted before upload"))
+        return None
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        return [r for r in pool.map(one, intents) if r is not None]
+
+
+def _commit(s3, layout, durable, changes) -> manifest.Manifest:
+    writer = f"sync@{socket.gethostname()}:{os.getpid()}"
+    for _ in range(5):
+        try:
+            return manifest.commit(s3, layout, durable, changes, final=True, writer=writer)
+        except manifest.CommitConflict:
+            durable = manifest.latest(s3, layout)  # another writer won: merge onto its manifest
+    raise StoreError(f"could not commit a manifest for {layout.run} replica {layout.replica}: "
+                     "another writer keeps committing; fix: stop the other writer and retry")
+
+
+def _clean(the_plan: plan.SyncPlan, digests, committed: manifest.Manifest) -> list[str]:
+    """Delete the local files whose exact content is in the committed manifest, and only those.
+
+    Every file is hashed again right before it is deleted unless it was hashed in this run
+    and has not changed since: a size-and-mtime match is good enough to skip an upload, not
+    to delete someone's data.
+    """
+    hashed = {intent.file.path: d for intent, d in digests}
+    candidates = [i for i in the_plan.uploads] + [i for i, _ in the_plan.unchanged]
+    cleaned = []
+    for intent in candidates:
+        entry = committed.files.get(intent.name)
+        if entry is None:
+            continue
+        try:
+            digest = hashed.get(intent.file.path)
+            st = os.stat(intent.file.path)
+            if digest is None or (st.st_size, st.st_mtime_ns) != (digest.size, digest.mtime_ns):
+                digest = transfer.hash_file(intent.file.path)
+        except (FileNotFoundError, transfer.FileChanged):
+            continue
+        if digest.sha256 == entry.sha256:
+            os.unlink(intent.file.path)
+            cleaned.append(intent.file.relpath)
+    return sorted(cleaned)

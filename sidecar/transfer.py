@@ -1,0 +1,221 @@
+"""Upload and download intents through boto3's transfer manager (multipart, concurrency).
+
+Credentials, region and endpoint come from the standard AWS variables, which boto3 reads
+itself (`AWS_ENDPOINT_URL_S3` for S3-compatible services). Every botocore failure leaves this
+module as a `StoreError` whose message names the store, the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent import futures
+from pathlib import Path
+
+import boto3
+import botocore.config
+from botocore.exceptions import (
+    BotoCoreError, ClientError, ConnectionError as BotoConnectionError, NoCredentialsError,
+    NoRegionError, PartialCredentialsError,
+)
+from s3transfer.manager import TransferConfig, TransferManager
+from s3transfer.subscribers import BaseSubscriber
+
+from . import keys
+from .errors import StoreError
+
+MiB = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Knobs of the S3 client and the transfer manager."""
+
+    multipart_threshold: int = 16 * MiB
+    """Files at least this large go multipart; smaller ones are one PUT checked by S3 against
+    our own SHA-256."""
+    multipart_chunksize: int = 16 * MiB
+    """Part size. Memory in flight is about `max_concurrency` x this."""
+    max_concurrency: int = 10
+    """Parallel requests of one transfer manager (parts and files together)."""
+    connect_timeout: float = 3.0
+    """Seconds to open a connection: an unreachable endpoint fails fast, then is retried."""
+    read_timeout: float = 60.0
+    max_attempts: int = 4
+    """Attempts per request, with botocore's standard backoff between them."""
+
+
+def client(settings: Settings = Settings()):
+    """An S3 client from the standard AWS environment."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    config = botocore.config.Config(
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        retries={"mode": "standard", "max_attempts": settings.max_attempts},
+        max_pool_connections=max(settings.max_concurrency * 2, 10),
+        # S3-compatible servers on an IP or a plain host name need path-style URLs.
+        s3={"addressing_style": "path" if endpoint else "auto"},
+    )
+    return boto3.session.Session().client("s3", region_name=region, config=config)
+
+
+def describe(err: Exception, store: keys.StoreURL, client_=None) -> StoreError:
+    """A botocore failure → one `StoreError` line: what failed, with which value, and the fix."""
+    endpoint = getattr(getattr(client_, "meta", None), "endpoint_url", None) or "AWS S3"
+    key_id = os.environ.get("AWS_ACCESS_KEY_ID", "")
+    if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
+        return StoreError(f"no AWS credentials for {store}; fix: set AWS_ACCESS_KEY_ID and "
+                          "AWS_SECRET_ACCESS_KEY (or use workload identity)")
+    if isinstance(err, NoRegionError):
+        return StoreError(f"no AWS region for {store}; fix: set AWS_REGION")
+    if isinstance(err, BotoConnectionError):
+        return StoreError(f"cannot reach the S3 endpoint {endpoint} for {store} ({type(err).__name__}); "
+                          "fix: check AWS_ENDPOINT_URL_S3 and that the server is up")
+    if isinstance(err, ClientError):
+        code = err.response.get("Error", {}).get("Code", "")
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code == "SignatureDoesNotMatch":
+            return StoreError(f"the secret key for access key {key_id!r} is wrong at {endpoint} "
+                              f"(SignatureDoesNotMatch); fix: set AWS_SECRET_ACCESS_KEY to that key's secret")
+        if code == "InvalidAccessKeyId":
+            return StoreError(f"access key {key_id!r} is unknown to {endpoint} (InvalidAccessKeyId); "
+                              "fix: set AWS_ACCESS_KEY_ID to a key of that service")
+        if code in ("NoSuchBucket",) or (status == 404 and code in ("404", "NotFound")):
+            return StoreError(f"bucket {store.bucket!r} does not exist at {endpoint} (NoSuchBucket); "
+                              "fix: create it, or correct --store / RUNSYNC_STORE")
+        if code in ("AccessDenied", "403", "Forbidden"):
+            return StoreError(f"access key {key_id!r} may not use {store} at {endpoint} (AccessDenied); "
+                              "fix: grant it s3:ListBucket, s3:GetObject and s3:PutObject there")
+        if code == "BadDigest" or code.startswith("InvalidChecksum"):
+            return StoreError(f"{store}: S3 refused an upload whose checksum did not match ({code}); "
+                              "the file changed while uploading or the network corrupted it; retry")
+        return StoreError(f"S3 error {code or status} on {store} at {endpoint}: "
+                          f"{err.response.get('Error', {}).get('Message', err)}")
+    if isinstance(err, BotoCoreError):
+        return StoreError(f"S3 client error on {store} at {endpoint}: {err}")
+    return StoreError(f"{store}: {err}")
+
+
+def check_store(s3, store: keys.StoreURL) -> None:
+    """Fail fast with a clear message when the bucket cannot be listed with these credentials."""
+    try:
+        s3.list_objects_v2(Bucket=store.bucket, Prefix=store.key() or "", MaxKeys=1)
+    except Exception as err:  # noqa: BLE001 - every failure becomes one StoreError
+        raise describe(err, store, s3) from None
+
+
+# ------------------------------------------------------------------------------ hashing
+
+class FileChanged(Exception):
+    """The file changed while it was read: it is not complete yet."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Digest:
+    sha256: str
+    size: int
+    mtime_ns: int
+
+
+def hash_file(path: str | Path, block: int = 4 * MiB) -> Digest:
+    """SHA-256 of a file, with the size and mtime it had; `FileChanged` if it moved meanwhile."""
+    before = os.stat(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    after = os.stat(path)
+    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+        raise FileChanged(str(path))
+    return Digest(h.hexdigest(), after.st_size, after.st_mtime_ns)
+
+
+# ------------------------------------------------------------------------------ transfers
+
+@dataclasses.dataclass(frozen=True)
+class Upload:
+    """One file to put at `key`, whose content had `digest` when it was hashed."""
+
+    path: str
+    key: str
+    digest: Digest
+
+
+class _Progress(BaseSubscriber):
+    def __init__(self, on_bytes: Callable[[int], None]):
+        self._on_bytes = on_bytes
+
+    def on_progress(self, future, bytes_transferred, **kwargs):
+        self._on_bytes(bytes_transferred)
+
+
+class Transfers:
+    """A transfer manager bound to one store; use as a context manager."""
+
+    def __init__(self, s3, store: keys.StoreURL, settings: Settings = Settings()):
+        self.s3 = s3
+        self.store = store
+        self.settings = settings
+        self._manager = TransferManager(s3, TransferConfig(
+            multipart_threshold=settings.multipart_threshold,
+            multipart_chunksize=settings.multipart_chunksize,
+            max_request_concurrency=settings.max_concurrency,
+        ))
+
+    def __enter__(self) -> "Transfers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._manager.shutdown(cancel=exc[0] is not None)
+
+    def upload(
+        self, uploads: Iterable[Upload], on_bytes: Callable[[int], None] = lambda n: None,
+    ) -> Iterator[tuple[Upload, Exception | None]]:
+        """Submit every upload, then yield `(upload, None)` once it is durable, or its error.
+
+        An upload whose file changed after it was hashed yields `FileChanged`: its object
+        holds other bytes than the digest says, so it must not enter a manifest.
+        """
+        submitted = []
+        for up in uploads:
+            extra = {"ChecksumAlgorithm": "SHA256"}
+            if up.digest.size < self.settings.multipart_threshold:
+                # One PUT: S3 checks the bytes it stores against the digest we computed.
+                extra = {"ChecksumSHA256": base64.b64encode(bytes.fromhex(up.digest.sha256)).decode()}
+            future = self._manager.upload(up.path, self.store.bucket, up.key, extra_args=extra,
+                                          subscribers=[_Progress(on_bytes)])
+            submitted.append((up, future))
+        for up, future in submitted:
+            try:
+                future.result()
+            except Exception as err:  # noqa: BLE001 - reported per file
+                yield up, (describe(err, self.store, self.s3) if isinstance(err, (ClientError, BotoCoreError)) else err)
+                continue
+            st = os.stat(up.path)
+            if (st.st_size, st.st_mtime_ns) != (up.digest.size, up.digest.mtime_ns):
+                yield up, FileChanged(up.path)
+            else:
+                yield up, None
+
+    def download(self, key: str, dest: str | Path, sha256: str,
+                 on_bytes: Callable[[int], None] = lambda n: None) -> None:
+        """Download `key` to `dest` through a temp file, verified against `sha256`, then renamed."""
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.runsync-part")
+        try:
+            self._manager.download(self.store.bucket, key, str(tmp),
+                                   subscribers=[_Progress(on_bytes)]).result()
+            got = hash_file(tmp).sha256
+            if got != sha256:
+                raise StoreError(f"checksum mismatch for s3://{self.store.bucket}/{key}: stored "
+                                 f"{sha256}, downloaded {got}; the object is damaged")
+            os.replace(tmp, dest)
+        except (ClientError, BotoCoreError) as err:
+            raise describe(err, self.store, self.s3) from None
+        finally:
+            tmp.unlink(missing_ok=True)
