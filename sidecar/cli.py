@@ -82,14 +82,14 @@ def sync_cmd(
     else:
         m = report.committed
         note = ": nothing changed" if not report.uploaded else ""
-        out.print(f"uploaded {len(report.uploaded)} files ({_size(report.uploaded_bytes)}){note}; "
+        out.print(f"uploaded {_files(len(report.uploaded))} ({_size(report.uploaded_bytes)}){note}; "
                   f"{report.unchanged} unchanged, {report.ignored} ignored")
         for path, why in report.skipped:
             out.print(f"skipped {path}: {why}")
         if m is not None:
-            out.print(f"manifest {m.seq} of {run} replica {replica}: {len(m.files)} files, {_size(m.size)}")
+            out.print(f"manifest {m.seq} of {run} replica {replica}: {_files(len(m.files))}, {_size(m.size)}")
         if clean:
-            out.print(f"cleaned {len(report.cleaned)} local files")
+            out.print(f"cleaned {_files(len(report.cleaned))}")
     if report.failed:
         for path, error in report.failed:
             err.print(f"runsync: error: {path}: {error}", markup=False, highlight=False)
@@ -200,6 +200,10 @@ class _progress:
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def _files(n: int) -> str:
+    return f"{n} file" if n == 1 else f"{n} files"
 
 
 def _size(n: int) -> str:

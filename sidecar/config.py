@@ -361,7 +361,9 @@ def read_annotations_file(path: str | Path) -> dict[str, str]:
 def parse_annotations_file(text: str) -> dict[str, str]:
     """`key="value"` lines, values quoted as Go's `strconv.Quote` does → a dict."""
     result: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), 1):
+    # Only "\n" ends a line: values are quoted, and str.splitlines() would also split on
+    # characters such as U+001E or U+2028 that may appear unescaped in a value.
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         key, sep, quoted = line.partition("=")

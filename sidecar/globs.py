@@ -32,7 +32,7 @@ class Glob:
 
     def matches(self, relpath: str) -> bool:
         """True when the file at `relpath` (relative, `/`-separated) is named by the pattern."""
-        return _compile(self.pattern).match(relpath) is not None
+        return _compile(self.pattern).fullmatch(relpath) is not None
 
     def __str__(self) -> str:
         return self.pattern

@@ -1,0 +1,61 @@
+"""Glob semantics, as written in runsync.globs' docstring."""
+
+import pytest
+
+from runsync.globs import Glob, GlobError
+
+MATCHES = [
+    # pattern, path, matches
+    ("*.pt", "model.pt", True),
+    ("*.pt", "ckpt/model.pt", False),          # * does not cross /
+    ("ckpt/*.pt", "ckpt/model.pt", True),
+    ("ckpt/*.pt", "ckpt/sub/model.pt", False),
+    ("**/*.pt", "model.pt", True),             # ** matches zero directories
+    ("**/*.pt", "a/b/c/model.pt", True),       # ... or many
+    ("ckpt/**/shard-*", "ckpt/shard-0", True),
+    ("ckpt/**/shard-*", "ckpt/step-1/rank-0/shard-0", True),
+    ("ckpt/**", "ckpt/a/b", True),
+    ("**", "anything/at/all", True),
+    ("ckpt/step-*", "ckpt/step-10/.metadata", True),   # a directory names the files below it
+    ("ckpt/step-*", "ckpt/step-10", True),
+    ("ckpt/step-*", "ckpt/other/step-10", False),
+    ("*", ".metadata", True),                  # dotfiles are matched
+    ("step-?", "step-1", True),
+    ("step-?", "step-10", False),
+    ("?", "/", False),
+    ("step-[0-4]", "step-3", True),
+    ("step-[0-4]", "step-7", False),
+    ("step-[!0-4]", "step-7", True),
+    ("step-[!0-4]", "step-3", False),
+    ("a[/]b", "a/b", False),                   # a class never matches /
+    ("[a", "[a", True),                        # an unclosed [ is literal
+    ("a**b", "axxb", True),                    # ** inside a segment is *
+    ("a**b", "ax/xb", False),
+    ("./logs/*.txt", "logs/x.txt", True),      # ./ is dropped
+    ("logs//x.txt", "logs/x.txt", True),
+    ("model.pt", "model-pt", False),           # . is literal
+    ("a+b(c)", "a+b(c)", True),                # regex characters are literal
+    ("ckpt", "ckpt2/x", False),
+]
+
+
+@pytest.mark.parametrize("pattern,path,expected", MATCHES)
+def test_matches(pattern, path, expected):
+    assert Glob(pattern).matches(path) is expected
+
+
+@pytest.mark.parametrize("pattern,reason", [
+    ("", "empty"),
+    ("  ", "empty"),
+    ("/etc/passwd", "absolute"),
+    ("../x", "outside"),
+    ("a/../../x", "outside"),
+    ("ckpt/..", "outside"),
+    (".", "run dir itself"),
+    ("./", "run dir itself"),
+    ("[z-a]", "class"),
+    (" a", "whitespace"),
+])
+def test_refused(pattern, reason):
+    with pytest.raises(GlobError, match=reason):
+        Glob(pattern)
