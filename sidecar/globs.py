@@ -98,7 +98,8 @@ def _segment(segment: str) -> str:
                 negate = body[:1] == "!"
                 if negate:
                     body = body[1:]
-                body = body.replace("\\", "\\\\").replace("^", "\\^").replace("[", "\\[")
+                # Escape what re treats specially in a set (and may one day treat as set ops).
+                body = "".join("\\" + ch if ch in "\\^[&~|" else ch for ch in body)
                 out.append(f"[^/{body}]" if negate else f"(?!/)[{body}]")
                 i = end + 1
                 continue

@@ -1,6 +1,9 @@
 """Glob semantics, as written in runsync.globs' docstring."""
 
+import warnings
+
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from runsync.globs import Glob, GlobError
 
@@ -59,3 +62,20 @@ def test_matches(pattern, path, expected):
 def test_refused(pattern, reason):
     with pytest.raises(GlobError, match=reason):
         Glob(pattern)
+
+
+GLOB_CHARS = st.sampled_from(list("ab/.*?[]!-^\\&~|{},: ") + ["**", "..", "[a-z]", "[!"])
+
+
+@settings(max_examples=500)
+@given(st.lists(GLOB_CHARS, max_size=12).map("".join), st.text(alphabet="ab/.-|&~^\\[]", max_size=12))
+def test_any_pattern_is_a_glob_or_a_glob_error(pattern, path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # re's FutureWarnings about set syntax too
+        try:
+            glob = Glob(pattern)
+        except GlobError:
+            return
+        assert glob.matches(path) in (True, False)
+        if "/" not in path and not any(c in pattern for c in "*?["):
+            assert glob.matches(path) == (glob.pattern == path)
