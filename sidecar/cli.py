@@ -150,6 +150,24 @@ def runs_cmd(
     out.print(table)
 
 
+@app.command("sidecar")
+def sidecar_cmd(
+    pre_stop: Annotated[bool, typer.Option(
+        "--pre-stop", help="Be the preStop hook: tell the running sidecar to start its final flush.")] = False,
+    settle_seconds: Annotated[float, typer.Option(
+        help="A file found by a rescan (not an event) counts as complete after this long unchanged.")] = 5.0,
+    rescan_seconds: Annotated[float, typer.Option(help="Seconds between safety-net rescans.")] = 60.0,
+) -> None:
+    """Watch the run dir and upload under the pod's policies (configured by RUNSYNC_* variables)."""
+    from . import engine, runner  # the in-pod roles load their machinery only when used
+
+    if pre_stop:
+        out.print(_run(runner.pre_stop))
+        return
+    settings = engine.Settings(settle=settle_seconds, rescan=rescan_seconds)
+    raise typer.Exit(_run(lambda: runner.run(settings)))
+
+
 # ----------------------------------------------------------------------------- helpers
 
 def _store() -> keys.StoreURL:

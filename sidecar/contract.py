@@ -58,6 +58,15 @@ ENV_STORE = "RUNSYNC_STORE"
 ENV_ANNOTATIONS = "RUNSYNC_ANNOTATIONS"
 ENV_API = "RUNSYNC_API"
 
+ENV_GRACE = "RUNSYNC_GRACE_SECONDS"
+"""The pod's termination grace period, in seconds (the operator copies it from the pod)."""
+ENV_METRICS = "RUNSYNC_METRICS_ADDR"
+"""HOST:PORT of the sidecar's /metrics, /healthz and /readyz."""
+
+DEFAULT_API = "127.0.0.1:7070"
+DEFAULT_METRICS = "0.0.0.0:9097"
+DEFAULT_GRACE_SECONDS = 30.0
+API_PREFIX = "/v1"
 DEFAULT_REPLICA = "0"
 DEFAULT_PROJECT = "default"
 DEFAULT_STORE = "default"

@@ -128,9 +128,13 @@ def commit(
     final: bool,
     writer: str,
     now: float | None = None,
+    removed: Iterable[str] = (),
 ) -> Manifest:
-    """Commit `previous`'s files updated by `changes` (all durable) as the next manifest."""
+    """Commit `previous`'s files, less `removed`, updated by `changes` (all durable), as the
+    next manifest."""
     files = dict(previous.files) if previous else {}
+    for name in removed:
+        files.pop(name, None)
     files.update((entry.name, entry) for entry in changes)
     manifest = Manifest(
         run=str(layout.run), replica=layout.replica, seq=(previous.seq + 1) if previous else 1,

@@ -9,6 +9,7 @@ and is not read again.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable
 
 from . import config, globs
@@ -72,3 +73,78 @@ def for_sync(
         else:
             uploads.append(intent)
     return SyncPlan(tuple(uploads), tuple(unchanged), tuple(ignored), tuple(collisions))
+
+
+# ------------------------------------------------------------------------ the sidecar's view
+
+# Conventions that name a checkpoint directory before its marker exists: PyTorch DCP's shard
+# files, and Hugging Face Trainer's `checkpoint-N` directories.
+SHARD_HINTS = (globs.Glob("*.distcp"),)
+CHECKPOINT_DIR_HINTS = (globs.Glob("checkpoint-*"),)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """What the sidecar does with one file of the run dir."""
+
+    name: str | None
+    """Stored name; None when an ignore glob names the file."""
+    policy: config.Policy
+    checkpoint_dir: str | None = None
+    """The checkpoint directory the file belongs to: it is uploaded whole, marker last."""
+    is_marker: bool = False
+
+
+def marked_dirs(names: Iterable[str], markers: tuple[globs.Glob, ...]) -> set[str]:
+    """Directories (relative paths) that hold a completion marker among `names`."""
+    found = set()
+    for name in names:
+        parent, _, base = name.rpartition("/")
+        if parent and globs.matches_any(markers, base):
+            found.add(parent)
+    return found
+
+
+def decide(
+    cfg: config.RunConfig,
+    extra_rules: tuple[config.SaveRule, ...],
+    relpath: str,
+    known_checkpoint_dirs: set[str],
+) -> Decision:
+    """Classify a file: ignored, or its stored name and policy, and its checkpoint directory.
+
+    A directory is a checkpoint directory when it holds a marker now or held one before
+    (`known_checkpoint_dirs`), when a sibling directory did (`ckpt/step-200` once
+    `ckpt/step-100/.metadata` was seen), or when a convention names it (`*.distcp` shards,
+    `checkpoint-*`). Its files wait for the marker, so no manifest names it half-written.
+    """
+    if globs.matches_any(cfg.ignore, relpath):
+        return Decision(None, config.Policy.END)
+    name, policy = name_of(cfg.save + extra_rules, relpath)
+    parent, _, base = relpath.rpartition("/")
+    ckpt = _checkpoint_dir(relpath, known_checkpoint_dirs)
+    is_marker = ckpt is not None and parent == ckpt and globs.matches_any(cfg.complete_markers, base)
+    if ckpt is None and parent and globs.matches_any(cfg.complete_markers, base):
+        ckpt, is_marker = parent, True
+    return Decision(name, policy, ckpt, is_marker)
+
+
+def _checkpoint_dir(relpath: str, known: set[str]) -> str | None:
+    parts = relpath.split("/")[:-1]
+    shapes = {_shape(d) for d in known}
+    for depth in range(len(parts), 0, -1):  # nearest ancestor first
+        d = "/".join(parts[:depth])
+        if d in known or _shape(d) in shapes:
+            return d
+        if globs.matches_any(CHECKPOINT_DIR_HINTS, parts[depth - 1]):
+            return d
+    base = relpath.rpartition("/")[2]
+    if parts and globs.matches_any(SHARD_HINTS, base):
+        return "/".join(parts)
+    return None
+
+
+def _shape(path: str) -> str:
+    """A sibling of the same shape: `ckpt/step-200` has the shape of `ckpt/step-100`."""
+    parent, _, base = path.rpartition("/")
+    return parent + "/" + re.sub(r"\d+", "#", base) if re.search(r"\d", base) else "\0" + path

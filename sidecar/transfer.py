@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator
-from concurrent import futures
 from pathlib import Path
 
 import boto3
@@ -175,31 +174,65 @@ class Transfers:
     def upload(
         self, uploads: Iterable[Upload], on_bytes: Callable[[int], None] = lambda n: None,
     ) -> Iterator[tuple[Upload, Exception | None]]:
-        """Submit every upload, then yield `(upload, None)` once it is durable, or its error.
-
-        An upload whose file changed after it was hashed yields `FileChanged`: its object
-        holds other bytes than the digest says, so it must not enter a manifest.
-        """
-        submitted = []
-        for up in uploads:
-            extra = {"ChecksumAlgorithm": "SHA256"}
-            if up.digest.size < self.settings.multipart_threshold:
-                # One PUT: S3 checks the bytes it stores against the digest we computed.
-                extra = {"ChecksumSHA256": base64.b64encode(bytes.fromhex(up.digest.sha256)).decode()}
-            future = self._manager.upload(up.path, self.store.bucket, up.key, extra_args=extra,
-                                          subscribers=[_Progress(on_bytes)])
-            submitted.append((up, future))
+        """Submit every upload, then yield `(upload, None)` once it is durable, or its error."""
+        submitted = [(up, self._submit(up, on_bytes)) for up in uploads]
         for up, future in submitted:
             try:
-                future.result()
+                self._finish(up, future)
             except Exception as err:  # noqa: BLE001 - reported per file
-                yield up, (describe(err, self.store, self.s3) if isinstance(err, (ClientError, BotoCoreError)) else err)
-                continue
-            st = os.stat(up.path)
-            if (st.st_size, st.st_mtime_ns) != (up.digest.size, up.digest.mtime_ns):
-                yield up, FileChanged(up.path)
+                yield up, err
             else:
                 yield up, None
+
+    def upload_one(self, up: Upload, on_bytes: Callable[[int], None] = lambda n: None) -> None:
+        """Upload one file and return once it is durable; `FileChanged` or `StoreError` if not."""
+        self._finish(up, self._submit(up, on_bytes))
+
+    def stored(self, key: str, size: int) -> bool:
+        """True when `key` already holds an object of `size` bytes (an object appears only
+        once its upload completed, and keys carry the content's hash)."""
+        try:
+            head = self.s3.head_object(Bucket=self.store.bucket, Key=key)
+        except ClientError as err:
+            if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return False
+            raise describe(err, self.store, self.s3) from None
+        except BotoCoreError as err:
+            raise describe(err, self.store, self.s3) from None
+        return head.get("ContentLength") == size
+
+    def cancel(self) -> None:
+        """Cancel every transfer in flight (their futures raise); multipart uploads are aborted."""
+        self._manager.shutdown(cancel=True, cancel_msg="runsync: out of time")
+
+    def _submit(self, up: Upload, on_bytes):
+        if up.digest.size < self.settings.multipart_threshold:
+            # One PUT: S3 checks the bytes it stores against the digest we computed.
+            extra = {"ChecksumSHA256": base64.b64encode(bytes.fromhex(up.digest.sha256)).decode()}
+        else:
+            extra = {"ChecksumAlgorithm": "SHA256"}  # S3 checks every part
+        return self._manager.upload(up.path, self.store.bucket, up.key, extra_args=extra,
+                                    subscribers=[_Progress(on_bytes)])
+
+    def _finish(self, up: Upload, future) -> None:
+        try:
+            future.result()
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") == "BadDigest":
+                raise FileChanged(up.path) from None  # S3 refused bytes that differ from the hash
+            raise describe(err, self.store, self.s3) from None
+        except BotoCoreError as err:
+            raise describe(err, self.store, self.s3) from None
+        if up.digest.size < self.settings.multipart_threshold:
+            return  # S3 verified the whole object against the digest
+        st = os.stat(up.path)
+        if (st.st_size, st.st_mtime_ns) != (up.digest.size, up.digest.mtime_ns):
+            # Multipart: the object may hold bytes other than its key's hash names; remove it.
+            try:
+                self.s3.delete_object(Bucket=self.store.bucket, Key=up.key)
+            except (ClientError, BotoCoreError):
+                pass
+            raise FileChanged(up.path)
 
     def download(self, key: str, dest: str | Path, sha256: str,
                  on_bytes: Callable[[int], None] = lambda n: None) -> None:

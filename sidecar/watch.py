@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
+import time
 from pathlib import Path
 
 STATE_DIR = ".runsync"
@@ -68,3 +70,143 @@ def scan(run_dir: str | Path) -> Scan:
             files.append(LocalFile(relpath, path, st.st_size, st.st_mtime_ns))
     files.sort(key=lambda f: f.relpath)
     return Scan(tuple(files), tuple(sorted(links)), tuple(sorted(bad)))
+
+
+# ------------------------------------------------------------------ the event watcher
+
+@dataclasses.dataclass(frozen=True)
+class FileEvent:
+    """A file of the run dir at `relpath` was closed after writing or renamed into place
+    (`ready`), or was found in a new directory and may still be written (`ready=False`)."""
+
+    relpath: str
+    ready: bool
+    when: float
+
+
+@dataclasses.dataclass(frozen=True)
+class FileGone:
+    """The file (or, with `is_dir`, the directory) at `relpath` was deleted or renamed away."""
+
+    relpath: str
+    is_dir: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Fence:
+    """Every file event that happened before `fence(n)` was called has been delivered."""
+
+    n: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Overflow:
+    """The kernel dropped events: the consumer must rescan."""
+
+
+class Watcher:
+    """inotify on every directory of the run dir: close-after-write and rename-into-place.
+
+    inotify_simple, not watchdog: a rename into the tree from outside must count as complete,
+    and only the raw IN_MOVED_TO flag tells it apart from a new file that is still being written
+    (watchdog reports both as "created"). A read-only open (IN_CLOSE_NOWRITE) is not watched.
+    Symlinked directories are never entered, so nothing outside the run dir is watched.
+    """
+
+    def __init__(self, run_dir: str | Path, emit, clock=time.time):
+        import inotify_simple  # Linux only; imported here so the pure modules stay portable
+
+        self._flags = inotify_simple.flags
+        self._inotify = inotify_simple.INotify()
+        self._root = os.path.abspath(run_dir)
+        self._emit = emit
+        self._clock = clock
+        self._dirs: dict[int, str] = {}
+        self._fences = 0
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        state = os.path.join(self._root, STATE_DIR)
+        os.makedirs(state, exist_ok=True)
+        self._add_tree("")
+
+    def fence(self) -> int:
+        """Write a fence file; `Fence(n)` is emitted after every event that came before it."""
+        with self._lock:
+            self._fences += 1
+            n = self._fences
+        with open(os.path.join(self._root, STATE_DIR, f"fence-{n}"), "w"):
+            pass
+        return n
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._inotify.close()
+
+    def run(self, read_timeout_ms: int = 500) -> None:
+        """The watcher thread's loop: read events until `stop()`."""
+        f = self._flags
+        while not self._stopped.is_set():
+            try:
+                events = self._inotify.read(timeout=read_timeout_ms)
+            except (OSError, ValueError):
+                if self._stopped.is_set():
+                    return
+                raise
+            for ev in events:
+                if ev.mask & f.Q_OVERFLOW:
+                    self._emit(Overflow())
+                    continue
+                if ev.mask & f.IGNORED:
+                    self._dirs.pop(ev.wd, None)
+                    continue
+                parent = self._dirs.get(ev.wd)
+                if parent is None or not ev.name:
+                    continue
+                relpath = parent + ev.name
+                if relpath.startswith(STATE_DIR + "/"):
+                    if ev.mask & f.CLOSE_WRITE:
+                        self._state_event(relpath)
+                    continue
+                if ev.mask & (f.DELETE | f.MOVED_FROM):
+                    self._emit(FileGone(relpath, bool(ev.mask & f.ISDIR)))
+                    continue
+                if ev.mask & f.ISDIR:
+                    if ev.mask & (f.CREATE | f.MOVED_TO):
+                        # A directory renamed into place arrives complete; a new one may still
+                        # be filling, and files written before its watch existed are only seen.
+                        moved = bool(ev.mask & f.MOVED_TO)
+                        for found in self._add_tree(relpath):
+                            self._emit(FileEvent(found, moved, self._clock()))
+                    continue
+                if ev.mask & (f.CLOSE_WRITE | f.MOVED_TO):
+                    self._emit(FileEvent(relpath, True, self._clock()))
+
+    def _state_event(self, relpath: str) -> None:
+        name = relpath[len(STATE_DIR) + 1:]
+        if name.startswith("fence-") and name[6:].isdigit():
+            try:
+                os.unlink(os.path.join(self._root, relpath))
+            except FileNotFoundError:
+                pass
+            self._emit(Fence(int(name[6:])))
+
+    def _add_tree(self, reldir: str) -> list[str]:
+        """Watch `reldir` and every directory below it; return the files already there."""
+        f = self._flags
+        mask = (f.CLOSE_WRITE | f.MOVED_TO | f.MOVED_FROM | f.CREATE | f.DELETE
+                | f.DONT_FOLLOW | f.ONLYDIR | f.EXCL_UNLINK)
+        files: list[str] = []
+        top = os.path.join(self._root, reldir) if reldir else self._root
+        for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
+            rel = os.path.relpath(dirpath, self._root).replace(os.sep, "/")
+            prefix = "" if rel == "." else rel + "/"
+            try:
+                wd = self._inotify.add_watch(dirpath, mask)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # gone, or a symlink (ONLYDIR | DONT_FOLLOW)
+            self._dirs[wd] = prefix
+            dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+            if prefix.startswith(STATE_DIR + "/"):
+                continue
+            files.extend(prefix + n for n in filenames if not os.path.islink(os.path.join(dirpath, n)))
+        return files

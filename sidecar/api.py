@@ -1,0 +1,150 @@
+"""HTTP on loopback for the SDK and the preStop hook; /metrics and probes on the metrics port.
+
+The API turns requests into engine messages and waits for the engine's answer; it decides
+nothing itself:
+
+    GET  /v1/status                               the engine's state, JSON
+    POST /v1/save     {glob, base_path?, policy?} add a save rule (kept across restarts)
+    POST /v1/flush    {timeout?}                  200 once all complete so far is durable; 504 if not in time
+    POST /v1/prestop                              start the final flush (the pod is terminating)
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.server
+import ipaddress
+import json
+import threading
+from collections.abc import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from . import contract
+from .engine import Request
+from .errors import ConfigError, InputError
+
+MAX_BODY = 64 * 1024
+
+
+def parse_addr(value: str, what: str, loopback_only: bool) -> tuple[str, int]:
+    """`HOST:PORT` → (host, port); the SDK API must be on loopback (SPEC: 127.0.0.1 only)."""
+    host, sep, port = value.rpartition(":")
+    try:
+        number = int(port)
+        if not sep or not 0 < number < 65536:
+            raise ValueError
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise InputError(f"{what} {value!r} is not IP:PORT; expected e.g. 127.0.0.1:7070") from None
+    if loopback_only and not ip.is_loopback:
+        raise InputError(f"{what} {value!r} is not a loopback address; the SDK API listens on 127.0.0.1 only")
+    return host, number
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: "_Server"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):  # noqa: A002 - http.server's signature
+        pass  # requests are not logged: the engine logs what they cause
+
+    def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, code: int, doc) -> None:
+        self._send(code, json.dumps(doc).encode())
+
+    def _body(self) -> dict:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            raise ValueError("request body too large")
+        raw = self.rfile.read(length) if length else b"{}"
+        doc = json.loads(raw or b"{}")
+        if not isinstance(doc, dict):
+            raise ValueError("expected a JSON object")
+        return doc
+
+    def do_GET(self):  # noqa: N802
+        self.server.route(self, "GET")
+
+    def do_POST(self):  # noqa: N802
+        self.server.route(self, "POST")
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, addr, routes: dict[tuple[str, str], Callable[[_Handler], None]]):
+        self.routes = routes
+        super().__init__(addr, _Handler)
+
+    def route(self, handler: _Handler, method: str) -> None:
+        fn = self.routes.get((method, handler.path.split("?")[0]))
+        if fn is None:
+            handler._json(404, {"error": f"no such endpoint: {method} {handler.path}"})
+            return
+        try:
+            fn(handler)
+        except (ValueError, json.JSONDecodeError) as err:
+            handler._json(400, {"error": str(err)})
+
+
+def serve_api(addr: tuple[str, int], post: Callable, fence: Callable[[], int]) -> _Server:
+    """The SDK's API; `post` sends a message to the engine, `fence` asks the watcher for one."""
+
+    def ask(kind: str, payload: dict, timeout: float = 30.0):
+        reply: concurrent.futures.Future = concurrent.futures.Future()
+        post(Request(kind, payload, reply))
+        return reply.result(timeout=timeout)
+
+    def status(h: _Handler) -> None:
+        h._json(200, ask("status", {}))
+
+    def save(h: _Handler) -> None:
+        body = h._body()
+        try:
+            h._json(200, ask("save", body))
+        except ConfigError as err:
+            h._json(400, {"error": str(err)})
+
+    def flush(h: _Handler) -> None:
+        timeout = float(h._body().get("timeout") or 300.0)
+        if not 0 < timeout <= 3600:
+            raise ValueError("timeout must be between 0 and 3600 seconds")
+        n = fence()
+        result = ask("flush", {"fence": n, "timeout": timeout}, timeout + 10)
+        h._json(200 if result.get("durable") else 504, result)
+
+    def prestop(h: _Handler) -> None:
+        h._json(202, ask("prestop", {}))
+
+    p = contract.API_PREFIX
+    routes = {("GET", p + "/status"): status, ("POST", p + "/save"): save,
+              ("POST", p + "/flush"): flush, ("POST", p + "/prestop"): prestop}
+    return _start(_Server(addr, routes))
+
+
+def serve_metrics(addr: tuple[str, int], registry: CollectorRegistry, alive: Callable[[], bool],
+                  ready: Callable[[], bool]) -> _Server:
+    def metrics(h: _Handler) -> None:
+        h._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+
+    def probe(check: Callable[[], bool]):
+        def handle(h: _Handler) -> None:
+            ok = check()
+            h._send(200 if ok else 503, b"ok\n" if ok else b"not ready\n", "text/plain")
+        return handle
+
+    routes = {("GET", "/metrics"): metrics, ("GET", "/healthz"): probe(alive), ("GET", "/readyz"): probe(ready)}
+    return _start(_Server(addr, routes))
+
+
+def _start(server: _Server) -> _Server:
+    threading.Thread(target=server.serve_forever, name=f"http-{server.server_address[1]}", daemon=True).start()
+    return server

@@ -1,0 +1,29 @@
+"""The sidecar's Prometheus metrics, on a registry passed in (never the global one)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry):
+        r = registry
+        self.uploaded_files = Counter("runsync_uploaded_files", "Files uploaded, by policy.", ["policy"], registry=r)
+        self.uploaded_bytes = Counter("runsync_uploaded_bytes", "Bytes uploaded, by policy.", ["policy"], registry=r)
+        self.skipped_bytes = Counter(
+            "runsync_skipped_bytes", "Bytes not sent because the store already held them: "
+            "unchanged content, or an object left by an earlier run of the sidecar.", ["reason"], registry=r)
+        self.failures = Counter("runsync_failures", "Failed uploads and commits, by kind.", ["kind"], registry=r)
+        self.manifests = Counter("runsync_manifests_committed", "Manifests committed.", registry=r)
+        self.unsynced = Counter("runsync_unsynced_files",
+                                "Files still owed when the final flush ran out of time (each is logged).",
+                                registry=r)
+        self.queue_files = Gauge("runsync_queue_files", "Files waiting for or in upload.", registry=r)
+        self.queue_bytes = Gauge("runsync_queue_bytes", "Bytes waiting for or in upload.", registry=r)
+        self.latency = Histogram("runsync_close_to_durable_seconds",
+                                 "From a file's close (or rename) to its manifest commit.",
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.last_sync = Gauge("runsync_last_sync_timestamp_seconds",
+                               "Unix time of the last committed manifest.", registry=r)
