@@ -56,7 +56,12 @@ class LocalS3:
             "AWS_REGION": "us-east-1",
         }
 
-    def stop(self) -> None:
+    def restart(self, timeout: float = 30.0) -> None:
+        """Start again after `stop(keep_data=True)`: same ports, same data."""
+        fresh = _launch(self.workdir, self.credentials, self.ports, timeout)
+        self.process = fresh.process
+
+    def stop(self, keep_data: bool = False) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
@@ -68,7 +73,7 @@ class LocalS3:
         for port in self.ports.values():
             for sock in glob.glob(f"/tmp/seaweedfs-*-grpc-{port}.sock"):
                 Path(sock).unlink(missing_ok=True)
-        if self.owns_workdir:
+        if self.owns_workdir and not keep_data:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> "LocalS3":
@@ -119,13 +124,17 @@ def start(
     wd = Path(tempfile.mkdtemp(prefix="runsync-s3-") if workdir is None else workdir)
     (wd / "data").mkdir(parents=True, exist_ok=True)
     (wd / "logs").mkdir(exist_ok=True)
+    return _launch(wd, credentials, dict(zip(_PORT_NAMES, free_ports(len(_PORT_NAMES)))), timeout, owns)
+
+
+def _launch(wd: Path, credentials: Credentials, ports: dict[str, int], timeout: float,
+            owns: bool = True) -> LocalS3:
     identity = {
         "name": "runsync",
         "credentials": [{"accessKey": credentials.access_key, "secretKey": credentials.secret_key}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }
     (wd / "s3.json").write_text(json.dumps({"identities": [identity]}))
-    ports = dict(zip(_PORT_NAMES, free_ports(len(_PORT_NAMES))))
     cmd = [
         weed_binary(), f"-logdir={wd / 'logs'}", "mini",
         f"-dir={wd / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
@@ -135,7 +144,7 @@ def start(
         f"-s3.localSocket={wd / 's3.sock'}", f"-filer.localSocket={wd / 'filer.sock'}",
         *(f"-{name}={port}" for name, port in ports.items()),
     ]
-    log = open(wd / "logs" / "weed.out", "wb")
+    log = open(wd / "logs" / "weed.out", "ab")
     proc = subprocess.Popen(
         cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True,  # its own process group, so stop() reaps its children too

@@ -191,22 +191,31 @@ class Watcher:
             self._emit(Fence(int(name[6:])))
 
     def _add_tree(self, reldir: str) -> list[str]:
-        """Watch `reldir` and every directory below it; return the files already there."""
+        """Watch `reldir` and every directory below it; return the files already there.
+
+        Each directory is watched before it is listed, so a file created in between is
+        either listed or reported by an event, never missed.
+        """
         f = self._flags
         mask = (f.CLOSE_WRITE | f.MOVED_TO | f.MOVED_FROM | f.CREATE | f.DELETE
                 | f.DONT_FOLLOW | f.ONLYDIR | f.EXCL_UNLINK)
         files: list[str] = []
-        top = os.path.join(self._root, reldir) if reldir else self._root
-        for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
-            rel = os.path.relpath(dirpath, self._root).replace(os.sep, "/")
-            prefix = "" if rel == "." else rel + "/"
+        pending = [reldir]
+        while pending:
+            rel = pending.pop()
+            prefix = rel + "/" if rel else ""
+            path = os.path.join(self._root, rel) if rel else self._root
             try:
-                wd = self._inotify.add_watch(dirpath, mask)
+                wd = self._inotify.add_watch(path, mask)
+                entries = list(os.scandir(path))
             except (FileNotFoundError, NotADirectoryError):
                 continue  # gone, or a symlink (ONLYDIR | DONT_FOLLOW)
             self._dirs[wd] = prefix
-            dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
-            if prefix.startswith(STATE_DIR + "/"):
-                continue
-            files.extend(prefix + n for n in filenames if not os.path.islink(os.path.join(dirpath, n)))
+            for entry in entries:
+                if entry.is_symlink():
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(prefix + entry.name)
+                elif not prefix.startswith(STATE_DIR + "/") and entry.is_file(follow_symlinks=False):
+                    files.append(prefix + entry.name)
         return files

@@ -69,3 +69,30 @@ class CLI:
 def cli(s3_env):
     """Run `runsync ...` as a user would, with the test store's environment."""
     return CLI(s3_env)
+
+
+@pytest.fixture
+def sidecars(tmp_path, s3_env):
+    """Make sidecar processes (stopped after the test): `sidecars(annotations, **options)`."""
+    from harness import Sidecar
+
+    made = []
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    def make(annotations: dict[str, str], **options):
+        options.setdefault("run_dir", run_dir)
+        sc = Sidecar(s3_env=s3_env, annotations=annotations, workdir=tmp_path, **options)
+        made.append(sc)
+        return sc
+
+    yield make
+    for sc in made:
+        sc.stop()
+
+
+@pytest.fixture
+def store(s3_env):
+    from harness import Store
+
+    return Store(s3_env)

@@ -1,0 +1,194 @@
+"""Run `runsync sidecar` as a real process, as the pod would, and talk to it as the SDK would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import boto3
+
+from runsync import config, contract, keys, locals3, manifest
+
+RUNSYNC = str(Path(sys.executable).with_name("runsync"))
+
+
+class Sidecar:
+    """One sidecar process on a run dir, with its own API and metrics ports."""
+
+    def __init__(self, run_dir: Path, s3_env: dict[str, str], annotations: dict[str, str], workdir: Path,
+                 run: str = "team-a/proj/run-1", replica: str = "0", grace: float = 20,
+                 settle: float = 0.5, extra_env: dict[str, str] | None = None):
+        self.run_dir = run_dir
+        self.run = run
+        self.replica = replica
+        self.annotations_path = workdir / f"annotations-{replica}"
+        self.set_annotations(annotations)
+        api_port, metrics_port = locals3.free_ports(2)
+        self.api = f"127.0.0.1:{api_port}"
+        self.metrics_addr = f"127.0.0.1:{metrics_port}"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNSYNC_"))}
+        self.env.update(s3_env)
+        self.env.update({
+            contract.ENV_DIR: str(run_dir), contract.ENV_RUN_PATH: run, contract.ENV_REPLICA: replica,
+            contract.ENV_ANNOTATIONS: str(self.annotations_path), contract.ENV_API: self.api,
+            contract.ENV_METRICS: self.metrics_addr, contract.ENV_GRACE: str(grace),
+            **(extra_env or {}),
+        })
+        self.settle = settle
+        self.log_path = workdir / f"sidecar-{replica}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def set_annotations(self, annotations: dict[str, str]) -> None:
+        # The kubelet swaps the file atomically; so do we.
+        tmp = self.annotations_path.with_suffix(".tmp")
+        tmp.write_text(config.format_annotations_file(annotations))
+        os.replace(tmp, self.annotations_path)
+
+    def start(self, wait: bool = True) -> "Sidecar":
+        self.proc = subprocess.Popen(
+            [RUNSYNC, "sidecar", "--settle-seconds", str(self.settle), "--rescan-seconds", "5"],
+            env=self.env, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if wait:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    if self.status().get("loaded"):
+                        return self
+                except OSError:
+                    pass
+                assert self.proc.poll() is None, self.logs()[-3000:]
+                time.sleep(0.05)
+            raise TimeoutError("sidecar did not start:\n" + self.logs()[-3000:])
+        return self
+
+    # -- the SDK's side of the API
+    def _call(self, method: str, path: str, body: dict | None = None, timeout: float = 60):
+        data = json.dumps(body or {}).encode() if method == "POST" else None
+        req = urllib.request.Request(f"http://{self.api}{contract.API_PREFIX}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"{}")
+
+    def status(self) -> dict:
+        return self._call("GET", "/status", timeout=5)[1]
+
+    def flush(self, timeout: float = 30) -> dict:
+        code, doc = self._call("POST", "/flush", {"timeout": timeout}, timeout=timeout + 15)
+        assert code == 200, (code, doc, self.logs()[-3000:])
+        return doc
+
+    def save(self, glob: str, policy: str = "live", base_path: str | None = None):
+        return self._call("POST", "/save", {"glob": glob, "policy": policy, "base_path": base_path})
+
+    def metrics(self) -> dict[str, float]:
+        """Samples of /metrics as {'name{labels}': value}."""
+        with urllib.request.urlopen(f"http://{self.metrics_addr}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
+
+    def metric(self, name: str, **labels) -> float:
+        lab = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        return self.metrics().get(f"{name}{{{lab}}}" if lab else name, 0.0)
+
+    # -- lifecycle
+    def terminate(self, timeout: float = 60) -> tuple[int, float]:
+        """SIGTERM, as the kubelet sends it; returns (exit code, seconds taken)."""
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        return code, time.monotonic() - started
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_records(self) -> list[dict]:
+        out = []
+        for line in self.logs().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+        return out
+
+
+class Store:
+    """What a user can see in the bucket: manifests, objects."""
+
+    def __init__(self, s3_env: dict[str, str], run: str = "team-a/proj/run-1", replica: str = "0"):
+        self.client = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL_S3"], region_name="us-east-1",
+                                   aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+                                   aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"])
+        self.layout = keys.Layout(keys.StoreURL.parse(s3_env["RUNSYNC_STORE"]), keys.RunPath.parse(run), replica)
+
+    def latest(self) -> manifest.Manifest | None:
+        return manifest.latest(self.client, self.layout)
+
+    def files(self) -> dict[str, manifest.FileEntry]:
+        m = self.latest()
+        return dict(m.files) if m else {}
+
+    def read(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.layout.store.bucket, Key=key)["Body"].read()
+
+    def keys(self) -> list[str]:
+        found = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.layout.store.bucket):
+            found += [o["Key"] for o in page.get("Contents", ())]
+        return found
+
+    def manifests(self) -> list[manifest.Manifest]:
+        out = []
+        for key in self.keys():
+            seq = self.layout.manifest_seq(key)
+            if seq is not None:
+                out.append(manifest.Manifest.from_json(self.read(key), self.layout, key))
+        return sorted(out, key=lambda m: m.seq)
+
+
+def wait_for(predicate, timeout: float = 20, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+def write_slowly(path: Path, data: bytes, chunks: int = 10, pause: float = 0.03) -> None:
+    """A trainer writing a file in pieces, closing it only at the end."""
+    step = max(1, len(data) // chunks)
+    with open(path, "wb") as f:
+        for i in range(0, len(data), step):
+            f.write(data[i:i + step])
+            f.flush()
+            time.sleep(pause)
+
+
+def uploaded_files(records: list[dict]) -> list[str]:
+    return [r["file"] for r in records if r.get("msg") == "uploaded"]
+

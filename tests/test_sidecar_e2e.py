@@ -1,0 +1,300 @@
+"""The sidecar as a real process on a real run dir, uploading to a real SeaweedFS."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+import time
+
+import pytest
+
+from harness import uploaded_files, wait_for, write_slowly
+from runsync import contract
+
+pytestmark = [pytest.mark.s3, pytest.mark.slow]
+
+SAVE = contract.SAVE
+IGNORE = contract.IGNORE
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_live_rewrites_are_never_torn_and_the_last_version_lands(sidecars, store):
+    sc = sidecars({SAVE: "model.pt:live"}).start()
+    path = sc.run_dir / "model.pt"
+    versions = [os.urandom(3 * 1024 * 1024 + i) for i in range(5)]
+    complete = {sha(v) for v in versions}
+    seen: dict[str, str] = {}
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            for key in store.keys():
+                if "/files/" in key and key not in seen:
+                    seen[key] = sha(store.read(key))
+            for m in store.manifests():
+                for entry in m.files.values():
+                    assert sha(store.read(entry.key)) == entry.sha256
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for data in versions:
+            write_slowly(path, data, chunks=10, pause=0.03)  # rewritten in place, slowly
+            time.sleep(0.2)
+        sc.flush()
+    finally:
+        stop.set()
+        thread.join()
+    assert seen and set(seen.values()) <= complete, "an object held bytes of no complete version"
+    assert store.files()["model.pt"].sha256 == sha(versions[-1])
+    assert sha(store.read(store.files()["model.pt"].key)) == sha(versions[-1])
+
+
+def test_policies_now_end_unnamed_ignored_and_outside_symlinks(sidecars, store, tmp_path):
+    outside = tmp_path / "outside-secret.txt"
+    outside.write_text("never upload me")
+    sc = sidecars({SAVE: "config.yaml:now, ckpt/*.pt:live, final/*:end", IGNORE: "**/*.tmp"}).start()
+    d = sc.run_dir
+    (d / "ckpt").mkdir()
+    (d / "final").mkdir()
+    (d / "config.yaml").write_text("v1")
+    (d / "ckpt/a.pt").write_bytes(b"a")
+    (d / "final/report.json").write_text("{}")
+    (d / "unnamed.log").write_text("log")
+    (d / "scratch.tmp").write_text("tmp")
+    (d / "ckpt/link.pt").symlink_to(outside)
+    (d / "escape").symlink_to(tmp_path)
+    sc.flush()
+    files = store.files()
+    assert set(files) == {"config.yaml", "ckpt/a.pt"}, "end and unnamed files wait for the end"
+
+    (d / "config.yaml").write_text("v2, changed after its upload")
+    sc.flush()
+    time.sleep(1.0)  # a settle period: nothing may pick the change up later either
+    sc.flush()
+    assert store.files()["config.yaml"].sha256 == sha(b"v1")
+
+    code, _ = sc.terminate()
+    assert code == 0
+    final = store.latest()
+    assert final.final
+    assert set(final.files) == {"config.yaml", "ckpt/a.pt", "final/report.json", "unnamed.log"}
+    assert final.files["config.yaml"].sha256 == sha(b"v1")
+    assert final.files["final/report.json"].policy == "end"
+    assert not [k for k in store.keys() if "outside-secret" in k or "link.pt" in k or "escape" in k
+                or k.endswith(".tmp") or ".tmp~" in k]
+
+
+def test_write_patterns_and_read_only_opens(sidecars, store, tmp_path):
+    sc = sidecars({SAVE: "**:live"}).start()
+    d = sc.run_dir
+    data = {"chunked.bin": os.urandom(500_000), "renamed.bin": os.urandom(100_000),
+            "moved-in.bin": os.urandom(50_000)}
+    write_slowly(d / "chunked.bin", data["chunked.bin"], chunks=20, pause=0.02)
+    (d / ".renamed.bin.partial").write_bytes(data["renamed.bin"])
+    os.replace(d / ".renamed.bin.partial", d / "renamed.bin")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (staging / "moved-in.bin").write_bytes(data["moved-in.bin"])
+    os.replace(staging / "moved-in.bin", d / "moved-in.bin")
+    sc.flush()
+    files = store.files()
+    for name, content in data.items():
+        assert files[name].sha256 == sha(content), name
+    assert ".renamed.bin.partial" not in files, "a temp file renamed away stays in the manifest"
+
+    before = sc.metric("runsync_skipped_bytes_total", reason="unchanged")
+    uploads = sc.metric("runsync_uploaded_files_total", policy="live")
+    manifests = sc.metric("runsync_manifests_committed_total")
+    for _ in range(5):
+        for name in data:
+            with open(d / name, "rb") as f:
+                f.read()
+    time.sleep(1.0)
+    sc.flush()
+    assert sc.metric("runsync_skipped_bytes_total", reason="unchanged") == before, "a read triggered work"
+    assert sc.metric("runsync_uploaded_files_total", policy="live") == uploads
+    assert sc.metric("runsync_manifests_committed_total") == manifests
+
+
+def test_checkpoint_directory_is_committed_whole_marker_last(sidecars, store):
+    sc = sidecars({SAVE: "ckpt/**:live"}).start()
+    step = sc.run_dir / "ckpt/step-100"
+    step.mkdir(parents=True)
+    shards = {f"__{r}_0.distcp": os.urandom(200_000) for r in range(4)}
+    for name, data in shards.items():
+        (step / name).write_bytes(data)
+    sc.flush()
+    assert not [n for n in store.files() if n.startswith("ckpt/step-100/")], "shards without their marker"
+    (step / ".metadata.tmp").write_bytes(b"index")
+    os.replace(step / ".metadata.tmp", step / ".metadata")
+    sc.flush()
+    whole = {f"ckpt/step-100/{n}" for n in [*shards, ".metadata"]}
+    assert {n for n in store.files() if n.startswith("ckpt/step-100/")} == whole
+    for m in store.manifests():  # no manifest ever named a part of the directory without the rest
+        assert {n for n in m.files if n.startswith("ckpt/step-100/")} in (set(), whole)
+    # The marker went up last.
+    records = [r for r in sc.log_records() if r.get("msg") == "uploaded" and "step-100" in r["file"]]
+    assert records[-1]["file"].endswith(".metadata")
+
+    # The next checkpoint of the same shape waits for its own marker too.
+    nxt = sc.run_dir / "ckpt/step-200"
+    nxt.mkdir()
+    (nxt / "weights.bin").write_bytes(b"w" * 1000)
+    sc.flush()
+    assert "ckpt/step-200/weights.bin" not in store.files()
+
+
+def test_flush_returns_only_when_objects_are_readable(sidecars, store):
+    sc = sidecars({SAVE: "**:live"}).start()
+    blobs = {f"f{i}.bin": os.urandom(100_000 + i) for i in range(20)}
+    for name, data in blobs.items():
+        (sc.run_dir / name).write_bytes(data)
+    result = sc.flush()
+    assert result["durable"] is True
+    files = store.files()  # read at once, no waiting
+    for name, data in blobs.items():
+        assert store.read(files[name].key) == data
+
+
+def test_metrics_match_what_was_written(sidecars, store):
+    sc = sidecars({SAVE: "a/**:live, b/**:now"}).start()
+    (sc.run_dir / "a").mkdir()
+    (sc.run_dir / "b").mkdir()
+    sizes = {"a/1": 1000, "a/2": 2000, "b/1": 3000}
+    for name, size in sizes.items():
+        (sc.run_dir / name).write_bytes(os.urandom(size))
+    sc.flush()
+    (sc.run_dir / "a/1").write_bytes(os.urandom(1500))  # a second live version
+    sc.flush()
+    assert sc.metric("runsync_uploaded_files_total", policy="live") == 3
+    assert sc.metric("runsync_uploaded_bytes_total", policy="live") == 1000 + 2000 + 1500
+    assert sc.metric("runsync_uploaded_files_total", policy="now") == 1
+    assert sc.metric("runsync_uploaded_bytes_total", policy="now") == 3000
+    assert sc.metric("runsync_close_to_durable_seconds_count") >= 3
+    assert sc.metric("runsync_last_sync_timestamp_seconds") > time.time() - 60
+    assert sc.metric("runsync_queue_files") == 0
+
+
+def test_new_save_glob_in_annotations_takes_effect_without_restart(sidecars, store):
+    sc = sidecars({SAVE: "logs/*:live"}).start()
+    (sc.run_dir / "extra").mkdir()
+    (sc.run_dir / "extra/data.bin").write_bytes(b"d" * 5000)
+    sc.flush()
+    assert "extra/data.bin" not in store.files()
+    sc.set_annotations({SAVE: "logs/*:live, foo/*:livee"})  # a bad value: logged, old config kept
+    time.sleep(3)
+    assert sc.proc.poll() is None
+    assert any("livee" in r.get("error", "") for r in sc.log_records() if r.get("level") == "error")
+    sc.set_annotations({SAVE: "logs/*:live\nextra/**:live"})
+    wait_for(lambda: "extra/data.bin" in store.files(), timeout=20, what="the new glob's file")
+    (sc.run_dir / "extra/more.bin").write_bytes(b"m")
+    sc.flush()
+    assert "extra/more.bin" in store.files()
+
+
+def test_sdk_save_api_adds_a_glob(sidecars, store):
+    sc = sidecars({}).start()
+    code, doc = sc.save("results/*.csv", policy="live")
+    assert code == 200 and {"glob": "results/*.csv", "policy": "live"} in doc["rules"]
+    code, doc = sc.save("../etc/*")
+    assert code == 400 and "outside the run dir" in doc["error"]
+    (sc.run_dir / "results").mkdir()
+    (sc.run_dir / "results/acc.csv").write_text("0.9")
+    sc.flush()
+    assert "results/acc.csv" in store.files()
+
+
+def test_sigterm_during_a_1gib_live_upload_exits_in_time_consistently(sidecars, store):
+    grace = 8.0
+    sc = sidecars({SAVE: "**:live"}, grace=grace).start()
+    (sc.run_dir / "small.pt").write_bytes(b"s" * 1000)
+    sc.flush()
+    big = sc.run_dir / "big.pt"
+    with open(big, "wb") as f:
+        block = os.urandom(1024 * 1024)
+        for _ in range(1024):
+            f.write(block)
+    wait_for(lambda: sc.status()["uploading"], timeout=30, what="the big upload to start")
+    code, took = sc.terminate(timeout=grace + 10)
+    assert code == 0
+    assert took < grace, f"took {took:.1f} s of a {grace} s grace period"
+    final = store.latest()
+    assert final.final
+    for entry in final.files.values():  # every file it names is there, whole
+        head = store.client.head_object(Bucket=store.layout.store.bucket, Key=entry.key)
+        assert head["ContentLength"] == entry.size
+    if "big.pt" not in final.files:
+        assert any(r.get("msg") == "not uploaded before the deadline" and r.get("file") == "big.pt"
+                   for r in sc.log_records())
+    assert "small.pt" in final.files
+
+
+def test_kill_9_then_restart_uploads_everything_without_resending(sidecars, store):
+    sc = sidecars({SAVE: "**:live"}).start()
+    blobs = {f"shard-{i:02d}.bin": os.urandom(2 * 1024 * 1024) for i in range(30)}
+    blobs["big.bin"] = os.urandom(40 * 1024 * 1024)
+    for name, data in blobs.items():
+        (sc.run_dir / name).write_bytes(data)
+    wait_for(lambda: len(uploaded_files(sc.log_records())) >= 5, timeout=30, what="some uploads")
+    sc.kill()
+    first = set(uploaded_files(sc.log_records()))
+    committed = store.files()
+    assert len(first) < len(blobs), "all done before the kill: the test proves nothing"
+
+    again = sidecars({SAVE: "**:live"}, run_dir=sc.run_dir, replica="0")
+    again.log_path = sc.log_path.with_name("sidecar-restarted.log")
+    again.api, again.metrics_addr = sc.api, sc.metrics_addr
+    again.env.update({contract.ENV_API: sc.api, contract.ENV_METRICS: sc.metrics_addr})
+    again.start()
+    again.flush()
+    files = store.files()
+    for name, data in blobs.items():
+        assert files[name].sha256 == sha(data)
+    resent = set(uploaded_files(again.log_records()))
+    assert not resent & first, f"sent twice: {sorted(resent & first)}"
+    skipped = again.metric("runsync_skipped_bytes_total", reason="already_stored") + \
+        again.metric("runsync_skipped_bytes_total", reason="unchanged")
+    assert skipped >= sum(len(blobs[n]) for n in first if n not in committed)
+    assert again.metric("runsync_uploaded_bytes_total", policy="live") == sum(len(blobs[n]) for n in resent)
+
+
+def test_s3_outage_of_30_seconds_then_everything_lands(tmp_path):
+    from harness import Sidecar, Store
+    from runsync import locals3
+
+    server = locals3.start(workdir=tmp_path / "s3")
+    try:
+        import boto3
+        boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
+                     aws_access_key_id=server.credentials.access_key,
+                     aws_secret_access_key=server.credentials.secret_key).create_bucket(Bucket="outage")
+        env = {**server.env(), "RUNSYNC_STORE": "s3://outage/x"}
+        run_dir = tmp_path / "run"
+        run_dir.mkdir()
+        sc = Sidecar(run_dir, env, {SAVE: "**:live"}, tmp_path).start()
+        try:
+            (run_dir / "before.bin").write_bytes(b"b" * 1000)
+            sc.flush()
+            server.stop(keep_data=True)
+            blobs = {f"during-{i}.bin": os.urandom(100_000) for i in range(5)}
+            for name, data in blobs.items():
+                (run_dir / name).write_bytes(data)
+            time.sleep(30)
+            assert sum(v for k, v in sc.metrics().items() if k.startswith("runsync_failures_total")) > 0
+            server.restart()
+            sc.flush(timeout=90)
+            files = Store(env).files()
+            for name, data in blobs.items():
+                assert files[name].sha256 == sha(data)
+            assert "before.bin" in files
+        finally:
+            sc.stop()
+    finally:
+        server.stop()
