@@ -165,7 +165,11 @@ class Engine:
         self.durable: manifest.Manifest | None = self._load_cached_manifest()
         self.loaded = False
         self.gen = 0
-        self.outstanding: dict[str, int] = {}
+        self.latest_gen: dict[str, int] = {}
+        """Per stored name (or checkpoint dir, or seen file): the newest accepted event."""
+        self.pending_since: dict[str, int] = {}
+        """Per key: the oldest accepted event not yet committed; a flush waits on these."""
+        self.retrying: set[str] = set()
         self.inflight: dict[str, Job] = {}
         self.dirty: dict[str, tuple[str, Policy, float]] = {}
         self.groups: dict[str, Group] = {}
@@ -267,7 +271,7 @@ class Engine:
     def _ready(self, relpath: str, when: float, final: bool = False) -> None:
         if relpath.startswith(watch.STATE_DIR + "/") or relpath == watch.STATE_DIR:
             return
-        self._drop_candidate(relpath)
+        since = self._drop_candidate(relpath)  # a flush waiting on the sighting waits on the upload
         d = plan.decide(self.cfg, self.extra_rules, relpath, self.checkpoint_dirs)
         if d.name is None:
             return
@@ -279,7 +283,7 @@ class Engine:
         if d.checkpoint_dir is not None:
             if d.is_marker:
                 self.checkpoint_dirs.add(d.checkpoint_dir)
-                self._group_ready(d.checkpoint_dir, d.policy, when)
+                self._group_ready(d.checkpoint_dir, d.policy, when, since)
             return  # a checkpoint directory's files wait for its marker
         if d.policy in (Policy.END,) and self.mode == "running":
             self.owed[relpath] = when
@@ -287,23 +291,25 @@ class Engine:
         if d.policy is Policy.NOW and self._has(d.name):
             return
         self.owed.pop(relpath, None)
-        self.gen += 1
-        self.outstanding[d.name] = self.gen
+        self._accept(d.name, since)
         if d.name in self.inflight:
             self.dirty[d.name] = (relpath, d.policy, when)
             return
+        if d.name in self.retrying:
+            return  # the retry reads the file afresh
         self._submit(Job(d.name, relpath, d.policy, self.gen, when, self._prev_sha(d.name)))
 
-    def _group_ready(self, ckpt_dir: str, policy: Policy, when: float) -> None:
+    def _group_ready(self, ckpt_dir: str, policy: Policy, when: float, since: int | None = None) -> None:
         if policy is Policy.END and self.mode == "running":
             self.owed["\0dir:" + ckpt_dir] = when
             return
         self.owed.pop("\0dir:" + ckpt_dir, None)
-        self.gen += 1
         token = "\0dir:" + ckpt_dir
-        self.outstanding[token] = self.gen
+        self._accept(token, since)
         if ckpt_dir in self.groups:
             self.groups_dirty[ckpt_dir] = when
+            return
+        if token in self.retrying:
             return
         self._submit(Group(ckpt_dir, policy, self.gen, when, self.cfg, self.extra_rules,
                            self._all_files()))
@@ -357,13 +363,16 @@ class Engine:
                 return
             stat = (st.st_size, st.st_mtime_ns)
         if relpath not in self.candidates:
-            self.gen += 1
-            self.outstanding["\0seen:" + relpath] = self.gen
+            self._accept("\0seen:" + relpath)
         self.candidates[relpath] = (stat, self.clock() + self.settings.settle)
 
-    def _drop_candidate(self, relpath: str) -> None:
-        if self.candidates.pop(relpath, None) is not None:
-            self.outstanding.pop("\0seen:" + relpath, None)
+    def _drop_candidate(self, relpath: str) -> int | None:
+        """Forget a sighting; returns the event number a flush may be waiting on."""
+        if self.candidates.pop(relpath, None) is None:
+            return None
+        since = self.pending_since.get("\0seen:" + relpath)
+        self._satisfy("\0seen:" + relpath, self.gen)
+        return since
 
     def _check_candidates(self, now: float) -> None:
         for relpath, (stat, due) in list(self.candidates.items()):
@@ -391,9 +400,12 @@ class Engine:
             self.pool.submit(self._run, self._work_group, work)
 
     def _resubmit(self, work: Job | Group) -> None:
+        key = work.name if isinstance(work, Job) else work.token
+        self.retrying.discard(key)
+        work.gen = self.latest_gen.get(key, work.gen)  # it reads the newest version anyway
         if isinstance(work, Job):
-            if work.name in self.inflight or self.outstanding.get(work.name, 0) > work.gen:
-                return  # superseded by a newer version
+            if work.name in self.inflight:
+                return
             work.prev_sha = self._prev_sha(work.name)
         elif work.dir in self.groups:
             return
@@ -495,8 +507,8 @@ class Engine:
                 if how != "unchanged" or entry.name in self.staged:
                     self.staged[entry.name] = entry
                     self.staged_removed.discard(entry.name)
-            if done.outcome == "unchanged" and self.outstanding.get(key, 0) <= work.gen:
-                self.outstanding.pop(key, None)  # nothing new to commit for it
+            if done.outcome == "unchanged":
+                self._satisfy(key, work.gen)  # nothing new to commit for it
             else:
                 self.tokens.append((key, work.gen, work.ready_at))
         elif done.outcome == "changed":
@@ -511,17 +523,17 @@ class Engine:
                 "what": key.lstrip("\0"), "attempt": work.attempt, "retry_in_s": round(delay, 2),
                 "error": done.error}})
             self.retries.append((self.clock() + delay, work))
+            self.retrying.add(key)
         else:  # gone, incomplete
-            if self.outstanding.get(key, 0) <= work.gen:
-                self.outstanding.pop(key, None)
+            self._satisfy(key, work.gen)
         # The newest version that arrived meanwhile goes next.
         if isinstance(work, Job) and work.name in self.dirty and work.name not in self.inflight:
             relpath, policy, when = self.dirty.pop(work.name)
-            self._submit(Job(work.name, relpath, policy, self.outstanding.get(work.name, self.gen), when,
+            self._submit(Job(work.name, relpath, policy, self.latest_gen.get(work.name, self.gen), when,
                              self._prev_sha(work.name)))
         if isinstance(work, Group) and work.dir in self.groups_dirty and work.dir not in self.groups:
             when = self.groups_dirty.pop(work.dir)
-            self._submit(Group(work.dir, work.policy, self.outstanding.get(work.token, self.gen), when,
+            self._submit(Group(work.dir, work.policy, self.latest_gen.get(work.token, self.gen), when,
                                self.cfg, self.extra_rules, self._all_files()))
 
     def _account(self, entry: manifest.FileEntry, relpath: str, how: str) -> None:
@@ -590,8 +602,7 @@ class Engine:
         committed_tokens = set(map(tuple, tokens))
         self.tokens = [t for t in self.tokens if tuple(t) not in committed_tokens]
         for key, gen, ready_at in tokens:
-            if self.outstanding.get(key, 0) <= gen:
-                self.outstanding.pop(key, None)
+            self._satisfy(key, gen)
             self.metrics.latency.observe(max(0.0, now - ready_at))
         self.metrics.manifests.inc()
         self.metrics.last_sync.set(now)
@@ -703,10 +714,11 @@ class Engine:
         for w in self.waiters:
             if w.gen is None and w.fence in self.fences_seen:
                 w.gen = self.fences_seen[w.fence]
-            if w.gen is not None and self.loaded and not any(g <= w.gen for g in self.outstanding.values()):
+            if w.gen is not None and self.loaded and not any(g <= w.gen for g in self.pending_since.values()):
                 w.reply.set_result({"durable": True, "manifest": self.durable.seq if self.durable else None})
             elif now >= w.deadline:
-                pending = sorted(k.lstrip("\0") for k, g in self.outstanding.items() if w.gen is None or g <= w.gen)
+                pending = sorted(k.lstrip("\0") for k, g in self.pending_since.items()
+                                 if w.gen is None or g <= w.gen)
                 w.reply.set_result({"durable": False, "pending": pending})
             else:
                 still.append(w)
@@ -717,13 +729,30 @@ class Engine:
             "run": str(self.layout.run), "replica": self.layout.replica, "mode": self.mode,
             "manifest": self.durable.seq if self.durable else None,
             "durable_files": len(self.durable.files) if self.durable else 0,
-            "uploading": sorted(self.inflight), "pending": sorted(k.lstrip("\0") for k in self.outstanding),
+            "uploading": sorted(self.inflight), "pending": sorted(k.lstrip("\0") for k in self.pending_since),
             "owed_at_end": sorted(k.lstrip("\0") for k in self.owed),
             "rules": [_rule_doc(x) for x in self.cfg.save + self.extra_rules],
             "loaded": self.loaded,
         }
 
     # ------------------------------------------------------------------ helpers
+
+    def _accept(self, key: str, since: int | None = None) -> int:
+        """A new event for `key` (a stored name, a checkpoint dir, a seen file); `since` is an
+        older event it stands for (a sighting that turned out complete)."""
+        self.gen += 1
+        self.latest_gen[key] = self.gen
+        oldest = min(g for g in (self.pending_since.get(key), since, self.gen) if g is not None)
+        self.pending_since[key] = oldest
+        return self.gen
+
+    def _satisfy(self, key: str, gen: int) -> None:
+        """Everything for `key` up to event `gen` is committed (or needs no upload)."""
+        if self.latest_gen.get(key, 0) <= gen:
+            self.latest_gen.pop(key, None)
+            self.pending_since.pop(key, None)
+        elif key in self.pending_since:
+            self.pending_since[key] = max(self.pending_since[key], gen + 1)
 
     def _has(self, name: str) -> bool:
         return name in self.staged or name in self.inflight or bool(self.durable and name in self.durable.files)

@@ -11,6 +11,7 @@ import base64
 import dataclasses
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from botocore.exceptions import (
     BotoCoreError, ClientError, ConnectionError as BotoConnectionError, NoCredentialsError,
     NoRegionError, PartialCredentialsError,
 )
+from s3transfer.exceptions import CancelledError
 from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
@@ -159,6 +161,8 @@ class Transfers:
         self.s3 = s3
         self.store = store
         self.settings = settings
+        self._lock = threading.Lock()
+        self._inflight: set = set()
         self._manager = TransferManager(s3, TransferConfig(
             multipart_threshold=settings.multipart_threshold,
             multipart_chunksize=settings.multipart_chunksize,
@@ -202,8 +206,15 @@ class Transfers:
         return head.get("ContentLength") == size
 
     def cancel(self) -> None:
-        """Cancel every transfer in flight (their futures raise); multipart uploads are aborted."""
-        self._manager.shutdown(cancel=True, cancel_msg="runsync: out of time")
+        """Cancel every transfer in flight (their futures raise); multipart uploads are aborted.
+
+        Each future is cancelled on its own: `TransferManager.shutdown(cancel=True)` passes its
+        arguments shifted in s3transfer 0.17-0.19 and raises TypeError instead.
+        """
+        with self._lock:
+            inflight = list(self._inflight)
+        for future in inflight:
+            future.cancel()
 
     def _submit(self, up: Upload, on_bytes):
         if up.digest.size < self.settings.multipart_threshold:
@@ -211,18 +222,26 @@ class Transfers:
             extra = {"ChecksumSHA256": base64.b64encode(bytes.fromhex(up.digest.sha256)).decode()}
         else:
             extra = {"ChecksumAlgorithm": "SHA256"}  # S3 checks every part
-        return self._manager.upload(up.path, self.store.bucket, up.key, extra_args=extra,
-                                    subscribers=[_Progress(on_bytes)])
+        future = self._manager.upload(up.path, self.store.bucket, up.key, extra_args=extra,
+                                      subscribers=[_Progress(on_bytes)])
+        with self._lock:
+            self._inflight.add(future)
+        return future
 
     def _finish(self, up: Upload, future) -> None:
         try:
             future.result()
+        except CancelledError:
+            raise StoreError(f"upload of {up.path} cancelled: out of time") from None
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") == "BadDigest":
                 raise FileChanged(up.path) from None  # S3 refused bytes that differ from the hash
             raise describe(err, self.store, self.s3) from None
         except BotoCoreError as err:
             raise describe(err, self.store, self.s3) from None
+        finally:
+            with self._lock:
+                self._inflight.discard(future)
         if up.digest.size < self.settings.multipart_threshold:
             return  # S3 verified the whole object against the digest
         st = os.stat(up.path)
