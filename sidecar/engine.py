@@ -338,7 +338,8 @@ class Engine:
         now = self.clock()
         self.last_rescan = now
         found = watch.scan(self.root)
-        for f in found.files:
+        # Newest first: when the grace period is short, the latest checkpoint is what matters.
+        for f in sorted(found.files, key=lambda f: -f.mtime_ns) if everything else found.files:
             d = plan.decide(self.cfg, self.extra_rules, f.relpath, self.checkpoint_dirs)
             if d.name is None:
                 continue

@@ -298,3 +298,57 @@ def test_s3_outage_of_30_seconds_then_everything_lands(tmp_path):
             sc.stop()
     finally:
         server.stop()
+
+
+def test_pre_stop_starts_the_final_flush_before_sigterm(sidecars, store):
+    import subprocess
+    from harness import RUNSYNC
+
+    sc = sidecars({SAVE: "ckpt/*:live, out/*:end"}).start()
+    (sc.run_dir / "out").mkdir()
+    (sc.run_dir / "out/metrics.json").write_text("{}")
+    (sc.run_dir / "unnamed.txt").write_text("u")
+    sc.flush()
+    assert not {"out/metrics.json", "unnamed.txt"} & set(store.files())
+    hook = subprocess.run([RUNSYNC, "sidecar", "--pre-stop"], env=sc.env, capture_output=True, text=True, timeout=30)
+    assert hook.returncode == 0, hook.stderr
+    # The app containers still run during preStop: what they write now still goes up.
+    (sc.run_dir / "out/late.json").write_text("late")
+    wait_for(lambda: {"out/metrics.json", "unnamed.txt", "out/late.json"} <= set(store.files()),
+             timeout=20, what="end files after preStop")
+    assert sc.status()["mode"] == "ending"
+    code, _ = sc.terminate()
+    assert code == 0 and store.latest().final
+
+
+def test_many_small_files_are_batched_into_few_manifests(sidecars, store):
+    sc = sidecars({SAVE: "many/**:live"}).start()
+    many = sc.run_dir / "many"
+    many.mkdir()
+    for i in range(2000):
+        (many / f"f{i:04d}.txt").write_text(str(i))
+    wait_for(lambda: len(store.files()) == 2000, timeout=120, interval=1, what="2000 files durable")
+    committed = sc.metric("runsync_manifests_committed_total")
+    assert committed <= 60, f"{committed} manifests for 2000 files"
+
+
+def test_health_and_readiness_probes(sidecars):
+    import urllib.request
+
+    sc = sidecars({}).start()
+    for probe in ("healthz", "readyz"):
+        with urllib.request.urlopen(f"http://{sc.metrics_addr}/{probe}", timeout=5) as resp:
+            assert resp.status == 200
+
+
+def test_bad_environment_is_one_clear_line(tmp_path, s3_env):
+    import subprocess
+    from harness import RUNSYNC
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSYNC_")}
+    env.update(s3_env)
+    env.update({contract.ENV_DIR: str(tmp_path), contract.ENV_RUN_PATH: "ns/p/r", contract.ENV_API: "0.0.0.0:7070"})
+    result = subprocess.run([RUNSYNC, "sidecar"], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "runsync: error: RUNSYNC_API '0.0.0.0:7070' is not a loopback address; the SDK API listens on 127.0.0.1 only"]
