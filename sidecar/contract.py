@@ -60,6 +60,9 @@ ENV_API = "RUNSYNC_API"
 
 ENV_GRACE = "RUNSYNC_GRACE_SECONDS"
 """The pod's termination grace period, in seconds (the operator copies it from the pod)."""
+ENV_HOLDER = "RUNSYNC_HOLDER"
+"""Who holds the replica's writer lease: the pod (name and uid); restore-init and the sidecar
+of one pod share it. Default: the host name, which is the pod's name."""
 ENV_METRICS = "RUNSYNC_METRICS_ADDR"
 """HOST:PORT of the sidecar's /metrics, /healthz and /readyz."""
 

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import config, keys, manifest, plan, transfer, watch
+from . import config, keys, lease, manifest, plan, transfer, watch
 from .errors import ConfigError, StoreError
 from .logs import log
 from .metrics import Metrics
@@ -144,6 +144,7 @@ class Engine:
         annotations_file: str | None = None,
         fence: Callable[[], int] | None = None,
         clock: Callable[[], float] = time.time,
+        holder: str | None = None,
     ):
         self.root = os.path.abspath(run_dir)
         self.layout = layout
@@ -164,6 +165,10 @@ class Engine:
         self.extra_rules: tuple[config.SaveRule, ...] = self._load_extra_rules()
         self.durable: manifest.Manifest | None = self._load_cached_manifest()
         self.loaded = False
+        self.holder = holder or socket.gethostname()
+        self.held: lease.Held | None = None
+        self.fenced = False
+        self.last_heartbeat = 0.0
         self.gen = 0
         self.latest_gen: dict[str, int] = {}
         """Per stored name (or checkpoint dir, or seen file): the newest accepted event."""
@@ -549,8 +554,11 @@ class Engine:
     # ------------------------------------------------------------------ manifests
 
     def _maybe_commit(self, now: float) -> None:
-        if self.committing or not self.loaded or self.mode == "final":
+        if self.committing or not self.loaded or self.mode == "final" or self.fenced:
             return
+        if now - self.last_heartbeat >= lease.DEFAULT_TTL / 3 and self.held is not None:
+            self.last_heartbeat = now
+            self.committer.submit(self._heartbeat)
         if not (self.staged or self.staged_removed or self.tokens):
             return
         if now - self.last_commit < self.settings.commit_interval and not self.waiters:
@@ -568,27 +576,40 @@ class Engine:
             self.post(Committed(None, str(err) or type(err).__name__, names, removed, tokens))
 
     def _commit(self, durable, names, removed, final) -> manifest.Manifest:
-        for _ in range(5):
-            try:
-                m = manifest.commit(self.s3, self.layout, durable, names.values(), final=final,
-                                    writer=self.writer, removed=removed)
-                self._cache_manifest(m)
-                return m
-            except manifest.CommitConflict:
-                durable = manifest.latest(self.s3, self.layout)
-            except StoreError:
-                raise
-            except Exception as err:  # noqa: BLE001 - botocore errors
-                raise transfer.describe(err, self.layout.store, self.s3) from None
-        raise StoreError(f"manifest of {self.layout.run} replica {self.layout.replica} keeps conflicting "
-                         "with another writer")
+        """Renew the lease (proof that we still hold it), then commit under its epoch."""
+        try:
+            self.held = lease.renew(self.s3, self.layout, self.held)
+            m = manifest.commit_next(self.s3, self.layout, durable, names.values(), final=final,
+                                     writer=self.writer, epoch=self.held.lease.epoch, removed=removed)
+        except lease.LeaseLost:
+            self.fenced = True
+            raise
+        except StoreError:
+            raise
+        except Exception as err:  # noqa: BLE001 - botocore errors
+            raise transfer.describe(err, self.layout.store, self.s3) from None
+        self._cache_manifest(m)
+        return m
+
+    def _heartbeat(self) -> None:
+        try:
+            self.held = lease.renew(self.s3, self.layout, self.held)
+        except lease.LeaseLost as err:
+            self.fenced = True
+            self.post(Committed(None, str(err), {}, set(), []))
+        except Exception as err:  # noqa: BLE001 - an outage: the next renewal tries again
+            log.warning("lease heartbeat failed", extra={"fields": {"error": str(err)}})
 
     def _committed(self, c: Committed) -> None:
         self.committing = False
         now = self.clock()
         self.last_commit = now
         if c.manifest is None:
-            self.metrics.failures.labels(_kind(c.error)).inc()
+            self.metrics.failures.labels("fenced" if self.fenced else _kind(c.error)).inc()
+            if self.fenced:
+                log.error("fenced off: another pod holds this replica's lease; no more commits",
+                          extra={"fields": {"error": c.error}})
+                return
             log.warning("manifest commit failed; will retry", extra={"fields": {"error": c.error}})
             self.last_commit = now + min(self.settings.retry_cap, 2.0)  # back off
             return
@@ -615,6 +636,11 @@ class Engine:
             delay = 1.0
             while not self.finished:
                 try:
+                    self.held = lease.acquire(
+                        self.s3, self.layout, self.holder, wait=self.settings.grace + lease.DEFAULT_TTL,
+                        max_seq=lambda: manifest.max_seq(self.s3, self.layout),
+                        on_wait=lambda l: log.info("waiting for the previous writer to finish", extra={
+                            "fields": {"holder": l.holder, "epoch": l.epoch}}))
                     self.post(Loaded(manifest.latest(self.s3, self.layout), ""))
                     return
                 except Exception as err:  # noqa: BLE001
@@ -699,12 +725,19 @@ class Engine:
             self.transfers.cancel()
         names, removed = dict(self.staged), set(self.staged_removed)
         try:
-            if self.loaded or self.durable is not None:
-                m = self._commit(self.durable, names, removed, final=True)
+            if self.fenced:
+                log.error("fenced off: the final manifest is not committed (another pod holds the lease)",
+                          extra={"fields": {"files_not_committed": len(names)}})
+            elif self.loaded and self.held is not None:
+                # Through the committer: it serializes with a heartbeat that may be running.
+                left = max(1.0, self.deadline - self.clock())
+                m = self.committer.submit(self._commit, self.durable, names, removed, True).result(timeout=left)
                 self._apply_commit(m, names, removed, list(self.tokens), now)
+                self.held = lease.renew(self.s3, self.layout, self.held, state="released")
             else:
-                log.error("no manifest could be read from the store; nothing committed")
-        except StoreError as err:
+                log.error("the store could not be read since start-up; nothing committed",
+                          extra={"fields": {"files_not_committed": len(names)}})
+        except (StoreError, concurrent.futures.TimeoutError) as err:
             self.metrics.failures.labels(_kind(str(err))).inc()
             log.error("final manifest not committed", extra={"fields": {"error": str(err),
                                                                          "files_lost": len(names)}})

@@ -51,6 +51,8 @@ class Manifest:
     final: bool = False
     """True when the run ended (a final flush, or a one-shot `runsync sync`)."""
     writer: str = ""
+    epoch: int = 0
+    """The writer's lease epoch (lease.py); readers ignore manifests of a fenced-off epoch."""
 
     @property
     def size(self) -> int:
@@ -65,6 +67,7 @@ class Manifest:
             "created": self.created,
             "final": self.final,
             "writer": self.writer,
+            "epoch": self.epoch,
             "files": [dataclasses.asdict(f) for f in sorted(self.files.values(), key=lambda f: f.name)],
         }
         return json.dumps(doc, indent=1, ensure_ascii=False).encode()
@@ -92,7 +95,7 @@ class Manifest:
             return cls(
                 run=str(doc["run"]), replica=str(doc["replica"]), seq=int(doc["seq"]),
                 created=float(doc["created"]), files=files, final=bool(doc.get("final", False)),
-                writer=str(doc.get("writer", "")),
+                writer=str(doc.get("writer", "")), epoch=int(doc.get("epoch", 0)),
             )
         except (ValueError, KeyError, TypeError) as err:
             raise StoreError(f"manifest {source} is unreadable ({err}); it was not written by "
@@ -100,24 +103,37 @@ class Manifest:
 
 
 def latest(client, layout: keys.Layout) -> Manifest | None:
-    """The highest-numbered committed manifest of the replica, or None if it has none."""
-    seq = latest_seq(client, layout)
-    if seq is None:
-        return None
-    key = layout.manifest_key(seq)
-    body = client.get_object(Bucket=layout.store.bucket, Key=key)["Body"].read()
-    return Manifest.from_json(body, layout, f"s3://{layout.store.bucket}/{key}")
+    """The highest-numbered valid manifest of the replica, or None if it has none.
+
+    Valid: written by the lease epoch that owned its number (lease.py), so a writer that was
+    fenced off and kept committing is never read.
+    """
+    from . import lease  # lease imports keys only; kept local to show the one dependency
+
+    current, _ = lease.read(client, layout)
+    for seq in sorted(seqs(client, layout), reverse=True):
+        key = layout.manifest_key(seq)
+        body = client.get_object(Bucket=layout.store.bucket, Key=key)["Body"].read()
+        m = Manifest.from_json(body, layout, f"s3://{layout.store.bucket}/{key}")
+        if current is None or m.epoch == current.owner_of(seq):
+            return m
+    return None
 
 
-def latest_seq(client, layout: keys.Layout) -> int | None:
-    best = None
+def seqs(client, layout: keys.Layout) -> list[int]:
+    found = []
     paginator = client.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=layout.store.bucket, Prefix=layout.manifests_prefix):
         for obj in page.get("Contents", ()):
             seq = layout.manifest_seq(obj["Key"])
-            if seq is not None and (best is None or seq > best):
-                best = seq
-    return best
+            if seq is not None:
+                found.append(seq)
+    return found
+
+
+def max_seq(client, layout: keys.Layout) -> int:
+    """The highest manifest number written, valid or not (0 if none)."""
+    return max(seqs(client, layout), default=0)
 
 
 def commit(
@@ -129,6 +145,8 @@ def commit(
     writer: str,
     now: float | None = None,
     removed: Iterable[str] = (),
+    epoch: int = 0,
+    seq: int | None = None,
 ) -> Manifest:
     """Commit `previous`'s files, less `removed`, updated by `changes` (all durable), as the
     next manifest."""
@@ -137,8 +155,9 @@ def commit(
         files.pop(name, None)
     files.update((entry.name, entry) for entry in changes)
     manifest = Manifest(
-        run=str(layout.run), replica=layout.replica, seq=(previous.seq + 1) if previous else 1,
-        created=time.time() if now is None else now, files=files, final=final, writer=writer,
+        run=str(layout.run), replica=layout.replica,
+        seq=seq if seq is not None else (previous.seq + 1) if previous else 1,
+        created=time.time() if now is None else now, files=files, final=final, writer=writer, epoch=epoch,
     )
     body = manifest.to_json()
     key = layout.manifest_key(manifest.seq)
@@ -169,3 +188,27 @@ def list_prefixes(client, bucket: str, prefix: str) -> list[str]:
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
         found.extend(p["Prefix"] for p in page.get("CommonPrefixes", ()))
     return found
+
+
+def commit_next(
+    client,
+    layout: keys.Layout,
+    durable: Manifest | None,
+    changes: Iterable[FileEntry],
+    final: bool,
+    writer: str,
+    epoch: int = 0,
+    removed: Iterable[str] = (),
+    attempts: int = 5,
+) -> Manifest:
+    """Commit on top of `durable` under the next free number; on a conflict, merge onto the
+    latest valid manifest and try the next number."""
+    changes, removed = list(changes), list(removed)
+    for _ in range(attempts):
+        try:
+            return commit(client, layout, durable, changes, final, writer, removed=removed, epoch=epoch,
+                          seq=max_seq(client, layout) + 1)
+        except CommitConflict:
+            durable = latest(client, layout)
+    raise StoreError(f"could not commit a manifest for {layout.run} replica {layout.replica}: another "
+                     "writer keeps committing; fix: stop the other writer and retry")

@@ -148,3 +148,57 @@ def _shape(path: str) -> str:
     """A sibling of the same shape: `ckpt/step-200` has the shape of `ckpt/step-100`."""
     parent, _, base = path.rpartition("/")
     return parent + "/" + re.sub(r"\d+", "#", base) if re.search(r"\d", base) else "\0" + path
+
+
+# ------------------------------------------------------------------------------- restore
+
+@dataclasses.dataclass(frozen=True)
+class RestorePlan:
+    files: dict[str, tuple[str, FileEntry]]
+    """stored name → (replica, entry) of everything to restore."""
+    groups: dict[str, tuple[str, ...]]
+    """checkpoint dir → its names (restored whole, markers last)."""
+    incomplete: tuple[str, ...]
+    """checkpoint dirs left out: no marker yet, or a replica's part not yet durable."""
+
+
+def for_restore(
+    manifests: dict[str, Manifest],
+    markers: tuple[globs.Glob, ...],
+    patterns: tuple[globs.Glob, ...] = (),
+    own: str = "0",
+) -> RestorePlan:
+    """Which files of these replicas' manifests to restore; pure.
+
+    A checkpoint directory (it holds a marker, has the shape of one that does, or a convention
+    names it) is taken only when it holds a marker and every participating replica's part of
+    it is durable. The participants of a shape are the replicas that made any part of any
+    directory of that shape durable. With one replica that is just "has its marker".
+    """
+    merged: dict[str, tuple[str, FileEntry]] = {}
+    for replica in sorted(manifests, key=lambda r: (r != own, r)):  # own replica wins a clash
+        for name, entry in manifests[replica].files.items():
+            merged.setdefault(name, (replica, entry))
+    if patterns:
+        merged = {n: v for n, v in merged.items() if globs.matches_any(patterns, n)}
+    marked = marked_dirs(merged, markers)
+    by_dir: dict[str, list[str]] = {}
+    for name in merged:
+        ckpt = _checkpoint_dir(name, marked)
+        if ckpt is not None:
+            by_dir.setdefault(ckpt, []).append(name)
+    participants: dict[str, set[str]] = {}
+    for d, names in by_dir.items():
+        participants.setdefault(_shape(d), set()).update(merged[n][0] for n in names)
+    groups, incomplete = {}, []
+    for d, names in sorted(by_dir.items()):
+        present = {merged[n][0] for n in names}
+        if d in marked and participants[_shape(d)] <= present:
+            markers_last = sorted(names, key=lambda n: (n.rpartition("/")[0] == d and
+                                                        globs.matches_any(markers, n.rpartition("/")[2]), n))
+            groups[d] = tuple(markers_last)
+        else:
+            incomplete.append(d)
+            for n in names:
+                del merged[n]
+    return RestorePlan(merged, groups, tuple(incomplete))

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -40,6 +41,7 @@ class PodEnv:
     api: tuple[str, int]
     metrics: tuple[str, int]
     grace: float
+    holder: str
 
     @classmethod
     def read(cls, env=os.environ) -> "PodEnv":
@@ -66,6 +68,7 @@ class PodEnv:
             metrics=api.parse_addr(env.get(contract.ENV_METRICS) or contract.DEFAULT_METRICS,
                                    contract.ENV_METRICS, False),
             grace=grace,
+            holder=env.get(contract.ENV_HOLDER) or socket.gethostname(),
         )
 
 
@@ -81,7 +84,7 @@ def run(settings: engine.Settings | None = None, env=os.environ) -> int:
     core: engine.Engine | None = None
     watcher = watch.Watcher(pod.run_dir, lambda ev: core.post(ev))
     core = engine.Engine(pod.run_dir, layout, s3, transfers, metrics, settings,
-                         annotations_file=pod.annotations, fence=watcher.fence)
+                         annotations_file=pod.annotations, fence=watcher.fence, holder=pod.holder)
     threading.Thread(target=watcher.run, name="watcher", daemon=True).start()
     api_server = api.serve_api(pod.api, core.post, watcher.fence)
     metrics_server = api.serve_metrics(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import config, globs, keys, manifest, plan, transfer, watch
+from . import config, globs, keys, lease, manifest, plan, transfer, watch
 from .errors import StoreError
 from .logs import log
 
@@ -131,14 +131,15 @@ def _hash_all(intents, report: SyncReport) -> list[tuple[plan.Intent, transfer.D
 
 
 def _commit(s3, layout, durable, changes) -> manifest.Manifest:
-    writer = f"sync@{socket.gethostname()}:{os.getpid()}"
-    for _ in range(5):
-        try:
-            return manifest.commit(s3, layout, durable, changes, final=True, writer=writer)
-        except manifest.CommitConflict:
-            durable = manifest.latest(s3, layout)  # another writer won: merge onto its manifest
-    raise StoreError(f"could not commit a manifest for {layout.run} replica {layout.replica}: "
-                     "another writer keeps committing; fix: stop the other writer and retry")
+    """Commit as a short-lived writer: take the replica's lease (a live sidecar keeps it, and
+    then this fails clearly), commit, release."""
+    holder = f"sync@{socket.gethostname()}:{os.getpid()}"
+    held = lease.acquire(s3, layout, holder, wait=0, max_seq=lambda: manifest.max_seq(s3, layout),
+                         take_live=False)
+    committed = manifest.commit_next(s3, layout, durable, changes, final=True, writer=holder,
+                                     epoch=held.lease.epoch)
+    lease.renew(s3, layout, held, state="released")
+    return committed
 
 
 def _clean(the_plan: plan.SyncPlan, digests, committed: manifest.Manifest) -> list[str]:

@@ -1,0 +1,168 @@
+"""The writer lease of one replica of a run: who may commit its manifests, with fencing.
+
+`<replica>/lease.json` holds the holder, its epoch, its last heartbeat, its state and the
+history of epochs, each with the manifest number it took over from. Every change is a
+conditional PUT (`If-None-Match: *` to create, `If-Match: <etag>` to change), so two writers
+can never both believe they hold it.
+
+    restore-init of a new pod       acquire(wait): while the old holder is active and its
+                                    heartbeat fresh (it is flushing), wait, bounded; then take
+                                    the lease with epoch + 1, from the highest manifest number
+    sidecar                         acquire (same holder: no wait), renew before each commit
+                                    and every ttl/3; a lost lease stops all commits
+    final flush                     commit the final manifest, then release
+
+Fencing: a manifest records the epoch of its writer. The epoch that owns number `seq` is
+the last one that took over from a number below `seq`; a manifest written by any other epoch
+(an old writer that kept going after it was replaced) is ignored by every reader.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from . import keys
+from .errors import StoreError
+
+DEFAULT_TTL = 15.0
+
+
+class LeaseLost(StoreError):
+    """Another writer holds the replica's lease now: this one must not commit."""
+
+
+class LeaseBusy(StoreError):
+    """The lease is held by a live writer and waiting did not free it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Lease:
+    holder: str
+    epoch: int
+    heartbeat: float
+    state: str = "active"
+    """active | released"""
+    ttl: float = DEFAULT_TTL
+    epochs: tuple[tuple[int, int], ...] = ()
+    """(epoch, the highest manifest number when it took over)."""
+
+    def owner_of(self, seq: int) -> int:
+        """The epoch allowed to write manifest `seq` (0: written before any lease)."""
+        owner = 0
+        for epoch, from_seq in self.epochs:
+            if from_seq < seq:
+                owner = epoch
+        return owner
+
+    def alive(self, now: float) -> bool:
+        return self.state == "active" and now - self.heartbeat < self.ttl
+
+    def to_json(self) -> bytes:
+        doc = dataclasses.asdict(self)
+        doc["epochs"] = [list(e) for e in self.epochs]
+        return json.dumps(doc).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "Lease":
+        doc = json.loads(data)
+        return cls(holder=str(doc["holder"]), epoch=int(doc["epoch"]), heartbeat=float(doc["heartbeat"]),
+                   state=str(doc.get("state", "active")), ttl=float(doc.get("ttl", DEFAULT_TTL)),
+                   epochs=tuple((int(e), int(s)) for e, s in doc.get("epochs", ())))
+
+
+@dataclasses.dataclass
+class Held:
+    """A lease this process holds, with the ETag that proves it."""
+
+    lease: Lease
+    etag: str
+
+
+def read(s3, layout: keys.Layout) -> tuple[Lease | None, str | None]:
+    try:
+        obj = s3.get_object(Bucket=layout.store.bucket, Key=layout.lease_key)
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None, None
+        raise
+    body = obj["Body"].read()
+    try:
+        return Lease.from_json(body), obj["ETag"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise StoreError(f"lease s3://{layout.store.bucket}/{layout.lease_key} is unreadable ({err}); "
+                         "delete it to start the replica afresh") from None
+
+
+def acquire(
+    s3,
+    layout: keys.Layout,
+    holder: str,
+    wait: float,
+    max_seq: Callable[[], int],
+    ttl: float = DEFAULT_TTL,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+    on_wait: Callable[[Lease], None] = lambda lease: None,
+    take_live: bool = True,
+) -> Held:
+    """Hold the replica's lease: keep it if ours, wait (up to `wait` s) while another live
+    holder flushes, then take it with the next epoch (or, with `take_live=False`, give up
+    with `LeaseBusy` while it still beats)."""
+    deadline = clock() + wait
+    waited = False
+    while True:
+        lease, etag = read(s3, layout)
+        now = clock()
+        if lease is not None and lease.holder == holder and lease.state == "active":
+            return renew(s3, layout, Held(lease, etag))
+        if lease is not None and lease.alive(now) and now < deadline:
+            if not waited:
+                on_wait(lease)
+                waited = True
+            sleep(min(0.5, max(0.05, deadline - now)))
+            continue
+        if lease is not None and lease.alive(now) and not take_live:
+            raise LeaseBusy(f"{layout.run} replica {layout.replica} is being written by {lease.holder} "
+                            f"(heartbeat {now - lease.heartbeat:.0f} s ago); fix: wait until it ends, "
+                            "or use another run or --replica")
+        epoch = (lease.epoch if lease else 0) + 1
+        history = (lease.epochs if lease else ()) + ((epoch, max_seq()),)
+        new = Lease(holder=holder, epoch=epoch, heartbeat=now, ttl=ttl, epochs=history[-50:])
+        try:
+            conditions = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+            put = s3.put_object(Bucket=layout.store.bucket, Key=layout.lease_key, Body=new.to_json(),
+                                ContentType="application/json", **conditions)
+            return Held(new, put["ETag"])
+        except ClientError as err:
+            if _precondition_failed(err):
+                continue  # someone changed it meanwhile: look again
+            raise
+
+
+def renew(s3, layout: keys.Layout, held: Held, clock: Callable[[], float] = time.time,
+          state: str = "active") -> Held:
+    """Refresh the heartbeat (or release, with `state="released"`); `LeaseLost` if taken."""
+    new = dataclasses.replace(held.lease, heartbeat=clock(), state=state)
+    try:
+        put = s3.put_object(Bucket=layout.store.bucket, Key=layout.lease_key, Body=new.to_json(),
+                            ContentType="application/json", IfMatch=held.etag)
+    except ClientError as err:
+        if _precondition_failed(err):
+            current, _ = read(s3, layout)
+            who = f"{current.holder} (epoch {current.epoch})" if current else "nobody"
+            raise LeaseLost(f"the lease of {layout.run} replica {layout.replica} was taken by {who}; "
+                            f"this writer (epoch {held.lease.epoch}) stops committing") from None
+        raise
+    except BotoCoreError:
+        raise
+    return Held(new, put["ETag"])
+
+
+def _precondition_failed(err: ClientError) -> bool:
+    return err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412") or \
+        err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412

@@ -1,0 +1,226 @@
+"""Committed manifest → files in a directory: verified, placed atomically, never outside it.
+
+Used by restore-init (before the trainer starts) and by `runsync restore` (a laptop).
+
+- Every file is downloaded to a temp name in its own directory, checked against its SHA-256,
+  given its recorded mtime and renamed into place; a mismatch names the file and leaves
+  nothing behind.
+- A checkpoint directory is placed whole or not at all: all its files are downloaded and
+  checked before any is renamed, the marker last.
+- A file that exists locally with the same size and mtime is left alone; one that is newer
+  locally is kept (a surviving PVC run dir wins) unless `replace`; identical content is never
+  downloaded again.
+- Names that would land outside the directory are refused by `manifest` and `keys`; here a
+  path that would pass through a symlink is refused too, before anything is written.
+- Free space is checked before the first byte; a full disk mid-way fails with a clear message
+  and removes its temp files.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import errno
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from . import globs, keys, manifest, plan, transfer
+from .errors import RunsyncError, StoreError
+from .logs import log
+
+
+class RestoreError(RunsyncError):
+    """A restore that could not be done; nothing torn was left behind."""
+
+
+@dataclasses.dataclass
+class RestoreReport:
+    written: list[str] = dataclasses.field(default_factory=list)
+    up_to_date: list[str] = dataclasses.field(default_factory=list)
+    kept_newer: list[str] = dataclasses.field(default_factory=list)
+    incomplete: tuple[str, ...] = ()
+    manifests: dict[str, int] = dataclasses.field(default_factory=dict)
+    bytes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def empty(self) -> bool:
+        return not self.manifests
+
+
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+    on_plan: Callable[[int, int], None] = lambda files, nbytes: None
+    on_bytes: Callable[[int], None] = lambda n: None
+
+
+def latest_manifests(s3, store: keys.StoreURL, run: keys.RunPath, replica: str,
+                     all_replicas: bool) -> dict[str, manifest.Manifest]:
+    """The latest committed manifest of the replica (or of every replica)."""
+    replicas = manifest.replicas(s3, store, run) if all_replicas else [replica]
+    found = {}
+    for r in replicas:
+        try:
+            layout = keys.Layout(store, run, r)
+        except keys.RunPathError:
+            continue
+        m = manifest.latest(s3, layout)
+        if m is not None:
+            found[r] = m
+    return found
+
+
+def restore(
+    s3,
+    store: keys.StoreURL,
+    run: keys.RunPath,
+    dest: str | Path,
+    replica: str = "0",
+    all_replicas: bool = False,
+    patterns: tuple[globs.Glob, ...] = (),
+    markers: tuple[globs.Glob, ...] = (),
+    replace: bool = False,
+    settings: transfer.Settings = transfer.Settings(),
+    hooks: Hooks = Hooks(),
+) -> RestoreReport:
+    started = time.monotonic()
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        manifests = latest_manifests(s3, store, run, replica, all_replicas)
+    except StoreError:
+        raise
+    except (ClientError, BotoCoreError) as err:
+        raise transfer.describe(err, store, s3) from None
+    report = RestoreReport(manifests={r: m.seq for r, m in manifests.items()})
+    if not manifests:
+        return report
+    the_plan = plan.for_restore(manifests, markers, patterns, own=replica)
+    report.incomplete = the_plan.incomplete
+
+    todo: list[tuple[str, manifest.FileEntry]] = []
+    for name, (_, entry) in sorted(the_plan.files.items()):
+        target = _target(dest, name)
+        state = _local_state(target, entry, replace)
+        if state == "same":
+            report.up_to_date.append(name)
+        elif state == "newer":
+            report.kept_newer.append(name)
+        else:
+            todo.append((name, entry))
+    need = sum(e.size for _, e in todo)
+    _check_space(dest, need)
+    hooks.on_plan(len(todo), need)
+
+    grouped = {n for names in the_plan.groups.values() for n in names}
+    units: list[list[tuple[str, manifest.FileEntry]]] = [[t] for t in todo if t[0] not in grouped]
+    wanted = dict(todo)
+    for names in the_plan.groups.values():
+        unit = [(n, wanted[n]) for n in names if n in wanted]
+        if unit:
+            units.append(unit)
+    with transfer.Transfers(s3, store, settings) as transfers, \
+            concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="restore") as pool:
+        results = list(pool.map(lambda unit: _restore_unit(transfers, dest, unit, hooks), units))
+    failures = [err for err in results if err is not None]
+    for unit, err in zip(units, results):
+        if err is None:
+            report.written += [n for n, _ in unit]
+            report.bytes += sum(e.size for _, e in unit)
+    report.written.sort()
+    report.seconds = time.monotonic() - started
+    if failures:
+        raise RestoreError(f"{len(failures)} of {len(units)} restores failed; first: {failures[0]}")
+    return report
+
+
+def _restore_unit(transfers: transfer.Transfers, dest: Path,
+                  unit: list[tuple[str, manifest.FileEntry]], hooks: Hooks) -> str | None:
+    """Download every file of a unit to temp names; rename them into place only if all are good."""
+    temps: list[tuple[Path, Path, manifest.FileEntry]] = []
+    try:
+        for name, entry in unit:
+            target = _target(dest, name)
+            _make_parents(dest, target)
+            tmp = target.with_name(f".{target.name[:100]}.runsync-{uuid.uuid4().hex[:8]}")
+            temps.append((tmp, target, entry))
+            transfers.download(entry.key, tmp, entry.sha256, hooks.on_bytes)
+            os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
+        for tmp, target, _ in temps:  # markers come last in a unit
+            os.replace(tmp, target)
+        return None
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            return f"disk full while restoring into {dest}: {unit[0][0]!r} and the rest of its unit were not written; free space and retry"
+        return f"{unit[len(temps) - 1][0] if temps else unit[0][0]!r}: {err}"
+    except RunsyncError as err:
+        return str(err)
+    finally:
+        for tmp, _, _ in temps:
+            try:
+                tmp.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def _target(dest: Path, name: str) -> Path:
+    keys.check_stored_name(name)
+    return dest.joinpath(*name.split("/"))
+
+
+def _make_parents(dest: Path, target: Path) -> None:
+    """Create the target's directories; refuse any that is a symlink (it could lead outside)."""
+    current = dest
+    for part in target.relative_to(dest).parts[:-1]:
+        current = current / part
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            os.mkdir(current)
+            continue
+        if os.path.islink(current) or not os.path.isdir(current):
+            raise RestoreError(f"refusing to restore {target.relative_to(dest)}: {current} is a symlink "
+                               "or not a directory, and could lead outside the run dir")
+        del st
+
+
+def _local_state(target: Path, entry: manifest.FileEntry, replace: bool) -> str:
+    """same | newer | missing-or-older. Content equal by size and mtime, else by hash."""
+    try:
+        st = os.lstat(target)
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing"
+    if os.path.islink(target) or not os.path.isfile(target):
+        return "missing"  # replaced by the rename, never followed
+    if (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns):
+        return "same"
+    if st.st_size == entry.size:
+        try:
+            if transfer.hash_file(target).sha256 == entry.sha256:
+                os.utime(target, ns=(entry.mtime_ns, entry.mtime_ns))
+                return "same"
+        except (OSError, transfer.FileChanged):
+            pass
+    if not replace and st.st_mtime_ns > entry.mtime_ns:
+        return "newer"
+    return "missing"
+
+
+def _check_space(dest: Path, need: int) -> None:
+    free = shutil.disk_usage(dest).free
+    if need > free:
+        raise RestoreError(f"not enough space in {dest}: the restore needs {need} bytes, {free} are free; "
+                           "free space, or restore fewer files (runsync.dev/restore globs)")
+
+
+def log_report(report: RestoreReport, what: str) -> None:
+    log.info("restore done", extra={"fields": {
+        "run": what, "manifests": report.manifests, "files": len(report.written), "bytes": report.bytes,
+        "seconds": round(report.seconds, 3), "up_to_date": len(report.up_to_date),
+        "kept_newer": report.kept_newer, "incomplete_checkpoints": list(report.incomplete)}})
