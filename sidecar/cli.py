@@ -168,6 +168,52 @@ def sidecar_cmd(
     raise typer.Exit(_run(lambda: runner.run(settings)))
 
 
+@app.command("restore-init")
+def restore_init_cmd() -> None:
+    """Restore the run's files into the run dir before the trainer starts (configured by RUNSYNC_*)."""
+    from . import runner
+
+    raise typer.Exit(_run(runner.restore_init))
+
+
+@app.command("restore")
+def restore_cmd(
+    run: Annotated[str, typer.Argument(help="NAMESPACE/PROJECT/RUN")],
+    patterns: Annotated[Optional[list[str]], typer.Argument(help="Only files matching these globs.")] = None,
+    to: Annotated[Path, typer.Option("--to", help="Directory to restore into.")] = Path("."),
+    replace: Annotated[bool, typer.Option("--replace", help="Overwrite files that are newer locally.")] = False,
+    replica: Annotated[str, typer.Option(help="Replica to restore.")] = contract.DEFAULT_REPLICA,
+    all_replicas: Annotated[bool, typer.Option("--all-replicas", help="Merge every replica's files.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Download a run's latest committed files, each verified against its checksum."""
+    from . import restore
+
+    def go():
+        store, run_path = _store(), keys.RunPath.parse(run)
+        globs_ = tuple(config.parse_globs(p, "GLOB")[0] for p in patterns or ())
+        s3 = transfer.client()
+        transfer.check_store(s3, store)
+        with _progress("downloading") as hooks:
+            return _store_call(lambda: restore.restore(
+                s3, store, run_path, to, replica=keys.check_replica(replica), all_replicas=all_replicas,
+                patterns=globs_, markers=config.RunConfig().complete_markers, replace=replace,
+                hooks=restore.Hooks(hooks.on_plan, hooks.on_bytes)), store, s3)
+    report = _run(go)
+    if as_json:
+        out.print_json(json.dumps({
+            "written": report.written, "bytes": report.bytes, "up_to_date": report.up_to_date,
+            "kept_newer": report.kept_newer, "incomplete": list(report.incomplete), "manifests": report.manifests}))
+        return
+    if report.empty:
+        err.print(f"runsync: {run} has no committed files in {_State.store}", markup=False, highlight=False)
+        raise typer.Exit(1)
+    out.print(f"restored {_files(len(report.written))} ({_size(report.bytes)}) into {to}; "
+              f"{len(report.up_to_date)} up to date, {len(report.kept_newer)} newer locally (kept)")
+    for d in report.incomplete:
+        out.print(f"skipped incomplete checkpoint {d}/ (no marker yet, or a replica's part missing)")
+
+
 # ----------------------------------------------------------------------------- helpers
 
 def _store() -> keys.StoreURL:

@@ -82,6 +82,7 @@ class Group:
     extra: tuple[config.SaveRule, ...]
     prev: dict[str, manifest.FileEntry]
     attempt: int = 0
+    require_marker: bool = True
 
     @property
     def token(self) -> str:
@@ -179,6 +180,8 @@ class Engine:
         self.dirty: dict[str, tuple[str, Policy, float]] = {}
         self.groups: dict[str, Group] = {}
         self.groups_dirty: dict[str, float] = {}
+        self.quiet: dict[str, tuple[float, Policy, float]] = {}
+        """Checkpoint dirs of a replica that sees no marker: (when quiet enough, policy, ready)."""
         self.owed: dict[str, float] = {}
         self.staged: dict[str, manifest.FileEntry] = {}
         self.staged_removed: set[str] = set()
@@ -265,6 +268,9 @@ class Engine:
         if self.mode == "running" and now - self.last_rescan >= self.settings.rescan:
             self._rescan()
         self._check_candidates(now)
+        for ckpt_dir, (due, policy, when) in list(self.quiet.items()):
+            if due <= now:
+                self._group_ready(ckpt_dir, policy, when, require_marker=False)
         self._maybe_commit(now)
         self._answer_waiters(now)
         self._update_queue_gauges()
@@ -289,6 +295,13 @@ class Engine:
             if d.is_marker:
                 self.checkpoint_dirs.add(d.checkpoint_dir)
                 self._group_ready(d.checkpoint_dir, d.policy, when, since)
+            elif self._markerless(d.checkpoint_dir):
+                # This replica may never see the marker (another rank writes it): its part
+                # goes up whole once the directory has been quiet for `settle` seconds.
+                token = "\0dir:" + d.checkpoint_dir
+                if d.checkpoint_dir not in self.quiet:
+                    self._accept(token, since)
+                self.quiet[d.checkpoint_dir] = (self.clock() + self.settings.settle, d.policy, when)
             return  # a checkpoint directory's files wait for its marker
         if d.policy in (Policy.END,) and self.mode == "running":
             self.owed[relpath] = when
@@ -304,7 +317,9 @@ class Engine:
             return  # the retry reads the file afresh
         self._submit(Job(d.name, relpath, d.policy, self.gen, when, self._prev_sha(d.name)))
 
-    def _group_ready(self, ckpt_dir: str, policy: Policy, when: float, since: int | None = None) -> None:
+    def _group_ready(self, ckpt_dir: str, policy: Policy, when: float, since: int | None = None,
+                     require_marker: bool = True) -> None:
+        self.quiet.pop(ckpt_dir, None)
         if policy is Policy.END and self.mode == "running":
             self.owed["\0dir:" + ckpt_dir] = when
             return
@@ -317,7 +332,7 @@ class Engine:
         if token in self.retrying:
             return
         self._submit(Group(ckpt_dir, policy, self.gen, when, self.cfg, self.extra_rules,
-                           self._all_files()))
+                           self._all_files(), require_marker=require_marker))
 
     def _gone(self, relpath: str, is_dir: bool) -> None:
         """The trainer deleted a file (or a directory): the next manifest drops it."""
@@ -343,21 +358,28 @@ class Engine:
         now = self.clock()
         self.last_rescan = now
         found = watch.scan(self.root)
+        markerless: dict[str, tuple[Policy, float]] = {}
         # Newest first: when the grace period is short, the latest checkpoint is what matters.
         for f in sorted(found.files, key=lambda f: -f.mtime_ns) if everything else found.files:
             d = plan.decide(self.cfg, self.extra_rules, f.relpath, self.checkpoint_dirs)
             if d.name is None:
                 continue
             stat = (f.size, f.mtime_ns)
-            if d.checkpoint_dir is not None and not d.is_marker:
+            member = d.checkpoint_dir is not None and not d.is_marker
+            if member and not self._markerless(d.checkpoint_dir):
                 continue  # goes with its marker
             if self.known.get(f.relpath) == stat or self._durable_stat(d.name) == stat:
                 self.known[f.relpath] = stat
+                continue
+            if member and everything:
+                markerless.setdefault(d.checkpoint_dir, (d.policy, f.mtime_ns / 1e9))
                 continue
             if everything or now - f.mtime_ns / 1e9 >= self.settings.settle:
                 self._ready(f.relpath, f.mtime_ns / 1e9)
             elif f.relpath not in self.candidates:
                 self._candidate(f.relpath, stat)
+        for ckpt_dir, (policy, when) in markerless.items():  # the end: a replica's part goes as it is
+            self._group_ready(ckpt_dir, policy, when, require_marker=False)
 
     def _candidate(self, relpath: str, stat: tuple[int, int] | None = None) -> None:
         """A file that changed without an event: looked at again after `settle` seconds, and
@@ -461,7 +483,7 @@ class Engine:
             if d.name is None:
                 continue
             (markers if d.is_marker else members).append((relpath, d.name))
-        if not markers:
+        if not markers and (group.require_marker or not members):
             return Done(group, "incomplete")
         entries: list[tuple[manifest.FileEntry, str, str]] = []
         for batch in (members, markers):
@@ -540,7 +562,8 @@ class Engine:
         if isinstance(work, Group) and work.dir in self.groups_dirty and work.dir not in self.groups:
             when = self.groups_dirty.pop(work.dir)
             self._submit(Group(work.dir, work.policy, self.latest_gen.get(work.token, self.gen), when,
-                               self.cfg, self.extra_rules, self._all_files()))
+                               self.cfg, self.extra_rules, self._all_files(),
+                               require_marker=work.require_marker))
 
     def _account(self, entry: manifest.FileEntry, relpath: str, how: str) -> None:
         if how == "uploaded":
@@ -787,6 +810,12 @@ class Engine:
             self.pending_since.pop(key, None)
         elif key in self.pending_since:
             self.pending_since[key] = max(self.pending_since[key], gen + 1)
+
+    def _markerless(self, ckpt_dir: str) -> bool:
+        """Does this replica upload its part of `ckpt_dir` without a marker? Only in a run whose
+        replicas' parts make one checkpoint (`restore-replicas: all`), and only while it has
+        never seen a marker of that shape itself."""
+        return self.cfg.restore_replicas == "all" and not plan.expects_marker(ckpt_dir, self.checkpoint_dirs)
 
     def _has(self, name: str) -> bool:
         return name in self.staged or name in self.inflight or bool(self.durable and name in self.durable.files)

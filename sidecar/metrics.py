@@ -25,5 +25,8 @@ class Metrics:
         self.latency = Histogram("runsync_close_to_durable_seconds",
                                  "From a file's close (or rename) to its manifest commit.",
                                  buckets=LATENCY_BUCKETS, registry=r)
+        self.restore_bytes = Gauge("runsync_restore_bytes", "Bytes restore-init wrote in this pod.", registry=r)
+        self.restore_seconds = Gauge("runsync_restore_duration_seconds", "How long restore-init took.",
+                                     registry=r)
         self.last_sync = Gauge("runsync_last_sync_timestamp_seconds",
                                "Unix time of the last committed manifest.", registry=r)

@@ -129,6 +129,14 @@ def decide(
     return Decision(name, policy, ckpt, is_marker)
 
 
+def expects_marker(ckpt_dir: str, known: set[str]) -> bool:
+    """True when this writer has seen a marker in `ckpt_dir` or a directory of its shape.
+
+    A replica that never has (rank 1 of a DCP job writes shards; rank 0 writes `.metadata`)
+    uploads its part of a checkpoint directory once the directory is quiet instead."""
+    return ckpt_dir in known or _shape(ckpt_dir) in {_shape(d) for d in known}
+
+
 def _checkpoint_dir(relpath: str, known: set[str]) -> str | None:
     parts = relpath.split("/")[:-1]
     shapes = {_shape(d) for d in known}

@@ -21,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 
+from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import CollectorRegistry
 
 from . import api, contract, engine, keys, logs, transfer, watch
@@ -80,6 +81,7 @@ def run(settings: engine.Settings | None = None, env=os.environ) -> int:
     s3 = transfer.client()
     registry = CollectorRegistry()
     metrics = Metrics(registry)
+    _restore_metrics(pod.run_dir, metrics)
     transfers = transfer.Transfers(s3, pod.store)
     core: engine.Engine | None = None
     watcher = watch.Watcher(pod.run_dir, lambda ev: core.post(ev))
@@ -107,6 +109,16 @@ def run(settings: engine.Settings | None = None, env=os.environ) -> int:
     return code
 
 
+def _restore_metrics(run_dir: str, metrics: Metrics) -> None:
+    try:
+        with open(os.path.join(run_dir, watch.STATE_DIR, RESTORE_STATE)) as f:
+            doc = json.load(f)
+        metrics.restore_bytes.set(float(doc["bytes"]))
+        metrics.restore_seconds.set(float(doc["seconds"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no restore ran in this pod
+
+
 def pre_stop(env=os.environ, timeout: float = 10.0) -> str:
     """The preStop hook: tell the running sidecar that the pod is terminating."""
     host, port = api.parse_addr(env.get(contract.ENV_API) or contract.DEFAULT_API, contract.ENV_API, True)
@@ -118,3 +130,54 @@ def pre_stop(env=os.environ, timeout: float = 10.0) -> str:
             return json.loads(response.read()).get("deadline") and "final flush started" or "ok"
     except (urllib.error.URLError, OSError) as err:
         raise InputError(f"cannot reach the sidecar at {url} ({err}); is it running?") from None
+
+
+RESTORE_STATE = "restore.json"
+"""restore-init's report in the state dir, which the sidecar turns into metrics."""
+
+
+def restore_init(env=os.environ) -> int:
+    """`runsync restore-init`: take the replica's lease (after the previous pod's final flush),
+    then restore the run's files into the run dir before any app container starts."""
+    pod = PodEnv.read(env)
+    logs.setup(sys.stdout)
+    s3 = transfer.client()
+    try:
+        return _restore_init(pod, s3)
+    except (ClientError, BotoCoreError) as err:
+        raise transfer.describe(err, pod.store, s3) from None
+
+
+def _restore_init(pod: PodEnv, s3) -> int:
+    from . import config, lease, manifest, restore
+
+    cfg = config.parse(config.read_annotations_file(pod.annotations)) if pod.annotations else config.RunConfig()
+    layout = keys.Layout(pod.store, pod.run, pod.replica)
+    transfer.check_store(s3, pod.store)
+    held = lease.acquire(
+        s3, layout, pod.holder, wait=pod.grace + lease.DEFAULT_TTL,
+        max_seq=lambda: manifest.max_seq(s3, layout),
+        on_wait=lambda l: log.info("waiting for the previous pod to finish its final flush",
+                                   extra={"fields": {"holder": l.holder, "epoch": l.epoch}}))
+    log.info("lease taken", extra={"fields": {"holder": pod.holder, "epoch": held.lease.epoch}})
+    if cfg.restore.mode == "none":
+        log.info("restore disabled (runsync.dev/restore: none)")
+        return 0
+    source = pod.run
+    all_replicas = cfg.restore_replicas == "all"
+    found = restore.latest_manifests(s3, pod.store, pod.run, pod.replica, all_replicas)
+    if not found and cfg.restore_from is not None:
+        source = keys.RunPath(pod.run.namespace, cfg.restore_from.project, cfg.restore_from.run)
+        log.info("warm start", extra={"fields": {"restore_from": str(source)}})
+    report = restore.restore(
+        s3, pod.store, source, pod.run_dir, replica=pod.replica, all_replicas=all_replicas,
+        patterns=cfg.restore.globs, markers=cfg.complete_markers)
+    restore.log_report(report, str(source))
+    state = os.path.join(pod.run_dir, watch.STATE_DIR)
+    os.makedirs(state, exist_ok=True)
+    with open(os.path.join(state, RESTORE_STATE), "w") as f:
+        json.dump({"bytes": report.bytes, "seconds": report.seconds, "files": len(report.written)}, f)
+    if report.empty and cfg.restore_strict:
+        raise InputError(f"nothing to restore for {source} in {pod.store} and runsync.dev/restore-strict is "
+                         "true; fix: check runsync.dev/run and runsync.dev/store, or set restore-strict: false")
+    return 0
