@@ -178,6 +178,6 @@ def _restore_init(pod: PodEnv, s3) -> int:
     with open(os.path.join(state, RESTORE_STATE), "w") as f:
         json.dump({"bytes": report.bytes, "seconds": report.seconds, "files": len(report.written)}, f)
     if report.empty and cfg.restore_strict:
-        raise InputError(f"nothing to restore for {source} in {pod.store} and runsync.dev/restore-strict is "
+        raise restore.RestoreError(f"nothing to restore for {source} in {pod.store} and runsync.dev/restore-strict is "
                          "true; fix: check runsync.dev/run and runsync.dev/store, or set restore-strict: false")
     return 0
