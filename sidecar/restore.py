@@ -180,14 +180,13 @@ def _make_parents(dest: Path, target: Path) -> None:
     for part in target.relative_to(dest).parts[:-1]:
         current = current / part
         try:
-            st = os.lstat(current)
-        except FileNotFoundError:
             os.mkdir(current)
             continue
+        except FileExistsError:
+            pass  # there already, or made just now by a parallel download: check what it is
         if os.path.islink(current) or not os.path.isdir(current):
             raise RestoreError(f"refusing to restore {target.relative_to(dest)}: {current} is a symlink "
                                "or not a directory, and could lead outside the run dir")
-        del st
 
 
 def _local_state(target: Path, entry: manifest.FileEntry, replace: bool) -> str:
