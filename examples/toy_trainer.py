@@ -65,6 +65,22 @@ def flush(timeout: float = 30.0) -> bool:
         return False
 
 
+def barrier(sync_dir: Path, rank: int, world: int, step: int, timeout: float = 60.0) -> None:
+    """Checkpoints are collective (as DCP's save is): wait until every rank saved `step`."""
+    sync_dir.mkdir(parents=True, exist_ok=True)
+    (sync_dir / f".rank-{rank}").write_text(str(step))
+    os.replace(sync_dir / f".rank-{rank}", sync_dir / f"rank-{rank}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if all(int((sync_dir / f"rank-{r}").read_text()) >= step for r in range(world)):
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.01)
+    raise SystemExit(f"rank {rank}: the other ranks did not reach step {step}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--dir", default=os.environ.get("RUNSYNC_DIR", "."))
@@ -74,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=64 * 1024, help="bytes per checkpoint file")
     ap.add_argument("--rank", type=int, default=0)
     ap.add_argument("--flush-log", default=None)
+    ap.add_argument("--world", type=int, default=1, help="ranks that checkpoint together")
+    ap.add_argument("--sync-dir", default=None, help="a directory the ranks share for their barrier")
     args = ap.parse_args(argv)
     run_dir = Path(args.dir)
     start = latest_checkpoint(run_dir, args.rank)
@@ -87,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.flush_log and flush():
                 with open(args.flush_log, "a") as f:
                     f.write(f"{step}\n")
+            if args.world > 1:
+                barrier(Path(args.sync_dir), args.rank, args.world, step)
     print(f"trainer rank {args.rank}: done at step {args.steps}", flush=True)
     return 0
 

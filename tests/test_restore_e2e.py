@@ -230,7 +230,8 @@ def run_trial(tmp_path: Path, s3_env: dict, trial: int, rng: random.Random, repl
         flushed = tmp_path / f"flushed-{trial}-{r}.txt"
         env = dict(sc.env)
         trainer = subprocess.Popen([sys.executable, TRAINER, "--steps", "1000", "--sleep", "0.05", "--size", "30000",
-                                    "--rank", str(r), "--flush-log", str(flushed)], env=env,
+                                    "--rank", str(r), "--flush-log", str(flushed), "--world", str(replicas),
+                                    "--sync-dir", str(tmp_path / f"barrier-{trial}")], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         pods.append((sc, trainer, flushed))
     # Everyone completes a first checkpoint before the trials' random preemption.
@@ -262,13 +263,16 @@ def run_trial(tmp_path: Path, s3_env: dict, trial: int, rng: random.Random, repl
     last = json.loads((dest / "ckpt/last.pt").read_bytes().split(b"\n", 1)[0])["step"]
     assert last >= last_flushed
     store = Store({**s3_env}, run=run)
-    for r in range(replicas):
+    committed: dict[str, str] = {}
+    for r in reversed(range(replicas)):  # replica 0's entry wins a clash, as in restore
         store.layout = keys.Layout(store.layout.store, keys.RunPath.parse(run), str(r))
         m = store.latest()
-        assert m.final
-        for name, entry in m.files.items():
-            if (dest / name).exists() and not name.startswith("ckpt/last.pt"):
-                assert sha((dest / name).read_bytes()) == entry.sha256 or replicas > 1
+        assert m.final, f"replica {r}: no final manifest"
+        committed.update({name: entry.sha256 for name, entry in m.files.items()})
+    restored = tree(dest)
+    assert restored and set(restored) <= set(committed)
+    for name, data in restored.items():  # every byte restored is a committed file's
+        assert sha(data) == committed[name], name
     for sc, _, _ in pods:
         sc.stop()
     return {"last_flushed": last_flushed, "restored": max(steps), "files": len(report["written"])}
