@@ -1,86 +1,135 @@
-"""The README's main job: a run dir synced to a local S3 server, shown step by step.
+"""The README's main job: a training pod is preempted and its replacement resumes from S3.
 
-Starts SeaweedFS on loopback (access keys on, a bucket made for the demo), writes a run dir the
-way a trainer leaves it (config, logs, a sharded checkpoint with its completion marker, junk that
-the ignore globs keep out), then runs the real `runsync` CLI on it: a first sync, a second one
-that uploads nothing, a third after a change, then `ls` and `runs`. Until the preemption demo
-lands, this is runsync's foundation at work.
+Starts SeaweedFS on loopback (access keys on), then runs what an injected pod runs, as local
+processes sharing one run dir per pod: `runsync restore-init`, then `runsync sidecar` beside
+a toy trainer (examples/toy_trainer.py) that checkpoints every step and knows nothing of
+runsync. Mid-run the node is reclaimed: the trainer is killed, the sidecar gets preStop and
+SIGTERM and makes the last checkpoint durable. A new pod, on a fresh disk, restores and the
+trainer resumes from that checkpoint. (The operator that writes this pod spec arrives with the
+Helm chart; until then the demo sets the pod's environment itself.)
 """
 
 from __future__ import annotations
 
 import os
-import shlex
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import boto3
 
-from runsync import locals3
+from runsync import config, contract, locals3
 
+HERE = Path(__file__).parent
 RUNSYNC = str(Path(sys.executable).with_name("runsync"))
 RUN = "demo/bert/run-1"
-IGNORE = "**/*.tmp, **/__pycache__"
+STEPS = 40
+ANNOTATIONS = {contract.SAVE: "ckpt/**:live, logs/*:end", contract.IGNORE: "**/*.tmp"}
 
 
 def say(text: str) -> None:
     print(f"\n\033[1m== {text}\033[0m" if sys.stdout.isatty() else f"\n== {text}", flush=True)
 
 
-def runsync(env: dict[str, str], *args: str) -> None:
-    print("$ runsync " + " ".join(shlex.quote(a) for a in args), flush=True)
-    result = subprocess.run([RUNSYNC, *args], env=env)
-    if result.returncode != 0:
-        sys.exit(f"demo failed: runsync {args[0]} exited with {result.returncode}")
+def pump(proc: subprocess.Popen, prefix: str, keep: list[str]) -> threading.Thread:
+    def run():
+        for line in proc.stdout:
+            line = line.rstrip()
+            keep.append(line)
+            print(f"  {prefix} | {line}", flush=True)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
 
 
-def write_run_dir(root: Path) -> None:
-    (root / "ckpt/step-100").mkdir(parents=True)
-    (root / "logs").mkdir()
-    (root / "__pycache__").mkdir()
-    (root / "config.yaml").write_text("model: bert-base\nlr: 3e-4\n")
-    (root / "logs/train.log").write_text("".join(f"step {i} loss {2.5 - i / 100:.3f}\n" for i in range(100)))
-    for rank in range(2):
-        (root / f"ckpt/step-100/__{rank}_0.distcp").write_bytes(os.urandom(4 * 1024 * 1024))
-    (root / "ckpt/step-100/.metadata").write_bytes(b"checkpoint index, written last")
-    (root / "ckpt/step-100/partial.tmp").write_bytes(b"scratch")
-    (root / "__pycache__/model.cpython-311.pyc").write_bytes(b"bytecode")
+class Pod:
+    """What the operator's injected pod runs: restore-init, then the sidecar beside the trainer."""
+
+    def __init__(self, name: str, root: Path, server_env: dict[str, str]):
+        self.name = name
+        self.run_dir = root / name / "run"
+        self.run_dir.mkdir(parents=True)
+        ann = root / name / "annotations"
+        ann.write_text(config.format_annotations_file(ANNOTATIONS))
+        api, metrics = locals3.free_ports(2)
+        self.env = {**os.environ, **server_env, contract.ENV_DIR: str(self.run_dir),
+                    contract.ENV_RUN_PATH: RUN, contract.ENV_STORE: "s3://runs/demo",
+                    contract.ENV_ANNOTATIONS: str(ann), contract.ENV_API: f"127.0.0.1:{api}",
+                    contract.ENV_METRICS: f"127.0.0.1:{metrics}", contract.ENV_GRACE: "20",
+                    contract.ENV_HOLDER: name}
+        self.trainer_lines: list[str] = []
+
+    def restore_init(self) -> None:
+        result = subprocess.run([RUNSYNC, "restore-init"], env=self.env, capture_output=True, text=True)
+        if result.returncode != 0:
+            sys.exit(f"demo failed: restore-init: {result.stderr.strip()}")
+        import json
+        for line in result.stdout.splitlines():
+            doc = json.loads(line)
+            if doc.get("msg") == "restore done":
+                print(f"  {self.name} restore-init | restored {doc['files']} files ({doc['bytes']} bytes) "
+                      f"in {doc['seconds']:.2f} s from manifest {doc['manifests']}")
+
+    def start(self) -> None:
+        self.sidecar = subprocess.Popen([RUNSYNC, "sidecar"], env=self.env, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+        self.trainer = subprocess.Popen(
+            [sys.executable, "-u", str(HERE / "toy_trainer.py"), "--steps", str(STEPS), "--every", "1",
+             "--sleep", "0.25", "--size", "2000000", "--flush-log", str(self.run_dir.parent / "flushed.txt")],
+            env=self.env, stdout=subprocess.PIPE, text=True)
+        self.pump = pump(self.trainer, f"{self.name} trainer", self.trainer_lines)
+
+    def preempt(self) -> None:
+        self.trainer.kill()  # the node is gone: the trainer dies mid-step
+        subprocess.run([RUNSYNC, "sidecar", "--pre-stop"], env=self.env, capture_output=True)
+        self.sidecar.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = self.sidecar.wait(30)
+        print(f"  {self.name} sidecar | final flush done, exit {code} after {time.monotonic() - started:.1f} s "
+              "(grace period 20 s)")
+
+    def finish(self) -> None:
+        self.trainer.wait()
+        self.pump.join(5)
+        self.sidecar.send_signal(signal.SIGTERM)
+        self.sidecar.wait(30)
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="runsync-demo-") as tmp, locals3.start() as server:
+        root = Path(tmp)
         say(f"A local S3 server (SeaweedFS) is up at {server.endpoint}, with access keys")
         boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
                      aws_access_key_id=server.credentials.access_key,
                      aws_secret_access_key=server.credentials.secret_key).create_bucket(Bucket="runs")
-        env = {**os.environ, **server.env(), "RUNSYNC_STORE": "s3://runs/demo-prefix"}
-        print("RUNSYNC_STORE=s3://runs/demo-prefix, AWS_ENDPOINT_URL_S3 and keys set")
 
-        run_dir = Path(tmp) / "run"
-        write_run_dir(run_dir)
-        say(f"A trainer left a run dir at {run_dir}")
-        for path in sorted(p for p in run_dir.rglob("*") if p.is_file()):
-            print(f"  {path.relative_to(run_dir)}  ({path.stat().st_size} B)")
+        say(f"pod-1 starts run {RUN}: restore-init finds nothing, so the trainer starts fresh")
+        first = Pod("pod-1", root, server.env())
+        first.restore_init()
+        first.start()
+        time.sleep(6)
 
-        say("Upload it (ignoring scratch files and bytecode)")
-        runsync(env, "sync", str(run_dir), "--run", RUN, "--ignore", IGNORE)
+        say("The node is reclaimed: the trainer dies, the sidecar flushes what is left")
+        first.preempt()
+        flushed = (first.run_dir.parent / "flushed.txt").read_text().split()
+        print(f"  the trainer had been told step {flushed[-1]} was durable before it died")
+        subprocess.run([RUNSYNC, "ls", RUN], env={**first.env, "RUNSYNC_STORE": "s3://runs/demo"})
 
-        say("Sync again: nothing changed, so nothing is uploaded")
-        runsync(env, "sync", str(run_dir), "--run", RUN, "--ignore", IGNORE)
-
-        say("The trainer appends to its log; only that file goes up")
-        with open(run_dir / "logs/train.log", "a") as log:
-            log.write("step 100 loss 1.500\n")
-        runsync(env, "sync", str(run_dir), "--run", RUN, "--ignore", IGNORE)
-
-        say("What the store holds for the run: its latest committed manifest")
-        runsync(env, "ls", RUN)
-
-        say("The runs in the store")
-        runsync(env, "runs")
-        say("Done: every file is durable in S3 and checked against its SHA-256")
+        say("pod-2 replaces it on a fresh disk: restore-init brings the last checkpoint back")
+        second = Pod("pod-2", root, server.env())
+        second.restore_init()
+        second.start()
+        second.finish()
+        resumed = next((line for line in second.trainer_lines if "resumed from step" in line), "")
+        say(f"The run resumed ({resumed.split(': ', 1)[-1]}) and finished at step {STEPS}")
+        subprocess.run([RUNSYNC, "runs"], env={**second.env, "RUNSYNC_STORE": "s3://runs/demo"})
+        if not resumed:
+            sys.exit("demo failed: the second pod did not resume")
 
 
 if __name__ == "__main__":
