@@ -214,6 +214,17 @@ def restore_cmd(
         out.print(f"skipped incomplete checkpoint {d}/ (no marker yet, or a replica's part missing)")
 
 
+@app.command("operator", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def operator_cmd(ctx: typer.Context) -> None:
+    """Run the operator: `kopf run` of runsync's handlers (admission webhook, Store CRD), JSON logs.
+    Extra arguments go to kopf run (e.g. --liveness http://0.0.0.0:8081/healthz)."""
+    import kopf.cli
+
+    args = ["run", "--standalone", "--all-namespaces", "--log-format", "json",
+            "-m", "runsync_operator.handlers", *ctx.args]
+    raise typer.Exit(kopf.cli.main.main(args=args, prog_name="runsync operator", standalone_mode=False) or 0)
+
+
 # ----------------------------------------------------------------------------- helpers
 
 def _store() -> keys.StoreURL:

@@ -1,0 +1,110 @@
+"""The `Store` CRD (runsync.dev/v1alpha1): where a namespace's runs live, and whether it works.
+
+An index of Stores lets admission find a pod's Store without an API call. A handler checks
+each Store (bucket reachable with its credentials) and reports a `Ready` condition, with an
+event when it changes.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+
+import kopf
+
+GROUP, VERSION, PLURAL = "runsync.dev", "v1alpha1", "stores"
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreSpec:
+    bucket: str
+    prefix: str = ""
+    endpoint: str | None = None
+    region: str = "us-east-1"
+    secret: str | None = None
+    """Secret with the access keys; None for workload identity (IRSA, GKE WI, Pod Identity)."""
+    access_key_id_key: str = "AWS_ACCESS_KEY_ID"
+    secret_access_key_key: str = "AWS_SECRET_ACCESS_KEY"
+    sse: str | None = None
+    kms_key_id: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    @classmethod
+    def parse(cls, spec: dict) -> "StoreSpec":
+        creds = spec.get("credentialsSecret") or {}
+        sse = spec.get("serverSideEncryption") or {}
+        return cls(
+            bucket=spec["bucket"], prefix=(spec.get("prefix") or "").strip("/"),
+            endpoint=spec.get("endpoint") or None, region=spec.get("region") or "us-east-1",
+            secret=creds.get("name") or None,
+            access_key_id_key=creds.get("accessKeyIdKey") or "AWS_ACCESS_KEY_ID",
+            secret_access_key_key=creds.get("secretAccessKeyKey") or "AWS_SECRET_ACCESS_KEY",
+            sse=sse.get("type") or None, kms_key_id=sse.get("kmsKeyId") or None,
+        )
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def stores_by_name(namespace: str, name: str, spec: dict, **_):
+    """(namespace, name) → spec: admission looks Stores up here, never in the API."""
+    return {(namespace, name): dict(spec)}
+
+
+def check_health(spec: StoreSpec, credentials: tuple[str, str] | None, now: datetime.datetime | None = None) -> dict:
+    """A `Ready` condition: can these credentials list the store's bucket?"""
+    import boto3
+    import botocore.config
+
+    from runsync import keys, transfer
+
+    kwargs = {}
+    if credentials:
+        kwargs = {"aws_access_key_id": credentials[0], "aws_secret_access_key": credentials[1]}
+    s3 = boto3.session.Session().client(
+        "s3", endpoint_url=spec.endpoint, region_name=spec.region,
+        config=botocore.config.Config(connect_timeout=3, read_timeout=10, retries={"max_attempts": 2},
+                                      s3={"addressing_style": "path" if spec.endpoint else "auto"}),
+        **kwargs)
+    stamp = (now or datetime.datetime.now(datetime.timezone.utc)).isoformat(timespec="seconds")
+    try:
+        transfer.check_store(s3, keys.StoreURL.parse(spec.url))
+    except Exception as err:  # noqa: BLE001 - every failure is a condition, not a crash
+        message = str(err).replace(f"at {s3.meta.endpoint_url}", f"at {spec.endpoint or 'AWS S3'}")
+        return {"type": "Ready", "status": "False", "reason": "StoreUnreachable", "message": message,
+                "lastTransitionTime": stamp}
+    return {"type": "Ready", "status": "True", "reason": "BucketReachable",
+            "message": f"{spec.url} can be listed with the configured credentials", "lastTransitionTime": stamp}
+
+
+def read_credentials(namespace: str, spec: StoreSpec) -> tuple[str, str] | None:
+    if spec.secret is None:
+        return None
+    import kubernetes
+
+    secret = kubernetes.client.CoreV1Api().read_namespaced_secret(spec.secret, namespace)
+    data = secret.data or {}
+    return (base64.b64decode(data[spec.access_key_id_key]).decode(),
+            base64.b64decode(data[spec.secret_access_key_key]).decode())
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+@kopf.timer(GROUP, VERSION, PLURAL, interval=300, initial_delay=60)
+def report_health(spec: dict, status: dict, namespace: str, name: str, body, patch: kopf.Patch, **_) -> None:
+    parsed = StoreSpec.parse(spec)
+    try:
+        condition = check_health(parsed, read_credentials(namespace, parsed))
+    except Exception as err:  # noqa: BLE001 - e.g. the Secret is missing
+        condition = {"type": "Ready", "status": "False", "reason": "CredentialsUnreadable",
+                     "message": f"Secret {parsed.secret!r} in {namespace}: {err}",
+                     "lastTransitionTime": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    previous = next((c for c in (status or {}).get("conditions", []) if c.get("type") == "Ready"), {})
+    if previous.get("status") == condition["status"] and previous.get("message") == condition["message"]:
+        return
+    patch.status["conditions"] = [condition]
+    kind = "Normal" if condition["status"] == "True" else "Warning"
+    kopf.event(body, type=kind, reason=condition["reason"], message=condition["message"])

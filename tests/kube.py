@@ -1,0 +1,196 @@
+"""The real operator (`runsync operator`, i.e. `kopf run`) without a kube-apiserver.
+
+A tiny aiohttp stub on loopback answers API discovery and a read-only list/watch of the test's
+Store objects (so kopf's Store index fills as in a cluster); status patches and events are
+echoed and dropped. AdmissionReviews go to the operator over real HTTPS, with a trustme CA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import jsonpatch
+import trustme
+from aiohttp import web
+
+from runsync import locals3
+
+RUNSYNC = str(Path(sys.executable).with_name("runsync"))
+GROUP_VERSION = "runsync.dev/v1alpha1"
+
+
+class ApiStub:
+    def __init__(self, stores: list[dict]):
+        self.stores = stores
+        self.port = locals3.free_ports(1)[0]
+        self.loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/api", lambda r: web.json_response({"kind": "APIVersions", "versions": ["v1"]}))
+        app.router.add_get("/api/v1", lambda r: web.json_response({"kind": "APIResourceList", "groupVersion": "v1",
+                                                                   "resources": [
+            _res("pods", "Pod", True), _res("namespaces", "Namespace", False), _res("events", "Event", True),
+            _res("secrets", "Secret", True)]}))
+        app.router.add_get("/apis", lambda r: web.json_response({"kind": "APIGroupList", "groups": [{
+            "name": "runsync.dev", "versions": [{"groupVersion": GROUP_VERSION, "version": "v1alpha1"}],
+            "preferredVersion": {"groupVersion": GROUP_VERSION, "version": "v1alpha1"}}]}))
+        app.router.add_get(f"/apis/{GROUP_VERSION}", lambda r: web.json_response({
+            "kind": "APIResourceList", "groupVersion": GROUP_VERSION,
+            "resources": [_res("stores", "Store", True), _res("stores/status", "Store", True)]}))
+        app.router.add_get(f"/apis/{GROUP_VERSION}/stores", self._stores)
+        app.router.add_route("*", "/{tail:.*}", self._echo)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def _stores(self, request: web.Request):
+        if request.query.get("watch") in ("true", "1"):
+            response = web.StreamResponse()
+            await response.prepare(request)
+            await asyncio.sleep(float(request.query.get("timeoutSeconds", "60")))  # nothing ever changes
+            return response
+        return web.json_response({"apiVersion": GROUP_VERSION, "kind": "StoreList",
+                                  "metadata": {"resourceVersion": "1"}, "items": self.stores})
+
+    async def _echo(self, request: web.Request):
+        body = await request.read()
+        try:
+            doc = json.loads(body) if body else {}
+        except ValueError:
+            doc = {}
+        if request.method == "GET":
+            return web.json_response({"kind": "Status", "code": 404}, status=404)
+        return web.json_response(doc, status=201 if request.method == "POST" else 200)
+
+    def kubeconfig(self, path: Path) -> Path:
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "stub",
+            "clusters": [{"name": "stub", "cluster": {"server": f"http://127.0.0.1:{self.port}"}}],
+            "users": [{"name": "stub", "user": {}}],
+            "contexts": [{"name": "stub", "context": {"cluster": "stub", "user": "stub"}}]}))
+        return path
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def _res(name: str, kind: str, namespaced: bool) -> dict:
+    return {"name": name, "singularName": name.split("/")[0].rstrip("s"), "namespaced": namespaced, "kind": kind,
+            "verbs": ["get", "list", "watch", "patch", "create"]}
+
+
+def store(namespace: str, name: str, bucket: str, endpoint: str | None, secret: str | None = "s3-keys",
+          prefix: str = "runs") -> dict:
+    spec = {"bucket": bucket, "prefix": prefix, "region": "us-east-1"}
+    if endpoint:
+        spec["endpoint"] = endpoint
+    if secret:
+        spec["credentialsSecret"] = {"name": secret}
+    return {"apiVersion": GROUP_VERSION, "kind": "Store",
+            "metadata": {"namespace": namespace, "name": name, "uid": str(uuid.uuid4()), "resourceVersion": "1"},
+            "spec": spec}
+
+
+class Operator:
+    """`runsync operator` as a process, serving HTTPS on a free port."""
+
+    def __init__(self, workdir: Path, stores: list[dict], values: dict[str, str] | None = None):
+        self.stub = ApiStub(stores)
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        self.ca_path = workdir / "ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_path))
+        cert.private_key_pem.write_to_path(str(workdir / "tls.key"))
+        cert.cert_chain_pems[0].write_to_path(str(workdir / "tls.crt"))
+        self.port, metrics_port = locals3.free_ports(2)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNSYNC_", "KUBE"))}
+        env.update({
+            "KUBECONFIG": str(self.stub.kubeconfig(workdir / "kubeconfig")),
+            "RUNSYNC_OPERATOR_WEBHOOK_ADDR": "127.0.0.1", "RUNSYNC_OPERATOR_WEBHOOK_PORT": str(self.port),
+            "RUNSYNC_OPERATOR_CERTFILE": str(workdir / "tls.crt"),
+            "RUNSYNC_OPERATOR_PKEYFILE": str(workdir / "tls.key"),
+            "RUNSYNC_OPERATOR_METRICS_ADDR": f"127.0.0.1:{metrics_port}",
+            "RUNSYNC_OPERATOR_IMAGE": "registry.example/runsync:test",
+            **(values or {}),
+        })
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        self.log = workdir / "operator.log"
+        self.proc = subprocess.Popen([RUNSYNC, "operator"], env=env, stdout=open(self.log, "wb"),
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.context = ssl.create_default_context(cafile=str(self.ca_path))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()[-4000:]
+            try:
+                self.review_raw({"metadata": {"name": "probe", "namespace": "default"}, "spec": {"containers": []}},
+                                path="/not-a-handler")
+                if self._stores_indexed(stores):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("the operator did not start:\n" + self.log.read_text()[-4000:])
+
+    def _stores_indexed(self, stores: list[dict]) -> bool:
+        if not stores:
+            return True
+        s = stores[0]
+        pod = {"metadata": {"name": "p", "namespace": s["metadata"]["namespace"],
+                            "labels": {"runsync.dev/inject": "true"},
+                            "annotations": {"runsync.dev/store": s["metadata"]["name"]}},
+               "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
+        return self.review(pod)["response"]["allowed"]
+
+    def review_raw(self, pod: dict, path: str = "/inject-pods", operation: str = "CREATE") -> dict:
+        namespace = (pod.get("metadata") or {}).get("namespace", "default")
+        review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": str(uuid.uuid4()), "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace, "operation": operation,
+            "userInfo": {"username": "system:serviceaccount:kube-system:job-controller"},
+            "object": pod, "oldObject": None, "dryRun": False, "options": {}}}
+        req = urllib.request.Request(f"https://127.0.0.1:{self.port}{path}", data=json.dumps(review).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(req, context=self.context, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def review(self, pod: dict) -> dict:
+        return self.review_raw(pod)
+
+    def patched(self, pod: dict) -> tuple[dict, dict]:
+        """(the patched pod, the response): applies the JSON patch the way the API server does."""
+        import base64
+
+        response = self.review(pod)["response"]
+        assert response["allowed"], response
+        if "patch" not in response:
+            return pod, response
+        ops = json.loads(base64.b64decode(response["patch"]))
+        return jsonpatch.apply_patch(pod, ops), response
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.stub.stop()
