@@ -40,15 +40,20 @@ class ApiStub:
 
     async def _start(self) -> None:
         app = web.Application()
-        app.router.add_get("/api", lambda r: web.json_response({"kind": "APIVersions", "versions": ["v1"]}))
-        app.router.add_get("/api/v1", lambda r: web.json_response({"kind": "APIResourceList", "groupVersion": "v1",
-                                                                   "resources": [
+
+        def fixed(doc: dict):
+            async def handler(request: web.Request):
+                return web.json_response(doc)
+            return handler
+
+        app.router.add_get("/api", fixed({"kind": "APIVersions", "versions": ["v1"]}))
+        app.router.add_get("/api/v1", fixed({"kind": "APIResourceList", "groupVersion": "v1", "resources": [
             _res("pods", "Pod", True), _res("namespaces", "Namespace", False), _res("events", "Event", True),
             _res("secrets", "Secret", True)]}))
-        app.router.add_get("/apis", lambda r: web.json_response({"kind": "APIGroupList", "groups": [{
+        app.router.add_get("/apis", fixed({"kind": "APIGroupList", "groups": [{
             "name": "runsync.dev", "versions": [{"groupVersion": GROUP_VERSION, "version": "v1alpha1"}],
             "preferredVersion": {"groupVersion": GROUP_VERSION, "version": "v1alpha1"}}]}))
-        app.router.add_get(f"/apis/{GROUP_VERSION}", lambda r: web.json_response({
+        app.router.add_get(f"/apis/{GROUP_VERSION}", fixed({
             "kind": "APIResourceList", "groupVersion": GROUP_VERSION,
             "resources": [_res("stores", "Store", True), _res("stores/status", "Store", True)]}))
         app.router.add_get(f"/apis/{GROUP_VERSION}/stores", self._stores)
@@ -86,7 +91,10 @@ class ApiStub:
 
     def stop(self) -> None:
         if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(10)
+            try:  # open watch streams would hold the clean-up; they end with the loop anyway
+                asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(2)
+            except Exception:  # noqa: BLE001
+                pass
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
