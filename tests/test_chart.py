@@ -1,0 +1,156 @@
+"""The Helm chart, linted and rendered by the real helm binary (pinned in scripts/fetch_helm.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from runsync import contract
+from runsync_operator.values import WEBHOOK_ID, Values
+
+CHART = str(Path(__file__).parent.parent / "charts" / "runsync")
+HELM = Path(sys.executable).with_name("helm")
+NAMESPACE = "runsync-system"
+CRD = yaml.safe_load((Path(CHART) / "crds" / "stores.runsync.dev.yaml").read_text())
+
+VALUE_SETS = {
+    "default": [],
+    "cert-manager": ["--set", "tls.mode=cert-manager"],
+    "cert-manager with an issuer": ["--set", "tls.mode=cert-manager", "--set", "tls.certManager.issuerRef.name=corp-ca",
+                                    "--set", "tls.certManager.issuerRef.kind=ClusterIssuer"],
+    "service monitor": ["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.serviceMonitor.labels.release=prom"],
+    "default store": ["--set", "defaultStore.enabled=true", "--set", "defaultStore.namespace=team-a",
+                      "--set", "defaultStore.bucket=ml-runs", "--set", "defaultStore.credentialsSecret=s3-keys",
+                      "--set", "defaultStore.endpoint=https://s3.example.internal"],
+    "one replica, raised grace, no secret access": ["--set", "operator.replicas=1", "--set", "sidecar.raiseGrace=true",
+                                                     "--set", "storeHealth.readSecrets=false"],
+}
+
+
+@pytest.fixture(scope="module")
+def helm():
+    if not HELM.exists():
+        pytest.fail(f"helm is not at {HELM}; run scripts/setup (it installs the pinned binary)")
+    return str(HELM)
+
+
+def render(helm, args) -> list[dict]:
+    result = subprocess.run([helm, "template", "rs", CHART, "--namespace", NAMESPACE, "--kube-version", "1.30.0",
+                             "--include-crds", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def by_kind(docs, kind):
+    return [d for d in docs if d["kind"] == kind]
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_lint_and_render_valid_manifests(helm, name):
+    args = VALUE_SETS[name]
+    lint = subprocess.run([helm, "lint", CHART, "--strict", *args], capture_output=True, text=True, timeout=60)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    docs = render(helm, args)
+    for doc in docs:
+        if doc["apiVersion"].startswith(("cert-manager.io/", "monitoring.coreos.com/", "runsync.dev/")):
+            continue  # not Kubernetes' own kinds: checked below
+        for version in ("1.29", "1.33"):
+            kubernetes_validate.validate(doc, version, strict=True)
+    for store in by_kind(docs, "Store"):
+        jsonschema.validate(store, CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+        assert store["metadata"]["namespace"] == "team-a"
+    for doc in docs:
+        labels = doc["metadata"].get("labels", {})
+        assert labels.get("app.kubernetes.io/name") == "runsync", doc["kind"]
+        assert labels.get("app.kubernetes.io/instance") == "rs" or doc["kind"] == "CustomResourceDefinition"
+    if name.startswith("cert-manager"):
+        (cert,) = by_kind(docs, "Certificate")
+        assert cert["spec"]["secretName"] == "rs-runsync-webhook-tls"
+        assert "rs-runsync.runsync-system.svc" in cert["spec"]["dnsNames"]
+        (hook,) = by_kind(docs, "MutatingWebhookConfiguration")
+        assert hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == "runsync-system/rs-runsync-webhook"
+        assert "caBundle" not in hook["webhooks"][0]["clientConfig"]
+        assert bool(by_kind(docs, "Issuer")) == ("issuer" not in name)
+    else:
+        (secret,) = by_kind(docs, "Secret")
+        (hook,) = by_kind(docs, "MutatingWebhookConfiguration")
+        assert hook["webhooks"][0]["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+    if name == "service monitor":
+        (sm,) = by_kind(docs, "ServiceMonitor")
+        assert sm["spec"]["endpoints"][0]["port"] == "metrics" and sm["metadata"]["labels"]["release"] == "prom"
+    assert bool(by_kind(docs, "PodDisruptionBudget")) == ("one replica" not in name)
+
+
+def test_webhook_path_port_and_service_match_what_the_operator_serves(helm):
+    docs = render(helm, [])
+    (hook,) = by_kind(docs, "MutatingWebhookConfiguration")
+    (service,) = by_kind(docs, "Service")
+    (deployment,) = by_kind(docs, "Deployment")
+    webhook = hook["webhooks"][0]
+    target = webhook["clientConfig"]["service"]
+    assert target["path"] == f"/{WEBHOOK_ID}"           # kopf serves the handler at /<id>
+    assert target["name"] == service["metadata"]["name"] and target["namespace"] == NAMESPACE
+    port = next(p for p in service["spec"]["ports"] if p["port"] == target["port"])
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = {e["name"]: e["value"] for e in container["env"]}
+    values = Values.from_env(env)                       # what `runsync operator` will read
+    assert named[port["targetPort"]] == values.webhook_port
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert container["args"][0] == "operator"
+    assert values.certfile.startswith(container["volumeMounts"][0]["mountPath"])
+    # Every RUNSYNC_OPERATOR_ variable the chart sets is a setting the operator knows.
+    known = {"RUNSYNC_OPERATOR_" + f.upper() for f in Values.__dataclass_fields__}
+    assert set(env) <= known, set(env) - known
+    assert values.namespace == NAMESPACE and values.api_port == 7070 and values.grace_floor == 60
+    assert values.sidecar_resources["limits"]["memory"] == "512Mi"
+    # Only opted-in pods, never the release namespace or kube-system.
+    assert webhook["objectSelector"] == {"matchLabels": {contract.INJECT_LABEL: "true"}}
+    excluded = webhook["namespaceSelector"]["matchExpressions"][0]
+    assert excluded["operator"] == "NotIn" and {NAMESPACE, "kube-system"} <= set(excluded["values"])
+    assert webhook["sideEffects"] == "None" and webhook["failurePolicy"] == "Fail"
+    assert webhook["rules"][0]["operations"] == ["CREATE"]
+
+
+def test_operator_runs_restricted_and_rbac_is_least_privilege(helm):
+    docs = render(helm, [])
+    (deployment,) = by_kind(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    for c in deployment["spec"]["template"]["spec"]["containers"]:
+        sc = c["securityContext"]
+        assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
+        assert sc["capabilities"] == {"drop": ["ALL"]} and isinstance(sc["runAsUser"], int)
+    (role,) = by_kind(docs, "ClusterRole")
+    granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+               for v in rule["verbs"]}
+    needed = {("runsync.dev", "stores", v) for v in ("get", "list", "watch", "patch")} | \
+        {("runsync.dev", "stores/status", "get"), ("runsync.dev", "stores/status", "patch"),
+         ("", "events", "create"), ("events.k8s.io", "events", "create"), ("", "secrets", "get")}
+    assert granted == needed
+    no_secrets = render(helm, ["--set", "storeHealth.readSecrets=false"])
+    (role,) = by_kind(no_secrets, "ClusterRole")
+    assert not [r for r in role["rules"] if "secrets" in r["resources"]]
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--set", "operator.replicas=0"], "replicas"),
+    (["--set", "webhook.failurePolicy=Sometimes"], "failurePolicy"),
+    (["--set", "tls.mode=vault"], "mode"),
+    (["--set", "sidecar.apiPort=70000"], "apiPort"),
+    (["--set", "webhook.timeoutSeconds=60"], "timeoutSeconds"),
+    (["--set", "operator.replica=3"], "replica"),
+    (["--set", "defaultStore.enabled=true", "--set", "defaultStore.bucket=ml-runs"], "/defaultStore/namespace"),
+    (["--set", "defaultStore.enabled=true", "--set", "defaultStore.namespace=team-a", "--set", "defaultStore.bucket=Bad_Bucket"],
+     "bucket"),
+])
+def test_bad_values_are_rejected_with_a_message_naming_them(helm, args, fragment):
+    result = subprocess.run([helm, "template", "rs", CHART, "--namespace", NAMESPACE, *args],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert fragment in result.stderr, result.stderr
