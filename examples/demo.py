@@ -1,17 +1,18 @@
-"""The README's main job: a training pod is preempted and its replacement resumes from S3.
+"""The README's main job: a Job's pod goes through the real webhook, is preempted, and its
+replacement resumes from the last checkpoint in S3.
 
-Starts SeaweedFS on loopback (access keys on), then runs what an injected pod runs, as local
-processes sharing one run dir per pod: `runsync restore-init`, then `runsync sidecar` beside
-a toy trainer (examples/toy_trainer.py) that checkpoints every step and knows nothing of
-runsync. Mid-run the node is reclaimed: the trainer is killed, the sidecar gets preStop and
-SIGTERM and makes the last checkpoint durable. A new pod, on a fresh disk, restores and the
-trainer resumes from that checkpoint. (The operator that writes this pod spec arrives with the
-Helm chart; until then the demo sets the pod's environment itself.)
+Starts SeaweedFS on loopback (access keys on) and the real operator (`runsync operator`, i.e.
+`kopf run`, with a tiny local stub for API discovery and the Store list). A Job's pod spec with
+runsync annotations is sent through the webhook over HTTPS; the injected pod is run locally as
+the patch says (restore-init, the native sidecar, and a toy trainer as the app container that
+checkpoints every step and knows nothing of runsync). Mid-run the node is reclaimed: the trainer
+is killed, the sidecar gets preStop and SIGTERM and makes the last checkpoint durable. The Job's
+replacement pod goes through the webhook too, restores, and the trainer resumes.
 """
 
 from __future__ import annotations
 
-import os
+import json
 import signal
 import subprocess
 import sys
@@ -22,13 +23,14 @@ from pathlib import Path
 
 import boto3
 
-from runsync import config, contract, locals3
+from runsync import contract, localkube, locals3
 
 HERE = Path(__file__).parent
 RUNSYNC = str(Path(sys.executable).with_name("runsync"))
-RUN = "demo/bert/run-1"
+NAMESPACE = "ml-team"
+JOB = "bert-finetune"
 STEPS = 40
-ANNOTATIONS = {contract.SAVE: "ckpt/**:live, logs/*:end", contract.IGNORE: "**/*.tmp"}
+ANNOTATIONS = {contract.SAVE: "ckpt/**:live", contract.IGNORE: "**/*.tmp", contract.PROJECT: "bert"}
 
 
 def say(text: str) -> None:
@@ -47,27 +49,36 @@ def pump(proc: subprocess.Popen, prefix: str, keep: list[str]) -> threading.Thre
 
 
 class Pod:
-    """What the operator's injected pod runs: restore-init, then the sidecar beside the trainer."""
+    """One pod of the Job: patched by the webhook, then run as its spec says (LocalPod)."""
 
-    def __init__(self, name: str, root: Path, server_env: dict[str, str]):
+    def __init__(self, name: str, root: Path, operator: localkube.Operator, secrets: dict):
+        template = {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": NAMESPACE, "labels": {contract.INJECT_LABEL: "true"},
+                         "annotations": ANNOTATIONS,
+                         "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": JOB, "uid": "1",
+                                              "controller": True}]},
+            "spec": {"terminationGracePeriodSeconds": 60, "restartPolicy": "Never", "containers": [{
+                "name": "trainer", "image": "python:3.11",
+                "command": ["python", "toy_trainer.py", "--steps", str(STEPS), "--sleep", "0.25",
+                            "--size", "2000000"]}]}}
         self.name = name
-        self.run_dir = root / name / "run"
-        self.run_dir.mkdir(parents=True)
-        ann = root / name / "annotations"
-        ann.write_text(config.format_annotations_file(ANNOTATIONS))
-        api, metrics = locals3.free_ports(2)
-        self.env = {**os.environ, **server_env, contract.ENV_DIR: str(self.run_dir),
-                    contract.ENV_RUN_PATH: RUN, contract.ENV_STORE: "s3://runs/demo",
-                    contract.ENV_ANNOTATIONS: str(ann), contract.ENV_API: f"127.0.0.1:{api}",
-                    contract.ENV_METRICS: f"127.0.0.1:{metrics}", contract.ENV_GRACE: "20",
-                    contract.ENV_HOLDER: name}
+        self.patched, response = operator.patched(template)
+        self.local = localkube.LocalPod(self.patched, root / name, secrets)
+        self.flushed = root / name / "flushed.txt"
         self.trainer_lines: list[str] = []
+        added = [c["name"] for c in self.patched["spec"]["initContainers"]]
+        env = self.local.env(self.local.container("runsync-sidecar"))
+        print(f"  webhook | {name}: added init containers {added}, run {env[contract.ENV_RUN_PATH]} "
+              f"replica {env[contract.ENV_REPLICA]}, store {env[contract.ENV_STORE]}")
+        for warning in response.get("warnings", []):
+            print(f"  webhook | warning: {warning}")
 
     def restore_init(self) -> None:
-        result = subprocess.run([RUNSYNC, "restore-init"], env=self.env, capture_output=True, text=True)
+        c = self.local.container("runsync-restore")
+        result = subprocess.run(self.local.argv(c), env=self.local.env(c), capture_output=True, text=True)
         if result.returncode != 0:
             sys.exit(f"demo failed: restore-init: {result.stderr.strip()}")
-        import json
         for line in result.stdout.splitlines():
             doc = json.loads(line)
             if doc.get("msg") == "restore done":
@@ -75,29 +86,34 @@ class Pod:
                       f"in {doc['seconds']:.2f} s from manifest {doc['manifests']}")
 
     def start(self) -> None:
-        self.sidecar = subprocess.Popen([RUNSYNC, "sidecar"], env=self.env, stdout=subprocess.DEVNULL,
+        c = self.local.container("runsync-sidecar")
+        self.sidecar_env = self.local.env(c)
+        self.sidecar = subprocess.Popen(self.local.argv(c), env=self.sidecar_env, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
-        time.sleep(1.0)
-        self.trainer = subprocess.Popen(
-            [sys.executable, "-u", str(HERE / "toy_trainer.py"), "--steps", str(STEPS), "--every", "1",
-             "--sleep", "0.25", "--size", "2000000", "--flush-log", str(self.run_dir.parent / "flushed.txt")],
-            env=self.env, stdout=subprocess.PIPE, text=True)
+        time.sleep(1.0)  # the kubelet starts app containers once the sidecar's startup probe passes
+        app = self.local.container("trainer")
+        argv = [sys.executable, "-u", str(HERE / app["command"][1]), *app["command"][2:],
+                "--flush-log", str(self.flushed)]
+        self.trainer = subprocess.Popen(argv, env=self.local.env(app), stdout=subprocess.PIPE, text=True)
         self.pump = pump(self.trainer, f"{self.name} trainer", self.trainer_lines)
 
     def preempt(self) -> None:
         self.trainer.kill()  # the node is gone: the trainer dies mid-step
-        subprocess.run([RUNSYNC, "sidecar", "--pre-stop"], env=self.env, capture_output=True)
+        c = self.local.container("runsync-sidecar")
+        subprocess.run(self.local.pre_stop(c), env=self.sidecar_env, capture_output=True)
         self.sidecar.send_signal(signal.SIGTERM)
         started = time.monotonic()
-        code = self.sidecar.wait(30)
+        code = self.sidecar.wait(70)
         print(f"  {self.name} sidecar | final flush done, exit {code} after {time.monotonic() - started:.1f} s "
-              "(grace period 20 s)")
+              "(grace period 60 s)")
 
     def finish(self) -> None:
         self.trainer.wait()
         self.pump.join(5)
+        subprocess.run(self.local.pre_stop(self.local.container("runsync-sidecar")), env=self.sidecar_env,
+                       capture_output=True)
         self.sidecar.send_signal(signal.SIGTERM)
-        self.sidecar.wait(30)
+        self.sidecar.wait(70)
 
 
 def main() -> None:
@@ -107,29 +123,40 @@ def main() -> None:
         boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
                      aws_access_key_id=server.credentials.access_key,
                      aws_secret_access_key=server.credentials.secret_key).create_bucket(Bucket="runs")
+        secrets = {"s3-keys": {"AWS_ACCESS_KEY_ID": server.credentials.access_key,
+                               "AWS_SECRET_ACCESS_KEY": server.credentials.secret_key}}
+        (root / "operator").mkdir()
+        operator = localkube.Operator(root / "operator", [localkube.store(NAMESPACE, "default", "runs",
+                                                                          server.endpoint, prefix="demo")])
+        try:
+            say("The operator (kopf) serves its admission webhook over HTTPS; namespace "
+                f"{NAMESPACE} has a Store 'default' -> s3://runs/demo")
+            say(f"Job {JOB} creates its pod; the webhook injects runsync; restore-init finds nothing")
+            first = Pod(f"{JOB}-x7k2p", root, operator, secrets)
+            first.restore_init()
+            first.start()
+            time.sleep(6)
 
-        say(f"pod-1 starts run {RUN}: restore-init finds nothing, so the trainer starts fresh")
-        first = Pod("pod-1", root, server.env())
-        first.restore_init()
-        first.start()
-        time.sleep(6)
+            say("The node is reclaimed: the trainer dies, the sidecar flushes what is left")
+            first.preempt()
+            flushed = first.flushed.read_text().split()
+            print(f"  the trainer had been told step {flushed[-1]} was durable before it died")
+            run_path = first.sidecar_env[contract.ENV_RUN_PATH]
+            env = {**first.sidecar_env, "RUNSYNC_STORE": "s3://runs/demo"}
+            subprocess.run([RUNSYNC, "ls", run_path], env=env)
 
-        say("The node is reclaimed: the trainer dies, the sidecar flushes what is left")
-        first.preempt()
-        flushed = (first.run_dir.parent / "flushed.txt").read_text().split()
-        print(f"  the trainer had been told step {flushed[-1]} was durable before it died")
-        subprocess.run([RUNSYNC, "ls", RUN], env={**first.env, "RUNSYNC_STORE": "s3://runs/demo"})
-
-        say("pod-2 replaces it on a fresh disk: restore-init brings the last checkpoint back")
-        second = Pod("pod-2", root, server.env())
-        second.restore_init()
-        second.start()
-        second.finish()
-        resumed = next((line for line in second.trainer_lines if "resumed from step" in line), "")
-        say(f"The run resumed ({resumed.split(': ', 1)[-1]}) and finished at step {STEPS}")
-        subprocess.run([RUNSYNC, "runs"], env={**second.env, "RUNSYNC_STORE": "s3://runs/demo"})
-        if not resumed:
-            sys.exit("demo failed: the second pod did not resume")
+            say("The Job makes a replacement pod on a fresh node: same run, so restore-init brings the checkpoint back")
+            second = Pod(f"{JOB}-m4q9z", root, operator, secrets)
+            second.restore_init()
+            second.start()
+            second.finish()
+            resumed = next((line for line in second.trainer_lines if "resumed from step" in line), "")
+            say(f"The run resumed ({resumed.split(': ', 1)[-1]}) and finished at step {STEPS}")
+            subprocess.run([RUNSYNC, "runs"], env=env)
+            if not resumed:
+                sys.exit("demo failed: the second pod did not resume")
+        finally:
+            operator.stop()
 
 
 if __name__ == "__main__":

@@ -17,13 +17,11 @@ import kubernetes_validate
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from kube import Operator, store
+from runsync.localkube import LocalPod, Operator, store
 from runsync import config, contract, locals3
 from runsync_operator import stores as store_handlers
 
-pytestmark = [pytest.mark.s3, pytest.mark.slow,
-              # the API stub's event loop stops before aiohttp's last objects are collected
-              pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
+pytestmark = [pytest.mark.s3, pytest.mark.slow]
 NS = "team-a"
 TRAINER = str(Path(__file__).parent.parent / "examples" / "toy_trainer.py")
 
@@ -217,98 +215,48 @@ def test_metrics_count_admissions_and_denials(operator):
 
 # ------------------------------------------------------------- run what the pod spec says
 
-class LocalPod:
-    """Run a patched pod's restore-init and sidecar containers as local processes: their exact
-    command, args and env, with volumes mapped to temp dirs and the downward-API file written as
-    the kubelet writes it; the toy trainer stands in for the app container."""
-
-    def __init__(self, patched: dict, root: Path, secrets: dict[str, dict[str, str]]):
-        self.pod = patched
-        self.root = root
-        spec = patched["spec"]
-        self.paths: dict[str, str] = {}
-        for v in spec["volumes"]:
-            local = root / "volumes" / v["name"]
-            local.mkdir(parents=True, exist_ok=True)
-            if "downwardAPI" in v:
-                for item in v["downwardAPI"]["items"]:
-                    assert item["fieldRef"]["fieldPath"] == "metadata.annotations"
-                    (local / item["path"]).write_text(config.format_annotations_file(patched["metadata"]["annotations"]))
-            self.paths[v["name"]] = str(local)
-        self.secrets = secrets
-
-    def command(self, container: dict) -> tuple[list[str], dict[str, str]]:
-        mounts = {m["mountPath"]: self.paths[m["name"]] for m in container.get("volumeMounts", [])}
-
-        def local(value: str) -> str:  # a path inside a mount → the temp dir behind it
-            for mount, path in sorted(mounts.items(), key=lambda kv: -len(kv[0])):
-                if value == mount or value.startswith(mount + "/"):
-                    return path + value[len(mount):]
-            return value
-
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNSYNC_"))}
-        for e in container.get("env", []):
-            if "value" in e:
-                env[e["name"]] = local(e["value"])
-            elif "secretKeyRef" in e["valueFrom"]:
-                ref = e["valueFrom"]["secretKeyRef"]
-                env[e["name"]] = self.secrets[ref["name"]][ref["key"]]
-            else:
-                assert e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-                env[e["name"]] = self.pod["metadata"]["name"]
-        binary = container["command"][0]
-        assert binary == "runsync"
-        argv = [str(Path(sys.executable).with_name("runsync")), *container["command"][1:], *container.get("args", [])]
-        return argv, env
-
-    def run_dir(self, volume: str) -> Path:
-        return Path(self.paths[volume])
-
-
 def test_the_patched_pod_runs_and_its_replacement_resumes(operator, s3_server, s3_client, tmp_path):
-    s3_client.create_bucket(Bucket="runsync-e2e") if "runsync-e2e" not in [
-        b["Name"] for b in s3_client.list_buckets()["Buckets"]] else None
+    """Run what the patched spec says (LocalPod): a change in the sidecar's CLI, env or paths
+    that the operator does not follow fails here."""
+    if "runsync-e2e" not in [b["Name"] for b in s3_client.list_buckets()["Buckets"]]:
+        s3_client.create_bucket(Bucket="runsync-e2e")
     secrets = {"s3-keys": {"AWS_ACCESS_KEY_ID": s3_server.credentials.access_key,
                            "AWS_SECRET_ACCESS_KEY": s3_server.credentials.secret_key}}
     job = owner("Job", f"e2e-{int(time.time())}")
-    results = []
+    outputs = []
     for attempt, name in enumerate(["e2e-pod-aaaaa", "e2e-pod-bbbbb"]):
-        template = pod(name=name, owners=job, grace=60)
-        patched, _ = operator.patched(template)
+        patched, _ = operator.patched(pod(name=name, owners=job, grace=60))
         local = LocalPod(patched, tmp_path / name, secrets)
-        restore, sidecar = patched["spec"]["initContainers"][:2]
-        argv, env = local.command(restore)
-        init = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+        restore = local.container("runsync-restore")
+        init = subprocess.run(local.argv(restore), env=local.env(restore), capture_output=True, text=True,
+                              timeout=120)
         assert init.returncode == 0, init.stdout + init.stderr
-        argv, env = local.command(sidecar)
-        side = subprocess.Popen(argv, env=env, stdout=open(tmp_path / f"{name}-sidecar.log", "wb"),
-                                stderr=subprocess.STDOUT)
+        sidecar = local.container("runsync-sidecar")
+        side = subprocess.Popen(local.argv(sidecar), env=local.env(sidecar),
+                                stdout=open(tmp_path / f"{name}-sidecar.log", "wb"), stderr=subprocess.STDOUT)
         try:
-            app_env = {**env, **{e["name"]: local.command({"env": [e], "command": ["runsync"],
-                                                             "volumeMounts": patched["spec"]["containers"][0]["volumeMounts"]})[1][e["name"]]
-                                 for e in patched["spec"]["containers"][0]["env"]}}
-            run_dir = Path(app_env[contract.ENV_DIR])
-            assert run_dir == local.run_dir("runsync-run")
+            app = local.container("trainer")
+            app_env = local.env(app)
+            assert Path(app_env[contract.ENV_DIR]) == Path(local.paths["runsync-run"])
             trainer = subprocess.run([sys.executable, TRAINER, "--steps", str(5 * (attempt + 1)), "--sleep", "0.05",
                                       "--size", "20000", "--flush-log", str(tmp_path / f"{name}.flushed")],
                                      env=app_env, capture_output=True, text=True, timeout=120)
             assert trainer.returncode == 0, trainer.stderr
-            results.append(trainer.stdout)
-            # The app container exited; the kubelet runs the sidecar's preStop, then SIGTERM.
-            pre_stop = subprocess.run(
-                [str(Path(sys.executable).with_name("runsync")), *sidecar["lifecycle"]["preStop"]["exec"]["command"][1:]],
-                env=env, capture_output=True, text=True, timeout=30)
-            assert pre_stop.returncode == 0, pre_stop.stderr
+            outputs.append(trainer.stdout)
+            # The app container exited: the kubelet runs the sidecar's preStop, then SIGTERM.
+            hook = subprocess.run(local.pre_stop(sidecar), env=local.env(sidecar), capture_output=True, text=True,
+                                  timeout=30)
+            assert hook.returncode == 0, hook.stderr
             side.send_signal(signal.SIGTERM)
             assert side.wait(60) == 0
         finally:
             if side.poll() is None:
                 side.kill()
-        run_path = env[contract.ENV_RUN_PATH]
+        run_path = local.env(sidecar)[contract.ENV_RUN_PATH]
         listed = s3_client.list_objects_v2(Bucket="runsync-e2e", Prefix=f"runs/{run_path}/0/files/ckpt/")
         assert listed.get("KeyCount", 0) > 0, f"nothing under runs/{run_path}/"
-    assert "starting fresh" in results[0]
-    assert "resumed from step 5" in results[1], results[1]
+    assert "starting fresh" in outputs[0]
+    assert "resumed from step 5" in outputs[1], outputs[1]
 
 
 def test_store_health_conditions_with_a_real_server(s3_server, s3_client):

@@ -1,8 +1,13 @@
-"""The real operator (`runsync operator`, i.e. `kopf run`) without a kube-apiserver.
+"""The real operator and an injected pod on one machine, without a cluster (demo and tests).
 
-A tiny aiohttp stub on loopback answers API discovery and a read-only list/watch of the test's
-Store objects (so kopf's Store index fills as in a cluster); status patches and events are
-echoed and dropped. AdmissionReviews go to the operator over real HTTPS, with a trustme CA.
+- `ApiStub`: a tiny aiohttp server on loopback that answers API discovery and a read-only
+  list/watch of given Store objects (so kopf's Store index fills as in a cluster); status
+  patches and events are echoed and dropped. No kube-apiserver can run here.
+- `Operator`: `runsync operator` (that is, `kopf run`) as a process, serving real HTTPS
+  AdmissionReviews with a trustme certificate.
+- `LocalPod`: what a patched pod spec says, run as local processes: a container's exact
+  command, args and env, its volumes mapped to temp dirs, the downward-API annotations file
+  written the way the kubelet writes it, secretKeyRef and fieldRef resolved.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import jsonpatch
 import trustme
 from aiohttp import web
 
-from runsync import locals3
+from . import config, locals3
 
 RUNSYNC = str(Path(sys.executable).with_name("runsync"))
 GROUP_VERSION = "runsync.dev/v1alpha1"
@@ -35,7 +40,9 @@ class ApiStub:
         self.port = locals3.free_ports(1)[0]
         self.loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self._watches: set[asyncio.Task] = set()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
 
     async def _start(self) -> None:
@@ -66,7 +73,14 @@ class ApiStub:
         if request.query.get("watch") in ("true", "1"):
             response = web.StreamResponse()
             await response.prepare(request)
-            await asyncio.sleep(float(request.query.get("timeoutSeconds", "60")))  # nothing ever changes
+            task = asyncio.current_task()
+            self._watches.add(task)
+            try:
+                await asyncio.sleep(float(request.query.get("timeoutSeconds", "60")))  # nothing ever changes
+            except asyncio.CancelledError:
+                pass
+            finally:
+                self._watches.discard(task)
             return response
         return web.json_response({"apiVersion": GROUP_VERSION, "kind": "StoreList",
                                   "metadata": {"resourceVersion": "1"}, "items": self.stores})
@@ -89,13 +103,19 @@ class ApiStub:
             "contexts": [{"name": "stub", "context": {"cluster": "stub", "user": "stub"}}]}))
         return path
 
-    def stop(self) -> None:
+    async def _shutdown(self) -> None:
+        for task in list(self._watches):  # end the idle watch streams, then the server
+            task.cancel()
         if self._runner is not None:
-            try:  # open watch streams would hold the clean-up; they end with the loop anyway
-                asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(2)
-            except Exception:  # noqa: BLE001
-                pass
-        self.loop.call_soon_threadsafe(self.loop.stop)
+            await self._runner.cleanup()
+
+    def stop(self) -> None:
+        try:
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+            self.loop.close()
 
 
 def _res(name: str, kind: str, namespaced: bool) -> dict:
@@ -202,3 +222,61 @@ class Operator:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.stub.stop()
+
+
+class LocalPod:
+    """Run a patched pod's containers as local processes (see the module docstring)."""
+
+    def __init__(self, patched: dict, root: Path, secrets: dict[str, dict[str, str]]):
+        self.pod = patched
+        self.root = root
+        self.paths: dict[str, str] = {}
+        for v in patched["spec"]["volumes"]:
+            local = root / "volumes" / v["name"]
+            local.mkdir(parents=True, exist_ok=True)
+            if "downwardAPI" in v:
+                for item in v["downwardAPI"]["items"]:
+                    if item["fieldRef"]["fieldPath"] != "metadata.annotations":
+                        raise ValueError(f"unsupported downward-API item {item}")
+                    text = config.format_annotations_file(patched["metadata"].get("annotations") or {})
+                    (local / item["path"]).write_text(text)
+            self.paths[v["name"]] = str(local)
+        self.secrets = secrets
+
+    def container(self, name: str) -> dict:
+        spec = self.pod["spec"]
+        return next(c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == name)
+
+    def env(self, container: dict, base: dict[str, str] | None = None) -> dict[str, str]:
+        mounts = {m["mountPath"]: self.paths[m["name"]] for m in container.get("volumeMounts", [])}
+
+        def local(value: str) -> str:  # a path inside a mount → the temp dir behind it
+            for mount, path in sorted(mounts.items(), key=lambda kv: -len(kv[0])):
+                if value == mount or value.startswith(mount + "/"):
+                    return path + value[len(mount):]
+            return value
+
+        env = dict(base if base is not None else
+                   {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNSYNC_"))})
+        for e in container.get("env", []):
+            if "value" in e:
+                env[e["name"]] = local(e["value"])
+            elif "secretKeyRef" in e["valueFrom"]:
+                ref = e["valueFrom"]["secretKeyRef"]
+                env[e["name"]] = self.secrets[ref["name"]][ref["key"]]
+            elif e["valueFrom"].get("fieldRef", {}).get("fieldPath") == "metadata.name":
+                env[e["name"]] = self.pod["metadata"]["name"]
+            else:
+                raise ValueError(f"unsupported env source {e}")
+        return env
+
+    def argv(self, container: dict) -> list[str]:
+        """The container's command and args; `runsync` is this environment's runsync."""
+        command = container.get("command") or ["runsync"]
+        if command[0] != "runsync":
+            raise ValueError(f"container {container['name']} runs {command[0]!r}, not runsync")
+        return [RUNSYNC, *command[1:], *container.get("args", [])]
+
+    def pre_stop(self, container: dict) -> list[str]:
+        command = container["lifecycle"]["preStop"]["exec"]["command"]
+        return [RUNSYNC, *command[1:]]
