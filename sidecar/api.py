@@ -7,6 +7,8 @@ nothing itself:
     POST /v1/save     {glob, base_path?, policy?} add a save rule (kept across restarts)
     POST /v1/flush    {timeout?}                  200 once all complete so far is durable; 504 if not in time
     POST /v1/prestop                              start the final flush (the pod is terminating)
+    POST /v1/code     {git, diff}                 store the run's code state (the SDK captured it)
+    POST /v1/restore  {name, run_path?, replace?} restore files of this run (or PROJECT/RUN) into the run dir
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from . import contract
 from .engine import Request
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, RunsyncError
 
 MAX_BODY = 64 * 1024
 
@@ -124,9 +126,25 @@ def serve_api(addr: tuple[str, int], post: Callable, fence: Callable[[], int]) -
     def prestop(h: _Handler) -> None:
         h._json(202, ask("prestop", {}))
 
+    def code(h: _Handler) -> None:
+        try:
+            h._json(200, ask("code", h._body()))
+        except RunsyncError as err:
+            h._json(502, {"error": str(err)})
+
+    def restore(h: _Handler) -> None:
+        body = h._body()
+        if not isinstance(body.get("name"), str):
+            raise ValueError("'name' (a stored name or glob) is required")
+        try:
+            h._json(200, ask("restore", body, timeout=3600))
+        except RunsyncError as err:
+            h._json(400 if isinstance(err, InputError) else 502, {"error": str(err)})
+
     p = contract.API_PREFIX
     routes = {("GET", p + "/status"): status, ("POST", p + "/save"): save,
-              ("POST", p + "/flush"): flush, ("POST", p + "/prestop"): prestop}
+              ("POST", p + "/flush"): flush, ("POST", p + "/prestop"): prestop,
+              ("POST", p + "/code"): code, ("POST", p + "/restore"): restore}
     return _start(_Server(addr, routes))
 
 

@@ -184,10 +184,17 @@ def restore_cmd(
     replace: Annotated[bool, typer.Option("--replace", help="Overwrite files that are newer locally.")] = False,
     replica: Annotated[str, typer.Option(help="Replica to restore.")] = contract.DEFAULT_REPLICA,
     all_replicas: Annotated[bool, typer.Option("--all-replicas", help="Merge every replica's files.")] = False,
+    code: Annotated[bool, typer.Option("--code", help="Recreate the run's code state here instead: a branch at "
+                                       "its git commit with its uncommitted diff applied.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Download a run's latest committed files, each verified against its checksum."""
-    from . import restore
+    from . import restorer, sdk
+
+    if code:
+        branch = _run(lambda: sdk.restore_code(keys.RunPath.parse(run).__str__(), ".", store=_store()))
+        out.print(f"created branch {branch} at the run's commit, with its diff applied")
+        return
 
     def go():
         store, run_path = _store(), keys.RunPath.parse(run)
@@ -195,10 +202,10 @@ def restore_cmd(
         s3 = transfer.client()
         transfer.check_store(s3, store)
         with _progress("downloading") as hooks:
-            return _store_call(lambda: restore.restore(
+            return _store_call(lambda: restorer.restore(
                 s3, store, run_path, to, replica=keys.check_replica(replica), all_replicas=all_replicas,
                 patterns=globs_, markers=config.RunConfig().complete_markers, replace=replace,
-                hooks=restore.Hooks(hooks.on_plan, hooks.on_bytes)), store, s3)
+                hooks=restorer.Hooks(hooks.on_plan, hooks.on_bytes)), store, s3)
     report = _run(go)
     if as_json:
         out.print_json(json.dumps({

@@ -697,12 +697,46 @@ class Engine:
         elif r.kind == "prestop":
             self._begin_end(self.clock())
             r.reply and r.reply.set_result({"ending": True, "deadline": self.deadline})
+        elif r.kind == "code":
+            self.committer.submit(self._serve_code, r)
+        elif r.kind == "restore":
+            self.pool.submit(self._serve_restore, r)
         elif r.kind == "terminate":
             self._begin_end(self.clock())
             self.mode = "final"
             log.info("final flush", extra={"fields": {"deadline_in_s": round(self.deadline - self.clock(), 2)}})
             self._rescan(everything=True)
             r.reply and r.reply.set_result(True)
+
+    def _serve_code(self, r: Request) -> None:
+        """Store the run's code state (the SDK captured it; the trainer holds no credentials)."""
+        try:
+            info = json.dumps(r.payload["git"], indent=1).encode()
+            for name, body in (("git.json", info), ("diff.patch", str(r.payload.get("diff", "")).encode())):
+                self.s3.put_object(Bucket=self.layout.store.bucket, Key=self.layout.code_key(name), Body=body)
+            r.reply.set_result({"stored": True})
+        except Exception as err:  # noqa: BLE001
+            r.reply.set_exception(transfer.describe(err, self.layout.store, self.s3))
+
+    def _serve_restore(self, r: Request) -> None:
+        """One file (or directory) of this run, or of another run of the namespace, into the run dir."""
+        from . import globs, restorer
+
+        try:
+            p = r.payload
+            run = self.layout.run
+            if p.get("run_path"):
+                project, _, name = str(p["run_path"]).rpartition("/")
+                run = keys.RunPath.parse(f"{run.namespace}/{project}/{name}")
+            pattern = globs.Glob(str(p["name"]))
+            report = restorer.restore(self.s3, self.layout.store, run, self.root, replica=self.layout.replica,
+                                     patterns=(pattern,), markers=self.cfg.complete_markers,
+                                     replace=bool(p.get("replace")))
+            found = report.written + report.up_to_date + report.kept_newer
+            r.reply.set_result({"run": str(run), "files": found,
+                                "paths": [os.path.join(self.root, n) for n in found]})
+        except Exception as err:  # noqa: BLE001 - the caller gets the message
+            r.reply.set_exception(err)
 
     def _api_save(self, r: Request) -> None:
         p = r.payload

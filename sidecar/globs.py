@@ -99,8 +99,8 @@ def _segment(segment: str) -> str:
                 if negate:
                     body = body[1:]
                 # Escape what re treats specially in a set (and may one day treat as set ops).
-                body = "".join("\\" + ch if ch in "\\^[&~|" else ch for ch in body)
-                out.append(f"[^/{body}]" if negate else f"(?!/)[{body}]")
+                body = "".join("\\" + ch if ch in "\\^[&~|" else ch for ch in body).replace("--", "-\\-")
+                out.append(f"(?!/)[^{body}]" if negate else f"(?!/)[{body}]")
                 i = end + 1
                 continue
         else:

@@ -4,6 +4,7 @@
     <prefix>/<namespace>/<project>/<run>/<replica>/manifests/<seq:012d>.json
     <prefix>/<namespace>/<project>/<run>/<replica>/lease.json
     <prefix>/<namespace>/<project>/<run>/run.json
+    <prefix>/<namespace>/<project>/<run>/code/git.json, code/diff.patch
 
 A file's object key carries the start of its content's SHA-256, so an object is never
 overwritten: a committed manifest keeps naming exactly the bytes it was committed with, while a
@@ -150,6 +151,10 @@ class Layout:
     @property
     def run_metadata_key(self) -> str:
         return f"{self.run_prefix}run.json"
+
+    def code_key(self, name: str) -> str:
+        """The run's code state (`git.json`, `diff.patch`), written by the SDK at `init`."""
+        return f"{self.run_prefix}code/{name}"
 
     def file_key(self, name: str, sha256: str) -> str:
         return f"{self.replica_prefix}files/{check_stored_name(name)}~{sha256[:_HASH_CHARS]}"

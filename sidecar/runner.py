@@ -73,24 +73,38 @@ class PodEnv:
         )
 
 
+@dataclasses.dataclass
+class Wired:
+    """An engine with its watcher thread running: the sidecar's core, or the SDK's in-process one."""
+
+    engine: engine.Engine
+    watcher: watch.Watcher
+    registry: CollectorRegistry
+
+
+def wire(run_dir: str, layout: keys.Layout, settings: engine.Settings, annotations: str | None,
+         holder: str) -> Wired:
+    s3 = transfer.client()
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    _restore_metrics(run_dir, metrics)
+    core: engine.Engine | None = None
+    watcher = watch.Watcher(run_dir, lambda ev: core.post(ev))
+    core = engine.Engine(run_dir, layout, s3, transfer.Transfers(s3, layout.store), metrics, settings,
+                         annotations_file=annotations, fence=watcher.fence, holder=holder)
+    threading.Thread(target=watcher.run, name="watcher", daemon=True).start()
+    return Wired(core, watcher, registry)
+
+
 def run(settings: engine.Settings | None = None, env=os.environ) -> int:
     pod = PodEnv.read(env)
     logs.setup(sys.stdout)
     settings = dataclasses.replace(settings or engine.Settings(), grace=pod.grace)
-    layout = keys.Layout(pod.store, pod.run, pod.replica)
-    s3 = transfer.client()
-    registry = CollectorRegistry()
-    metrics = Metrics(registry)
-    _restore_metrics(pod.run_dir, metrics)
-    transfers = transfer.Transfers(s3, pod.store)
-    core: engine.Engine | None = None
-    watcher = watch.Watcher(pod.run_dir, lambda ev: core.post(ev))
-    core = engine.Engine(pod.run_dir, layout, s3, transfers, metrics, settings,
-                         annotations_file=pod.annotations, fence=watcher.fence, holder=pod.holder)
-    threading.Thread(target=watcher.run, name="watcher", daemon=True).start()
-    api_server = api.serve_api(pod.api, core.post, watcher.fence)
+    wired = wire(pod.run_dir, keys.Layout(pod.store, pod.run, pod.replica), settings, pod.annotations, pod.holder)
+    core = wired.engine
+    api_server = api.serve_api(pod.api, core.post, wired.watcher.fence)
     metrics_server = api.serve_metrics(
-        pod.metrics, registry, alive=lambda: time.monotonic() - core.last_tick < 30,
+        pod.metrics, wired.registry, alive=lambda: time.monotonic() - core.last_tick < 30,
         ready=lambda: not core.finished)
 
     def on_signal(signum, frame):
@@ -102,11 +116,37 @@ def run(settings: engine.Settings | None = None, env=os.environ) -> int:
         "run": str(pod.run), "replica": pod.replica, "store": str(pod.store), "run_dir": pod.run_dir,
         "api": "%s:%d" % pod.api, "metrics": "%s:%d" % pod.metrics, "grace_s": pod.grace}})
     code = core.loop()
-    watcher.stop()
+    wired.watcher.stop()
     api_server.shutdown()
     metrics_server.shutdown()
     log.info("sidecar stopped", extra={"fields": {"manifest": core.durable.seq if core.durable else None}})
     return code
+
+
+class Embedded:
+    """The sidecar's engine in this process (the SDK outside a pod): started by `start`,
+    flushed and stopped by `stop` (the SDK calls it at exit)."""
+
+    def __init__(self, run_dir: str, layout: keys.Layout, settings: engine.Settings, holder: str):
+        self.wired = wire(run_dir, layout, settings, None, holder)
+        self.thread = threading.Thread(target=self.wired.engine.loop, name="runsync-engine", daemon=True)
+        self.thread.start()
+
+    def ask(self, kind: str, payload: dict, timeout: float = 600):
+        import concurrent.futures
+
+        reply: concurrent.futures.Future = concurrent.futures.Future()
+        self.wired.engine.post(engine.Request(kind, payload, reply))
+        return reply.result(timeout=timeout)
+
+    def flush(self, timeout: float) -> dict:
+        return self.ask("flush", {"fence": self.wired.watcher.fence(), "timeout": timeout}, timeout + 10)
+
+    def stop(self, timeout: float = 120) -> None:
+        if self.thread.is_alive():
+            self.wired.engine.post(engine.Request("terminate", {}))
+            self.thread.join(timeout)
+        self.wired.watcher.stop()
 
 
 def _restore_metrics(run_dir: str, metrics: Metrics) -> None:
@@ -149,7 +189,7 @@ def restore_init(env=os.environ) -> int:
 
 
 def _restore_init(pod: PodEnv, s3) -> int:
-    from . import config, lease, manifest, restore
+    from . import config, lease, manifest, restorer
 
     cfg = config.parse(config.read_annotations_file(pod.annotations)) if pod.annotations else config.RunConfig()
     layout = keys.Layout(pod.store, pod.run, pod.replica)
@@ -165,19 +205,19 @@ def _restore_init(pod: PodEnv, s3) -> int:
         return 0
     source = pod.run
     all_replicas = cfg.restore_replicas == "all"
-    found = restore.latest_manifests(s3, pod.store, pod.run, pod.replica, all_replicas)
+    found = restorer.latest_manifests(s3, pod.store, pod.run, pod.replica, all_replicas)
     if not found and cfg.restore_from is not None:
         source = keys.RunPath(pod.run.namespace, cfg.restore_from.project, cfg.restore_from.run)
         log.info("warm start", extra={"fields": {"restore_from": str(source)}})
-    report = restore.restore(
+    report = restorer.restore(
         s3, pod.store, source, pod.run_dir, replica=pod.replica, all_replicas=all_replicas,
         patterns=cfg.restore.globs, markers=cfg.complete_markers)
-    restore.log_report(report, str(source))
+    restorer.log_report(report, str(source))
     state = os.path.join(pod.run_dir, watch.STATE_DIR)
     os.makedirs(state, exist_ok=True)
     with open(os.path.join(state, RESTORE_STATE), "w") as f:
         json.dump({"bytes": report.bytes, "seconds": report.seconds, "files": len(report.written)}, f)
     if report.empty and cfg.restore_strict:
-        raise restore.RestoreError(f"nothing to restore for {source} in {pod.store} and runsync.dev/restore-strict is "
+        raise restorer.RestoreError(f"nothing to restore for {source} in {pod.store} and runsync.dev/restore-strict is "
                          "true; fix: check runsync.dev/run and runsync.dev/store, or set restore-strict: false")
     return 0

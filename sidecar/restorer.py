@@ -1,5 +1,7 @@
 """Committed manifest → files in a directory: verified, placed atomically, never outside it.
 
+(Not `restore.py`: `runsync.restore` is the SDK's function, as `wandb.restore` is.)
+
 Used by restore-init (before the trainer starts) and by `runsync restore` (a laptop).
 
 - Every file is downloaded to a temp name in its own directory, checked against its SHA-256,

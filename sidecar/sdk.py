@@ -1,0 +1,269 @@
+"""`import runsync`: W&B's save / restore / flush for training scripts, in a pod or on a laptop.
+
+- In a pod (the operator set `RUNSYNC_API`), every call asks the sidecar over loopback: the
+  trainer holds no credentials, and a script that calls nothing still works through the
+  annotations.
+- Elsewhere, `runsync.init(dir=..., run=..., store=...)` runs the sidecar's engine in this
+  process (a background thread, flushed at exit), against any S3 store the AWS variables name.
+
+Paths follow W&B: globs and `base_path` are relative to the working directory, or absolute.
+A file must be in the run dir for the sidecar to see it: `save(..., policy="now")` of a file
+outside copies it in once; `live` and `end` of a file outside raise `SaveError` (write it under
+`runsync.run.dir` instead), because a copy would miss later changes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import glob as globmod
+import json
+import os
+import shutil
+import socket
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from . import codestate, contract, keys
+from .errors import InputError, RunsyncError
+
+
+class SaveError(InputError):
+    """A `save` that cannot be honoured as asked."""
+
+
+class RestoreNotFound(RunsyncError, FileNotFoundError):
+    """The run has no committed file of that name."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    dir: str
+    """The run dir: files saved from here are uploaded."""
+    path: str
+    """`NAMESPACE/PROJECT/RUN`."""
+
+    @property
+    def id(self) -> str:
+        return self.path.rsplit("/", 1)[1]
+
+    @property
+    def name(self) -> str:
+        return self.id
+
+    @property
+    def project(self) -> str:
+        return self.path.split("/")[1]
+
+
+class _Pod:
+    """Talks to the sidecar of this pod over `RUNSYNC_API`."""
+
+    def __init__(self, api: str, run: Run):
+        self.api = api
+        self.run = run
+
+    def call(self, path: str, body: dict, timeout: float = 600) -> dict:
+        req = urllib.request.Request(f"http://{self.api}{contract.API_PREFIX}{path}", data=json.dumps(body).encode(),
+                                     method="POST", headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            doc = json.loads(err.read() or b"{}")
+            if err.code == 504:
+                return doc
+            raise (InputError if err.code == 400 else RunsyncError)(doc.get("error") or f"sidecar: HTTP {err.code}") from None
+        except OSError as err:
+            raise RunsyncError(f"cannot reach the runsync sidecar at {self.api} ({err}); is the pod injected?") from None
+
+    def save(self, rule: dict) -> None:
+        self.call("/save", rule, timeout=30)
+
+    def flush(self, timeout: float) -> dict:
+        return self.call("/flush", {"timeout": timeout}, timeout=timeout + 15)
+
+    def restore(self, name: str, run_path: str | None, replace: bool) -> dict:
+        return self.call("/restore", {"name": name, "run_path": run_path, "replace": replace})
+
+    def code(self, state: codestate.CodeState) -> None:
+        self.call("/code", {"git": json.loads(state.info_json()), "diff": state.diff}, timeout=60)
+
+
+class _Embedded:
+    """The engine in this process (no sidecar): same behaviour, same objects in the store."""
+
+    def __init__(self, run: Run, store: keys.StoreURL, replica: str):
+        from . import engine, runner
+
+        self.run = run
+        self.store = store
+        self.layout = keys.Layout(store, keys.RunPath.parse(run.path), replica)
+        self.core = runner.Embedded(run.dir, self.layout, engine.Settings(settle=1.0),
+                                    holder=f"sdk@{socket.gethostname()}:{os.getpid()}")
+        # The final flush needs the engine's thread pools, which concurrent.futures shuts down
+        # before plain atexit handlers run; threading's own exit hooks run before that (it is
+        # how concurrent.futures registers itself), so the flush goes there.
+        register = getattr(threading, "_register_atexit", atexit.register)
+        register(self.core.stop)
+
+    def save(self, rule: dict) -> None:
+        self.core.ask("save", rule)
+
+    def flush(self, timeout: float) -> dict:
+        return self.core.flush(timeout)
+
+    def restore(self, name: str, run_path: str | None, replace: bool) -> dict:
+        return self.core.ask("restore", {"name": name, "run_path": run_path, "replace": replace}, 3600)
+
+    def code(self, state: codestate.CodeState) -> None:
+        self.core.ask("code", {"git": json.loads(state.info_json()), "diff": state.diff})
+
+    def finish(self) -> None:
+        self.core.stop()
+
+
+class _Session:
+    """What `init` (or the first call in a pod) set up; one per process, as `wandb.run` is."""
+
+    backend: _Pod | _Embedded | None = None
+
+
+def init(dir: str | os.PathLike | None = None, run: str | None = None, store: str | None = None,
+         project: str = contract.DEFAULT_PROJECT, replica: str = contract.DEFAULT_REPLICA,
+         code: bool = True) -> Run:
+    """Start syncing. In a pod the sidecar already runs: this only records the code state.
+    Elsewhere `dir`, `run` (`NAMESPACE/PROJECT/RUN`, or a name in `local/<project>/`) and `store`
+    (`s3://BUCKET/PREFIX`, or `RUNSYNC_STORE`) are required."""
+    if _Session.backend is not None:
+        return _Session.backend.run
+    api = os.environ.get(contract.ENV_API)
+    if api and os.environ.get(contract.ENV_DIR) and os.environ.get(contract.ENV_RUN_PATH):
+        the_run = Run(os.environ[contract.ENV_DIR], os.environ[contract.ENV_RUN_PATH])
+        _Session.backend = _Pod(api, the_run)
+    else:
+        store_url = store or os.environ.get(contract.ENV_STORE)
+        if not (dir and run and store_url):
+            raise InputError("runsync.init outside a pod needs dir=, run= and store= (or RUNSYNC_STORE); "
+                             "e.g. runsync.init(dir='runs/7', run='me/bert/run-7', store='s3://bucket/prefix')")
+        path = run if run.count("/") == 2 else f"local/{project}/{run}"
+        keys.RunPath.parse(path)
+        Path(dir).mkdir(parents=True, exist_ok=True)
+        the_run = Run(os.path.abspath(dir), path)
+        _Session.backend = _Embedded(the_run, keys.StoreURL.parse(store_url), replica)
+    if code:
+        state = codestate.capture(os.getcwd())
+        if state is not None:
+            _Session.backend.code(state)
+    return the_run
+
+
+def _backend() -> _Pod | _Embedded:
+    if _Session.backend is None:
+        init()  # in a pod this needs nothing; elsewhere it says what is missing
+    return _Session.backend
+
+
+def finish() -> None:
+    """Final flush and stop (embedded mode; called at exit anyway). A no-op in a pod."""
+    backend = _Session.backend
+    if isinstance(backend, _Embedded):
+        backend.finish()
+    _Session.backend = None
+
+
+def save(glob_str: str, base_path: str | None = None, policy: str = "live") -> list[str]:
+    """Upload files matching `glob_str` under `policy` (live, now, end), keeping the hierarchy
+    below `base_path`; a glob registered before its files exist catches them as they appear.
+    Returns the stored names of the files that match now."""
+    backend = _backend()
+    run_dir = Path(backend.run.dir)
+    pattern = Path(os.path.abspath(glob_str))
+    base = Path(os.path.abspath(base_path)) if base_path else None
+    if pattern.is_relative_to(run_dir):
+        rule = {"glob": str(pattern.relative_to(run_dir)), "policy": policy}
+        if base is not None:
+            if not base.is_relative_to(run_dir):
+                raise SaveError(f"base_path {base_path!r} is outside the run dir {run_dir}")
+            if base != run_dir:
+                rule["base_path"] = str(base.relative_to(run_dir))
+        backend.save(rule)
+        matches = [Path(p) for p in globmod.glob(str(pattern), recursive=True) if os.path.isfile(p)]
+        strip = base or run_dir
+        return sorted(str(p.relative_to(strip)) for p in matches)
+    if policy != "now":
+        raise SaveError(f"{glob_str!r} is outside the run dir {run_dir}, where the sidecar cannot see it; "
+                        f"policy {policy!r} would miss its later changes. Write the file under runsync.run.dir, "
+                        "or save it with policy='now' (copied in once)")
+    matches = [Path(p) for p in globmod.glob(str(pattern), recursive=True) if os.path.isfile(p)]
+    root = base or Path(os.path.dirname(str(pattern).split("*")[0].split("?")[0].split("[")[0]) or "/")
+    names = []
+    for src in matches:
+        name = str(src.relative_to(root)) if src.is_relative_to(root) else src.name
+        keys.check_stored_name(name)
+        backend.save({"glob": name, "policy": "now"})
+        dest = run_dir / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.runsync-copy")
+        shutil.copy2(src, tmp)
+        os.replace(tmp, dest)  # renamed into place: complete when the sidecar sees it
+        names.append(name)
+    return sorted(names)
+
+
+def flush(timeout: float | None = None) -> int | None:
+    """Return once everything complete so far (`live` and `now` files) is durable; the committed
+    manifest's number. `TimeoutError` (naming what is pending) if not within `timeout` seconds."""
+    result = _backend().flush(float(timeout or 600))
+    if not result.get("durable"):
+        raise TimeoutError(f"runsync.flush: not durable within {timeout} s; pending: {result.get('pending')}")
+    return result.get("manifest")
+
+
+def restore(name: str, run_path: str | None = None, replace: bool = False, root: str | None = None):
+    """Restore the file `name` of this run (or of `run_path`, `PROJECT/RUN` of this namespace)
+    into the run dir, and return it opened for reading (binary); `.name` is its local path."""
+    backend = _backend()
+    run_dir = Path(backend.run.dir)
+    if root is not None and not Path(os.path.abspath(root)).is_relative_to(run_dir):
+        raise InputError(f"root {root!r} is outside the run dir {run_dir}: the sidecar restores into the run dir")
+    if run_path is not None and run_path.count("/") == 2:
+        namespace = backend.run.path.split("/")[0]
+        if run_path.split("/")[0] != namespace:
+            raise InputError(f"run_path {run_path!r} is in another namespace than {namespace!r}; "
+                             "a run can restore only from its own namespace")
+        run_path = run_path.split("/", 1)[1]
+    result = backend.restore(name, run_path, replace)
+    if not result.get("files"):
+        raise RestoreNotFound(f"{name!r} is not among the committed files of {result.get('run', backend.run.path)}")
+    local = run_dir / name
+    if not local.is_file():
+        local = Path(result["paths"][0])
+    return open(local, "rb")
+
+
+def restore_code(run_path: str, repo: str | os.PathLike = ".", s3=None, store: keys.StoreURL | None = None) -> str:
+    """`runsync restore RUN --code`: a branch at the run's commit with its diff applied."""
+    from . import transfer
+
+    store = store or keys.StoreURL.parse(os.environ.get(contract.ENV_STORE, ""))
+    s3 = s3 or transfer.client()
+    layout = keys.Layout(store, keys.RunPath.parse(run_path), contract.DEFAULT_REPLICA)
+    try:
+        info = s3.get_object(Bucket=store.bucket, Key=layout.code_key("git.json"))["Body"].read()
+        diff = s3.get_object(Bucket=store.bucket, Key=layout.code_key("diff.patch"))["Body"].read()
+    except Exception as err:  # noqa: BLE001
+        if "NoSuchKey" in str(err) or "404" in str(err):
+            raise RestoreNotFound(f"{run_path} recorded no code state (it did not run in a git repository, "
+                                  "or did not call runsync.init)") from None
+        raise transfer.describe(err, store, s3) from None
+    state = codestate.CodeState.from_stored(info, diff)
+    return codestate.recreate(state, repo, f"runsync/{layout.run.run}")
+
+
+def __getattr__(name: str):
+    if name == "run":
+        return _backend().run
+    raise AttributeError(name)
