@@ -143,7 +143,6 @@ class Engine:
         metrics: Metrics,
         settings: Settings = Settings(),
         annotations_file: str | None = None,
-        fence: Callable[[], int] | None = None,
         clock: Callable[[], float] = time.time,
         holder: str | None = None,
     ):
@@ -154,7 +153,6 @@ class Engine:
         self.metrics = metrics
         self.settings = settings
         self.annotations_file = annotations_file
-        self.fence = fence
         self.clock = clock
         self.inbox: queue.Queue = queue.Queue()
         self.writer = f"sidecar@{socket.gethostname()}:{os.getpid()}"

@@ -152,7 +152,7 @@ def _restore_unit(transfers: transfer.Transfers, dest: Path,
             _make_parents(dest, target)
             tmp = target.with_name(f".{target.name[:100]}.runsync-{uuid.uuid4().hex[:8]}")
             temps.append((tmp, target, entry))
-            transfers.download(entry.key, tmp, entry.sha256, hooks.on_bytes)
+            transfers.download(entry.key, tmp, entry.sha256, hooks.on_bytes, size=entry.size)
             os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
         for tmp, target, _ in temps:  # markers come last in a unit
             os.replace(tmp, target)

@@ -91,7 +91,7 @@ def wire(run_dir: str, layout: keys.Layout, settings: engine.Settings, annotatio
     core: engine.Engine | None = None
     watcher = watch.Watcher(run_dir, lambda ev: core.post(ev))
     core = engine.Engine(run_dir, layout, s3, transfer.Transfers(s3, layout.store), metrics, settings,
-                         annotations_file=annotations, fence=watcher.fence, holder=holder)
+                         annotations_file=annotations, holder=holder)
     threading.Thread(target=watcher.run, name="watcher", daemon=True).start()
     return Wired(core, watcher, registry)
 

@@ -154,6 +154,16 @@ class _Progress(BaseSubscriber):
         self._on_bytes(bytes_transferred)
 
 
+class _KnownSize(BaseSubscriber):
+    """Tells s3transfer the object's size, which spares it a HeadObject per download."""
+
+    def __init__(self, size: int):
+        self._size = size
+
+    def on_queued(self, future, **kwargs):
+        future.meta.provide_transfer_size(self._size)
+
+
 class Transfers:
     """A transfer manager bound to one store; use as a context manager."""
 
@@ -254,14 +264,15 @@ class Transfers:
             raise FileChanged(up.path)
 
     def download(self, key: str, dest: str | Path, sha256: str,
-                 on_bytes: Callable[[int], None] = lambda n: None) -> None:
-        """Download `key` to `dest` through a temp file, verified against `sha256`, then renamed."""
+                 on_bytes: Callable[[int], None] = lambda n: None, size: int | None = None) -> None:
+        """Download `key` to `dest` through a temp file, verified against `sha256`, then renamed.
+        With `size` (known from the manifest) no HeadObject is sent first."""
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.runsync-part")
+        subscribers = [_Progress(on_bytes)] + ([_KnownSize(size)] if size is not None else [])
         try:
-            self._manager.download(self.store.bucket, key, str(tmp),
-                                   subscribers=[_Progress(on_bytes)]).result()
+            self._manager.download(self.store.bucket, key, str(tmp), subscribers=subscribers).result()
             got = hash_file(tmp).sha256
             if got != sha256:
                 raise StoreError(f"checksum mismatch for s3://{self.store.bucket}/{key}: stored "

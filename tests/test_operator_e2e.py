@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import os
 import signal
 import subprocess
 import sys

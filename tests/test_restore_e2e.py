@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness import RUNSYNC, Sidecar, Store, wait_for
-from runsync import config, contract, keys, manifest
+from runsync import config, contract, keys
 
 pytestmark = pytest.mark.s3
 RUN = "team-a/proj/run-1"
