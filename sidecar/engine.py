@@ -200,6 +200,9 @@ class Engine:
         self.last_reload = 0.0
         self.last_rescan = 0.0
         self.finished = False
+        self.stop_requested = False
+        """Set by a signal handler: a plain flag, because a handler that took the inbox's lock
+        could deadlock with the loop it interrupted (which may hold that lock in `get`)."""
         self.last_tick = time.monotonic()
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="upload")
         self.committer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="commit")
@@ -227,6 +230,8 @@ class Engine:
                     message = self.inbox.get_nowait()
                 except queue.Empty:
                     message = None
+            if self.stop_requested and self.mode != "final":
+                self._request(Request("terminate", {}))
             self._tick()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.committer.shutdown(wait=False)

@@ -108,7 +108,7 @@ def run(settings: engine.Settings | None = None, env=os.environ) -> int:
         ready=lambda: not core.finished)
 
     def on_signal(signum, frame):
-        core.post(engine.Request("terminate", {}))
+        core.stop_requested = True  # no locks in a signal handler: the loop polls this
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
