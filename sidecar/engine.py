@@ -217,8 +217,7 @@ class Engine:
 
     def loop(self) -> int:
         self._reload_annotations(force=True)
-        self._start_load()
-        self._rescan()
+        self._start_load()  # the first rescan waits for the durable manifest (see _loaded)
         while not self.finished:
             try:
                 message = self.inbox.get(timeout=0.1)
@@ -686,7 +685,12 @@ class Engine:
             self.checkpoint_dirs |= plan.marked_dirs(remote.files, self.cfg.complete_markers)
         elif self.durable is not None and remote is None:
             self.durable = None  # a cached manifest of another store or run: not ours
+        first = not self.loaded
         self.loaded = True
+        if first:
+            # What is on disk before start is compared with what is durable, not re-hashed
+            # and re-checked against the store file by file.
+            self._rescan()
 
     # ------------------------------------------------------------------ requests
 

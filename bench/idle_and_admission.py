@@ -1,0 +1,137 @@
+"""Two costs a cluster pays all the time: an idle sidecar beside a big run dir, and admission.
+
+- Idle sidecar: a run dir of N files already durable (synced first), the sidecar started on it:
+  time until ready, then CPU share and RSS sampled over `--idle-seconds`.
+- Admission: AdmissionReviews at a fixed rate against the real operator over HTTPS; p50 / p99.
+Not part of the test run: `bench/run-idle`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import boto3
+
+from runsync import config, contract, localkube, locals3
+
+RUNSYNC = str(Path(sys.executable).with_name("runsync"))
+
+
+def proc_stats(pid: int) -> tuple[float, int]:
+    """(CPU seconds, RSS bytes) of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    rss = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+    return cpu, rss
+
+
+def idle(server, files: int, seconds: float) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+        for i in range(files):
+            d = run_dir / f"d{i // 1000:03d}"
+            if i % 1000 == 0:
+                d.mkdir(parents=True)
+            (d / f"f{i:06d}.txt").write_text(str(i))
+        env = {**os.environ, **server.env(), "RUNSYNC_STORE": "s3://bench-idle/x"}
+        started = time.perf_counter()
+        subprocess.run([RUNSYNC, "sync", str(run_dir), "--run", "b/b/idle"], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        sync_s = time.perf_counter() - started
+        ann = Path(tmp) / "ann"
+        ann.write_text(config.format_annotations_file({contract.SAVE: "**:live"}))
+        api, metrics = locals3.free_ports(2)
+        env.update({contract.ENV_DIR: str(run_dir), contract.ENV_RUN_PATH: "b/b/idle", contract.ENV_ANNOTATIONS: str(ann),
+                    contract.ENV_API: f"127.0.0.1:{api}", contract.ENV_METRICS: f"127.0.0.1:{metrics}",
+                    contract.ENV_HOLDER: "sync-then-sidecar"})
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([RUNSYNC, "sidecar"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while True:
+            try:
+                status = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{api}/v1/status", timeout=1).read())
+                if status["loaded"] and not status["pending"] and not status["uploading"]:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        ready_s = time.perf_counter() - t0
+        cpu0, _ = proc_stats(proc.pid)
+        rss = []
+        w0 = time.perf_counter()
+        while time.perf_counter() - w0 < seconds:
+            time.sleep(1)
+            rss.append(proc_stats(proc.pid)[1])
+        cpu1, _ = proc_stats(proc.pid)
+        wall = time.perf_counter() - w0
+        proc.terminate()
+        proc.wait(60)
+        return {"files": files, "sync_all_s": round(sync_s, 1), "sidecar_ready_s": round(ready_s, 2),
+                "idle_cpu_share": round((cpu1 - cpu0) / wall, 4), "rss_mib_max": round(max(rss) / 2**20, 1),
+                "rss_mib_median": round(statistics.median(rss) / 2**20, 1)}
+
+
+def admission(server, rate: float, count: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        op = localkube.Operator(Path(tmp), [localkube.store("team-a", "default", "b", server.endpoint)])
+        try:
+            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {
+                "name": "p", "namespace": "team-a", "labels": {contract.INJECT_LABEL: "true"},
+                "annotations": {contract.SAVE: "ckpt/**:live"},
+                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": "1", "controller": True}]},
+                "spec": {"containers": [{"name": "t", "image": "python:3.11"}]}}
+            latencies: list[float] = []
+            lock = threading.Lock()
+
+            def one():
+                t = time.perf_counter()
+                assert op.review(pod)["response"]["allowed"]
+                with lock:
+                    latencies.append(time.perf_counter() - t)
+
+            threads = []
+            start = time.perf_counter()
+            for i in range(count):  # open loop: requests leave on schedule, whatever the answers do
+                delay = start + i / rate - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                th = threading.Thread(target=one)
+                th.start()
+                threads.append(th)
+            for th in threads:
+                th.join(30)
+            latencies.sort()
+            return {"rate_per_s": rate, "requests": len(latencies),
+                    "p50_ms": round(latencies[len(latencies) // 2] * 1000, 1),
+                    "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 1)}
+        finally:
+            op.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--files", type=int, default=100_000)
+    ap.add_argument("--idle-seconds", type=float, default=60)
+    ap.add_argument("--rate", type=float, default=50)
+    ap.add_argument("--requests", type=int, default=500)
+    args = ap.parse_args()
+    with locals3.start() as server:
+        boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
+                     aws_access_key_id=server.credentials.access_key,
+                     aws_secret_access_key=server.credentials.secret_key).create_bucket(Bucket="bench-idle")
+        print(json.dumps({"admission": admission(server, args.rate, args.requests),
+                          "idle_sidecar": idle(server, args.files, args.idle_seconds)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
