@@ -56,7 +56,8 @@ def idle(server, files: int, seconds: float) -> dict:
                     contract.ENV_API: f"127.0.0.1:{api}", contract.ENV_METRICS: f"127.0.0.1:{metrics}",
                     contract.ENV_HOLDER: "sync-then-sidecar"})
         t0 = time.perf_counter()
-        proc = subprocess.Popen([RUNSYNC, "sidecar"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen([RUNSYNC, "sidecar"], env=env, stdout=open("/tmp/idle-sidecar.log", "wb"),
+                                stderr=subprocess.STDOUT)
         while True:
             try:
                 status = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{api}/v1/status", timeout=1).read())

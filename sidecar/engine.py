@@ -267,7 +267,7 @@ class Engine:
             self._resubmit(work)
         if self.annotations_file and now - self.last_reload >= self.settings.reload:
             self._reload_annotations()
-        if self.mode == "running" and now - self.last_rescan >= self.settings.rescan:
+        if self.mode == "running" and self.loaded and now - self.last_rescan >= self.settings.rescan:
             self._rescan()
         self._check_candidates(now)
         for ckpt_dir, (due, policy, when) in list(self.quiet.items()):
