@@ -56,7 +56,7 @@ def idle(server, files: int, seconds: float) -> dict:
                     contract.ENV_API: f"127.0.0.1:{api}", contract.ENV_METRICS: f"127.0.0.1:{metrics}",
                     contract.ENV_HOLDER: "sync-then-sidecar"})
         t0 = time.perf_counter()
-        proc = subprocess.Popen([RUNSYNC, "sidecar"], env=env, stdout=open("/tmp/idle-sidecar.log", "wb"),
+        proc = subprocess.Popen([RUNSYNC, "sidecar"], env=env, stdout=open(Path(tmp) / "sidecar.log", "wb"),
                                 stderr=subprocess.STDOUT)
         while True:
             try:
