@@ -26,16 +26,7 @@ class RunSummary:
 
 def files(s3, store: keys.StoreURL, run: keys.RunPath) -> list[tuple[str, manifest.Manifest]]:
     """(replica, latest manifest) of every replica of the run that committed one."""
-    found = []
-    for replica in manifest.replicas(s3, store, run):
-        try:
-            layout = keys.Layout(store, run, replica)
-        except keys.RunPathError:
-            continue  # not a replica runsync wrote
-        latest = manifest.latest(s3, layout)
-        if latest is not None:
-            found.append((replica, latest))
-    return found
+    return list(manifest.latest_by_replica(s3, store, run).items())
 
 
 def runs(s3, store: keys.StoreURL, namespace: str | None = None, project: str | None = None) -> list[RunSummary]:

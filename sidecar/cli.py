@@ -205,7 +205,7 @@ def restore_cmd(
             return _store_call(lambda: restorer.restore(
                 s3, store, run_path, to, replica=keys.check_replica(replica), all_replicas=all_replicas,
                 patterns=globs_, markers=config.RunConfig().complete_markers, replace=replace,
-                hooks=restorer.Hooks(hooks.on_plan, hooks.on_bytes)), store, s3)
+                hooks=hooks), store, s3)
     report = _run(go)
     if as_json:
         out.print_json(json.dumps({
@@ -266,15 +266,15 @@ class _progress:
         self.what = what
         self.bar: Progress | None = None
 
-    def __enter__(self) -> syncing.Hooks:
+    def __enter__(self) -> transfer.Hooks:
         if not err.is_terminal:
-            return syncing.Hooks()
+            return transfer.Hooks()
         self.bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                             TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True)
         self.bar.start()
         task = self.bar.add_task(self.what, total=None)
         bar = self.bar
-        return syncing.Hooks(
+        return transfer.Hooks(
             on_plan=lambda files, nbytes: bar.update(task, total=nbytes, description=f"{self.what} {files} files"),
             on_bytes=lambda n: bar.advance(task, n),
         )

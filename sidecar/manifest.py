@@ -181,6 +181,21 @@ def replicas(client, store: keys.StoreURL, run: keys.RunPath) -> list[str]:
     return [p[len(prefix):-1] for p in list_prefixes(client, store.bucket, prefix)]
 
 
+def latest_by_replica(client, store: keys.StoreURL, run: keys.RunPath,
+                      only: str | None = None) -> dict[str, Manifest]:
+    """The latest valid manifest of each replica of the run (or of replica `only`) that has one."""
+    found = {}
+    for replica in ([only] if only is not None else replicas(client, store, run)):
+        try:
+            layout = keys.Layout(store, run, replica)
+        except keys.RunPathError:
+            continue  # not a replica runsync wrote
+        m = latest(client, layout)
+        if m is not None:
+            found[replica] = m
+    return found
+
+
 def list_prefixes(client, bucket: str, prefix: str) -> list[str]:
     """The `/`-delimited child prefixes under `prefix` (one level of the layout)."""
     found: list[str] = []

@@ -27,13 +27,12 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import globs, keys, manifest, plan, transfer
-from .errors import RunsyncError, StoreError
+from .errors import RunsyncError
 from .logs import log
 
 
@@ -56,26 +55,10 @@ class RestoreReport:
         return not self.manifests
 
 
-@dataclasses.dataclass(frozen=True)
-class Hooks:
-    on_plan: Callable[[int, int], None] = lambda files, nbytes: None
-    on_bytes: Callable[[int], None] = lambda n: None
-
-
 def latest_manifests(s3, store: keys.StoreURL, run: keys.RunPath, replica: str,
                      all_replicas: bool) -> dict[str, manifest.Manifest]:
     """The latest committed manifest of the replica (or of every replica)."""
-    replicas = manifest.replicas(s3, store, run) if all_replicas else [replica]
-    found = {}
-    for r in replicas:
-        try:
-            layout = keys.Layout(store, run, r)
-        except keys.RunPathError:
-            continue
-        m = manifest.latest(s3, layout)
-        if m is not None:
-            found[r] = m
-    return found
+    return manifest.latest_by_replica(s3, store, run, None if all_replicas else replica)
 
 
 def restore(
@@ -89,15 +72,13 @@ def restore(
     markers: tuple[globs.Glob, ...] = (),
     replace: bool = False,
     settings: transfer.Settings = transfer.Settings(),
-    hooks: Hooks = Hooks(),
+    hooks: transfer.Hooks = transfer.Hooks(),
 ) -> RestoreReport:
     started = time.monotonic()
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     try:
         manifests = latest_manifests(s3, store, run, replica, all_replicas)
-    except StoreError:
-        raise
     except (ClientError, BotoCoreError) as err:
         raise transfer.describe(err, store, s3) from None
     report = RestoreReport(manifests={r: m.seq for r, m in manifests.items()})
@@ -143,7 +124,7 @@ def restore(
 
 
 def _restore_unit(transfers: transfer.Transfers, dest: Path,
-                  unit: list[tuple[str, manifest.FileEntry]], hooks: Hooks) -> str | None:
+                  unit: list[tuple[str, manifest.FileEntry]], hooks: transfer.Hooks) -> str | None:
     """Download every file of a unit to temp names; rename them into place only if all are good."""
     temps: list[tuple[Path, Path, manifest.FileEntry]] = []
     try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,14 +35,6 @@ class SyncReport:
         return sum(e.size for e in self.uploaded)
 
 
-@dataclasses.dataclass(frozen=True)
-class Hooks:
-    """How a caller watches progress (the CLI draws bars with these)."""
-
-    on_plan: Callable[[int, int], None] = lambda files, nbytes: None
-    on_bytes: Callable[[int], None] = lambda n: None
-
-
 def sync(
     run_dir: str | Path,
     store: keys.StoreURL,
@@ -53,7 +44,7 @@ def sync(
     ignore: tuple[globs.Glob, ...] = (),
     clean: bool = False,
     settings: transfer.Settings = transfer.Settings(),
-    hooks: Hooks = Hooks(),
+    hooks: transfer.Hooks = transfer.Hooks(),
 ) -> SyncReport:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

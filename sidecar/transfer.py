@@ -146,6 +146,14 @@ class Upload:
     digest: Digest
 
 
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+    """How a caller watches a sync or a restore (the CLI draws bars with these)."""
+
+    on_plan: Callable[[int, int], None] = lambda files, nbytes: None
+    on_bytes: Callable[[int], None] = lambda n: None
+
+
 class _Progress(BaseSubscriber):
     def __init__(self, on_bytes: Callable[[int], None]):
         self._on_bytes = on_bytes
