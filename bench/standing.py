@@ -3,7 +3,7 @@
 - Idle sidecar: a run dir of N files already durable (synced first), the sidecar started on it:
   time until ready, then CPU share and RSS sampled over `--idle-seconds`.
 - Admission: AdmissionReviews at a fixed rate against the real operator over HTTPS; p50 / p99.
-Not part of the test run: `bench/run-idle`.
+Run by `bench/run`; alone: `python bench/standing.py` after `scripts/setup`.
 """
 
 from __future__ import annotations
@@ -23,20 +23,12 @@ from pathlib import Path
 import boto3
 
 from runsync import config, contract, localkube, locals3
+from tools import proc_cpu, proc_rss
 
 RUNSYNC = str(Path(sys.executable).with_name("runsync"))
 
 
-def proc_stats(pid: int) -> tuple[float, int]:
-    """(CPU seconds, RSS bytes) of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(fields[11]) + int(fields[12])) / ticks
-    rss = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-    return cpu, rss
-
-
-def idle(server, files: int, seconds: float) -> dict:
+def idle(server, files: int, seconds: float, bucket: str = "bench-idle") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
         for i in range(files):
@@ -44,7 +36,7 @@ def idle(server, files: int, seconds: float) -> dict:
             if i % 1000 == 0:
                 d.mkdir(parents=True)
             (d / f"f{i:06d}.txt").write_text(str(i))
-        env = {**os.environ, **server.env(), "RUNSYNC_STORE": "s3://bench-idle/x"}
+        env = {**os.environ, **server.env(), "RUNSYNC_STORE": f"s3://{bucket}/x"}
         started = time.perf_counter()
         subprocess.run([RUNSYNC, "sync", str(run_dir), "--run", "b/b/idle"], env=env, check=True,
                        stdout=subprocess.DEVNULL)
@@ -67,13 +59,13 @@ def idle(server, files: int, seconds: float) -> dict:
                 pass
             time.sleep(0.05)
         ready_s = time.perf_counter() - t0
-        cpu0, _ = proc_stats(proc.pid)
+        cpu0 = proc_cpu(proc.pid)
         rss = []
         w0 = time.perf_counter()
         while time.perf_counter() - w0 < seconds:
             time.sleep(1)
-            rss.append(proc_stats(proc.pid)[1])
-        cpu1, _ = proc_stats(proc.pid)
+            rss.append(proc_rss(proc.pid))
+        cpu1 = proc_cpu(proc.pid)
         wall = time.perf_counter() - w0
         proc.terminate()
         proc.wait(60)

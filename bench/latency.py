@@ -1,0 +1,69 @@
+"""Close-to-durable latency under `live`: from a checkpoint file's close to the manifest naming it.
+
+A sidecar watches a run dir; the trainer's stand-in writes `ckpt-<i>.pt` (fresh bytes), closes it,
+and polls the sidecar's status until a new manifest is durable and nothing is pending. The same
+bytes uploaded by boto3's transfer manager alone give the transfer's own time, so the difference
+is what runsync adds (event, hash, commit). Checkpoints are spaced past the commit batching interval,
+as a trainer's are.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import boto3
+
+from runsync import contract
+from tools import Sidecar
+
+MiB = 1024 * 1024
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def close_to_durable(env: dict[str, str], bucket: str, size: int, count: int) -> dict:
+    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"], region_name="us-east-1",
+                      aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    block = os.urandom(min(size, 8 * MiB))
+    with tempfile.TemporaryDirectory(prefix="bench-latency-") as work:
+        run_dir = Path(work) / "run"
+        run_dir.mkdir()
+        car = Sidecar(run_dir, {**env, contract.ENV_STORE: f"s3://{bucket}/latency-{size}"},
+                      {contract.SAVE: "ckpt-*.pt:live"}, Path(work), run="bench/p/latency").start()
+        durable, raw = [], []
+        try:
+            for i in range(count):
+                path = run_dir / f"ckpt-{i:03d}.pt"
+                time.sleep(1.1)  # past the commit interval, as checkpoints minutes apart would be
+                before = car.status()["manifest"] or 0
+                with open(path, "wb") as f:
+                    stamp = i.to_bytes(8, "big")
+                    for off in range(0, size, len(block)):
+                        f.write(stamp + block[8:min(len(block), size - off)])
+                t0 = time.perf_counter()  # the file is closed
+                while True:
+                    st = car.status()
+                    if ((st["manifest"] or 0) > before and st["durable_files"] == 1 and not st["pending"]
+                            and not st["uploading"]):
+                        break
+                    time.sleep(0.005)
+                durable.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                s3.upload_file(str(path), bucket, f"raw-{size}/{i}")
+                raw.append(time.perf_counter() - t0)
+                path.unlink()  # keep the disk small; the mirrored deletion is waited for, not timed
+                while car.status()["durable_files"]:
+                    time.sleep(0.05)
+        finally:
+            car.stop()
+    return {"size_MiB": size / MiB, "count": count,
+            "p50_ms": round(percentile(durable, 0.5) * 1000, 1), "p99_ms": round(percentile(durable, 0.99) * 1000, 1),
+            "transfer_p50_ms": round(statistics.median(raw) * 1000, 1),
+            "overhead_p50_ms": round((statistics.median(durable) - statistics.median(raw)) * 1000, 1)}

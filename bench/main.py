@@ -1,0 +1,169 @@
+"""The whole benchmark, one SeaweedFS, one run: throughput and CPU against the peers,
+close-to-durable latency, the idle sidecar and admission latency. `bench/run` sets it up.
+
+Writes into --out: samples.csv (every run), summary.csv (medians and ratios), results.md (the
+tables and the machine), chart.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import boto3
+
+from runsync import locals3
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import latency  # noqa: E402
+import report  # noqa: E402
+import standing  # noqa: E402
+import tools  # noqa: E402
+
+MiB = 1024 * 1024
+FULL_SETS = {"1 x 2 GiB": (1, 2048 * MiB), "1000 x 1 MiB": (1000, MiB), "16 x 128 MiB": (16, 128 * MiB)}
+SMOKE_SETS = {"1 x 8 MiB": (1, 8 * MiB), "40 x 64 KiB": (40, 64 * 1024), "4 x 2 MiB": (4, 2 * MiB)}
+
+
+def make_sets(root: Path, sets: dict[str, tuple[int, int]]) -> dict[str, Path]:
+    out = {}
+    block = os.urandom(MiB)
+    for name, (count, size) in sets.items():
+        d = root / name.replace(" ", "")
+        d.mkdir(parents=True)
+        for i in range(count):
+            with open(d / f"f{i:04d}.bin", "wb") as f:
+                stamp = f"{name}/{i}/".encode()  # no two files alike, so no tool can skip one
+                for off in range(0, size, MiB):
+                    f.write((stamp + off.to_bytes(8, "big") + block)[:min(MiB, size - off)])
+        out[name] = d
+    return out
+
+
+def tree_bytes(d: Path) -> tuple[int, int]:
+    files = [p for p in d.rglob("*") if p.is_file() and ".runsync" not in p.parts]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def throughput(server, env, s3, sets, chosen, repeat, tmp, log) -> list[dict]:
+    rows = []
+    for rep in range(repeat):
+        for name, src in sets.items():
+            count, nbytes = tree_bytes(src)
+            gib = nbytes / 1024 ** 3
+            for tool in chosen:
+                bucket = f"bench-{uuid.uuid4().hex[:12]}"
+                s3.create_bucket(Bucket=bucket)
+                dest = tmp / "down"
+                try:
+                    for direction in ("up", "down"):
+                        srv0 = tools.proc_cpu(server.process.pid)
+                        sample = tool.up(src, bucket, "d", env) if direction == "up" else tool.down(bucket, "d", dest, env)
+                        srv = tools.proc_cpu(server.process.pid) - srv0
+                        rows.append({"rep": rep, "dataset": name, "direction": direction, "tool": tool.name,
+                                     "seconds": round(sample.seconds, 3), "MBps": round(nbytes / sample.seconds / MiB, 1),
+                                     "client_cpu_s_per_GiB": round(sample.cpu / gib, 3),
+                                     "server_cpu_s_per_GiB": round(srv / gib, 3)})
+                        log(f"{rep} {name:>14} {direction:>4} {tool.name:>30} {rows[-1]['MBps']:>8} MB/s "
+                            f"{rows[-1]['client_cpu_s_per_GiB']:>6} CPU-s/GiB")
+                    got = tree_bytes(dest)
+                    if got != (count, nbytes):  # a benchmark that moved the wrong bytes measures nothing
+                        raise RuntimeError(f"{tool.name} restored {got} (files, bytes) of {name}, want {(count, nbytes)}")
+                finally:
+                    shutil.rmtree(dest, ignore_errors=True)
+                    drop_bucket(s3, bucket)  # SeaweedFS frees a bucket's volumes at once
+    return rows
+
+
+def drop_bucket(s3, bucket: str) -> None:
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+    s3.delete_bucket(Bucket=bucket)
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.machine())
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024 ** 2
+    return f"{os.cpu_count()} cores ({cpu}), {mem} GiB RAM, {platform.platform()}, Python {platform.python_version()}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--smoke", action="store_true", help="tiny data, one run, short latency/idle/admission")
+    ap.add_argument("--repeat", type=int, default=None)
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    ap.add_argument("--tools", default="", help="comma-separated tool names to run (default: all installed)")
+    ap.add_argument("--latency-count", type=int, default=None, help="checkpoints per size (default 50; 1 GiB: 10)")
+    ap.add_argument("--idle-files", type=int, default=None)
+    args = ap.parse_args()
+    smoke = args.smoke
+    repeat = args.repeat or (1 if smoke else 3)
+    args.out.mkdir(parents=True, exist_ok=True)
+    chosen = [t for t in tools.ALL if t.available() and (not args.tools or t.name in args.tools.split(","))]
+    missing = [t.name for t in tools.ALL if not t.available()]
+    started = time.time()
+
+    def log(msg: str) -> None:
+        print(f"[{time.time() - started:7.1f}s] {msg}", flush=True)
+
+    log(f"tools: {', '.join(t.name for t in chosen)}" + (f"; not installed: {', '.join(missing)}" if missing else ""))
+    tmp = Path(tempfile.mkdtemp(prefix="runsync-bench-"))
+    server = locals3.start()
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNSYNC_"))} | server.env()
+        s3 = boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
+                          aws_access_key_id=server.credentials.access_key,
+                          aws_secret_access_key=server.credentials.secret_key)
+        sets = make_sets(tmp / "data", SMOKE_SETS if smoke else FULL_SETS)
+        rows = throughput(server, env, s3, sets, chosen, repeat, tmp, log)
+        shutil.rmtree(tmp / "data")
+        summary = report.summarise(rows)
+
+        s3.create_bucket(Bucket="bench-latency")
+        lat = []
+        for size, count in ((MiB, 3 if smoke else 50), (4 * MiB if smoke else 1024 * MiB, 3 if smoke else 10)):
+            lat.append(latency.close_to_durable(env, "bench-latency", size, args.latency_count or count))
+            log(f"close-to-durable {json.dumps(lat[-1])}")
+        drop_bucket(s3, "bench-latency")
+        s3.create_bucket(Bucket="bench-idle")
+        idle = standing.idle(server, args.idle_files or (300 if smoke else 100_000), 3 if smoke else 60, "bench-idle")
+        log(f"idle sidecar {json.dumps(idle)}")
+        admission = standing.admission(server, 50, 25 if smoke else 500)
+        log(f"admission {json.dumps(admission)}")
+
+        report.write_csv(args.out / "samples.csv", rows)
+        report.write_csv(args.out / "summary.csv", summary)
+        report.chart(args.out / "chart.png", summary)
+        doc = "\n\n".join([
+            f"# runsync benchmark{' (smoke)' if smoke else ''}",
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine()}; one SeaweedFS (weed mini) on "
+            f"loopback; medians of {repeat}; {round(time.time() - started)} s in all. "
+            f"Not installed: {', '.join(missing) or 'none'}.",
+            "## Throughput and CPU\n\n" + report.markdown(summary),
+            "## Close-to-durable under `live`\n\n| size MiB | n | p50 ms | p99 ms | transfer alone p50 ms | "
+            "overhead p50 ms |\n|---|---|---|---|---|---|\n" + "\n".join(
+                f"| {x['size_MiB']:g} | {x['count']} | {x['p50_ms']} | {x['p99_ms']} | {x['transfer_p50_ms']} | "
+                f"{x['overhead_p50_ms']} |" for x in lat),
+            "## Idle sidecar\n\n```\n" + json.dumps(idle, indent=1) + "\n```",
+            "## Admission\n\n```\n" + json.dumps(admission, indent=1) + "\n```\n",
+        ])
+        (args.out / "results.md").write_text(doc)
+        print(doc)
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""The tools being compared: each moves one directory up to `s3://bucket/prefix` and back down.
+
+Every tool returns a `Sample` of its own wall time and client CPU (user + sys). CLI tools are
+timed as whole processes, start-up included, as a user runs them; the boto3 peers are libraries,
+so their own script reports the transfer alone. The runsync sidecar is timed from the moment the
+files are in the run dir (closed) until its flush says they are durable, restore-init as the
+process the pod runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from runsync import config, contract
+
+BIN = Path(sys.executable).parent
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+from harness import Sidecar  # noqa: E402  (the same process wrapper the end-to-end tests use)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    seconds: float
+    cpu: float
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_timed(cmd: list[str], env: dict[str, str]) -> Sample:
+    c0, t0 = _children_cpu(), time.perf_counter()
+    done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{cmd[0]} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return Sample(time.perf_counter() - t0, _children_cpu() - c0)
+
+
+class Tool:
+    name = ""
+    needs: tuple[str, ...] = ()  # binaries that must exist for this tool to run
+
+    def available(self) -> bool:
+        return all(Path(b).exists() for b in self.needs)
+
+    def up(self, src: Path, bucket: str, prefix: str, env: dict[str, str]) -> Sample: ...
+
+    def down(self, bucket: str, prefix: str, dest: Path, env: dict[str, str]) -> Sample: ...
+
+
+class RunsyncCLI(Tool):
+    name = "runsync sync/restore"
+    needs = (str(BIN / "runsync"),)
+
+    def up(self, src, bucket, prefix, env):
+        return run_timed([str(BIN / "runsync"), "sync", str(src), "--run", "bench/p/r"],
+                         {**env, contract.ENV_STORE: f"s3://{bucket}/{prefix}"})
+
+    def down(self, bucket, prefix, dest, env):
+        return run_timed([str(BIN / "runsync"), "restore", "bench/p/r", "--to", str(dest)],
+                         {**env, contract.ENV_STORE: f"s3://{bucket}/{prefix}"})
+
+
+class RunsyncPod(Tool):
+    """The sidecar (`live`) for uploads, restore-init for downloads: what a training pod runs."""
+
+    name = "runsync sidecar/restore-init"
+    needs = (str(BIN / "runsync"),)
+
+    def up(self, src, bucket, prefix, env):
+        with tempfile.TemporaryDirectory(prefix="bench-pod-") as work:
+            run_dir = Path(work) / "run"
+            run_dir.mkdir()
+            staging = Path(work) / "staging"  # same filesystem, so a rename puts a closed file in place
+            shutil.copytree(src, staging)
+            car = Sidecar(run_dir, {**env, contract.ENV_STORE: f"s3://{bucket}/{prefix}"},
+                          {contract.SAVE: "**:live"}, Path(work), run="bench/p/r", settle=0.5).start()
+            try:
+                c0 = proc_cpu(car.proc.pid)
+                t0 = time.perf_counter()
+                for p in sorted(staging.iterdir()):
+                    os.rename(p, run_dir / p.name)
+                doc = car.flush(timeout=3600)
+                sample = Sample(time.perf_counter() - t0, proc_cpu(car.proc.pid) - c0)
+                if not doc.get("durable"):
+                    raise RuntimeError(f"sidecar flush not durable: {doc}")
+                code, _ = car.terminate()  # final flush and lease release, so restore-init needs no wait
+                if code:
+                    raise RuntimeError(f"sidecar exited {code}: {car.logs()[-2000:]}")
+                return sample
+            finally:
+                car.stop()
+
+    def down(self, bucket, prefix, dest, env):
+        dest.mkdir(parents=True, exist_ok=True)
+        ann = dest.parent / f"{dest.name}.annotations"
+        ann.write_text(config.format_annotations_file({contract.SAVE: "**:live"}))
+        try:
+            return run_timed([str(BIN / "runsync"), "restore-init"], {
+                **env, contract.ENV_STORE: f"s3://{bucket}/{prefix}", contract.ENV_DIR: str(dest),
+                contract.ENV_RUN_PATH: "bench/p/r", contract.ENV_ANNOTATIONS: str(ann),
+                contract.ENV_HOLDER: "bench-restore", contract.ENV_GRACE: "5"})
+        finally:
+            ann.unlink()
+            shutil.rmtree(dest / ".runsync", ignore_errors=True)
+
+
+class S5cmd(Tool):
+    name = "s5cmd"
+    needs = (str(BIN / "s5cmd"),)
+
+    def _cmd(self, env):
+        return [str(BIN / "s5cmd"), "--endpoint-url", env["AWS_ENDPOINT_URL_S3"], "cp", "-c", "16", "-p", "64"]
+
+    def up(self, src, bucket, prefix, env):
+        return run_timed(self._cmd(env) + [f"{src}/*", f"s3://{bucket}/{prefix}/"], env)
+
+    def down(self, bucket, prefix, dest, env):
+        return run_timed(self._cmd(env) + [f"s3://{bucket}/{prefix}/*", f"{dest}/"], env)
+
+
+class Rclone(Tool):
+    name = "rclone"
+    needs = (str(BIN / "rclone"),)
+    # Tuned as rclone's docs suggest for many parallel streams on a fast link.
+    FLAGS = ["--transfers", "16", "--checkers", "16", "--s3-upload-concurrency", "8", "--s3-chunk-size", "16M",
+             "--multi-thread-streams", "8", "--s3-no-check-bucket", "--no-traverse", "--no-update-modtime"]
+
+    def _env(self, env):
+        return {**env, "RCLONE_CONFIG_BENCH_TYPE": "s3", "RCLONE_CONFIG_BENCH_PROVIDER": "SeaweedFS",
+                "RCLONE_CONFIG_BENCH_ENDPOINT": env["AWS_ENDPOINT_URL_S3"],
+                "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"],
+                "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"],
+                "RCLONE_CONFIG_BENCH_REGION": env.get("AWS_REGION", "us-east-1")}
+
+    def up(self, src, bucket, prefix, env):
+        return run_timed([str(BIN / "rclone"), "copy", str(src), f"bench:{bucket}/{prefix}", *self.FLAGS],
+                         self._env(env))
+
+    def down(self, bucket, prefix, dest, env):
+        return run_timed([str(BIN / "rclone"), "copy", f"bench:{bucket}/{prefix}", str(dest), *self.FLAGS],
+                         self._env(env))
+
+
+class AwsCli(Tool):
+    """aws cli v1 in a venv of its own (it pins its own botocore)."""
+
+    name = "aws cli"
+    AWS = HERE.parent / ".venv" / "peers" / "awscli" / "bin" / "aws"
+    needs = (str(AWS),)
+
+    def _env(self, env):
+        cfg = HERE.parent / ".venv" / "peers" / "awscli.config"
+        cfg.write_text("[default]\ns3 =\n  max_concurrent_requests = 32\n  multipart_chunksize = 16MB\n")
+        return {**env, "AWS_CONFIG_FILE": str(cfg)}
+
+    def up(self, src, bucket, prefix, env):
+        return run_timed([str(self.AWS), "--endpoint-url", env["AWS_ENDPOINT_URL_S3"], "s3", "cp", "--recursive",
+                          "--only-show-errors", str(src), f"s3://{bucket}/{prefix}/"], self._env(env))
+
+    def down(self, bucket, prefix, dest, env):
+        return run_timed([str(self.AWS), "--endpoint-url", env["AWS_ENDPOINT_URL_S3"], "s3", "cp", "--recursive",
+                          "--only-show-errors", f"s3://{bucket}/{prefix}/", str(dest)], self._env(env))
+
+
+class Boto3(Tool):
+    """boto3 as a library: `kind` "tm" (transfer manager, defaults, file after file) or "crt"."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.name = "boto3 + CRT" if kind == "crt" else "boto3 TM"
+
+    def available(self):
+        if self.kind != "crt":
+            return True
+        return subprocess.run([sys.executable, "-c", "import awscrt"], capture_output=True).returncode == 0
+
+    def _run(self, direction, root, bucket, prefix, env):
+        done = subprocess.run([sys.executable, str(HERE / "peer_boto3.py"), self.kind, direction, str(root),
+                               bucket, prefix], env=env, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{self.name} failed: {done.stderr[-2000:]}")
+        doc = json.loads(done.stdout.strip().splitlines()[-1])
+        return Sample(doc["seconds"], doc["cpu"])
+
+    def up(self, src, bucket, prefix, env):
+        return self._run("up", src, bucket, prefix, env)
+
+    def down(self, bucket, prefix, dest, env):
+        return self._run("down", dest, bucket, prefix, env)
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + sys) of a running process and its reaped children, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+
+
+ALL = [RunsyncCLI(), RunsyncPod(), S5cmd(), Rclone(), AwsCli(), Boto3("tm"), Boto3("crt")]
+RUNSYNC = {"runsync sync/restore", "runsync sidecar/restore-init"}
