@@ -30,6 +30,9 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SEQ_KEY = re.compile(r"(\d{12})\.json")
 _HASH_CHARS = 16
 MAX_NAME_BYTES = 768  # S3 keys are at most 1024 bytes; leave room for prefix and layout
+MAX_SEGMENT_BYTES = 255  # NAME_MAX of ext4, xfs and most others
+STATE_DIR = ".runsync"
+"""The sidecar's state dir inside the run dir: never uploaded, never restored into."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,12 +113,16 @@ def check_stored_name(name: str) -> str:
         problem = "is empty"
     elif name.startswith("/"):
         problem = "is absolute"
-    elif "\x00" in name or "\\" in name:
-        problem = "contains NUL or a backslash"
+    elif "\\" in name or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        problem = "contains a backslash or a control character"  # NUL, newline, escapes: no sane file's
     elif any(seg in ("", ".", "..") for seg in name.split("/")):
         problem = "has an empty, '.' or '..' segment"
+    elif name.split("/", 1)[0] == STATE_DIR:
+        problem = f"is inside {STATE_DIR}/, the sidecar's own state"
     elif len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         problem = f"is longer than {MAX_NAME_BYTES} bytes"
+    elif any(len(seg.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES for seg in name.split("/")):
+        problem = f"has a segment longer than {MAX_SEGMENT_BYTES} bytes (a file system's NAME_MAX)"
     if problem:
         raise RunPathError(f"stored name {name!r} {problem}; it would not stay inside the run dir")
     return name

@@ -41,12 +41,20 @@ class ApiStub:
         self.loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
         self._watches: set[asyncio.Task] = set()
+        self.requests: list[tuple[str, str, str]] = []
+        """(method, path, body) of every request the operator made: what its RBAC must allow."""
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
 
     async def _start(self) -> None:
-        app = web.Application()
+        @web.middleware
+        async def record(request: web.Request, handler):
+            body = await request.read()
+            self.requests.append((request.method, request.path_qs, body.decode("utf-8", "replace")))
+            return await handler(request)
+
+        app = web.Application(middlewares=[record])
 
         def fixed(doc: dict):
             async def handler(request: web.Request):

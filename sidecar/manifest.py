@@ -98,8 +98,11 @@ class Manifest:
                 writer=str(doc.get("writer", "")), epoch=int(doc.get("epoch", 0)),
             )
         except (ValueError, KeyError, TypeError) as err:
+            # Never guessed around: restoring an older manifest in silence would hide the damage.
             raise StoreError(f"manifest {source} is unreadable ({err}); it was not written by "
-                             f"runsync format {keys.FORMAT} or is damaged") from None
+                             f"runsync format {keys.FORMAT} or is damaged; fix: move that object aside "
+                             "(the run then restores from the manifest before it), or restore it from "
+                             "the bucket's versioning") from None
 
 
 def latest(client, layout: keys.Layout) -> Manifest | None:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import globs, keys, manifest, plan, transfer
+from . import config, globs, keys, manifest, plan, transfer
 from .errors import RunsyncError
 from .logs import log
 
@@ -69,12 +69,14 @@ def restore(
     replica: str = "0",
     all_replicas: bool = False,
     patterns: tuple[globs.Glob, ...] = (),
-    markers: tuple[globs.Glob, ...] = (),
+    markers: tuple[globs.Glob, ...] | None = None,
     replace: bool = False,
     settings: transfer.Settings = transfer.Settings(),
     hooks: transfer.Hooks = transfer.Hooks(),
 ) -> RestoreReport:
     started = time.monotonic()
+    if markers is None:  # the defaults of SPEC.md; an empty tuple would make no dir a checkpoint
+        markers = config.RunConfig().complete_markers
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     try:

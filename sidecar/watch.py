@@ -14,8 +14,9 @@ import threading
 import time
 from pathlib import Path
 
-STATE_DIR = ".runsync"
-"""runsync's own bookkeeping inside the run dir; never uploaded."""
+from . import keys
+
+STATE_DIR = keys.STATE_DIR  # runsync's own bookkeeping inside the run dir; never uploaded
 
 
 @dataclasses.dataclass(frozen=True)

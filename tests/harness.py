@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -192,3 +193,37 @@ def write_slowly(path: Path, data: bytes, chunks: int = 10, pause: float = 0.03)
 def uploaded_files(records: list[dict]) -> list[str]:
     return [r["file"] for r in records if r.get("msg") == "uploaded"]
 
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*")
+            if p.is_file() and ".runsync" not in p.parts}
+
+
+def restore_init(s3_env, run_dir: Path, annotations: dict[str, str], workdir: Path, run: str = "team-a/proj/run-1",
+                 holder: str = "pod-b", replica: str = "0", grace: float = 5, timeout: float = 120):
+    ann = workdir / f"annotations-init-{holder}-{replica}"
+    ann.write_text(config.format_annotations_file(annotations))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNSYNC_"))}
+    env.update(s3_env)
+    env.update({contract.ENV_DIR: str(run_dir), contract.ENV_RUN_PATH: run, contract.ENV_REPLICA: replica,
+                contract.ENV_ANNOTATIONS: str(ann), contract.ENV_HOLDER: holder, contract.ENV_GRACE: str(grace)})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return subprocess.run([RUNSYNC, "restore-init"], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def put_manifest(store: Store, files: dict[str, bytes], seq: int = 1, key_for=None) -> None:
+    """Write a manifest by hand, as a hostile or broken writer could: any names, any keys."""
+    entries = {}
+    for name, data in files.items():
+        key = key_for(name) if key_for else store.layout.replica_prefix + "files/x~" + sha(data)[:16]
+        store.client.put_object(Bucket=store.layout.store.bucket, Key=key, Body=data)
+        entries[name] = {"name": name, "key": key, "size": len(data), "mtime_ns": 1, "sha256": sha(data),
+                         "policy": "live"}
+    doc = {"format": 1, "run": str(store.layout.run), "replica": "0", "seq": seq, "created": time.time(), "final": True,
+           "files": list(entries.values())}
+    store.client.put_object(Bucket=store.layout.store.bucket, Key=store.layout.manifest_key(seq),
+                            Body=json.dumps(doc).encode())

@@ -1,0 +1,220 @@
+"""Crashes and a bad network: the sidecar kill -9'd mid-upload or mid-commit and restarted, the S3
+server stopped for 5-60 s, a proxy that fails a share of requests, a run dir of very many files.
+The promise: nothing durable is lost, and every file the trainer left in the run dir ends up
+durable, byte for byte, once the sidecar can reach S3 again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+from conftest import FULL, replay, trials
+from faults import FaultProxy
+
+from harness import RUNSYNC, Sidecar, Store, sha, tree, wait_for
+from runsync import contract, locals3
+
+pytestmark = [pytest.mark.s3, pytest.mark.slow]
+TRAINER = str(Path(__file__).resolve().parents[2] / "examples" / "toy_trainer.py")
+
+
+@pytest.fixture(scope="module")
+def own_s3():
+    """A server of this module's own, so stopping it disturbs no other test."""
+    server = locals3.start()
+    boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
+                 aws_access_key_id=server.credentials.access_key,
+                 aws_secret_access_key=server.credentials.secret_key).create_bucket(Bucket="chaos")
+    yield server
+    server.stop()
+
+
+def env_of(server, endpoint: str | None = None) -> dict[str, str]:
+    env = {**server.env(), "RUNSYNC_STORE": "s3://chaos/runs"}
+    if endpoint:
+        env["AWS_ENDPOINT_URL_S3"] = endpoint
+    return env
+
+
+def trainer(run_dir: Path, env: dict, rng, flushed: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, TRAINER, "--dir", str(run_dir), "--steps", "100000",
+                             "--sleep", str(rng.choice([0.02, 0.1])), "--size", str(rng.choice([50_000, 3_000_000])),
+                             "--flush-log", str(flushed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def check_nothing_lost(run_dir: Path, store: Store, durable_before: dict[str, str]) -> int:
+    """Every file in the run dir is durable with its bytes; every file durable before still is."""
+    files = {n: e.sha256 for n, e in store.files().items()}
+    local = {n: sha(d) for n, d in tree(run_dir).items()}
+    lost = {n for n, h in local.items() if files.get(n) != h}
+    lost |= {n for n, h in durable_before.items() if n not in files}
+    assert not lost, f"{len(lost)} files lost: {sorted(lost)[:5]}"
+    return len(local)
+
+
+def test_sidecar_kill_9_and_restart_loses_nothing(tmp_path, own_s3, tally):
+    scenario = "sidecar kill -9"
+    failures, files = [], 0
+    chosen = trials(scenario)
+    for i, rng in chosen:
+        run = f"team-a/kill/run-{i}"
+        run_dir = tmp_path / f"kill-{i}"
+        run_dir.mkdir()
+        env = env_of(own_s3)
+        store = Store(env, run=run)
+        car = Sidecar(run_dir, env, {contract.SAVE: "ckpt/**:live"}, tmp_path, run=run, settle=0.3,
+                      extra_env={contract.ENV_HOLDER: f"kill-pod-{i}"})
+        car.log_path = tmp_path / f"kill-{i}.log"
+        flushed = tmp_path / f"kill-flushed-{i}"
+        proc = None
+        try:
+            car.start()
+            proc = trainer(run_dir, car.env, rng, flushed)
+            wait_for(lambda: flushed.exists() and flushed.read_text().strip(), timeout=60, what="a first flush")
+            time.sleep(rng.uniform(0.0, 2.0))
+            durable_before = {n: e.sha256 for n, e in store.files().items()}
+            car.proc.send_signal(signal.SIGKILL)  # mid-upload or mid-commit: wherever it was
+            car.proc.wait()
+            time.sleep(rng.uniform(0.0, 1.5))  # the kubelet restarts the container
+            car.start()
+            time.sleep(rng.uniform(0.5, 2.0))
+            proc.kill()
+            proc.wait()
+            assert car.flush(timeout=60)["durable"]
+            files += check_nothing_lost(run_dir, store, durable_before)
+        except (AssertionError, TimeoutError) as err:
+            failures.append(f"{replay(scenario, i)}: {err}")
+        finally:
+            if proc and proc.poll() is None:
+                proc.kill()
+            car.stop()
+    tally.record(scenario, "0 lost files", len(chosen), len(failures), f"{files} files checked")
+    assert not failures, "\n".join(failures)
+
+
+def test_s3_server_stopped_then_back_loses_nothing(tmp_path, own_s3, tally):
+    scenario = "S3 server stopped 5-60 s"
+    failures, outage_s = [], 0.0
+    chosen = trials(scenario)
+    for i, rng in chosen:
+        run = f"team-a/outage/run-{i}"
+        run_dir = tmp_path / f"outage-{i}"
+        run_dir.mkdir()
+        env = env_of(own_s3)
+        store = Store(env, run=run)
+        car = Sidecar(run_dir, env, {contract.SAVE: "ckpt/**:live"}, tmp_path, run=run, settle=0.3,
+                      extra_env={contract.ENV_HOLDER: f"outage-pod-{i}"})
+        car.log_path = tmp_path / f"outage-{i}.log"
+        flushed = tmp_path / f"outage-flushed-{i}"
+        proc = None
+        try:
+            car.start()
+            proc = trainer(run_dir, car.env, rng, flushed)
+            wait_for(lambda: flushed.exists() and flushed.read_text().strip(), timeout=60, what="a first flush")
+            durable_before = {n: e.sha256 for n, e in store.files().items()}
+            down = rng.uniform(5, 60) if FULL else 5.0
+            own_s3.stop(keep_data=True)
+            time.sleep(down)
+            outage_s += down
+            own_s3.restart()
+            confirmed = len(flushed.read_text().split())
+            # the trainer's flushes succeed again once the server is back
+            wait_for(lambda: len(flushed.read_text().split()) > confirmed, timeout=120,
+                     what="a flush after the outage")
+            proc.kill()
+            proc.wait()
+            assert car.flush(timeout=60)["durable"]
+            assert car.proc.poll() is None, "the sidecar died during the outage"
+            check_nothing_lost(run_dir, store, durable_before)
+        except (AssertionError, TimeoutError) as err:
+            failures.append(f"{replay(scenario, i)}: {err}")
+        finally:
+            if proc and proc.poll() is None:
+                proc.kill()
+            car.stop()
+            if own_s3.process.poll() is not None:
+                own_s3.restart()
+    tally.record(scenario, "0 lost files", len(chosen), len(failures), f"{outage_s:.0f} s of outage in all")
+    assert not failures, "\n".join(failures)
+
+
+def test_faulty_network_loses_nothing_and_restores_exactly(tmp_path, own_s3, tally):
+    scenario = "S3 faults at 5% (503/500/reset/latency)"
+    failures, injected, requests = [], 0, 0
+    chosen = trials(scenario)
+    for i, rng in chosen:
+        proxy = FaultProxy(("127.0.0.1", int(own_s3.endpoint.rsplit(":", 1)[1])), rate=0.05,
+                           seed=rng.randrange(2 ** 32))
+        run = f"team-a/faults/run-{i}"
+        run_dir = tmp_path / f"faults-{i}"
+        run_dir.mkdir()
+        env = env_of(own_s3, proxy.endpoint)
+        store = Store(env_of(own_s3), run=run)  # the checker talks to the server directly
+        car = Sidecar(run_dir, env, {contract.SAVE: "ckpt/**:live"}, tmp_path, run=run, settle=0.3,
+                      extra_env={contract.ENV_HOLDER: f"faults-pod-{i}"})
+        car.log_path = tmp_path / f"faults-{i}.log"
+        flushed = tmp_path / f"faults-flushed-{i}"
+        proc = None
+        try:
+            car.start()
+            proc = trainer(run_dir, car.env, rng, flushed)
+            wait_for(lambda: len(flushed.read_text().split()) >= (30 if FULL else 8) if flushed.exists() else False,
+                     timeout=240, what="checkpoints confirmed through the faulty network")
+            proc.kill()
+            proc.wait()
+            assert car.flush(timeout=120)["durable"]
+            check_nothing_lost(run_dir, store, {})
+            code, _ = car.terminate()
+            assert code == 0, car.logs()[-2000:]
+            dest = tmp_path / f"faults-restored-{i}"
+            done = None
+            for _ in range(3):  # a restore may fail clearly on an unlucky run of faults; a retry finishes it
+                done = subprocess.run([RUNSYNC, "restore", run, "--to", str(dest)], env={**os.environ, **env},
+                                      capture_output=True, text=True, timeout=300)
+                if done.returncode == 0:
+                    break
+                assert "error" in done.stderr.lower(), done.stderr
+            assert done.returncode == 0, done.stderr[-2000:]
+            assert {n: sha(d) for n, d in tree(dest).items()} == {n: sha(d) for n, d in tree(run_dir).items()}
+        except (AssertionError, TimeoutError) as err:
+            failures.append(f"{replay(scenario, i)}: {err}")
+        finally:
+            if proc and proc.poll() is None:
+                proc.kill()
+            car.stop()
+            proxy.close()
+            injected += sum(v for k, v in proxy.counts.items() if k != "requests")
+            requests += proxy.counts["requests"]
+    tally.record(scenario, "0 lost files, exact restore", len(chosen), len(failures),
+                 f"{injected} faults in {requests} requests")
+    assert not failures, "\n".join(failures)
+
+
+def test_a_run_dir_of_very_many_files_is_all_durable(tmp_path, own_s3, tally):
+    n = 100_000 if FULL else 2_000
+    run = "team-a/many/run-0"
+    run_dir = tmp_path / "many"
+    for i in range(n):
+        d = run_dir / f"d{i // 1000:03d}"
+        if i % 1000 == 0:
+            d.mkdir(parents=True)
+        (d / f"f{i:06d}.txt").write_text(f"file {i}\n")
+    env = env_of(own_s3)
+    car = Sidecar(run_dir, env, {contract.SAVE: "**:live"}, tmp_path, run=run, settle=0.3)
+    try:
+        car.start()
+        wait_for(lambda: car.status()["durable_files"] == n, timeout=1800 if FULL else 300, interval=1,
+                 what=f"{n} files durable")
+        lost = check_nothing_lost(run_dir, Store(env, run=run), {})
+        tally.record("run dir of very many files", "all durable", 1, 0, f"{lost} files")
+    except (AssertionError, TimeoutError):
+        tally.record("run dir of very many files", "all durable", 1, 1, f"{n} files")
+        raise
+    finally:
+        car.stop()
