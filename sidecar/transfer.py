@@ -64,10 +64,15 @@ def client(settings: Settings = Settings()):
     return boto3.session.Session().client("s3", region_name=region, config=config)
 
 
+def masked(key_id: str) -> str:
+    """An access key id as `aws configure list` shows it: enough to tell which, not to reuse."""
+    return "****" + key_id[-4:] if len(key_id) > 4 else "****"
+
+
 def describe(err: Exception, store: keys.StoreURL, client_=None) -> StoreError:
     """A botocore failure → one `StoreError` line: what failed, with which value, and the fix."""
     endpoint = getattr(getattr(client_, "meta", None), "endpoint_url", None) or "AWS S3"
-    key_id = os.environ.get("AWS_ACCESS_KEY_ID", "")
+    key_id = masked(os.environ.get("AWS_ACCESS_KEY_ID", ""))
     if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
         return StoreError(f"no AWS credentials for {store}; fix: set AWS_ACCESS_KEY_ID and "
                           "AWS_SECRET_ACCESS_KEY (or use workload identity)")

@@ -164,7 +164,7 @@ def failing_cases(s3_env, bucket):
     return {
         "wrong secret key": ({**good, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}, [],
                              ["AWS_SECRET_ACCESS_KEY", "SignatureDoesNotMatch"]),
-        "unknown access key": ({**good, "AWS_ACCESS_KEY_ID": "nobody"}, [], ["'nobody'", "AWS_ACCESS_KEY_ID"]),
+        "unknown access key": ({**good, "AWS_ACCESS_KEY_ID": "nobody"}, [], ["'****body'", "AWS_ACCESS_KEY_ID"]),
         "unknown bucket": ({**good, "RUNSYNC_STORE": "s3://no-such-bucket-here/x"}, [],
                            ["'no-such-bucket-here'", "does not exist", "create it"]),
         "unreachable endpoint": ({**good, "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9"}, [],
