@@ -3,9 +3,7 @@ the patched pod spec says actually runs: restore-init and the sidecar, against S
 
 from __future__ import annotations
 
-import base64
 import copy
-import json
 import signal
 import subprocess
 import sys
@@ -14,7 +12,6 @@ from pathlib import Path
 
 import kubernetes_validate
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
 
 from runsync.localkube import LocalPod, Operator, store
 from runsync import config, contract, locals3
@@ -181,25 +178,6 @@ def test_grace_period_is_raised_when_configured(tmp_path, s3_server):
         assert ok["spec"]["terminationGracePeriodSeconds"] == 300 and not response.get("warnings")
     finally:
         op.stop()
-
-
-ANNOTATION_KEYS = st.sampled_from(list(contract.ANNOTATIONS) + ["runsync.dev/x", "example.com/y"])
-
-
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.dictionaries(ANNOTATION_KEYS, st.text(max_size=40), max_size=5))
-def test_generated_annotations_always_get_an_answer(operator, annotations):
-    p = pod()
-    p["metadata"]["annotations"] = annotations
-    response = operator.review(p)["response"]
-    if response["allowed"]:
-        if "patch" in response:
-            import jsonpatch
-            check_pod(jsonpatch.apply_patch(p, json.loads(base64.b64decode(response["patch"]))))
-    else:
-        assert response["status"]["code"] == 400, response
-        message = response["status"]["message"]
-        assert message.startswith("runsync.dev/") or "Store" in message, message
 
 
 def test_metrics_count_admissions_and_denials(operator):

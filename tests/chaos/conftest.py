@@ -30,7 +30,7 @@ COUNTS = {
     "S3 server stopped 5-60 s": (10, 1),
     "S3 faults at 5% (503/500/reset/latency)": (3, 1),
     "old and new pod overlap": (5, 1),
-    "generated annotation sets": (10_000, 300),
+    "generated annotation sets": (10_000, 1_000),
 }
 
 

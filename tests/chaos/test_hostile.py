@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import jsonpatch
+import kubernetes_validate
 import pytest
 from conftest import SEED, count
 from hypothesis import HealthCheck, given, seed, settings
@@ -29,7 +30,12 @@ FRAGMENTS = ["ckpt/**", "**/*.pt", "*.json", "../etc/passwd", "/abs/path", "~/x"
              ":live", ":now", ":end", ":sometimes", "live", "all", "none", "true", "false", "1e9", "-5",
              "team-b/proj/run", "proj/run", "../team-b/x", "s3://bucket/x", "default", "Store-B",
              "- glob: ckpt/**\n  policy: live", "[1, 2", "{a: b}", "\x00", "\n", "\u202e", "ü", "\ud7ff"]
+PLAUSIBLE = ["ckpt/**:live", "**/*.pt:now,logs/**:end", "ckpt/**", "*.json:end", "- glob: ckpt/**\n  policy: live",
+             "all", "none", "own", "true", "false", "proj", "run-7", "default", "proj/run-7", "120", "**/*.tmp",
+             "ckpt/**:live\nlogs/**:end", ".metadata,COMPLETE"]
 VALUES = st.one_of(
+    st.sampled_from(PLAUSIBLE),
+    st.sampled_from(PLAUSIBLE),
     st.text(max_size=60),
     st.lists(st.sampled_from(FRAGMENTS), max_size=4).map(",".join),
     st.lists(st.sampled_from(FRAGMENTS), max_size=3).map("".join),
@@ -67,11 +73,16 @@ def test_generated_annotation_sets_get_an_answer_never_an_error(operator, tally)
             outcome["errors"].append(f"{annotations!r}: {err}")
             return
         if response["allowed"]:
-            outcome["allowed"] += 1
             if "patch" in response:  # an allowed pod is a valid pod, still in its own namespace
                 patched = jsonpatch.apply_patch(pod, json.loads(base64.b64decode(response["patch"])))
+                try:
+                    kubernetes_validate.validate(patched, "1.33", strict=True)
+                except kubernetes_validate.ValidationError as err:  # allowed, yet the API server would refuse it
+                    outcome["errors"].append(f"{annotations!r}: invalid patched pod: {err}")
+                    return
                 env = {e["name"]: e.get("value") for c in patched["spec"]["initContainers"] for e in c.get("env", [])}
                 assert env[contract.ENV_RUN_PATH].startswith("team-a/"), env
+            outcome["allowed"] += 1
         else:
             outcome["denied"] += 1
             status = response.get("status", {})
