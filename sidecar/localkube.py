@@ -1,8 +1,9 @@
 """The real operator and an injected pod on one machine, without a cluster (demo and tests).
 
-- `ApiStub`: a tiny aiohttp server on loopback that answers API discovery and a read-only
-  list/watch of given Store objects (so kopf's Store index fills as in a cluster); status
-  patches and events are echoed and dropped. No kube-apiserver can run here.
+- `ApiStub`: a tiny aiohttp server on loopback that answers API discovery and list/watch/patch
+  of given Store objects: a patch (kopf's finalizer, the Ready status) is applied and sent to
+  the watchers, so kopf's index fills and its handlers run as in a cluster. Events are echoed
+  and dropped. Every request is recorded (what RBAC must allow). No kube-apiserver can run here.
 - `Operator`: `runsync operator` (that is, `kopf run`) as a process, serving real HTTPS
   AdmissionReviews with a trustme certificate.
 - `LocalPod`: what a patched pod spec says, run as local processes: a container's exact
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import ssl
@@ -35,12 +37,17 @@ GROUP_VERSION = "runsync.dev/v1alpha1"
 
 
 class ApiStub:
-    def __init__(self, stores: list[dict]):
-        self.stores = stores
+    def __init__(self, stores: list[dict], secrets: dict[tuple[str, str], dict[str, str]] | None = None):
+        self.secrets = secrets or {}
+        """(namespace, name) → data of the Secrets Stores name, read by the health check."""
+        self.stores = {(s["metadata"]["namespace"], s["metadata"]["name"]): s for s in stores}
+        self.version = 1
+        for s in stores:
+            s["metadata"].setdefault("resourceVersion", "1")
         self.port = locals3.free_ports(1)[0]
         self.loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
-        self._watches: set[asyncio.Task] = set()
+        self._watches: set[asyncio.Queue] = set()
         self.requests: list[tuple[str, str, str]] = []
         """(method, path, body) of every request the operator made: what its RBAC must allow."""
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -72,6 +79,9 @@ class ApiStub:
             "kind": "APIResourceList", "groupVersion": GROUP_VERSION,
             "resources": [_res("stores", "Store", True), _res("stores/status", "Store", True)]}))
         app.router.add_get(f"/apis/{GROUP_VERSION}/stores", self._stores)
+        app.router.add_get("/api/v1/namespaces/{ns}/secrets/{name}", self._secret)
+        app.router.add_patch(f"/apis/{GROUP_VERSION}/namespaces/{{ns}}/stores/{{name}}", self._patch_store)
+        app.router.add_patch(f"/apis/{GROUP_VERSION}/namespaces/{{ns}}/stores/{{name}}/status", self._patch_store)
         app.router.add_route("*", "/{tail:.*}", self._echo)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
@@ -81,17 +91,58 @@ class ApiStub:
         if request.query.get("watch") in ("true", "1"):
             response = web.StreamResponse()
             await response.prepare(request)
-            task = asyncio.current_task()
-            self._watches.add(task)
+            queue: asyncio.Queue = asyncio.Queue()
+            self._watches.add(queue)
             try:
-                await asyncio.sleep(float(request.query.get("timeoutSeconds", "60")))  # nothing ever changes
-            except asyncio.CancelledError:
+                deadline = self.loop.time() + float(request.query.get("timeoutSeconds", "60"))
+                while (left := deadline - self.loop.time()) > 0:
+                    try:
+                        event = await asyncio.wait_for(queue.get(), left)
+                    except asyncio.TimeoutError:
+                        break
+                    if event is None:  # shutting down
+                        break
+                    await response.write(json.dumps(event).encode() + b"\n")
+            except (asyncio.CancelledError, ConnectionResetError):
                 pass
             finally:
-                self._watches.discard(task)
+                self._watches.discard(queue)
             return response
         return web.json_response({"apiVersion": GROUP_VERSION, "kind": "StoreList",
-                                  "metadata": {"resourceVersion": "1"}, "items": self.stores})
+                                  "metadata": {"resourceVersion": str(self.version)},
+                                  "items": list(self.stores.values())})
+
+    async def _secret(self, request: web.Request):
+        data = self.secrets.get((request.match_info["ns"], request.match_info["name"]))
+        if data is None:
+            return web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)
+        return web.json_response({"apiVersion": "v1", "kind": "Secret", "metadata": {
+            "namespace": request.match_info["ns"], "name": request.match_info["name"]},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}})
+
+    async def _patch_store(self, request: web.Request):
+        obj = self.stores.get((request.match_info["ns"], request.match_info["name"]))
+        if obj is None:
+            return web.json_response({"kind": "Status", "code": 404}, status=404)
+        body = json.loads(await request.read() or b"{}")
+        try:
+            if request.content_type == "application/json-patch+json":
+                patched = jsonpatch.apply_patch(obj, body)
+            else:  # merge patch (RFC 7386), what kopf sends for annotations and status
+                patched = _merge(obj, body)
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
+            return web.json_response({"kind": "Status", "code": 409, "message": str(err)}, status=409)
+        if request.path.endswith("/status"):  # the status subresource changes only status
+            patched = {**obj, "status": patched.get("status", {})}
+        else:
+            patched["status"] = obj.get("status", {})
+        self.version += 1
+        patched["metadata"]["resourceVersion"] = str(self.version)
+        obj.clear()
+        obj.update(patched)
+        for queue in self._watches:
+            queue.put_nowait({"type": "MODIFIED", "object": json.loads(json.dumps(obj))})
+        return web.json_response(obj)
 
     async def _echo(self, request: web.Request):
         body = await request.read()
@@ -112,8 +163,8 @@ class ApiStub:
         return path
 
     async def _shutdown(self) -> None:
-        for task in list(self._watches):  # end the idle watch streams, then the server
-            task.cancel()
+        for queue in list(self._watches):  # end the watch streams, then the server
+            queue.put_nowait(None)
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -124,6 +175,19 @@ class ApiStub:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
             self.loop.close()
+
+
+def _merge(target, patch):
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = _merge(out.get(k), v)
+    return out
 
 
 def _res(name: str, kind: str, namespaced: bool) -> dict:
@@ -146,8 +210,9 @@ def store(namespace: str, name: str, bucket: str, endpoint: str | None, secret: 
 class Operator:
     """`runsync operator` as a process, serving HTTPS on a free port."""
 
-    def __init__(self, workdir: Path, stores: list[dict], values: dict[str, str] | None = None):
-        self.stub = ApiStub(stores)
+    def __init__(self, workdir: Path, stores: list[dict], values: dict[str, str] | None = None,
+                 secrets: dict[tuple[str, str], dict[str, str]] | None = None):
+        self.stub = ApiStub(stores, secrets)
         ca = trustme.CA()
         cert = ca.issue_cert("127.0.0.1", "localhost")
         self.ca_path = workdir / "ca.pem"
@@ -213,7 +278,6 @@ class Operator:
 
     def patched(self, pod: dict) -> tuple[dict, dict]:
         """(the patched pod, the response): applies the JSON patch the way the API server does."""
-        import base64
 
         response = self.review(pod)["response"]
         assert response["allowed"], response

@@ -27,10 +27,13 @@ WRONG_SECRET = "wrong-secret-4f2a9c7d1e"
 
 @pytest.fixture(scope="module")
 def operator(tmp_path_factory, s3_server):
+    keys = {"AWS_ACCESS_KEY_ID": s3_server.credentials.access_key,
+            "AWS_SECRET_ACCESS_KEY": s3_server.credentials.secret_key}
     op = localkube.Operator(tmp_path_factory.mktemp("op"), [
         localkube.store("team-a", "default", "tenants", s3_server.endpoint),
         localkube.store("team-b", "default", "tenants", s3_server.endpoint),
-        localkube.store("team-b", "store-b", "tenants", s3_server.endpoint)])
+        localkube.store("team-b", "store-b", "tenants", s3_server.endpoint)],
+        secrets={("team-a", "s3-keys"): keys, ("team-b", "s3-keys"): keys})
     yield op
     op.stop()
 
@@ -133,7 +136,10 @@ def verb_of(method: str, path_qs: str) -> tuple[str, str, str] | None:
 
 
 def test_rbac_allows_what_the_operator_does_and_no_more(operator, tally):
-    operator.review(pod())  # admission makes no API call; the handlers' traffic is already recorded
+    operator.review(pod())  # admission itself makes no API call
+    # the Store handlers run at start: finalizer, Secret read, S3 check, Ready status, event
+    wait_for(lambda: sum("/status" in p for m, p, _ in operator.stub.requests if m == "PATCH") >= 3, timeout=60,
+             what="the health handler to report each Store")
     used = {v for m, p, _ in operator.stub.requests if (v := verb_of(m, p))}
     (role,) = [d for d in render() if d["kind"] == "ClusterRole"]
     granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
@@ -157,7 +163,8 @@ def test_rbac_allows_what_the_operator_does_and_no_more(operator, tally):
                  len(used), len(missing) + len(unused_grants), f"{len(used)} distinct calls seen")
     assert not unused_grants, f"granted but not needed: {sorted(unused_grants)}"
     assert not missing, f"the operator called what RBAC does not allow: {sorted(missing)}"
-    assert ("runsync.dev", "stores", "watch") in used and ("runsync.dev", "stores", "list") in used
+    assert {("runsync.dev", "stores", "watch"), ("runsync.dev", "stores", "list"), ("", "secrets", "get"),
+            ("runsync.dev", "stores/status", "patch")} <= used
 
 
 def _get(url: str) -> dict:
