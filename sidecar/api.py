@@ -52,11 +52,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass  # requests are not logged: the engine logs what they cause
 
     def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            # The caller went away (a trainer killed while it waited on flush): nothing to tell.
+            self.close_connection = True
 
     def _json(self, code: int, doc) -> None:
         self._send(code, json.dumps(doc).encode())

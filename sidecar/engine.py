@@ -53,8 +53,9 @@ class Settings:
     """Durable files are batched into one manifest at most this often (unless a flush waits)."""
     reload: float = 2.0
     """How often the annotations file is checked for changes."""
-    workers: int = 4
-    """Files hashed and uploaded at once (each upload also runs parts in parallel)."""
+    workers: int = 16
+    """Files hashed and uploaded at once (each upload also runs parts in parallel); small files
+    are decided by round trips, so many at once."""
     retry_base: float = 1.0
     retry_cap: float = 30.0
 
@@ -205,6 +206,7 @@ class Engine:
         could deadlock with the loop it interrupted (which may hold that lock in `get`)."""
         self.last_tick = time.monotonic()
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="upload")
+        self.started_ns = time.time_ns()  # files changed before this are ones a previous sidecar may have sent
         self.committer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="commit")
         if self.durable:
             self.checkpoint_dirs |= plan.marked_dirs(self.durable.files, self.cfg.complete_markers)
@@ -463,7 +465,7 @@ class Engine:
         if job.prev_sha == digest.sha256:
             return Done(job, "unchanged", [(entry, job.relpath, "unchanged")])
         try:
-            if self.transfers.stored(entry.key, digest.size):
+            if self._already_stored(entry):
                 return Done(job, "stored", [(entry, job.relpath, "stored")])
             self.transfers.upload_one(transfer.Upload(path, entry.key, digest))
         except transfer.FileChanged:
@@ -505,7 +507,7 @@ class Engine:
                     entries.append((dataclasses.replace(prev, mtime_ns=digest.mtime_ns), relpath, "unchanged"))
                     continue
                 try:
-                    if self.transfers.stored(entry.key, digest.size):
+                    if self._already_stored(entry):
                         entries.append((entry, relpath, "stored"))
                         continue
                 except StoreError as err:
@@ -857,6 +859,14 @@ class Engine:
         replicas' parts make one checkpoint (`restore-replicas: all`), and only while it has
         never seen a marker of that shape itself."""
         return self.cfg.restore_replicas == "all" and not plan.expects_marker(ckpt_dir, self.checkpoint_dirs)
+
+    def _already_stored(self, entry: manifest.FileEntry) -> bool:
+        """Is this content already in the store (uploaded, not yet committed, before a restart)?
+        Asked only where an answer can be yes and saves more than the question costs: for a
+        file older than this process (a previous sidecar may have sent it), or a large one."""
+        if entry.mtime_ns >= self.started_ns and not self.transfers.worth_asking(entry.size):
+            return False
+        return self.transfers.stored(entry.key, entry.size)
 
     def _has(self, name: str) -> bool:
         return name in self.staged or name in self.inflight or bool(self.durable and name in self.durable.files)

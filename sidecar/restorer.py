@@ -111,7 +111,7 @@ def restore(
         if unit:
             units.append(unit)
     with transfer.Transfers(s3, store, settings) as transfers, \
-            concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="restore") as pool:
+            concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="restore") as pool:
         results = list(pool.map(lambda unit: _restore_unit(transfers, dest, unit, hooks), units))
     failures = [err for err in results if err is not None]
     for unit, err in zip(units, results):

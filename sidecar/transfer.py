@@ -8,6 +8,7 @@ module as a `StoreError` whose message names the store, the problem and the fix.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import dataclasses
 import hashlib
 import os
@@ -19,13 +20,13 @@ import boto3
 import botocore.config
 from botocore.exceptions import (
     BotoCoreError, ClientError, ConnectionError as BotoConnectionError, NoCredentialsError,
-    NoRegionError, PartialCredentialsError,
+    NoRegionError, PartialCredentialsError, ReadTimeoutError, ResponseStreamingError,
 )
 from s3transfer.exceptions import CancelledError
 from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
-from . import keys
+from . import crt, keys
 from .errors import StoreError
 
 MiB = 1024 * 1024
@@ -47,6 +48,8 @@ class Settings:
     read_timeout: float = 60.0
     max_attempts: int = 4
     """Attempts per request, with botocore's standard backoff between them."""
+    crt: bool = True
+    """Multipart uploads through the AWS CRT when it is installed (see crt.py)."""
 
 
 def client(settings: Settings = Settings()):
@@ -191,12 +194,29 @@ class Transfers:
             multipart_chunksize=settings.multipart_chunksize,
             max_request_concurrency=settings.max_concurrency,
         ))
+        self._crt = None  # built on the first multipart upload, if the CRT is installed
+        self._use_crt = settings.crt and crt.available()
+        # Files under the multipart threshold go as one request each, from this pool: the
+        # transfer manager's futures and queues cost more CPU per small file than the request.
+        self._small = concurrent.futures.ThreadPoolExecutor(settings.max_concurrency * 2,
+                                                            thread_name_prefix="s3-small")
 
     def __enter__(self) -> "Transfers":
         return self
 
     def __exit__(self, *exc) -> None:
+        self._small.shutdown(wait=True, cancel_futures=exc[0] is not None)
         self._manager.shutdown(cancel=exc[0] is not None)
+        if self._crt is not None:
+            self._crt.shutdown(cancel=exc[0] is not None)
+
+    def _multipart_manager(self):
+        if not self._use_crt:
+            return self._manager
+        with self._lock:
+            if self._crt is None:
+                self._crt = crt.manager(self.s3, self.settings.multipart_chunksize)
+            return self._crt
 
     def upload(
         self, uploads: Iterable[Upload], on_bytes: Callable[[int], None] = lambda n: None,
@@ -214,6 +234,12 @@ class Transfers:
     def upload_one(self, up: Upload, on_bytes: Callable[[int], None] = lambda n: None) -> None:
         """Upload one file and return once it is durable; `FileChanged` or `StoreError` if not."""
         self._finish(up, self._submit(up, on_bytes))
+
+    def worth_asking(self, size: int) -> bool:
+        """Is a HeadObject (`stored`) worth it before uploading `size` bytes? Below the multipart
+        threshold a PUT costs about what the question does, and keys name content: an upload
+        again is harmless."""
+        return size >= self.settings.multipart_threshold
 
     def stored(self, key: str, size: int) -> bool:
         """True when `key` already holds an object of `size` bytes (an object appears only
@@ -241,20 +267,26 @@ class Transfers:
 
     def _submit(self, up: Upload, on_bytes):
         if up.digest.size < self.settings.multipart_threshold:
-            # One PUT: S3 checks the bytes it stores against the digest we computed.
-            extra = {"ChecksumSHA256": base64.b64encode(bytes.fromhex(up.digest.sha256)).decode()}
+            future = self._small.submit(self._put, up, on_bytes)
         else:
-            extra = {"ChecksumAlgorithm": "SHA256"}  # S3 checks every part
-        future = self._manager.upload(up.path, self.store.bucket, up.key, extra_args=extra,
-                                      subscribers=[_Progress(on_bytes)])
+            future = self._multipart_manager().upload(
+                up.path, self.store.bucket, up.key, extra_args={"ChecksumAlgorithm": "SHA256"},  # S3 checks every part
+                subscribers=[_Progress(on_bytes)])
         with self._lock:
             self._inflight.add(future)
         return future
 
+    def _put(self, up: Upload, on_bytes) -> None:
+        """One PUT: S3 checks the bytes it stores against the digest we computed."""
+        with open(up.path, "rb") as f:
+            self.s3.put_object(Bucket=self.store.bucket, Key=up.key, Body=f,
+                               ChecksumSHA256=base64.b64encode(bytes.fromhex(up.digest.sha256)).decode())
+        on_bytes(up.digest.size)
+
     def _finish(self, up: Upload, future) -> None:
         try:
             future.result()
-        except CancelledError:
+        except (CancelledError, concurrent.futures.CancelledError):
             raise StoreError(f"upload of {up.path} cancelled: out of time") from None
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") == "BadDigest":
@@ -262,6 +294,12 @@ class Transfers:
             raise describe(err, self.store, self.s3) from None
         except BotoCoreError as err:
             raise describe(err, self.store, self.s3) from None
+        except Exception as err:
+            if crt.is_crt_error(err):  # the CRT's own failures: no connection, DNS, TLS
+                endpoint = self.s3.meta.endpoint_url
+                raise StoreError(f"cannot reach the S3 endpoint {endpoint} for {self.store} ({err.name}); "
+                                 "fix: check AWS_ENDPOINT_URL_S3 and that the server is up") from None
+            raise
         finally:
             with self._lock:
                 self._inflight.discard(future)
@@ -279,14 +317,18 @@ class Transfers:
     def download(self, key: str, dest: str | Path, sha256: str,
                  on_bytes: Callable[[int], None] = lambda n: None, size: int | None = None) -> None:
         """Download `key` to `dest` through a temp file, verified against `sha256`, then renamed.
-        With `size` (known from the manifest) no HeadObject is sent first."""
+        With `size` (known from the manifest) no HeadObject is sent first, and an object under
+        the multipart threshold comes in one GET, hashed as it is written (no second read)."""
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.runsync-part")
-        subscribers = [_Progress(on_bytes)] + ([_KnownSize(size)] if size is not None else [])
         try:
-            self._manager.download(self.store.bucket, key, str(tmp), subscribers=subscribers).result()
-            got = hash_file(tmp).sha256
+            if size is not None and size < self.settings.multipart_threshold:
+                got = self._get(key, tmp, on_bytes)
+            else:
+                subscribers = [_Progress(on_bytes)] + ([_KnownSize(size)] if size is not None else [])
+                self._manager.download(self.store.bucket, key, str(tmp), subscribers=subscribers).result()
+                got = hash_file(tmp).sha256
             if got != sha256:
                 raise StoreError(f"checksum mismatch for s3://{self.store.bucket}/{key}: stored "
                                  f"{sha256}, downloaded {got}; the object is damaged")
@@ -295,3 +337,21 @@ class Transfers:
             raise describe(err, self.store, self.s3) from None
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _get(self, key: str, tmp: Path, on_bytes: Callable[[int], None]) -> str:
+        for attempt in range(self.settings.max_attempts):
+            body = self.s3.get_object(Bucket=self.store.bucket, Key=key)["Body"]
+            h, done = hashlib.sha256(), 0
+            try:
+                with open(tmp, "wb") as f:
+                    while chunk := body.read(MiB):
+                        h.update(chunk)
+                        f.write(chunk)
+                        done += len(chunk)
+                on_bytes(done)  # small: counted once whole, so a retry never counts twice
+                return h.hexdigest()
+            except (ResponseStreamingError, ReadTimeoutError, BotoConnectionError):
+                # botocore retries a request, not a body cut off halfway: start this one again
+                if attempt + 1 == self.settings.max_attempts:
+                    raise
+        raise AssertionError("unreachable")

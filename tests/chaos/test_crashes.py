@@ -56,13 +56,24 @@ def complete_files(run_dir: Path) -> dict[str, str]:
 
 
 def check_nothing_lost(run_dir: Path, store: Store, durable_before: dict[str, str]) -> int:
-    """Every file in the run dir is durable with its bytes; every file durable before still is."""
+    """Every file in the run dir is durable with its bytes, and every object that was durable
+    before is still in the bucket (a file the trainer deleted leaves the manifest, not the store)."""
     files = {n: e.sha256 for n, e in store.files().items()}
     local = complete_files(run_dir)
-    lost = {n for n, h in local.items() if files.get(n) != h}
-    lost |= {n for n, h in durable_before.items() if n not in files}
-    assert not lost, f"{len(lost)} files lost: {sorted(lost)[:5]}"
+    lost = {n: f"local {h[:12]}, durable {(files.get(n) or '-')[:12]}, mtime "
+               f"{os.stat(run_dir / n).st_mtime:.3f}" for n, h in local.items() if files.get(n) != h}
+    gone = [key for key in durable_before if not _exists(store, key)]
+    assert not lost, f"{len(lost)} files lost at {time.time():.3f}: {dict(sorted(lost.items())[:5])}"
+    assert not gone, f"{len(gone)} durable objects gone: {gone[:5]}"
     return len(local)
+
+
+def _exists(store: Store, key: str) -> bool:
+    try:
+        store.client.head_object(Bucket=store.layout.store.bucket, Key=key)
+        return True
+    except store.client.exceptions.ClientError:
+        return False
 
 
 def test_sidecar_kill_9_and_restart_loses_nothing(tmp_path, own_s3, tally):
@@ -85,7 +96,7 @@ def test_sidecar_kill_9_and_restart_loses_nothing(tmp_path, own_s3, tally):
             proc = trainer(run_dir, car.env, rng, flushed)
             wait_for(lambda: flushed.exists() and flushed.read_text().strip(), timeout=60, what="a first flush")
             time.sleep(rng.uniform(0.0, 2.0))
-            durable_before = {n: e.sha256 for n, e in store.files().items()}
+            durable_before = {e.key: e.sha256 for e in store.files().values()}
             car.proc.send_signal(signal.SIGKILL)  # mid-upload or mid-commit: wherever it was
             car.proc.wait()
             time.sleep(rng.uniform(0.0, 1.5))  # the kubelet restarts the container
@@ -124,7 +135,7 @@ def test_s3_server_stopped_then_back_loses_nothing(tmp_path, own_s3, tally):
             car.start()
             proc = trainer(run_dir, car.env, rng, flushed)
             wait_for(lambda: flushed.exists() and flushed.read_text().strip(), timeout=60, what="a first flush")
-            durable_before = {n: e.sha256 for n, e in store.files().items()}
+            durable_before = {e.key: e.sha256 for e in store.files().values()}
             down = rng.uniform(5, 60) if FULL else 5.0
             own_s3.stop(keep_data=True)
             time.sleep(down)
