@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import boto3
+from boto3.s3.transfer import TransferConfig
 import botocore.session
 
 
@@ -28,13 +29,14 @@ def cpu() -> float:
 
 def with_tm(direction: str, root: Path, bucket: str, prefix: str) -> None:
     s3 = boto3.client("s3")
+    classic = TransferConfig(preferred_transfer_client="classic")  # defaults, never the CRT
     if direction == "up":
         for p in sorted(root.iterdir()):
-            s3.upload_file(str(p), bucket, f"{prefix}/{p.name}")
+            s3.upload_file(str(p), bucket, f"{prefix}/{p.name}", Config=classic)
     else:
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/"):
             for obj in page.get("Contents", []):
-                s3.download_file(bucket, obj["Key"], str(root / obj["Key"].rsplit("/", 1)[1]))
+                s3.download_file(bucket, obj["Key"], str(root / obj["Key"].rsplit("/", 1)[1]), Config=classic)
 
 
 def with_crt(direction: str, root: Path, bucket: str, prefix: str) -> None:

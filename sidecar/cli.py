@@ -154,9 +154,11 @@ def runs_cmd(
 def sidecar_cmd(
     pre_stop: Annotated[bool, typer.Option(
         "--pre-stop", help="Be the preStop hook: tell the running sidecar to start its final flush.")] = False,
-    settle_seconds: Annotated[float, typer.Option(
-        help="A file found by a rescan (not an event) counts as complete after this long unchanged.")] = 5.0,
-    rescan_seconds: Annotated[float, typer.Option(help="Seconds between safety-net rescans.")] = 60.0,
+    settle_seconds: Annotated[Optional[float], typer.Option(
+        help="A file found by a rescan (not an event) counts as complete after this long unchanged "
+             "(default 5).")] = None,
+    rescan_seconds: Annotated[Optional[float], typer.Option(
+        help="Seconds between safety-net rescans (default 300).")] = None,
 ) -> None:
     """Watch the run dir and upload under the pod's policies (configured by RUNSYNC_* variables)."""
     from . import engine, runner  # the in-pod roles load their machinery only when used
@@ -164,7 +166,8 @@ def sidecar_cmd(
     if pre_stop:
         out.print(_run(runner.pre_stop))
         return
-    settings = engine.Settings(settle=settle_seconds, rescan=rescan_seconds)
+    given = {"settle": settle_seconds, "rescan": rescan_seconds}
+    settings = engine.Settings(**{k: v for k, v in given.items() if v is not None})  # else engine's defaults
     raise typer.Exit(_run(lambda: runner.run(settings)))
 
 

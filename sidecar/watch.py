@@ -19,7 +19,7 @@ from . import keys
 STATE_DIR = keys.STATE_DIR  # runsync's own bookkeeping inside the run dir; never uploaded
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)  # slots: a run dir may hold 100,000 of these
 class LocalFile:
     relpath: str
     """`/`-separated, relative to the run dir."""
