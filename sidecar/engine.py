@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import itertools
 import json
 import os
 import queue
@@ -59,6 +60,10 @@ class Settings:
     are decided by round trips, so many at once."""
     retry_base: float = 1.0
     retry_cap: float = 30.0
+
+
+STATUS_LIST = 100
+"""Names per list in `status()`; counts are always whole."""
 
 
 # ------------------------------------------------------------------------------ messages
@@ -116,6 +121,8 @@ class Committed:
 class Loaded:
     manifest: manifest.Manifest | None
     error: str
+    prior_writer: bool = True
+    """Did any sidecar write this replica before (a manifest, or any file object)?"""
 
 
 @dataclasses.dataclass
@@ -208,6 +215,7 @@ class Engine:
         self.last_tick = time.monotonic()
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="upload")
         self.started_ns = time.time_ns()  # files changed before this are ones a previous sidecar may have sent
+        self.prior_writer = True  # until the load says no sidecar ever wrote this replica
         self.committer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="commit")
         if self.durable:
             self.checkpoint_dirs |= plan.marked_dirs(self.durable.files, self.cfg.complete_markers)
@@ -669,7 +677,9 @@ class Engine:
                         max_seq=lambda: manifest.max_seq(self.s3, self.layout),
                         on_wait=lambda l: log.info("waiting for the previous writer to finish", extra={
                             "fields": {"holder": l.holder, "epoch": l.epoch}}))
-                    self.post(Loaded(manifest.latest(self.s3, self.layout), ""))
+                    latest = manifest.latest(self.s3, self.layout)
+                    prior = latest is not None or self.transfers.any_stored(self.layout.replica_prefix + "files/")
+                    self.post(Loaded(latest, "", prior))
                     return
                 except Exception as err:  # noqa: BLE001
                     msg = str(transfer.describe(err, self.layout.store, self.s3)) \
@@ -690,6 +700,7 @@ class Engine:
             self.durable = None  # a cached manifest of another store or run: not ours
         first = not self.loaded
         self.loaded = True
+        self.prior_writer = loaded.prior_writer
         if first:
             # What is on disk before start is compared with what is durable, not re-hashed
             # and re-checked against the store file by file.
@@ -826,12 +837,19 @@ class Engine:
         self.waiters = still
 
     def status(self) -> dict:
+        """What the SDK and `kubectl exec ... curl` see. Lists stop at `STATUS_LIST` names (with
+        the full count beside them): a run dir of 100,000 new files must not make a reply of
+        megabytes, nor hold the engine's thread while it is built."""
+        def first(keys) -> list[str]:
+            return sorted(k.lstrip("\0") for k in itertools.islice(keys, STATUS_LIST))
+
         return {
             "run": str(self.layout.run), "replica": self.layout.replica, "mode": self.mode,
             "manifest": self.durable.seq if self.durable else None,
             "durable_files": len(self.durable.files) if self.durable else 0,
-            "uploading": sorted(self.inflight), "pending": sorted(k.lstrip("\0") for k in self.pending_since),
-            "owed_at_end": sorted(k.lstrip("\0") for k in self.owed),
+            "uploading": first(self.inflight), "uploading_count": len(self.inflight),
+            "pending": first(self.pending_since), "pending_count": len(self.pending_since),
+            "owed_at_end": first(self.owed), "owed_at_end_count": len(self.owed),
             "rules": [_rule_doc(x) for x in self.cfg.save + self.extra_rules],
             "loaded": self.loaded,
         }
@@ -864,8 +882,10 @@ class Engine:
     def _already_stored(self, entry: manifest.FileEntry) -> bool:
         """Is this content already in the store (uploaded, not yet committed, before a restart)?
         Asked only where an answer can be yes and saves more than the question costs: for a
-        file older than this process (a previous sidecar may have sent it), or a large one."""
-        if entry.mtime_ns >= self.started_ns and not self.transfers.worth_asking(entry.size):
+        file older than this process when a sidecar wrote this replica before (it may have sent
+        the file without committing), or a large one."""
+        maybe_sent_before = self.prior_writer and entry.mtime_ns < self.started_ns
+        if not maybe_sent_before and not self.transfers.worth_asking(entry.size):
             return False
         return self.transfers.stored(entry.key, entry.size)
 

@@ -241,6 +241,13 @@ class Transfers:
         again is harmless."""
         return size >= self.settings.multipart_threshold
 
+    def any_stored(self, prefix: str) -> bool:
+        """Is there any object under `prefix`? One LIST of one key."""
+        try:
+            return self.s3.list_objects_v2(Bucket=self.store.bucket, Prefix=prefix, MaxKeys=1).get("KeyCount", 0) > 0
+        except (ClientError, BotoCoreError) as err:
+            raise describe(err, self.store, self.s3) from None
+
     def stored(self, key: str, size: int) -> bool:
         """True when `key` already holds an object of `size` bytes (an object appears only
         once its upload completed, and keys carry the content's hash)."""
@@ -279,7 +286,10 @@ class Transfers:
     def _put(self, up: Upload, on_bytes) -> None:
         """One PUT: S3 checks the bytes it stores against the digest we computed."""
         with open(up.path, "rb") as f:
-            self.s3.put_object(Bucket=self.store.bucket, Key=up.key, Body=f,
+            # Up to 1 MiB the body goes as bytes: botocore sends `Expect: 100-continue` (one more
+            # round trip) for a file object whatever its size.
+            body = f.read() if up.digest.size <= MiB else f
+            self.s3.put_object(Bucket=self.store.bucket, Key=up.key, Body=body,
                                ChecksumSHA256=base64.b64encode(bytes.fromhex(up.digest.sha256)).decode())
         on_bytes(up.digest.size)
 
