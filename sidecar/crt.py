@@ -33,15 +33,15 @@ def available() -> bool:
     return True
 
 
-def manager(s3, part_size: int, throughput_gbps: float = 2.0):
-    """A `CRTTransferManager` on the same endpoint, region and credentials as client `s3`."""
+def manager(s3, part_size: int, endpoint: str | None, throughput_gbps: float = 2.0):
+    """A `CRTTransferManager` on client `s3`'s region and credentials, and on `endpoint` (an
+    S3-compatible server; None for AWS itself)."""
     from awscrt.io import ClientBootstrap, DefaultHostResolver, EventLoopGroup
     from awscrt.s3 import S3Client, S3RequestTlsMode
     from s3transfer.crt import BotocoreCRTCredentialsWrapper, BotocoreCRTRequestSerializer, CRTTransferManager
 
     session = botocore.session.Session()
     credentials = session.get_credentials()
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     region = s3.meta.region_name
     loop = EventLoopGroup(2)
     client = S3Client(

@@ -52,9 +52,14 @@ class Settings:
     """Multipart uploads through the AWS CRT when it is installed (see crt.py)."""
 
 
+def endpoint_override() -> str | None:
+    """The S3-compatible endpoint the standard AWS variables name, if any (else AWS itself)."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
 def client(settings: Settings = Settings()):
     """An S3 client from the standard AWS environment."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = endpoint_override()
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     config = botocore.config.Config(
         connect_timeout=settings.connect_timeout,
@@ -81,8 +86,9 @@ def describe(err: Exception, store: keys.StoreURL, client_=None) -> StoreError:
                           "AWS_SECRET_ACCESS_KEY (or use workload identity)")
     if isinstance(err, NoRegionError):
         return StoreError(f"no AWS region for {store}; fix: set AWS_REGION")
-    if isinstance(err, BotoConnectionError):
-        return StoreError(f"cannot reach the S3 endpoint {endpoint} for {store} ({type(err).__name__}); "
+    if isinstance(err, BotoConnectionError) or crt.is_crt_error(err):  # the CRT's own: no connection, DNS, TLS
+        what = err.name if crt.is_crt_error(err) else type(err).__name__
+        return StoreError(f"cannot reach the S3 endpoint {endpoint} for {store} ({what}); "
                           "fix: check AWS_ENDPOINT_URL_S3 and that the server is up")
     if isinstance(err, ClientError):
         code = err.response.get("Error", {}).get("Code", "")
@@ -215,7 +221,7 @@ class Transfers:
             return self._manager
         with self._lock:
             if self._crt is None:
-                self._crt = crt.manager(self.s3, self.settings.multipart_chunksize)
+                self._crt = crt.manager(self.s3, self.settings.multipart_chunksize, endpoint_override())
             return self._crt
 
     def upload(
@@ -305,11 +311,9 @@ class Transfers:
         except BotoCoreError as err:
             raise describe(err, self.store, self.s3) from None
         except Exception as err:
-            if crt.is_crt_error(err):  # the CRT's own failures: no connection, DNS, TLS
-                endpoint = self.s3.meta.endpoint_url
-                raise StoreError(f"cannot reach the S3 endpoint {endpoint} for {self.store} ({err.name}); "
-                                 "fix: check AWS_ENDPOINT_URL_S3 and that the server is up") from None
-            raise
+            if not crt.is_crt_error(err):
+                raise
+            raise describe(err, self.store, self.s3) from None
         finally:
             with self._lock:
                 self._inflight.discard(future)

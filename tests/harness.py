@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import boto3
+import yaml
 
 from runsync import config, contract, keys, locals3, manifest
 
@@ -198,6 +199,11 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def listing(root: Path) -> set[str]:
+    """Every path under `root`, relative: what a check of "nothing written elsewhere" compares."""
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
 def tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*")
             if p.is_file() and ".runsync" not in p.parts}
@@ -227,3 +233,15 @@ def put_manifest(store: Store, files: dict[str, bytes], seq: int = 1, key_for=No
            "files": list(entries.values())}
     store.client.put_object(Bucket=store.layout.store.bucket, Key=store.layout.manifest_key(seq),
                             Body=json.dumps(doc).encode())
+
+
+CHART = str(Path(__file__).resolve().parent.parent / "charts" / "runsync")
+HELM = str(Path(sys.executable).with_name("helm"))  # the pinned binary scripts/setup installs
+
+
+def render_chart(args: list[str] = (), namespace: str = "runsync-system") -> list[dict]:
+    """`helm template` of the chart (CRDs included) with `args`, as parsed documents."""
+    result = subprocess.run([HELM, "template", "rs", CHART, "--namespace", namespace, "--kube-version", "1.30.0",
+                             "--include-crds", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import jsonschema
@@ -11,11 +10,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from harness import CHART, HELM, render_chart
 from runsync import contract
 from runsync_operator.values import WEBHOOK_ID, Values
 
-CHART = str(Path(__file__).parent.parent / "charts" / "runsync")
-HELM = Path(sys.executable).with_name("helm")
 NAMESPACE = "runsync-system"
 CRD = yaml.safe_load((Path(CHART) / "crds" / "stores.runsync.dev.yaml").read_text())
 
@@ -35,16 +33,13 @@ VALUE_SETS = {
 
 @pytest.fixture(scope="module")
 def helm():
-    if not HELM.exists():
+    if not Path(HELM).exists():
         pytest.fail(f"helm is not at {HELM}; run scripts/setup (it installs the pinned binary)")
-    return str(HELM)
+    return HELM
 
 
 def render(helm, args) -> list[dict]:
-    result = subprocess.run([helm, "template", "rs", CHART, "--namespace", NAMESPACE, "--kube-version", "1.30.0",
-                             "--include-crds", *args], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return [d for d in yaml.safe_load_all(result.stdout) if d]
+    return render_chart(args, NAMESPACE)
 
 
 def by_kind(docs, kind):

@@ -48,6 +48,18 @@ def replay(scenario: str, i: int) -> str:
     return f"replay: RUNSYNC_CHAOS_SEED={SEED} RUNSYNC_CHAOS_TRIAL={i} (scenario {scenario!r})"
 
 
+def run_trials(scenario: str, one) -> tuple[int, list[str]]:
+    """`one(i, rng)` for every trial of a scenario; (trials run, failures with their replay line)."""
+    chosen = trials(scenario)
+    failures = []
+    for i, rng in chosen:
+        try:
+            one(i, rng)
+        except (AssertionError, TimeoutError) as err:
+            failures.append(f"{replay(scenario, i)}: {err}")
+    return len(chosen), failures
+
+
 @dataclasses.dataclass
 class Row:
     trials: int = 0

@@ -5,6 +5,9 @@ durable, byte for byte, once the sidecar can reach S3 again."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from conftest import FULL, replay, trials
+from conftest import FULL, run_trials
 from faults import FaultProxy
 
 from harness import RUNSYNC, Sidecar, Store, sha, tree, wait_for
@@ -76,141 +79,139 @@ def _exists(store: Store, key: str) -> bool:
         return False
 
 
-def test_sidecar_kill_9_and_restart_loses_nothing(tmp_path, own_s3, tally):
-    scenario = "sidecar kill -9"
-    failures, files = [], 0
-    chosen = trials(scenario)
-    for i, rng in chosen:
-        run = f"team-a/kill/run-{i}"
-        run_dir = tmp_path / f"kill-{i}"
-        run_dir.mkdir()
-        env = env_of(own_s3)
-        store = Store(env, run=run)
-        car = Sidecar(run_dir, env, {contract.SAVE: "ckpt/**:live"}, tmp_path, run=run, settle=0.3,
-                      extra_env={contract.ENV_HOLDER: f"kill-pod-{i}"})
-        car.log_path = tmp_path / f"kill-{i}.log"
-        flushed = tmp_path / f"kill-flushed-{i}"
-        proc = None
-        try:
-            car.start()
-            proc = trainer(run_dir, car.env, rng, flushed)
-            wait_for(lambda: flushed.exists() and flushed.read_text().strip(), timeout=60, what="a first flush")
-            time.sleep(rng.uniform(0.0, 2.0))
-            durable_before = {e.key: e.sha256 for e in store.files().values()}
-            car.proc.send_signal(signal.SIGKILL)  # mid-upload or mid-commit: wherever it was
-            car.proc.wait()
-            time.sleep(rng.uniform(0.0, 1.5))  # the kubelet restarts the container
-            car.start()
-            time.sleep(rng.uniform(0.5, 2.0))
+@dataclasses.dataclass
+class Pod:
+    """A sidecar (`ckpt/**:live`) and a trainer that flushes after every checkpoint."""
+
+    run: str
+    run_dir: Path
+    store: Store
+    car: Sidecar
+    trainer: subprocess.Popen
+    flushed: Path
+
+    def confirmed(self) -> int:
+        """Checkpoints the trainer saw confirmed durable."""
+        return len(self.flushed.read_text().split()) if self.flushed.exists() else 0
+
+    def stop_trainer(self) -> None:
+        self.trainer.kill()
+        self.trainer.wait()
+
+
+@contextlib.contextmanager
+def pod(tmp_path: Path, server, kind: str, i: int, rng, endpoint: str | None = None):
+    """Trial `i` of `kind`: the pod running, with a first checkpoint confirmed. The sidecar talks
+    to `endpoint` (a fault proxy) when given; the pod's `store` always to the server itself."""
+    run, run_dir = f"team-a/{kind}/run-{i}", tmp_path / f"{kind}-{i}"
+    run_dir.mkdir()
+    car = Sidecar(run_dir, env_of(server, endpoint), {contract.SAVE: "ckpt/**:live"}, tmp_path, run=run,
+                  settle=0.3, extra_env={contract.ENV_HOLDER: f"{kind}-pod-{i}"})
+    car.log_path = tmp_path / f"{kind}-{i}.log"
+    flushed = tmp_path / f"{kind}-flushed-{i}"
+    proc = None
+    try:
+        car.start()
+        proc = trainer(run_dir, car.env, rng, flushed)
+        p = Pod(run, run_dir, Store(env_of(server), run=run), car, proc, flushed)
+        wait_for(lambda: p.confirmed() >= 1, timeout=60, what="a first flush")
+        yield p
+    finally:
+        if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
-            assert car.flush(timeout=60)["durable"]
-            files += check_nothing_lost(run_dir, store, durable_before)
-        except (AssertionError, TimeoutError) as err:
-            failures.append(f"{replay(scenario, i)}: {err}")
-        finally:
-            if proc and proc.poll() is None:
-                proc.kill()
-            car.stop()
-    tally.record(scenario, "0 lost files", len(chosen), len(failures), f"{files} files checked")
+        car.stop()
+
+
+def durable_keys(store: Store) -> dict[str, str]:
+    return {e.key: e.sha256 for e in store.files().values()}
+
+
+def test_sidecar_kill_9_and_restart_loses_nothing(tmp_path, own_s3, tally):
+    scenario = "sidecar kill -9"
+    checked = [0]
+
+    def one(i, rng):
+        with pod(tmp_path, own_s3, "kill", i, rng) as p:
+            time.sleep(rng.uniform(0.0, 2.0))
+            durable_before = durable_keys(p.store)
+            p.car.proc.send_signal(signal.SIGKILL)  # mid-upload or mid-commit: wherever it was
+            p.car.proc.wait()
+            time.sleep(rng.uniform(0.0, 1.5))  # the kubelet restarts the container
+            p.car.start()
+            time.sleep(rng.uniform(0.5, 2.0))
+            p.stop_trainer()
+            assert p.car.flush(timeout=60)["durable"]
+            checked[0] += check_nothing_lost(p.run_dir, p.store, durable_before)
+
+    count, failures = run_trials(scenario, one)
+    tally.record(scenario, "0 lost files", count, len(failures), f"{checked[0]} files checked")
     assert not failures, "\n".join(failures)
 
 
 def test_s3_server_stopped_then_back_loses_nothing(tmp_path, own_s3, tally):
     scenario = "S3 server stopped 5-60 s"
-    failures, outage_s = [], 0.0
-    chosen = trials(scenario)
-    for i, rng in chosen:
-        run = f"team-a/outage/run-{i}"
-        run_dir = tmp_path / f"outage-{i}"
-        run_dir.mkdir()
-        env = env_of(own_s3)
-        store = Store(env, run=run)
-        car = Sidecar(run_dir, env, {contract.SAVE: "ckpt/**:live"}, tmp_path, run=run, settle=0.3,
-                      extra_env={contract.ENV_HOLDER: f"outage-pod-{i}"})
-        car.log_path = tmp_path / f"outage-{i}.log"
-        flushed = tmp_path / f"outage-flushed-{i}"
-        proc = None
+    outage_s = [0.0]
+
+    def one(i, rng):
         try:
-            car.start()
-            proc = trainer(run_dir, car.env, rng, flushed)
-            wait_for(lambda: flushed.exists() and flushed.read_text().strip(), timeout=60, what="a first flush")
-            durable_before = {e.key: e.sha256 for e in store.files().values()}
-            down = rng.uniform(5, 60) if FULL else 5.0
-            own_s3.stop(keep_data=True)
-            time.sleep(down)
-            outage_s += down
-            own_s3.restart()
-            confirmed = len(flushed.read_text().split())
-            # the trainer's flushes succeed again once the server is back
-            wait_for(lambda: len(flushed.read_text().split()) > confirmed, timeout=120,
-                     what="a flush after the outage")
-            proc.kill()
-            proc.wait()
-            assert car.flush(timeout=60)["durable"]
-            assert car.proc.poll() is None, "the sidecar died during the outage"
-            check_nothing_lost(run_dir, store, durable_before)
-        except (AssertionError, TimeoutError) as err:
-            failures.append(f"{replay(scenario, i)}: {err}")
+            with pod(tmp_path, own_s3, "outage", i, rng) as p:
+                durable_before = durable_keys(p.store)
+                down = rng.uniform(5, 60) if FULL else 5.0
+                own_s3.stop(keep_data=True)
+                time.sleep(down)
+                outage_s[0] += down
+                own_s3.restart()
+                confirmed = p.confirmed()
+                # the trainer's flushes succeed again once the server is back
+                wait_for(lambda: p.confirmed() > confirmed, timeout=120, what="a flush after the outage")
+                p.stop_trainer()
+                assert p.car.flush(timeout=60)["durable"]
+                assert p.car.proc.poll() is None, "the sidecar died during the outage"
+                check_nothing_lost(p.run_dir, p.store, durable_before)
         finally:
-            if proc and proc.poll() is None:
-                proc.kill()
-            car.stop()
             if own_s3.process.poll() is not None:
                 own_s3.restart()
-    tally.record(scenario, "0 lost files", len(chosen), len(failures), f"{outage_s:.0f} s of outage in all")
+
+    count, failures = run_trials(scenario, one)
+    tally.record(scenario, "0 lost files", count, len(failures), f"{outage_s[0]:.0f} s of outage in all")
     assert not failures, "\n".join(failures)
 
 
 def test_faulty_network_loses_nothing_and_restores_exactly(tmp_path, own_s3, tally):
     scenario = "S3 faults at 5% (503/500/reset/latency)"
-    failures, injected, requests = [], 0, 0
-    chosen = trials(scenario)
-    for i, rng in chosen:
+    seen = collections.Counter()
+
+    def one(i, rng):
         proxy = FaultProxy(("127.0.0.1", int(own_s3.endpoint.rsplit(":", 1)[1])), rate=0.05,
                            seed=rng.randrange(2 ** 32))
-        run = f"team-a/faults/run-{i}"
-        run_dir = tmp_path / f"faults-{i}"
-        run_dir.mkdir()
-        env = env_of(own_s3, proxy.endpoint)
-        store = Store(env_of(own_s3), run=run)  # the checker talks to the server directly
-        car = Sidecar(run_dir, env, {contract.SAVE: "ckpt/**:live"}, tmp_path, run=run, settle=0.3,
-                      extra_env={contract.ENV_HOLDER: f"faults-pod-{i}"})
-        car.log_path = tmp_path / f"faults-{i}.log"
-        flushed = tmp_path / f"faults-flushed-{i}"
-        proc = None
         try:
-            car.start()
-            proc = trainer(run_dir, car.env, rng, flushed)
-            wait_for(lambda: len(flushed.read_text().split()) >= (30 if FULL else 8) if flushed.exists() else False,
-                     timeout=240, what="checkpoints confirmed through the faulty network")
-            proc.kill()
-            proc.wait()
-            assert car.flush(timeout=120)["durable"]
-            check_nothing_lost(run_dir, store, {})
-            code, _ = car.terminate()
-            assert code == 0, car.logs()[-2000:]
-            dest = tmp_path / f"faults-restored-{i}"
-            done = None
-            for _ in range(3):  # a restore may fail clearly on an unlucky run of faults; a retry finishes it
-                done = subprocess.run([RUNSYNC, "restore", run, "--to", str(dest)], env={**os.environ, **env},
-                                      capture_output=True, text=True, timeout=300)
-                if done.returncode == 0:
-                    break
-                assert "error" in done.stderr.lower(), done.stderr
-            assert done.returncode == 0, done.stderr[-2000:]
-            assert {n: sha(d) for n, d in tree(dest).items()} == complete_files(run_dir)
-        except (AssertionError, TimeoutError) as err:
-            failures.append(f"{replay(scenario, i)}: {err}")
+            with pod(tmp_path, own_s3, "faults", i, rng, endpoint=proxy.endpoint) as p:
+                wait_for(lambda: p.confirmed() >= (30 if FULL else 8), timeout=240,
+                         what="checkpoints confirmed through the faulty network")
+                p.stop_trainer()
+                assert p.car.flush(timeout=120)["durable"]
+                check_nothing_lost(p.run_dir, p.store, {})
+                code, _ = p.car.terminate()
+                assert code == 0, p.car.logs()[-2000:]
+                dest = tmp_path / f"faults-restored-{i}"
+                done = None
+                for _ in range(3):  # a restore may fail clearly on an unlucky run of faults; a retry finishes it
+                    done = subprocess.run([RUNSYNC, "restore", p.run, "--to", str(dest)],
+                                          env=p.car.env, capture_output=True, text=True, timeout=300)
+                    if done.returncode == 0:
+                        break
+                    assert "error" in done.stderr.lower(), done.stderr
+                assert done.returncode == 0, done.stderr[-2000:]
+                assert {n: sha(d) for n, d in tree(dest).items()} == complete_files(p.run_dir)
         finally:
-            if proc and proc.poll() is None:
-                proc.kill()
-            car.stop()
             proxy.close()
-            injected += sum(v for k, v in proxy.counts.items() if k != "requests")
-            requests += proxy.counts["requests"]
-    tally.record(scenario, "0 lost files, exact restore", len(chosen), len(failures),
-                 f"{injected} faults in {requests} requests")
+            seen.update(proxy.counts)
+
+    count, failures = run_trials(scenario, one)
+    injected = sum(v for k, v in seen.items() if k != "requests")
+    tally.record(scenario, "0 lost files, exact restore", count, len(failures),
+                 f"{injected} faults in {seen['requests']} requests")
     assert not failures, "\n".join(failures)
 
 

@@ -17,7 +17,7 @@ from conftest import SEED, count
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from harness import put_manifest, sha
+from harness import listing, put_manifest, sha
 from runsync import contract, localkube
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
@@ -117,10 +117,6 @@ HOSTILE = {
     "newline": "a\nb.txt",
     "control character": "a\x1b[2Jb.txt",
 }
-
-
-def listing(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
 @pytest.mark.parametrize("label", list(HOSTILE))

@@ -13,18 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import replay, trials
+from conftest import run_trials
 
-from harness import RUNSYNC, Sidecar, Store, restore_init, sha, tree, wait_for
+from harness import RUNSYNC, Sidecar, Store, listing, restore_init, sha, tree, wait_for
 from runsync import contract, keys
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
 TRAINER = str(Path(__file__).resolve().parents[2] / "examples" / "toy_trainer.py")
 GRACE = 5.0
-
-
-def listing(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
 def preempt(tmp_path: Path, s3_env: dict, name: str, rng, replicas: int, graceful: bool) -> dict:
@@ -123,15 +119,15 @@ def preempt(tmp_path: Path, s3_env: dict, name: str, rng, replicas: int, gracefu
 @pytest.mark.parametrize("replicas,scenario", [(1, "preemption, one replica"), (2, "preemption, two replicas")])
 def test_preemptions_restore_a_complete_checkpoint_never_older_than_the_last_flush(tmp_path, s3_env, tally,
                                                                                    replicas, scenario):
-    failures, outcomes = [], []
-    for i, rng in trials(scenario):
-        try:
-            # one preemption in four loses the node outright (no SIGTERM at all)
-            outcomes.append(preempt(tmp_path, s3_env, f"p{replicas}-{i}", rng, replicas, graceful=i % 4 != 1))
-        except (AssertionError, TimeoutError) as err:
-            failures.append(f"{replay(scenario, i)}: {err}")
+    outcomes = []
+
+    def one(i, rng):
+        # one preemption in four loses the node outright (no SIGTERM at all)
+        outcomes.append(preempt(tmp_path, s3_env, f"p{replicas}-{i}", rng, replicas, graceful=i % 4 != 1))
+
+    count, failures = run_trials(scenario, one)
     hard = sum(not o["graceful"] for o in outcomes)
-    tally.record(scenario, "0 torn or stale restores", len(outcomes) + len(failures), len(failures),
+    tally.record(scenario, "0 torn or stale restores", count, len(failures),
                  f"{hard} node-lost, {sum(o['overran'] for o in outcomes)} sidecars SIGKILLed at grace end")
     assert not failures, "\n".join(failures)
 
@@ -140,14 +136,8 @@ def test_old_and_new_pod_overlapping_never_mix(tmp_path, s3_env, tally):
     """A wedged old pod (alive, not terminated) and its replacement: the new one takes the lease
     after the bound; whatever the old one writes after that is never committed or restored."""
     scenario = "old and new pod overlap"
-    failures = []
-    chosen = trials(scenario)
-    for i, rng in chosen:
-        try:
-            overlap(tmp_path, s3_env, i, rng)
-        except (AssertionError, TimeoutError) as err:
-            failures.append(f"{replay(scenario, i)}: {err}")
-    tally.record(scenario, "a fenced-off writer never commits", len(chosen), len(failures))
+    count, failures = run_trials(scenario, lambda i, rng: overlap(tmp_path, s3_env, i, rng))
+    tally.record(scenario, "a fenced-off writer never commits", count, len(failures))
     assert not failures, "\n".join(failures)
 
 

@@ -13,15 +13,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
-from harness import wait_for
+from harness import render_chart, wait_for
 from runsync import contract, localkube
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 TRAINER = str(ROOT / "examples" / "toy_trainer.py")
-HELM = Path(sys.executable).with_name("helm")
 WRONG_SECRET = "wrong-secret-4f2a9c7d1e"
 
 
@@ -96,15 +94,8 @@ def test_injected_containers_run_restricted(operator, tally):
     assert not wrong, wrong
 
 
-def render(*args: str) -> list[dict]:
-    done = subprocess.run([str(HELM), "template", "rs", str(ROOT / "charts" / "runsync"), "--namespace", "runsync-system",
-                           *args], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return [d for d in yaml.safe_load_all(done.stdout) if d]
-
-
 def test_the_chart_runs_the_operator_restricted(tally):
-    (deployment,) = [d for d in render() if d["kind"] == "Deployment"]
+    (deployment,) = [d for d in render_chart() if d["kind"] == "Deployment"]
     spec = deployment["spec"]["template"]["spec"]
     assert spec["securityContext"]["runAsNonRoot"] is True
     wrong = {c["name"]: restricted(c["securityContext"]) for c in spec["containers"] + spec.get("initContainers", [])
@@ -141,7 +132,7 @@ def test_rbac_allows_what_the_operator_does_and_no_more(operator, tally):
     wait_for(lambda: sum("/status" in p for m, p, _ in operator.stub.requests if m == "PATCH") >= 3, timeout=60,
              what="the health handler to report each Store")
     used = {v for m, p, _ in operator.stub.requests if (v := verb_of(m, p))}
-    (role,) = [d for d in render() if d["kind"] == "ClusterRole"]
+    (role,) = [d for d in render_chart() if d["kind"] == "ClusterRole"]
     granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
                for v in rule["verbs"]}
     # What each verb is for; the test fails if the chart grants anything not on this list.
