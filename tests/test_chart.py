@@ -5,11 +5,11 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
+import structural
 from harness import CHART, HELM, render_chart
 from runsync import contract
 from runsync_operator.values import WEBHOOK_ID, Values
@@ -57,8 +57,12 @@ def test_lint_and_render_valid_manifests(helm, name):
             continue  # not Kubernetes' own kinds: checked below
         for version in ("1.29", "1.33"):
             kubernetes_validate.validate(doc, version, strict=True)
+    crds = by_kind(docs, "CustomResourceDefinition")
+    assert crds, "helm template --include-crds rendered no CRD"
+    for crd in crds:  # what the apiserver checks and kubernetes-validate does not
+        assert structural.problems(crd) == [], crd["metadata"]["name"]
     for store in by_kind(docs, "Store"):
-        jsonschema.validate(store, CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+        structural.validate(store, CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
         assert store["metadata"]["namespace"] == "team-a"
     for doc in docs:
         labels = doc["metadata"].get("labels", {})
