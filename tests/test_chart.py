@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -11,7 +13,12 @@ import yaml
 
 import structural
 from harness import CHART, HELM, render_chart
+from prometheus_client import CollectorRegistry
+
 from runsync import contract
+from runsync import metrics as sidecar_metrics
+from runsync_operator import containers
+from runsync_operator import metrics as operator_metrics
 from runsync_operator.values import WEBHOOK_ID, Values
 
 NAMESPACE = "runsync-system"
@@ -28,6 +35,15 @@ VALUE_SETS = {
                       "--set", "defaultStore.endpoint=https://s3.example.internal"],
     "one replica, raised grace, no secret access": ["--set", "operator.replicas=1", "--set", "sidecar.raiseGrace=true",
                                                      "--set", "storeHealth.readSecrets=false"],
+    "pod monitor and dashboard": ["--set", "metrics.podMonitor.enabled=true", "--set", "metrics.podMonitor.labels.release=prom",
+                                  "--set", "metrics.dashboard.enabled=true", "--set", "metrics.dashboard.namespace=monitoring",
+                                  "--set", "metrics.dashboard.annotations.grafana_folder=ML"],
+    "no network policy, own priority and spread": [
+        "--set", "networkPolicy.enabled=false", "--set", "operator.priorityClassName=",
+        "--set-json", 'operator.topologySpreadConstraints=[{"maxSkew":2,"topologyKey":"kubernetes.io/hostname",'
+                      '"whenUnsatisfiable":"DoNotSchedule","labelSelector":{"matchLabels":{"app":"x"}}}]'],
+    "scrapers only": ["--set-json", 'networkPolicy.metricsFrom=[{"namespaceSelector":{"matchLabels":'
+                                    '{"kubernetes.io/metadata.name":"monitoring"}}}]'],
 }
 
 
@@ -84,6 +100,71 @@ def test_lint_and_render_valid_manifests(helm, name):
         (sm,) = by_kind(docs, "ServiceMonitor")
         assert sm["spec"]["endpoints"][0]["port"] == "metrics" and sm["metadata"]["labels"]["release"] == "prom"
     assert bool(by_kind(docs, "PodDisruptionBudget")) == ("one replica" not in name)
+    assert bool(by_kind(docs, "NetworkPolicy")) == ("no network policy" not in name)
+    assert bool(by_kind(docs, "PodMonitor")) == bool(by_kind(docs, "ConfigMap")) == ("pod monitor" in name)
+
+
+def test_operator_ingress_is_the_webhook_and_metrics_only(helm):
+    docs = render(helm, [])
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    (deployment,) = by_kind(docs, "Deployment")
+    pod = deployment["spec"]["template"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]         # egress: the apiserver and S3 endpoints
+    ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert ports == {"webhook", "metrics"}
+    named = {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+    assert ports <= named                                       # named ports that the container has
+    assert all("from" not in rule for rule in policy["spec"]["ingress"])
+    (scrapers,) = by_kind(render(helm, VALUE_SETS["scrapers only"]), "NetworkPolicy")
+    webhook, metrics = scrapers["spec"]["ingress"]
+    assert "from" not in webhook and metrics["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "monitoring"}
+
+
+def test_operator_is_prioritized_and_spread_across_zones(helm):
+    (deployment,) = by_kind(render(helm, []), "Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    assert spec["priorityClassName"] == "system-cluster-critical"
+    (spread,) = spec["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "topology.kubernetes.io/zone" and spread["whenUnsatisfiable"] == "ScheduleAnyway"
+    assert spread["labelSelector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    (own,) = by_kind(render(helm, VALUE_SETS["no network policy, own priority and spread"]), "Deployment")
+    spec = own["spec"]["template"]["spec"]
+    assert "priorityClassName" not in spec
+    assert [c["topologyKey"] for c in spec["topologySpreadConstraints"]] == ["kubernetes.io/hostname"]
+
+
+def _metric_names() -> set[str]:
+    """Every series name the sidecar and the operator can export (counters end in _total)."""
+    suffixes = {"counter": ["_total"], "gauge": [""], "histogram": ["_bucket", "_sum", "_count"]}
+    registry = CollectorRegistry()
+    sidecar_metrics.Metrics(registry)
+    families = list(registry.collect()) + list(operator_metrics.METRICS.registry.collect())
+    return {f.name + s for f in families for s in suffixes[f.type]}
+
+
+def test_pod_monitor_and_dashboard_watch_the_metrics_that_exist(helm):
+    docs = render(helm, VALUE_SETS["pod monitor and dashboard"])
+    (monitor,) = by_kind(docs, "PodMonitor")
+    assert monitor["spec"]["selector"] == {"matchLabels": {contract.INJECT_LABEL: "true"}}  # every injected pod
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == containers.METRICS_PORT_NAME and endpoint["path"] == "/metrics"
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    (configmap,) = by_kind(docs, "ConfigMap")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert configmap["metadata"]["namespace"] == "monitoring"
+    assert configmap["metadata"]["annotations"] == {"grafana_folder": "ML"}
+    (text,) = configmap["data"].values()
+    dashboard = json.loads(text)
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = set(re.findall(r"\brunsync_[a-z_]+", " ".join(exprs)))
+    known = _metric_names()
+    assert used and used <= known, sorted(used - known)
+    sidecar = {n for n in known if not n.startswith("runsync_admission")}
+    assert len(used & sidecar) >= 8, "the dashboard shows the sidecars' metrics"
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
 
 
 def test_webhook_path_port_and_service_match_what_the_operator_serves(helm):
@@ -143,6 +224,9 @@ def test_operator_runs_restricted_and_rbac_is_least_privilege(helm):
     (["--set", "tls.mode=vault"], "mode"),
     (["--set", "sidecar.apiPort=70000"], "apiPort"),
     (["--set", "webhook.timeoutSeconds=60"], "timeoutSeconds"),
+    (["--set", "metrics.podMonitor.interval=soon"], "interval"),
+    (["--set", "operator.priorityClassName=Not_Valid"], "priorityClassName"),
+    (["--set", "networkPolicy.enable=true"], "enable"),
     (["--set", "operator.replica=3"], "replica"),
     (["--set", "defaultStore.enabled=true", "--set", "defaultStore.bucket=ml-runs"], "/defaultStore/namespace"),
     (["--set", "defaultStore.enabled=true", "--set", "defaultStore.namespace=team-a", "--set", "defaultStore.bucket=Bad_Bucket"],
