@@ -79,13 +79,45 @@ def check_health(spec: StoreSpec, credentials: tuple[str, str] | None, now: date
             "message": f"{spec.url} can be listed with the configured credentials", "lastTransitionTime": stamp}
 
 
+class CredentialsUnavailable(Exception):
+    """The Store's Secret cannot be used; `condition` says why, the same words on every check."""
+
+    def __init__(self, status: str, reason: str, message: str):
+        super().__init__(message)
+        self.condition = {"type": "Ready", "status": status, "reason": reason, "message": message}
+
+
 def read_credentials(namespace: str, spec: StoreSpec) -> tuple[str, str] | None:
     if spec.secret is None:
         return None
     import kubernetes
 
-    secret = kubernetes.client.CoreV1Api().read_namespaced_secret(spec.secret, namespace)
+    try:
+        secret = kubernetes.client.CoreV1Api().read_namespaced_secret(spec.secret, namespace)
+    except kubernetes.client.ApiException as err:
+        # The chart grants no Secret by default: that is a setting, not a failure of the Store.
+        if err.status == 403:
+            raise CredentialsUnavailable(
+                "Unknown", "SecretAccessNotGranted",
+                f"the operator may not read Secret {spec.secret!r} in namespace {namespace!r}, so the bucket "
+                "is not checked (pods still get the keys); to check it, install the chart with "
+                f"storeHealth.secretNamespaces={{{namespace}}} or storeHealth.readSecrets=true") from None
+        if err.status == 404:
+            raise CredentialsUnavailable(
+                "False", "CredentialsUnreadable",
+                f"Secret {spec.secret!r} does not exist in namespace {namespace!r}; create it with the keys "
+                f"{spec.access_key_id_key} and {spec.secret_access_key_key}, or fix spec.credentialsSecret.name"
+            ) from None
+        raise CredentialsUnavailable(  # no headers or bodies: they change on every call
+            "False", "CredentialsUnreadable",
+            f"cannot read Secret {spec.secret!r} in namespace {namespace!r}: {err.status} {err.reason}") from None
     data = secret.data or {}
+    missing = [k for k in (spec.access_key_id_key, spec.secret_access_key_key) if k not in data]
+    if missing:
+        raise CredentialsUnavailable(
+            "False", "CredentialsUnreadable",
+            f"Secret {spec.secret!r} in namespace {namespace!r} has no key {', '.join(map(repr, missing))}; add it, "
+            "or name the keys in spec.credentialsSecret.accessKeyIdKey / secretAccessKeyKey")
     return (base64.b64decode(data[spec.access_key_id_key]).decode(),
             base64.b64decode(data[spec.secret_access_key_key]).decode())
 
@@ -98,13 +130,12 @@ def report_health(spec: dict, status: dict, namespace: str, name: str, body, pat
     parsed = StoreSpec.parse(spec)
     try:
         condition = check_health(parsed, read_credentials(namespace, parsed))
-    except Exception as err:  # noqa: BLE001 - e.g. the Secret is missing
-        condition = {"type": "Ready", "status": "False", "reason": "CredentialsUnreadable",
-                     "message": f"Secret {parsed.secret!r} in {namespace}: {err}",
+    except CredentialsUnavailable as err:
+        condition = {**err.condition,
                      "lastTransitionTime": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     previous = next((c for c in (status or {}).get("conditions", []) if c.get("type") == "Ready"), {})
     if previous.get("status") == condition["status"] and previous.get("message") == condition["message"]:
         return
     patch.status["conditions"] = [condition]
-    kind = "Normal" if condition["status"] == "True" else "Warning"
+    kind = "Warning" if condition["status"] == "False" else "Normal"
     kopf.event(body, type=kind, reason=condition["reason"], message=condition["message"])

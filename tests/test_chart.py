@@ -35,6 +35,8 @@ VALUE_SETS = {
                       "--set", "defaultStore.endpoint=https://s3.example.internal"],
     "one replica, raised grace, no secret access": ["--set", "operator.replicas=1", "--set", "sidecar.raiseGrace=true",
                                                      "--set", "storeHealth.readSecrets=false"],
+    "secrets in two namespaces": ["--set", "storeHealth.secretNamespaces={team-a,team-b}"],
+    "secrets everywhere": ["--set", "storeHealth.readSecrets=true"],
     "pod monitor and dashboard": ["--set", "metrics.podMonitor.enabled=true", "--set", "metrics.podMonitor.labels.release=prom",
                                   "--set", "metrics.dashboard.enabled=true", "--set", "metrics.dashboard.namespace=monitoring",
                                   "--set", "metrics.dashboard.annotations.grafana_folder=ML"],
@@ -211,11 +213,34 @@ def test_operator_runs_restricted_and_rbac_is_least_privilege(helm):
                for v in rule["verbs"]}
     needed = {("runsync.dev", "stores", v) for v in ("get", "list", "watch", "patch")} | \
         {("runsync.dev", "stores/status", "get"), ("runsync.dev", "stores/status", "patch"),
-         ("", "events", "create"), ("events.k8s.io", "events", "create"), ("", "secrets", "get")}
+         ("", "events", "create"), ("events.k8s.io", "events", "create")}
     assert granted == needed
     no_secrets = render(helm, ["--set", "storeHealth.readSecrets=false"])
     (role,) = by_kind(no_secrets, "ClusterRole")
     assert not [r for r in role["rules"] if "secrets" in r["resources"]]
+
+
+def _secret_grants(docs) -> dict[str, set]:
+    """namespace ('*' for all) → the verbs on Secrets the operator's ServiceAccount is bound to."""
+    roles = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d for d in docs
+             if d["kind"] in ("Role", "ClusterRole")}
+    grants: dict[str, set] = {}
+    for binding in by_kind(docs, "RoleBinding") + by_kind(docs, "ClusterRoleBinding"):
+        assert {"kind": "ServiceAccount", "name": "rs-runsync", "namespace": NAMESPACE} in binding["subjects"]
+        namespace = binding["metadata"].get("namespace")
+        ref = binding["roleRef"]
+        role = roles[(ref["kind"], namespace if ref["kind"] == "Role" else None, ref["name"])]
+        for rule in role["rules"]:
+            if "secrets" in rule["resources"] and "" in rule["apiGroups"]:
+                grants.setdefault(namespace or "*", set()).update(rule["verbs"])
+    return grants
+
+
+def test_secret_access_is_off_by_default_and_granted_per_namespace(helm):
+    assert _secret_grants(render(helm, [])) == {}      # no Secret of any namespace by default
+    per_namespace = _secret_grants(render(helm, VALUE_SETS["secrets in two namespaces"]))
+    assert per_namespace == {"team-a": {"get"}, "team-b": {"get"}}
+    assert _secret_grants(render(helm, VALUE_SETS["secrets everywhere"])) == {"*": {"get"}}
 
 
 @pytest.mark.parametrize("args,fragment", [

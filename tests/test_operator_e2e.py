@@ -13,6 +13,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 
+from runsync import localkube
 from runsync.localkube import LocalPod, Operator, store
 from runsync import config, contract, locals3
 from runsync_operator import stores as store_handlers
@@ -234,6 +235,50 @@ def test_the_patched_pod_runs_and_its_replacement_resumes(operator, s3_server, s
         assert listed.get("KeyCount", 0) > 0, f"nothing under runs/{run_path}/"
     assert "starting fresh" in outputs[0]
     assert "resumed from step 5" in outputs[1], outputs[1]
+
+
+class _SecretsForbidden(localkube.ApiStub):
+    """The apiserver as seen by an operator that was granted no Secret (the chart's default)."""
+
+    async def _secret(self, request):
+        from aiohttp import web
+
+        if request.match_info["name"] != "s3-keys":
+            return await super()._secret(request)  # 404: it does not exist
+        return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
+                                  "reason": "Forbidden", "message": f"secrets \"{request.match_info['name']}\" is "
+                                  "forbidden: User \"system:serviceaccount:runsync-system:rs-runsync\" cannot get "
+                                  "resource \"secrets\""}, status=403)
+
+
+def test_a_store_whose_secret_the_operator_may_not_read_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(localkube, "ApiStub", _SecretsForbidden)
+    op = Operator(tmp_path, [store(NS, "default", "no-access", "http://127.0.0.1:9", secret="s3-keys"),
+                             store(NS, "gone", "no-access", "http://127.0.0.1:9", secret="missing-keys")],
+                  secrets={})
+    try:
+        def ready(name):
+            status = op.stub.stores[(NS, name)].get("status") or {}
+            return next((c for c in status.get("conditions", []) if c["type"] == "Ready"), None)
+
+        deadline = time.monotonic() + 60
+        while not (ready("default") and ready("gone")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        condition = ready("default")
+        assert condition is not None, op.log.read_text()[-3000:]
+        assert condition["status"] == "Unknown" and condition["reason"] == "SecretAccessNotGranted"
+        assert "may not read Secret 's3-keys' in namespace 'team-a'" in condition["message"]
+        assert "storeHealth.secretNamespaces" in condition["message"]
+        assert "Audit-Id" not in condition["message"] and "HTTP response" not in condition["message"]
+        gone = ready("gone")
+        assert gone["status"] == "False" and gone["reason"] == "CredentialsUnreadable"
+        assert "Secret 'missing-keys' does not exist in namespace 'team-a'" in gone["message"]
+        # Handled, not retried: one status patch per Store, and the operator keeps serving.
+        patches = [p for m, p, _ in op.stub.requests if m == "PATCH" and p.endswith("/stores/default/status")]
+        assert len(patches) == 1, patches
+        assert op.review(pod())["response"]["allowed"]
+    finally:
+        op.stop()
 
 
 def test_store_health_conditions_with_a_real_server(s3_server, s3_client):
