@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import kopf
-from prometheus_client import start_http_server
+import functools
 
+import kopf
+
+from . import readiness, stores
 from .metrics import METRICS
 from .values import Values
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, stores_by_name: kopf.Index, logger, **_) -> None:
     values = Values.from_env()
     memo.settings = values  # not `values`: Memo is a dict, and that name is taken
     settings.scanning.disabled = True          # the chart installs the CRD; no cluster-wide scans
@@ -19,7 +21,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_) -> 
         addr=values.webhook_addr, port=values.webhook_port,
         certfile=values.certfile, pkeyfile=values.pkeyfile)
     settings.posting.level = 30                # events for warnings and errors only
-    host, _, port = values.metrics_addr.rpartition(":")
-    start_http_server(int(port), addr=host, registry=METRICS.registry)
+    # The index kopf passes here is the live one that its Store list and watch fill.
+    ready = readiness.StoreIndexReadiness(stores_by_name, functools.partial(
+        readiness.list_store_keys, stores.GROUP, stores.VERSION, stores.PLURAL))
+    readiness.serve(values.metrics_addr, METRICS.registry, ready)
     logger.info(f"runsync operator: webhook on {values.webhook_addr}:{values.webhook_port}, "
-                f"metrics on {values.metrics_addr}")
+                f"metrics and {readiness.READY_PATH} on {values.metrics_addr}")

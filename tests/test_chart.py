@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from runsync import contract
 from runsync import metrics as sidecar_metrics
-from runsync_operator import containers
+from runsync_operator import containers, readiness
 from runsync_operator import metrics as operator_metrics
 from runsync_operator.values import WEBHOOK_ID, Values
 
@@ -198,6 +198,20 @@ def test_webhook_path_port_and_service_match_what_the_operator_serves(helm):
     assert excluded["operator"] == "NotIn" and {NAMESPACE, "kube-system"} <= set(excluded["values"])
     assert webhook["sideEffects"] == "None" and webhook["failurePolicy"] == "Fail"
     assert webhook["rules"][0]["operations"] == ["CREATE"]
+
+
+def test_readiness_waits_for_the_store_index(helm):
+    """The Service sends admissions only to ready pods: ready is the operator's /readyz (Store
+    index filled), not an open port; liveness stays kopf's /healthz."""
+    (deployment,) = by_kind(render(helm, []), "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    values = Values.from_env({e["name"]: e["value"] for e in container["env"]})
+    ready = container["readinessProbe"]["httpGet"]
+    assert ready["path"] == readiness.READY_PATH
+    assert named[ready["port"]] == int(values.metrics_addr.rpartition(":")[2])   # where /readyz is served
+    live = container["livenessProbe"]["httpGet"]
+    assert live["path"] == "/healthz" and f":{named[live['port']]}/healthz" in " ".join(container["args"])
 
 
 def test_operator_runs_restricted_and_rbac_is_least_privilege(helm):

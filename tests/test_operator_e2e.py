@@ -237,6 +237,80 @@ def test_the_patched_pod_runs_and_its_replacement_resumes(operator, s3_server, s
     assert "resumed from step 5" in outputs[1], outputs[1]
 
 
+class _SlowStoreList(localkube.ApiStub):
+    """An apiserver whose Store list reaches kopf only when the test says so (a big cluster, a slow
+    apiserver): until then kopf serves admissions with an empty index."""
+
+    def __init__(self, *args, **kwargs):
+        self.gate = None
+        super().__init__(*args, **kwargs)
+
+    async def _stores(self, request):
+        import asyncio
+
+        if self.gate is None:
+            self.gate = asyncio.Event()
+        if request.query.get("watch") not in ("true", "1") and request.headers.get("User-Agent", "").startswith("kopf"):
+            await self.gate.wait()
+        return await super()._stores(request)
+
+
+def test_the_operator_is_ready_only_once_its_store_index_is_filled(tmp_path, monkeypatch):
+    """The chart's readinessProbe (/readyz on the metrics port): a new replica takes no
+    admissions (the Service sends none) before it knows every Store, so none is denied
+    'Store does not exist' for a Store that exists."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    stubs = []
+    monkeypatch.setattr(localkube, "ApiStub", lambda *a, **k: stubs.append(_SlowStoreList(*a, **k)) or stubs[-1])
+    metrics = locals3.free_ports(1)[0]
+    readyz = f"http://127.0.0.1:{metrics}/readyz"
+    seen: list[tuple[int, str]] = []
+
+    def readiness() -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(readyz, timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+    def watch_then_release():
+        # Before the list arrives: not ready, saying why. Then let kopf's list through.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                seen.append(readiness())
+                break
+            except OSError:
+                time.sleep(0.1)
+        stub = stubs[0]
+        stub.loop.call_soon_threadsafe(lambda: stub.gate.set() if stub.gate else None)
+
+    def release_when_listed():
+        while not stubs or stubs[0].gate is None:
+            time.sleep(0.05)
+        watch_then_release()
+
+    thread = threading.Thread(target=release_when_listed, daemon=True)
+    thread.start()
+    op = Operator(tmp_path, [store(NS, "default", "b-ready", "http://127.0.0.1:9")],
+                  values={"RUNSYNC_OPERATOR_METRICS_ADDR": f"127.0.0.1:{metrics}"})
+    try:
+        thread.join(30)
+        assert seen, "the operator never answered /readyz"
+        code, body = seen[0]
+        assert code == 503, (code, body)
+        assert "not ready" in body and "team-a/default" in body
+        assert readiness()[0] == 200                   # Operator() returned: the index is filled
+        assert op.review(pod())["response"]["allowed"]
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read().decode()
+        assert "runsync_admissions_total" in text      # metrics still served on that port
+    finally:
+        op.stop()
+
+
 class _SecretsForbidden(localkube.ApiStub):
     """The apiserver as seen by an operator that was granted no Secret (the chart's default)."""
 
