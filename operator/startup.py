@@ -6,7 +6,7 @@ import functools
 
 import kopf
 
-from . import readiness, stores
+from . import leader, readiness, stores
 from .metrics import METRICS
 from .values import Values
 
@@ -25,5 +25,22 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, stores_by_name: 
     ready = readiness.StoreIndexReadiness(stores_by_name, functools.partial(
         readiness.list_store_keys, stores.GROUP, stores.VERSION, stores.PLURAL))
     readiness.serve(values.metrics_addr, METRICS.registry, ready)
-    logger.info(f"runsync operator: webhook on {values.webhook_addr}:{values.webhook_port}, "
+    # Every replica serves admissions; only the Lease holder runs the Store health handlers.
+    election = leader.Election(leader.coordination_api(), values.namespace)
+    try:
+        election.round()  # decided before kopf's watch starts the handlers
+    except Exception as err:  # noqa: BLE001 - no API yet: the next rounds decide
+        logger.warning(f"Lease {values.namespace}/{election.name}: first round failed ({err}); retrying")
+    election.run(on_change=lambda leading: logger.info(
+        f"Lease {values.namespace}/{election.name}: {'took it' if leading else 'lost it'}; this replica "
+        f"{'runs' if leading else 'no longer runs'} the Store health handlers"))
+    memo.election = election
+    logger.info(f"runsync operator ({election.identity}, "
+                f"{'leading' if election.leading else 'following'}): webhook on {values.webhook_addr}:{values.webhook_port}, "
                 f"metrics and {readiness.READY_PATH} on {values.metrics_addr}")
+
+
+@kopf.on.cleanup()
+def release_lease(memo: kopf.Memo, **_) -> None:
+    if memo.get("election") is not None:
+        memo.election.release()

@@ -126,7 +126,13 @@ def read_credentials(namespace: str, spec: StoreSpec) -> tuple[str, str] | None:
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 @kopf.timer(GROUP, VERSION, PLURAL, interval=300, initial_delay=60)
-def report_health(spec: dict, status: dict, namespace: str, name: str, body, patch: kopf.Patch, **_) -> None:
+def report_health(spec: dict, status: dict, namespace: str, name: str, body, patch: kopf.Patch, memo: kopf.Memo,
+                  logger, **_) -> None:
+    election = memo.get("election")
+    if election is not None and not election.leading:  # one replica checks: one S3 call, one event
+        logger.info(f"Store {namespace}/{name}: checked by the replica holding the Lease "
+                    f"({election.holder() or 'none yet'}), not this one")
+        return
     parsed = StoreSpec.parse(spec)
     try:
         condition = check_health(parsed, read_credentials(namespace, parsed))

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from runsync import contract
 from runsync import metrics as sidecar_metrics
-from runsync_operator import containers, readiness
+from runsync_operator import containers, leader, readiness
 from runsync_operator import metrics as operator_metrics
 from runsync_operator.values import WEBHOOK_ID, Values
 
@@ -248,6 +248,18 @@ def _secret_grants(docs) -> dict[str, set]:
             if "secrets" in rule["resources"] and "" in rule["apiGroups"]:
                 grants.setdefault(namespace or "*", set()).update(rule["verbs"])
     return grants
+
+
+def test_the_store_handlers_lease_is_granted_in_the_release_namespace_only(helm):
+    docs = render(helm, [])
+    (role,) = [d for d in by_kind(docs, "Role") if "leases" in d["rules"][0]["resources"]]
+    assert role["metadata"]["namespace"] == NAMESPACE
+    granted = {(v, tuple(r.get("resourceNames", ()))) for r in role["rules"] for v in r["verbs"]}
+    # create cannot be limited by name (the name is in the body); get and update only this Lease
+    assert granted == {("create", ()), ("get", (leader.LEASE_NAME,)), ("update", (leader.LEASE_NAME,))}
+    (binding,) = [b for b in by_kind(docs, "RoleBinding") if b["roleRef"]["name"] == role["metadata"]["name"]]
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rs-runsync", "namespace": NAMESPACE}]
 
 
 def test_secret_access_is_off_by_default_and_granted_per_namespace(helm):

@@ -311,6 +311,92 @@ def test_the_operator_is_ready_only_once_its_store_index_is_filled(tmp_path, mon
         op.stop()
 
 
+class _WithLeases(localkube.ApiStub):
+    """The API stub plus coordination.k8s.io Leases with the apiserver's optimistic concurrency
+    (a replace with a stale resourceVersion is a 409), so two operators can share it."""
+
+    LEASES = "/apis/coordination.k8s.io/v1/namespaces/"
+
+    def __init__(self, *args, **kwargs):
+        self.leases: dict[tuple[str, str], dict] = {}
+        super().__init__(*args, **kwargs)
+
+    async def _echo(self, request):
+        import json as _json
+
+        from aiohttp import web
+
+        if not request.path.startswith(self.LEASES):
+            return await super()._echo(request)
+        parts = request.path[len(self.LEASES):].split("/")  # NS, "leases", [NAME]
+        namespace = parts[0]
+        if request.method == "GET":
+            found = self.leases.get((namespace, parts[2]))
+            return web.json_response(found, status=200) if found else \
+                web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)
+        body = _json.loads(await request.read())
+        key = (namespace, body["metadata"]["name"])
+        current = self.leases.get(key)
+        if request.method == "POST" and current is not None:
+            return web.json_response({"kind": "Status", "code": 409, "reason": "AlreadyExists"}, status=409)
+        if request.method == "PUT" and (current is None or body["metadata"].get("resourceVersion")
+                                        != current["metadata"]["resourceVersion"]):
+            return web.json_response({"kind": "Status", "code": 409, "reason": "Conflict"}, status=409)
+        self.version += 1
+        body["metadata"]["resourceVersion"] = str(self.version)
+        body["metadata"]["namespace"] = namespace
+        self.leases[key] = body
+        return web.json_response(body, status=201 if request.method == "POST" else 200)
+
+
+def test_one_replica_runs_the_store_handlers_and_all_serve_the_webhook(tmp_path, s3_server, monkeypatch):
+    """Two operators (two replicas of the Deployment) against one API: the Store health check
+    runs in the one that holds the Lease; both admit pods; when it stops, the other takes over."""
+    stub = _WithLeases([store(NS, "default", "b-leader", s3_server.endpoint)],
+                       {(NS, "s3-keys"): {"AWS_ACCESS_KEY_ID": s3_server.credentials.access_key,
+                                          "AWS_SECRET_ACCESS_KEY": s3_server.credentials.secret_key}})
+    monkeypatch.setattr(localkube, "ApiStub", lambda *a, **k: stub)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    values = {"RUNSYNC_OPERATOR_NAMESPACE": "runsync-system"}
+    first = Operator(tmp_path / "a", [], values=values)
+
+    def wait(what, predicate, timeout=60):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, what + "\n" + first.log.read_text()[-3000:]
+            time.sleep(0.1)
+
+    def secret_reads():
+        return sum(1 for m, p, _ in stub.requests if m == "GET" and "/secrets/" in p)
+
+    def holder():
+        lease = next(iter(stub.leases.values()), None)
+        return lease and lease["spec"].get("holderIdentity")
+
+    try:
+        wait("the first operator to check the Store", lambda: secret_reads() == 1)
+        leader = holder()
+        assert leader, stub.leases
+        second = Operator(tmp_path / "b", [store(NS, "default", "b-leader", s3_server.endpoint)], values=values)
+        try:
+            # The second replica ran its resume handler too, as a follower: no second check.
+            wait("the second operator to resume the Store",
+                 lambda: "report_health" in second.log.read_text() and "succeeded" in second.log.read_text())
+            assert secret_reads() == 1 and holder() == leader
+            assert "checked by the replica holding" in second.log.read_text()
+            for op in (first, second):  # every replica serves the webhook from its own index
+                assert op.review(pod())["response"]["allowed"]
+            first.proc.terminate()          # the leader goes away (its cleanup releases the Lease)
+            assert first.proc.wait(30) == 0
+            wait("the second operator to take the Lease", lambda: holder() not in (None, "", leader))
+        finally:
+            second.stop()
+    finally:
+        if first.proc.poll() is None:
+            first.proc.kill()
+
+
 class _SecretsForbidden(localkube.ApiStub):
     """The apiserver as seen by an operator that was granted no Secret (the chart's default)."""
 

@@ -133,9 +133,10 @@ def test_rbac_allows_what_the_operator_does_and_no_more(operator, tally):
              what="the health handler to report each Store")
     used = {v for m, p, _ in operator.stub.requests if (v := verb_of(m, p))}
     # This operator's stub serves the Stores' Secrets: the chart as installed to read them everywhere.
-    (role,) = [d for d in render_chart(["--set", "storeHealth.readSecrets=true"]) if d["kind"] == "ClusterRole"]
-    granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
-               for v in rule["verbs"]}
+    docs = render_chart(["--set", "storeHealth.readSecrets=true"])
+    roles = [d for d in docs if d["kind"] in ("ClusterRole", "Role")]  # Roles: the operator's namespace
+    granted = {(g, r, v) for role in roles for rule in role["rules"] for g in rule["apiGroups"]
+               for r in rule["resources"] for v in rule["verbs"]}
     # What each verb is for; the test fails if the chart grants anything not on this list.
     needed = {
         ("runsync.dev", "stores", "list"): "kopf's index of Stores, read at admission",
@@ -147,8 +148,11 @@ def test_rbac_allows_what_the_operator_does_and_no_more(operator, tally):
         ("", "events", "create"): "events on a Store (core API)",
         ("events.k8s.io", "events", "create"): "events on a Store (events API)",
         ("", "secrets", "get"): "the Store health check reads the Secret a Store names",
+        ("coordination.k8s.io", "leases", "get"): "the Lease that picks the replica running the Store handlers",
+        ("coordination.k8s.io", "leases", "create"): "the same Lease, made by the first replica",
+        ("coordination.k8s.io", "leases", "update"): "the same Lease, renewed or taken over",
     }
-    assert not any("*" in x for t in granted for x in t), "wildcards in the ClusterRole"
+    assert not any("*" in x for t in granted for x in t), "wildcards in the operator's roles"
     unused_grants = granted - set(needed)
     missing = used - granted
     tally.record("security: RBAC", "least privilege (grants == needed list, every call granted)",
