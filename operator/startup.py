@@ -19,7 +19,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, stores_by_name: 
     settings.admission.managed = None          # the chart owns the MutatingWebhookConfiguration
     settings.admission.server = kopf.WebhookServer(
         addr=values.webhook_addr, port=values.webhook_port,
-        certfile=values.certfile, pkeyfile=values.pkeyfile)
+        certfile=values.certfile, pkeyfile=values.pkeyfile,
+        file_check_interval=10)                # a renewed certificate is served within 10 s
     settings.posting.level = 30                # events for warnings and errors only
     # The index kopf passes here is the live one that its Store list and watch fill.
     ready = readiness.StoreIndexReadiness(stores_by_name, functools.partial(

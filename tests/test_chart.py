@@ -87,11 +87,14 @@ def test_lint_and_render_valid_manifests(helm, name):
         assert labels.get("app.kubernetes.io/name") == "runsync", doc["kind"]
         assert labels.get("app.kubernetes.io/instance") == "rs" or doc["kind"] == "CustomResourceDefinition"
     if name.startswith("cert-manager"):
-        (cert,) = by_kind(docs, "Certificate")
+        (cert,) = [c for c in by_kind(docs, "Certificate") if not c["spec"].get("isCA")]
         assert cert["spec"]["secretName"] == "rs-runsync-webhook-tls"
         assert "rs-runsync.runsync-system.svc" in cert["spec"]["dnsNames"]
         (hook,) = by_kind(docs, "MutatingWebhookConfiguration")
-        assert hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == "runsync-system/rs-runsync-webhook"
+        # the caBundle comes from the CA: the chart's CA Certificate, or, with your issuer, the
+        # ca.crt cert-manager puts beside the serving certificate
+        source = "rs-runsync-webhook" if "issuer" in name else "rs-runsync-ca"
+        assert hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == f"runsync-system/{source}"
         assert "caBundle" not in hook["webhooks"][0]["clientConfig"]
         assert bool(by_kind(docs, "Issuer")) == ("issuer" not in name)
     else:
@@ -212,6 +215,25 @@ def test_readiness_waits_for_the_store_index(helm):
     assert named[ready["port"]] == int(values.metrics_addr.rpartition(":")[2])   # where /readyz is served
     live = container["livenessProbe"]["httpGet"]
     assert live["path"] == "/healthz" and f":{named[live['port']]}/healthz" in " ".join(container["args"])
+
+
+def test_cert_manager_issues_the_serving_cert_from_a_separate_ca(helm):
+    """selfSigned Issuer → CA Certificate → CA Issuer → serving Certificate: renewing the serving
+    certificate does not change the caBundle, which cainjector takes from the CA."""
+    docs = render(helm, VALUE_SETS["cert-manager"])
+    issuers = {i["metadata"]["name"]: i["spec"] for i in by_kind(docs, "Issuer")}
+    certs = {c["metadata"]["name"]: c["spec"] for c in by_kind(docs, "Certificate")}
+    ca, serving = certs["rs-runsync-ca"], certs["rs-runsync-webhook"]
+    assert ca["isCA"] is True and "selfSigned" in issuers[ca["issuerRef"]["name"]]
+    assert ca["privateKey"]["rotationPolicy"] == "Never"    # a renewed CA still verifies issued leaves
+    assert issuers[serving["issuerRef"]["name"]] == {"ca": {"secretName": ca["secretName"]}}
+    assert not serving.get("isCA") and serving["issuerRef"]["kind"] == "Issuer"
+    assert serving["secretName"] != ca["secretName"]
+    hours = {n: int(c["duration"].rstrip("h")) for n, c in certs.items()}
+    assert hours["rs-runsync-webhook"] < hours["rs-runsync-ca"]   # the leaf renews many times per CA
+    (hook,) = by_kind(docs, "MutatingWebhookConfiguration")
+    assert hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == "runsync-system/rs-runsync-ca"
+    assert render(helm, VALUE_SETS["cert-manager"]) == docs        # nothing changes from render to render
 
 
 def test_operator_runs_restricted_and_rbac_is_least_privilege(helm):

@@ -397,6 +397,51 @@ def test_one_replica_runs_the_store_handlers_and_all_serve_the_webhook(tmp_path,
             first.proc.kill()
 
 
+def test_a_renewed_serving_certificate_is_served_without_a_restart(tmp_path, monkeypatch):
+    """cert-manager renews the serving certificate into its Secret and the kubelet swaps the
+    mounted files at once (a symlink to a new directory); the operator serves the new
+    certificate without a restart (kopf re-reads the files), under the same CA."""
+    import os
+    import socket
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    monkeypatch.setattr(localkube.trustme, "CA", lambda: ca)
+    mount = tmp_path / "tls"
+
+    def secret_volume(version: str, cert) -> None:  # what the kubelet does on a Secret's update
+        (mount / version).mkdir(parents=True)
+        cert.private_key_pem.write_to_path(str(mount / version / "tls.key"))
+        cert.cert_chain_pems[0].write_to_path(str(mount / version / "tls.crt"))
+        os.symlink(version, mount / "..data_tmp")
+        os.replace(mount / "..data_tmp", mount / "..data")
+
+    secret_volume("v1", ca.issue_cert("127.0.0.1", "localhost"))
+    op = Operator(tmp_path, [], values={"RUNSYNC_OPERATOR_CERTFILE": str(mount / "..data" / "tls.crt"),
+                                        "RUNSYNC_OPERATOR_PKEYFILE": str(mount / "..data" / "tls.key")})
+    try:
+        def served() -> bytes:
+            with socket.create_connection(("127.0.0.1", op.port), timeout=5) as raw:
+                with op.context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                    return tls.getpeercert(binary_form=True)
+
+        first = served()
+        renewed = ca.issue_cert("127.0.0.1", "localhost")
+        secret_volume("v2", renewed)
+        wanted = ssl.PEM_cert_to_DER_cert(renewed.cert_chain_pems[0].bytes().decode())
+        assert wanted != first
+        deadline = time.monotonic() + 60
+        while served() != wanted:
+            assert time.monotonic() < deadline, "the renewed certificate is not served:\n" + op.log.read_text()[-3000:]
+            time.sleep(0.2)
+        assert op.proc.poll() is None                      # the same process
+        assert op.review(pod())["response"]["allowed"] is False  # and it still answers (no Store here)
+    finally:
+        op.stop()
+
+
 class _SecretsForbidden(localkube.ApiStub):
     """The apiserver as seen by an operator that was granted no Secret (the chart's default)."""
 
