@@ -101,6 +101,12 @@ CASES = {
         "jobset.sigs.k8s.io/job-index": "0", "batch.kubernetes.io/job-completion-index": "5"}),
         "team-a/default/big", "trainers-0-5"),
     "bare pod": (pod(name="notebook-1"), "team-a/default/notebook-1", "0"),
+    "statefulset pod": (pod(name="llm-2", owners=owner("StatefulSet", "llm", "apps/v1"),
+                            labels={"apps.kubernetes.io/pod-index": "2"}), "team-a/default/llm", "2"),
+    "statefulset pod, ordinal only": (pod(name="llm-7", owners=owner("StatefulSet", "llm", "apps/v1")),
+                                      "team-a/default/llm", "7"),
+    "deployment pod": (pod(name="web-5d8f7b9c4-x7k2p", owners=owner("ReplicaSet", "web-5d8f7b9c4", "apps/v1"),
+                           labels={"pod-template-hash": "5d8f7b9c4"}), "team-a/default/web", "0"),
     "run annotation": (pod(owners=owner("Job", "x"), annotations={contract.RUN: "fixed-run", contract.REPLICA: "r7"}),
                        "team-a/default/fixed-run", "r7"),
     "pvc run dir": (pod(annotations={contract.VOLUME: "scratch", contract.RUN_DIR: "/mnt/run"},
@@ -134,6 +140,20 @@ def test_injected_pods_are_valid_and_named_right(operator, case):
         assert [c["name"] for c in patched["spec"]["initContainers"]] == ["runsync-restore", "runsync-sidecar",
                                                                          "fetch-data"]
     assert any("terminationGracePeriodSeconds" in w for w in response.get("warnings", []))
+
+
+def test_pods_that_may_share_a_replica_are_warned(operator):
+    deployment = pod(name="web-5d8f7b9c4-x7k2p", owners=owner("ReplicaSet", "web-5d8f7b9c4", "apps/v1"),
+                     labels={"pod-template-hash": "5d8f7b9c4"}, grace=60)
+    _, response = operator.patched(deployment)
+    [warning] = response["warnings"]
+    assert "Deployment 'web'" in warning and "runsync.dev/replica" in warning and "StatefulSet" in warning
+    for alone in (pod(name="llm-2", owners=owner("StatefulSet", "llm", "apps/v1"), grace=60),
+                  pod(owners=owner("Job", "bert-ft"), grace=60),
+                  pod(owners=owner("ReplicaSet", "web-5d8f7b9c4", "apps/v1"), annotations={contract.REPLICA: "a"},
+                      grace=60)):
+        _, response = operator.patched(alone)
+        assert not response.get("warnings"), alone["metadata"]
 
 
 def test_an_injected_pod_is_left_alone(operator):
