@@ -19,7 +19,9 @@ class Values:
     pull_policy: str = "IfNotPresent"
     sidecar_resources: dict = dataclasses.field(default_factory=lambda: {
         "requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}})
-    """Resources of the sidecar container. Memory in flight is about 10 parts of 16 MiB."""
+    """Resources of the sidecar container. The sidecar reads its memory limit (downward API) and
+    sizes its upload buffers to stay under it: the limit less 192 MiB for the AWS CRT, or, under
+    448 MiB, no CRT (about 100 MiB RSS)."""
     init_resources: dict = dataclasses.field(default_factory=lambda: {
         "requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}})
     guaranteed_cpu: str = "500m"

@@ -30,6 +30,7 @@ from . import crt, keys
 from .errors import StoreError
 
 MiB = 1024 * 1024
+_CRT_MEMORY = crt.MEMORY_LIMIT  # the field `crt` below hides the module inside the class body
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +51,17 @@ class Settings:
     """Attempts per request, with botocore's standard backoff between them."""
     crt: bool = True
     """Multipart uploads through the AWS CRT when it is installed (see crt.py)."""
+    crt_memory: int = _CRT_MEMORY
+    """The CRT's buffer cap, in bytes (`within` derives it from the container's memory limit)."""
+
+    def within(self, memory_limit: int | None) -> "Settings":
+        """These settings for a process that must stay under `memory_limit` bytes (the
+        container's limit; None: none known): the CRT's buffers fit beside the rest, or the CRT
+        is off."""
+        budget = crt.memory_limit(memory_limit)
+        if budget is None:
+            return dataclasses.replace(self, crt=False)
+        return dataclasses.replace(self, crt_memory=min(self.crt_memory, budget))
 
 
 def endpoint_override() -> str | None:
@@ -136,7 +148,7 @@ class Digest:
     mtime_ns: int
 
 
-def hash_file(path: str | Path, block: int = 4 * MiB) -> Digest:
+def hash_file(path: str | Path, block: int = MiB) -> Digest:
     """SHA-256 of a file, with the size and mtime it had; `FileChanged` if it moved meanwhile."""
     before = os.stat(path)
     h = hashlib.sha256()
@@ -221,7 +233,8 @@ class Transfers:
             return self._manager
         with self._lock:
             if self._crt is None:
-                self._crt = crt.manager(self.s3, self.settings.multipart_chunksize, endpoint_override())
+                self._crt = crt.manager(self.s3, self.settings.multipart_chunksize, endpoint_override(),
+                                        memory_limit=self.settings.crt_memory)
             return self._crt
 
     def upload(

@@ -128,6 +128,7 @@ def test_injected_pods_are_valid_and_named_right(operator, case):
     env = env_of(sidecar)
     assert env[contract.ENV_RUN_PATH] == run_path and env[contract.ENV_REPLICA] == replica
     assert env[contract.ENV_STORE] == "s3://runsync-e2e/runs"
+    assert env[contract.ENV_MEMORY_LIMIT] == {"resourceFieldRef": {"resource": "limits.memory"}}
     apps = {c["name"]: c for c in patched["spec"]["containers"]}
     cfg = config.parse(original["metadata"]["annotations"])
     for name, c in apps.items():
