@@ -23,6 +23,10 @@ class InjectionError(ValueError):
     """The pod cannot be injected as its annotations ask; the message says why and what to fix."""
 
 
+class Conflict(InjectionError):
+    """The pod already has something runsync's injection would collide with (`conflicts`)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Result:
     pod: dict
@@ -52,7 +56,7 @@ def inject(pod: dict, cfg: config.RunConfig, values: Values, store: StoreSpec, n
     chosen = [c for c in apps if cfg.containers is None or c.get("name") in cfg.containers]
     problem = conflicts.denial(pod, cfg, values, chosen)
     if problem:
-        raise InjectionError(problem)
+        raise Conflict(problem)
     warnings += conflicts.warnings(cfg, chosen)
     guaranteed = qos.qos_class(spec) == "Guaranteed"  # before our containers join the pod
     volumes = spec.setdefault("volumes", [])

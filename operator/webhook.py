@@ -77,7 +77,7 @@ def mutate(pod: dict, values: Values, stores) -> inject.Result | None:
     try:
         result = inject.inject(pod, cfg, values, store, namespace, who.run, who.replica)
     except inject.InjectionError as err:
-        raise _deny(str(err), "annotation") from None
+        raise _deny(str(err), "conflict" if isinstance(err, inject.Conflict) else "annotation") from None
     return result if who.shared is None else dataclasses.replace(result, warnings=(who.shared, *result.warnings))
 
 

@@ -232,6 +232,10 @@ def test_pods_that_collide_with_runsync_are_denied(operator, case):
     assert response["allowed"] is False, case
     assert message in response["status"]["message"]
     assert "fix:" in response["status"]["message"]
+    import urllib.request
+
+    text = urllib.request.urlopen(operator.metrics_url, timeout=5).read().decode()
+    assert 'runsync_admission_denials_total{reason="conflict"}' in text
 
 
 def test_what_does_not_collide_is_allowed(operator):
