@@ -50,6 +50,8 @@ def runsync_env(cfg: config.RunConfig, values: Values, store: StoreSpec, run_pat
         {"name": contract.ENV_METRICS, "value": f"0.0.0.0:{values.metrics_port}"},
         {"name": contract.ENV_GRACE, "value": str(grace)},
         {"name": contract.ENV_HOLDER, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        # Each container's own memory limit, in bytes: the sidecar sizes its buffers under it.
+        {"name": contract.ENV_MEMORY_LIMIT, "valueFrom": {"resourceFieldRef": {"resource": "limits.memory"}}},
         *store_env(store),
     ]
 

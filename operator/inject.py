@@ -1,8 +1,10 @@
 """Pod → injected pod. Pure: no API calls, no I/O; the webhook supplies the Store and values.
 
-Decide (`skip_reason`), then `inject`, which touches only what it must, in a fixed order: the
+Decide (`skip_reason`), then `inject`, which first refuses what would collide with runsync's own
+volumes, paths and ports (`conflicts`), then touches only what it must, in a fixed order: the
 run-dir, annotations and tmp volumes; the app containers' mounts and env; restore-init first
-among the init containers, the native sidecar right after it; the grace period; the status mark.
+among the init containers, the native sidecar right after it (requests == limits in a
+Guaranteed pod, which stays Guaranteed: `qos`); the grace period; the status mark.
 """
 
 from __future__ import annotations
@@ -12,13 +14,17 @@ import dataclasses
 
 from runsync import config, contract
 
-from . import containers
+from . import conflicts, containers, qos
 from .stores import StoreSpec
 from .values import ANNOTATIONS_FILE, Values
 
 
 class InjectionError(ValueError):
     """The pod cannot be injected as its annotations ask; the message says why and what to fix."""
+
+
+class Conflict(InjectionError):
+    """The pod already has something runsync's injection would collide with (`conflicts`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +52,13 @@ def inject(pod: dict, cfg: config.RunConfig, values: Values, store: StoreSpec, n
     pod = copy.deepcopy(pod)
     spec = pod.setdefault("spec", {})
     warnings: list[str] = []
+    apps = spec.get("containers") or []
+    chosen = [c for c in apps if cfg.containers is None or c.get("name") in cfg.containers]
+    problem = conflicts.denial(pod, cfg, values, chosen)
+    if problem:
+        raise Conflict(problem)
+    warnings += conflicts.warnings(cfg, chosen)
+    guaranteed = qos.qos_class(spec) == "Guaranteed"  # before our containers join the pod
     volumes = spec.setdefault("volumes", [])
     volume_names = {v.get("name") for v in volumes}
 
@@ -63,8 +76,6 @@ def inject(pod: dict, cfg: config.RunConfig, values: Values, store: StoreSpec, n
     volumes.append({"name": containers.TMP_VOLUME, "emptyDir": {"sizeLimit": "256Mi"}})
 
     # -- app containers: the run dir and where to find it
-    apps = spec.get("containers") or []
-    chosen = [c for c in apps if cfg.containers is None or c.get("name") in cfg.containers]
     if cfg.containers is not None:
         missing = sorted(set(cfg.containers) - {c.get("name") for c in apps})
         if missing:
@@ -97,8 +108,11 @@ def inject(pod: dict, cfg: config.RunConfig, values: Values, store: StoreSpec, n
     # -- restore-init first, the native sidecar right after it
     env = containers.runsync_env(cfg, values, store, run_path, replica, grace)
     init = spec.setdefault("initContainers", [])
-    init[:0] = [containers.restore_init(cfg, values, env, run_volume),
-                containers.sidecar(cfg, values, env, run_volume)]
+    ours = [containers.restore_init(cfg, values, env, run_volume), containers.sidecar(cfg, values, env, run_volume)]
+    if guaranteed:  # requests == limits on ours too, or the pod turns Burstable
+        for c in ours:
+            c["resources"] = qos.guaranteed(c.get("resources") or {}, values.guaranteed_cpu)
+    init[:0] = ours
 
     # -- the mark: the status annotation, last
     annotations = pod.setdefault("metadata", {}).setdefault("annotations", {})

@@ -19,9 +19,16 @@ class Values:
     pull_policy: str = "IfNotPresent"
     sidecar_resources: dict = dataclasses.field(default_factory=lambda: {
         "requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}})
-    """Resources of the sidecar container. Memory in flight is about 10 parts of 16 MiB."""
+    """Resources of the sidecar container. The sidecar reads its memory limit (downward API) and
+    sizes its upload buffers to stay under it: the limit less 192 MiB for the AWS CRT, or, under
+    448 MiB, no CRT (about 100 MiB RSS)."""
     init_resources: dict = dataclasses.field(default_factory=lambda: {
         "requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}})
+    guaranteed_cpu: str = "500m"
+    """CPU request and limit of restore-init and of the sidecar in a Guaranteed pod (every container
+    has CPU and memory limits equal to its requests): there they take requests == limits (this
+    CPU, and their memory limit above), so the pod stays Guaranteed. Elsewhere they have no CPU
+    limit. A CFS quota: uploads hash and sign at about 1 CPU-second per GiB through the CRT."""
     user_id: int = 65532
     """Numeric non-root user of the runsync containers."""
     api_port: int = 7070

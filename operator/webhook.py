@@ -7,6 +7,7 @@ the value and the fix. Nothing here calls the API: Stores come from an index.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import kopf
@@ -58,10 +59,10 @@ def mutate(pod: dict, values: Values, stores) -> inject.Result | None:
         cfg = config.parse(meta.get("annotations") or {})
     except ConfigError as err:
         raise _deny(str(err), "annotation") from None
-    run, replica = identity.run_and_replica(pod, cfg.run, cfg.replica)
+    who = identity.of(pod, cfg.run, cfg.replica)
     try:
-        keys.RunPath.parse(f"{namespace}/{cfg.project}/{run}")
-        keys.check_replica(replica)
+        keys.RunPath.parse(f"{namespace}/{cfg.project}/{who.run}")
+        keys.check_replica(who.replica)
     except RunsyncError as err:
         raise _deny(f"cannot name the run from this pod: {err}; set runsync.dev/run and runsync.dev/replica",
                     "identity") from None
@@ -74,9 +75,10 @@ def mutate(pod: dict, values: Values, stores) -> inject.Result | None:
     except (KeyError, TypeError, ValueError) as err:
         raise _deny(f"Store {cfg.store!r} in {namespace!r} has no usable spec ({err})", "store") from None
     try:
-        return inject.inject(pod, cfg, values, store, namespace, run, replica)
+        result = inject.inject(pod, cfg, values, store, namespace, who.run, who.replica)
     except inject.InjectionError as err:
-        raise _deny(str(err), "annotation") from None
+        raise _deny(str(err), "conflict" if isinstance(err, inject.Conflict) else "annotation") from None
+    return result if who.shared is None else dataclasses.replace(result, warnings=(who.shared, *result.warnings))
 
 
 def _deny(message: str, reason: str) -> kopf.AdmissionError:

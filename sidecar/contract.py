@@ -63,6 +63,9 @@ ENV_GRACE = "RUNSYNC_GRACE_SECONDS"
 ENV_HOLDER = "RUNSYNC_HOLDER"
 """Who holds the replica's writer lease: the pod (name and uid); restore-init and the sidecar
 of one pod share it. Default: the host name, which is the pod's name."""
+ENV_MEMORY_LIMIT = "RUNSYNC_MEMORY_LIMIT"
+"""The container's memory limit in bytes (the downward API's `limits.memory`, which is the node's
+allocatable memory when no limit is set): the sidecar sizes its transfer buffers to fit in it."""
 ENV_METRICS = "RUNSYNC_METRICS_ADDR"
 """HOST:PORT of the sidecar's /metrics, /healthz and /readyz."""
 

@@ -19,7 +19,23 @@ import botocore.session
 
 MiB = 1024 * 1024
 MEMORY_LIMIT = 1024 * MiB
-"""The CRT's buffer pool cap (its minimum); parts in flight stay far below it at our throughput."""
+"""The CRT's buffer pool cap where the process has memory to spare. The CRT can fill it when S3
+is slower than the disk: 437 MB RSS was seen for one 700 MiB upload under this cap."""
+MIN_MEMORY_LIMIT = 256 * MiB
+"""The least the CRT accepts (AWS_ERROR_S3_INVALID_MEMORY_LIMIT_CONFIG under it)."""
+RESERVE = 192 * MiB
+"""What the process holds besides the CRT's buffers: the interpreter and boto3 (about 60 MiB),
+16 workers hashing 1 MiB blocks, small bodies of up to 1 MiB in flight, the watcher's state."""
+
+
+def memory_limit(container_limit: int | None) -> int | None:
+    """The CRT's buffer cap that keeps the whole process under `container_limit` bytes (None: no
+    limit known), or None when the CRT does not fit: then multipart uploads take the Python
+    transfer manager, which reads parts from the file as it sends them (under 100 MiB RSS)."""
+    if container_limit is None:
+        return MEMORY_LIMIT
+    budget = (container_limit - RESERVE) // MiB * MiB
+    return min(budget, MEMORY_LIMIT) if budget >= MIN_MEMORY_LIMIT else None
 
 
 def available() -> bool:
@@ -33,9 +49,10 @@ def available() -> bool:
     return True
 
 
-def manager(s3, part_size: int, endpoint: str | None, throughput_gbps: float = 2.0):
+def manager(s3, part_size: int, endpoint: str | None, throughput_gbps: float = 2.0,
+            memory_limit: int = MEMORY_LIMIT):
     """A `CRTTransferManager` on client `s3`'s region and credentials, and on `endpoint` (an
-    S3-compatible server; None for AWS itself)."""
+    S3-compatible server; None for AWS itself), buffering at most `memory_limit` bytes."""
     from awscrt.io import ClientBootstrap, DefaultHostResolver, EventLoopGroup
     from awscrt.s3 import S3Client, S3RequestTlsMode
     from s3transfer.crt import BotocoreCRTCredentialsWrapper, BotocoreCRTRequestSerializer, CRTTransferManager
@@ -49,7 +66,7 @@ def manager(s3, part_size: int, endpoint: str | None, throughput_gbps: float = 2
         credential_provider=BotocoreCRTCredentialsWrapper(credentials).to_crt_credentials_provider()
         if credentials else None,
         tls_mode=S3RequestTlsMode.DISABLED if endpoint and endpoint.startswith("http://") else S3RequestTlsMode.ENABLED,
-        part_size=part_size, throughput_target_gbps=throughput_gbps, memory_limit=MEMORY_LIMIT)
+        part_size=part_size, throughput_target_gbps=throughput_gbps, memory_limit=memory_limit)
     kwargs = {"region_name": region}
     if endpoint:  # S3-compatible servers on an IP or a plain host name need path-style URLs
         kwargs.update(endpoint_url=endpoint, config=botocore.config.Config(s3={"addressing_style": "path"}))

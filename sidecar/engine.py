@@ -462,9 +462,7 @@ class Engine:
     def _work_file(self, job: Job) -> Done:
         path = os.path.join(self.root, job.relpath)
         try:
-            if not os.path.isfile(path) or os.path.islink(path):
-                return Done(job, "gone")
-            digest = transfer.hash_file(path)
+            digest = transfer.hash_file(path, self.root)  # O_NOFOLLOW, in the run dir, else "gone"
         except FileNotFoundError:
             return Done(job, "gone")
         except transfer.FileChanged:
@@ -504,7 +502,7 @@ class Engine:
             for relpath, name in batch:
                 path = os.path.join(self.root, relpath)
                 try:
-                    digest = transfer.hash_file(path)
+                    digest = transfer.hash_file(path, self.root)
                 except FileNotFoundError:
                     return Done(group, "changed")
                 except transfer.FileChanged:

@@ -29,6 +29,7 @@ from pathlib import Path
 import jsonpatch
 import trustme
 from aiohttp import web
+from kubernetes.utils import parse_quantity
 
 from . import config, locals3
 
@@ -338,6 +339,11 @@ class LocalPod:
                 env[e["name"]] = self.secrets[ref["name"]][ref["key"]]
             elif e["valueFrom"].get("fieldRef", {}).get("fieldPath") == "metadata.name":
                 env[e["name"]] = self.pod["metadata"]["name"]
+            elif e["valueFrom"].get("resourceFieldRef", {}).get("resource") == "limits.memory":
+                # as the kubelet: the limit in bytes, else the node's allocatable memory
+                limit = ((container.get("resources") or {}).get("limits") or {}).get("memory")
+                env[e["name"]] = str(int(parse_quantity(limit)) if limit is not None
+                                     else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
             else:
                 raise ValueError(f"unsupported env source {e}")
         return env

@@ -43,6 +43,8 @@ class PodEnv:
     metrics: tuple[str, int]
     grace: float
     holder: str
+    memory_limit: int | None = None
+    """The container's memory limit in bytes; transfer buffers are sized to stay under it."""
 
     @classmethod
     def read(cls, env=os.environ) -> "PodEnv":
@@ -59,6 +61,10 @@ class PodEnv:
             grace = float(env.get(contract.ENV_GRACE) or contract.DEFAULT_GRACE_SECONDS)
         except ValueError:
             raise InputError(f"{contract.ENV_GRACE}={env.get(contract.ENV_GRACE)!r} is not a number of seconds") from None
+        memory = env.get(contract.ENV_MEMORY_LIMIT) or None
+        if memory is not None and not memory.isdigit():
+            raise InputError(f"{contract.ENV_MEMORY_LIMIT}={memory!r} is not a number of bytes; the operator sets it "
+                             "from the downward API (resourceFieldRef: limits.memory)")
         return cls(
             run_dir=run_dir,
             run=keys.RunPath.parse(need(contract.ENV_RUN_PATH)),
@@ -70,6 +76,7 @@ class PodEnv:
                                    contract.ENV_METRICS, False),
             grace=grace,
             holder=env.get(contract.ENV_HOLDER) or socket.gethostname(),
+            memory_limit=int(memory) if memory else None,
         )
 
 
@@ -83,14 +90,14 @@ class Wired:
 
 
 def wire(run_dir: str, layout: keys.Layout, settings: engine.Settings, annotations: str | None,
-         holder: str) -> Wired:
+         holder: str, sizes: transfer.Settings = transfer.Settings()) -> Wired:
     s3 = transfer.client()
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     _restore_metrics(run_dir, metrics)
     core: engine.Engine | None = None
     watcher = watch.Watcher(run_dir, lambda ev: core.post(ev))
-    core = engine.Engine(run_dir, layout, s3, transfer.Transfers(s3, layout.store), metrics, settings,
+    core = engine.Engine(run_dir, layout, s3, transfer.Transfers(s3, layout.store, sizes), metrics, settings,
                          annotations_file=annotations, holder=holder)
     threading.Thread(target=watcher.run, name="watcher", daemon=True).start()
     return Wired(core, watcher, registry)
@@ -100,7 +107,9 @@ def run(settings: engine.Settings | None = None, env=os.environ) -> int:
     pod = PodEnv.read(env)
     logs.setup(sys.stdout)
     settings = dataclasses.replace(settings or engine.Settings(), grace=pod.grace)
-    wired = wire(pod.run_dir, keys.Layout(pod.store, pod.run, pod.replica), settings, pod.annotations, pod.holder)
+    sizes = transfer.Settings().within(pod.memory_limit)  # the kubelet kills the container over its limit
+    wired = wire(pod.run_dir, keys.Layout(pod.store, pod.run, pod.replica), settings, pod.annotations, pod.holder,
+                 sizes)
     core = wired.engine
     api_server = api.serve_api(pod.api, core.post, wired.watcher.fence)
     metrics_server = api.serve_metrics(
@@ -114,7 +123,8 @@ def run(settings: engine.Settings | None = None, env=os.environ) -> int:
     signal.signal(signal.SIGINT, on_signal)
     log.info("sidecar started", extra={"fields": {
         "run": str(pod.run), "replica": pod.replica, "store": str(pod.store), "run_dir": pod.run_dir,
-        "api": "%s:%d" % pod.api, "metrics": "%s:%d" % pod.metrics, "grace_s": pod.grace}})
+        "api": "%s:%d" % pod.api, "metrics": "%s:%d" % pod.metrics, "grace_s": pod.grace,
+        "memory_limit": pod.memory_limit, "crt_memory": sizes.crt_memory if sizes.crt else None}})
     code = core.loop()
     wired.watcher.stop()
     api_server.shutdown()

@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import dataclasses
+import errno
 import hashlib
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -30,6 +32,7 @@ from . import crt, keys
 from .errors import StoreError
 
 MiB = 1024 * 1024
+_CRT_MEMORY = crt.MEMORY_LIMIT  # the field `crt` below hides the module inside the class body
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +53,17 @@ class Settings:
     """Attempts per request, with botocore's standard backoff between them."""
     crt: bool = True
     """Multipart uploads through the AWS CRT when it is installed (see crt.py)."""
+    crt_memory: int = _CRT_MEMORY
+    """The CRT's buffer cap, in bytes (`within` derives it from the container's memory limit)."""
+
+    def within(self, memory_limit: int | None) -> "Settings":
+        """These settings for a process that must stay under `memory_limit` bytes (the
+        container's limit; None: none known): the CRT's buffers fit beside the rest, or the CRT
+        is off."""
+        budget = crt.memory_limit(memory_limit)
+        if budget is None:
+            return dataclasses.replace(self, crt=False)
+        return dataclasses.replace(self, crt_memory=min(self.crt_memory, budget))
 
 
 def endpoint_override() -> str | None:
@@ -129,24 +143,77 @@ class FileChanged(Exception):
     """The file changed while it was read: it is not complete yet."""
 
 
+class NotRegular(FileNotFoundError):
+    """No regular file by that name inside the run dir: a symlink, a directory, a FIFO, or a path
+    that leads out of the run dir. Nothing to upload, as if it were gone."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Digest:
     sha256: str
     size: int
     mtime_ns: int
+    inode: tuple[int, int] = (0, 0)
+    """(st_dev, st_ino) of the file hashed: the upload sends that file, or none."""
 
 
-def hash_file(path: str | Path, block: int = 4 * MiB) -> Digest:
-    """SHA-256 of a file, with the size and mtime it had; `FileChanged` if it moved meanwhile."""
-    before = os.stat(path)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
+# The path of an open descriptor, which reopens its very file (Linux): what was checked and
+# hashed is what the transfer managers read, whatever the name points to by then.
+_FD_PATH = "/proc/self/fd/{}" if os.path.isdir("/proc/self/fd") else None
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
+def open_regular(path: str | Path, root: str | Path | None = None) -> int:
+    """A descriptor of the regular file at `path`, opened without following a symlink (a FIFO
+    never blocks it); with `root`, only a file that really lies inside `root` (no symlinked
+    directory on the way). `NotRegular` otherwise."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as err:
+        if err.errno not in (errno.ELOOP, errno.EMLINK):  # O_NOFOLLOW's answer to a symlink
+            raise  # missing, unreadable: the caller's to tell apart
+        raise NotRegular(f"{path}: a symlink, never followed") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegular(f"{path}: not a regular file")
+        if root is not None and _FD_PATH is not None:
+            real, top = os.readlink(_FD_PATH.format(fd)), os.path.realpath(root)
+            if not real.startswith(top.rstrip("/") + "/"):
+                raise NotRegular(f"{path}: leads out of the run dir {top} (to {real})")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def hash_file(path: str | Path, root: str | Path | None = None, block: int = MiB) -> Digest:
+    """SHA-256 of a regular file (see `open_regular`), with the size, mtime and inode it had;
+    `FileChanged` if it changed meanwhile."""
+    fd = open_regular(path, root)
+    with os.fdopen(fd, "rb") as f:
+        before = os.fstat(fd)
+        h = hashlib.sha256()
         while chunk := f.read(block):
             h.update(chunk)
-    after = os.stat(path)
+        after = os.fstat(fd)
     if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
         raise FileChanged(str(path))
-    return Digest(h.hexdigest(), after.st_size, after.st_mtime_ns)
+    return Digest(h.hexdigest(), after.st_size, after.st_mtime_ns, (after.st_dev, after.st_ino))
+
+
+def _open_hashed(up: "Upload") -> int:
+    """A descriptor of the very file `up.digest` was taken of, unchanged; `FileChanged` if the
+    name now holds something else (another file, a symlink) or the file changed."""
+    try:
+        fd = open_regular(up.path)
+    except NotRegular:
+        raise FileChanged(up.path) from None
+    st = os.fstat(fd)
+    if (st.st_size, st.st_mtime_ns) != (up.digest.size, up.digest.mtime_ns) or \
+            (up.digest.inode != (0, 0) and (st.st_dev, st.st_ino) != up.digest.inode):
+        os.close(fd)
+        raise FileChanged(up.path)
+    return fd
 
 
 # ------------------------------------------------------------------------------ transfers
@@ -195,6 +262,7 @@ class Transfers:
         self.settings = settings
         self._lock = threading.Lock()
         self._inflight: set = set()
+        self._fds: dict = {}  # multipart future → the descriptor of the file it reads
         self._manager = TransferManager(s3, TransferConfig(
             multipart_threshold=settings.multipart_threshold,
             multipart_chunksize=settings.multipart_chunksize,
@@ -221,7 +289,8 @@ class Transfers:
             return self._manager
         with self._lock:
             if self._crt is None:
-                self._crt = crt.manager(self.s3, self.settings.multipart_chunksize, endpoint_override())
+                self._crt = crt.manager(self.s3, self.settings.multipart_chunksize, endpoint_override(),
+                                        memory_limit=self.settings.crt_memory)
             return self._crt
 
     def upload(
@@ -279,19 +348,32 @@ class Transfers:
             future.cancel()
 
     def _submit(self, up: Upload, on_bytes):
+        fd = None
         if up.digest.size < self.settings.multipart_threshold:
             future = self._small.submit(self._put, up, on_bytes)
         else:
-            future = self._multipart_manager().upload(
-                up.path, self.store.bucket, up.key, extra_args={"ChecksumAlgorithm": "SHA256"},  # S3 checks every part
-                subscribers=[_Progress(on_bytes)])
+            try:
+                fd = _open_hashed(up)
+                # The managers open a file name: name our descriptor, not the path, which may
+                # point elsewhere by now.
+                future = self._multipart_manager().upload(
+                    _FD_PATH.format(fd) if _FD_PATH else up.path, self.store.bucket, up.key,
+                    extra_args={"ChecksumAlgorithm": "SHA256"},  # S3 checks every part
+                    subscribers=[_Progress(on_bytes)])
+            except (OSError, FileChanged) as err:  # reported by `_finish`, like any upload's failure
+                if fd is not None:
+                    os.close(fd)
+                fd, future = None, concurrent.futures.Future()
+                future.set_exception(err)
         with self._lock:
             self._inflight.add(future)
+            if fd is not None:
+                self._fds[future] = fd  # open until `_finish`
         return future
 
     def _put(self, up: Upload, on_bytes) -> None:
         """One PUT: S3 checks the bytes it stores against the digest we computed."""
-        with open(up.path, "rb") as f:
+        with os.fdopen(_open_hashed(up), "rb") as f:
             # Up to 1 MiB the body goes as bytes: botocore sends `Expect: 100-continue` (one more
             # round trip) for a file object whatever its size.
             body = f.read() if up.digest.size <= MiB else f
@@ -300,6 +382,28 @@ class Transfers:
         on_bytes(up.digest.size)
 
     def _finish(self, up: Upload, future) -> None:
+        with self._lock:
+            fd = self._fds.get(future)
+        try:
+            self._result(up, future)
+            if fd is None:
+                return  # one PUT: S3 verified the whole object against the digest
+            st = os.fstat(fd)  # the file that was sent, whatever its name holds now
+        finally:
+            with self._lock:
+                self._inflight.discard(future)
+                self._fds.pop(future, None)
+            if fd is not None:
+                os.close(fd)
+        if (st.st_size, st.st_mtime_ns) != (up.digest.size, up.digest.mtime_ns):
+            # Multipart: the object may hold bytes other than its key's hash names; remove it.
+            try:
+                self.s3.delete_object(Bucket=self.store.bucket, Key=up.key)
+            except (ClientError, BotoCoreError):
+                pass
+            raise FileChanged(up.path)
+
+    def _result(self, up: Upload, future) -> None:
         try:
             future.result()
         except (CancelledError, concurrent.futures.CancelledError):
@@ -314,19 +418,6 @@ class Transfers:
             if not crt.is_crt_error(err):
                 raise
             raise describe(err, self.store, self.s3) from None
-        finally:
-            with self._lock:
-                self._inflight.discard(future)
-        if up.digest.size < self.settings.multipart_threshold:
-            return  # S3 verified the whole object against the digest
-        st = os.stat(up.path)
-        if (st.st_size, st.st_mtime_ns) != (up.digest.size, up.digest.mtime_ns):
-            # Multipart: the object may hold bytes other than its key's hash names; remove it.
-            try:
-                self.s3.delete_object(Bucket=self.store.bucket, Key=up.key)
-            except (ClientError, BotoCoreError):
-                pass
-            raise FileChanged(up.path)
 
     def download(self, key: str, dest: str | Path, sha256: str,
                  on_bytes: Callable[[int], None] = lambda n: None, size: int | None = None) -> None:

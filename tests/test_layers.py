@@ -11,7 +11,7 @@ import pytest
 
 OPERATOR = Path(__file__).parent.parent / "operator"
 SHARED = {"runsync", "runsync.contract", "runsync.config", "runsync.keys", "runsync.errors", "runsync.globs"}
-PURE = {"inject.py", "identity.py", "containers.py", "values.py"}
+PURE = {"inject.py", "identity.py", "containers.py", "values.py", "conflicts.py", "qos.py"}
 # The Store health check lists the bucket the way every runsync command does (one error text).
 ALSO = {"stores.py": {"runsync.transfer"}}
 

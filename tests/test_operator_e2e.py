@@ -30,6 +30,7 @@ def operator(tmp_path_factory, s3_server):
     op = Operator(work, [store(NS, "default", "runsync-e2e", s3_server.endpoint),
                          store(NS, "other", "runsync-other", None, secret=None)],
                   values={"RUNSYNC_OPERATOR_API_PORT": str(api), "RUNSYNC_OPERATOR_METRICS_PORT": str(metrics)})
+    op.values = {"api_port": api, "metrics_port": metrics}
     yield op
     op.stop()
 
@@ -102,6 +103,12 @@ CASES = {
         "jobset.sigs.k8s.io/job-index": "0", "batch.kubernetes.io/job-completion-index": "5"}),
         "team-a/default/big", "trainers-0-5"),
     "bare pod": (pod(name="notebook-1"), "team-a/default/notebook-1", "0"),
+    "statefulset pod": (pod(name="llm-2", owners=owner("StatefulSet", "llm", "apps/v1"),
+                            labels={"apps.kubernetes.io/pod-index": "2"}), "team-a/default/llm", "2"),
+    "statefulset pod, ordinal only": (pod(name="llm-7", owners=owner("StatefulSet", "llm", "apps/v1")),
+                                      "team-a/default/llm", "7"),
+    "deployment pod": (pod(name="web-5d8f7b9c4-x7k2p", owners=owner("ReplicaSet", "web-5d8f7b9c4", "apps/v1"),
+                           labels={"pod-template-hash": "5d8f7b9c4"}), "team-a/default/web", "0"),
     "run annotation": (pod(owners=owner("Job", "x"), annotations={contract.RUN: "fixed-run", contract.REPLICA: "r7"}),
                        "team-a/default/fixed-run", "r7"),
     "pvc run dir": (pod(annotations={contract.VOLUME: "scratch", contract.RUN_DIR: "/mnt/run"},
@@ -122,6 +129,7 @@ def test_injected_pods_are_valid_and_named_right(operator, case):
     env = env_of(sidecar)
     assert env[contract.ENV_RUN_PATH] == run_path and env[contract.ENV_REPLICA] == replica
     assert env[contract.ENV_STORE] == "s3://runsync-e2e/runs"
+    assert env[contract.ENV_MEMORY_LIMIT] == {"resourceFieldRef": {"resource": "limits.memory"}}
     apps = {c["name"]: c for c in patched["spec"]["containers"]}
     cfg = config.parse(original["metadata"]["annotations"])
     for name, c in apps.items():
@@ -135,6 +143,111 @@ def test_injected_pods_are_valid_and_named_right(operator, case):
         assert [c["name"] for c in patched["spec"]["initContainers"]] == ["runsync-restore", "runsync-sidecar",
                                                                          "fetch-data"]
     assert any("terminationGracePeriodSeconds" in w for w in response.get("warnings", []))
+
+
+def test_pods_that_may_share_a_replica_are_warned(operator):
+    deployment = pod(name="web-5d8f7b9c4-x7k2p", owners=owner("ReplicaSet", "web-5d8f7b9c4", "apps/v1"),
+                     labels={"pod-template-hash": "5d8f7b9c4"}, grace=60)
+    _, response = operator.patched(deployment)
+    [warning] = response["warnings"]
+    assert "Deployment 'web'" in warning and "runsync.dev/replica" in warning and "StatefulSet" in warning
+    for alone in (pod(name="llm-2", owners=owner("StatefulSet", "llm", "apps/v1"), grace=60),
+                  pod(owners=owner("Job", "bert-ft"), grace=60),
+                  pod(owners=owner("ReplicaSet", "web-5d8f7b9c4", "apps/v1"), annotations={contract.REPLICA: "a"},
+                      grace=60)):
+        _, response = operator.patched(alone)
+        assert not response.get("warnings"), alone["metadata"]
+
+
+def qos_class(p: dict) -> str:
+    """The pod's QoS class as the kubelet computes it (pkg/apis/core/helper/qos), after the API
+    server's defaulting of a container's requests to its limits."""
+    from kubernetes.utils import parse_quantity
+
+    requests, limits, guaranteed = {}, {}, True
+    for c in p["spec"]["containers"] + p["spec"].get("initContainers", []):
+        res = c.get("resources") or {}
+        lim = {k: parse_quantity(v) for k, v in (res.get("limits") or {}).items() if k in ("cpu", "memory")}
+        req = {**lim, **{k: parse_quantity(v) for k, v in (res.get("requests") or {}).items() if k in ("cpu", "memory")}}
+        for k, v in req.items():
+            if v > 0:
+                requests[k] = requests.get(k, 0) + v
+        found = {k for k, v in lim.items() if v > 0}
+        for k in found:
+            limits[k] = limits.get(k, 0) + lim[k]
+        guaranteed = guaranteed and found >= {"cpu", "memory"}
+    if not requests and not limits:
+        return "BestEffort"
+    if guaranteed and requests == limits:
+        return "Guaranteed"
+    return "Burstable"
+
+
+def test_a_guaranteed_pod_stays_guaranteed(operator):
+    sized = [{"name": "trainer", "image": "python:3.11",
+              "resources": {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"cpu": "4000m", "memory": "16Gi"}}},
+             {"name": "limits-only", "image": "busybox", "resources": {"limits": {"cpu": "100m", "memory": "64Mi"}}}]
+    original = pod(containers=sized, init=[{"name": "fetch", "image": "busybox",
+                                            "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}])
+    assert qos_class(original) == "Guaranteed"
+    patched, _ = operator.patched(copy.deepcopy(original))
+    check_pod(patched)
+    assert qos_class(patched) == "Guaranteed"
+    for c in patched["spec"]["initContainers"][:2]:
+        assert c["resources"]["requests"] == c["resources"]["limits"], c["name"]
+    burstable = pod(containers=[{"name": "trainer", "image": "python:3.11",
+                                 "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}])
+    patched, _ = operator.patched(burstable)
+    assert qos_class(patched) == "Burstable"
+    assert "cpu" not in patched["spec"]["initContainers"][1]["resources"]["limits"]  # no CPU limit where not needed
+
+
+COLLISIONS = {
+    "host network": (dict(host_network=True), {}, "spec.hostNetwork: true"),
+    "trainer mounts the run dir": (dict(mounts=[{"name": "data", "mountPath": "/runsync"}]), {},
+                                   "runsync.dev/run-dir: container 'trainer' already mounts volume 'data' at '/runsync'"),
+    "trainer mounts the named volume with a subPath": (
+        dict(mounts=[{"name": "data", "mountPath": "/mnt/run", "subPath": "x"}]),
+        {contract.VOLUME: "data", contract.RUN_DIR: "/mnt/run"}, "subPath"),
+    "a volume named like ours": (dict(volumes=[{"name": "runsync-tmp", "emptyDir": {}}]), {},
+                                 "spec.volumes: this pod already has a volume named 'runsync-tmp'"),
+    "run dir on our tmp": (dict(), {contract.RUN_DIR: "/tmp"}, "runsync.dev/run-dir: '/tmp'"),
+    "run dir inside our tmp": (dict(), {contract.RUN_DIR: "/tmp/run"}, "runsync.dev/run-dir: '/tmp/run'"),
+    "run dir on our annotations": (dict(), {contract.RUN_DIR: "/etc/runsync"}, "runsync.dev/run-dir: '/etc/runsync'"),
+    "run dir over the image": (dict(), {contract.RUN_DIR: "/usr"}, "runsync.dev/run-dir: '/usr'"),
+    "a port of the sidecar": (dict(ports=["metrics"]), {}, "container 'trainer' declares port"),
+}
+
+
+@pytest.mark.parametrize("case", list(COLLISIONS))
+def test_pods_that_collide_with_runsync_are_denied(operator, case):
+    shape, annotations, message = COLLISIONS[case]
+    trainer = {"name": "trainer", "image": "python:3.11", "volumeMounts": shape.get("mounts", [])}
+    if shape.get("ports"):
+        trainer["ports"] = [{"containerPort": operator.values["metrics_port"]}]
+    p = pod(annotations=annotations, containers=[trainer],
+            volumes=[{"name": "data", "emptyDir": {}}, *shape.get("volumes", [])])
+    if shape.get("host_network"):
+        p["spec"]["hostNetwork"] = True
+    response = operator.review(p)["response"]
+    assert response["allowed"] is False, case
+    assert message in response["status"]["message"]
+    assert "fix:" in response["status"]["message"]
+    import urllib.request
+
+    text = urllib.request.urlopen(operator.metrics_url, timeout=5).read().decode()
+    assert 'runsync_admission_denials_total{reason="conflict"}' in text
+
+
+def test_what_does_not_collide_is_allowed(operator):
+    mounted = {"name": "trainer", "image": "python:3.11",
+               "volumeMounts": [{"name": "data", "mountPath": "/mnt/run"}, {"name": "ro", "mountPath": "/mnt/run/data"}]}
+    p = pod(annotations={contract.VOLUME: "data", contract.RUN_DIR: "/mnt/run"}, containers=[mounted], grace=60,
+            volumes=[{"name": "data", "emptyDir": {}}, {"name": "ro", "emptyDir": {}}])
+    patched, response = operator.patched(p)
+    check_pod(patched)
+    [warning] = response["warnings"]
+    assert "'/mnt/run/data'" in warning and "never uploaded" in warning
 
 
 def test_an_injected_pod_is_left_alone(operator):

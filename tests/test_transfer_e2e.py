@@ -1,0 +1,109 @@
+"""What is hashed is what is uploaded, and only a regular file inside the run dir: a name swapped
+for a symlink (to a file outside, of the same size and mtime) between hashing and upload is
+never followed. Real files, a real SeaweedFS."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from runsync import keys, transfer
+
+pytestmark = [pytest.mark.s3]
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def tree(tmp_path):
+    run = tmp_path / "run"
+    (run / "ckpt").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    return run, outside
+
+
+def swap_for_link(path, target) -> None:
+    """Replace `path` by a symlink to `target`, atomically, with `path`'s size and mtime on the target."""
+    st = os.stat(path)
+    os.truncate(target, st.st_size)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.symlink(target, str(path) + ".swap")
+    os.replace(str(path) + ".swap", path)
+
+
+def test_hashing_never_follows_a_symlink_or_leaves_the_run_dir(tree):
+    run, outside = tree
+    (outside / "secret").write_bytes(b"s" * 100)
+    os.symlink(outside / "secret", run / "ckpt" / "link.pt")
+    os.symlink(outside, run / "linked-dir")
+    os.mkfifo(run / "fifo.pt")
+    for name in ("ckpt/link.pt", "linked-dir/secret", "fifo.pt", "ckpt"):
+        with pytest.raises(transfer.NotRegular):
+            transfer.hash_file(run / name, root=run)
+    (run / "ckpt" / "ok.pt").write_bytes(b"x" * 10)
+    assert transfer.hash_file(run / "ckpt" / "ok.pt", root=run).size == 10
+
+
+@pytest.mark.parametrize("size", [3 * MiB, 20 * MiB], ids=["one put", "multipart"])
+@pytest.mark.parametrize("crt", [True, False], ids=["crt", "python"])
+def test_a_file_swapped_for_a_symlink_after_hashing_is_not_uploaded(tree, s3_env, s3_client, bucket, size, crt):
+    run, outside = tree
+    path = run / "ckpt" / "model.pt"
+    path.write_bytes(os.urandom(size))
+    digest = transfer.hash_file(path, root=run)
+    (outside / "secret").write_bytes(b"S" * size)
+    swap_for_link(path, outside / "secret")
+    store = keys.StoreURL.parse(f"s3://{bucket}/runs")
+    with transfer.Transfers(transfer.client(), store, transfer.Settings(crt=crt)) as transfers:
+        with pytest.raises(transfer.FileChanged):
+            transfers.upload_one(transfer.Upload(str(path), "runs/model.pt", digest))
+    assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+def test_a_file_renamed_over_after_hashing_uploads_the_bytes_hashed(tree, s3_env, s3_client, bucket):
+    """The trainer's next checkpoint renamed into place while the last one uploads: the object is
+    the version that was hashed, never a mix."""
+    run, _ = tree
+    path = run / "ckpt" / "model.pt"
+    first = os.urandom(20 * MiB)
+    path.write_bytes(first)
+    digest = transfer.hash_file(path, root=run)
+    store = keys.StoreURL.parse(f"s3://{bucket}/runs")
+    with transfer.Transfers(transfer.client(), store) as transfers:
+        up = transfer.Upload(str(path), "runs/model.pt", digest)
+        (run / "ckpt" / "next.tmp").write_bytes(os.urandom(20 * MiB))
+        os.replace(run / "ckpt" / "next.tmp", path)
+        try:
+            transfers.upload_one(up)
+        except transfer.FileChanged:
+            pass  # refusing is fine too; storing other bytes under this digest's key is not
+    objects = s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])
+    for obj in objects:
+        assert s3_client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read() == first
+
+
+@pytest.mark.slow
+def test_the_sidecar_never_uploads_through_a_symlink(sidecars, store, tmp_path):
+    """Through the real sidecar: a symlink that a save glob names, pointing out of the run dir, and
+    one renamed over a regular file right after its close event; neither target is ever stored."""
+    from runsync import contract
+
+    secret = os.urandom(2 * MiB)
+    (tmp_path / "secret.bin").write_bytes(secret)
+    sc = sidecars({contract.SAVE: "ckpt/*.pt:live"}).start()
+    ckpt = sc.run_dir / "ckpt"
+    ckpt.mkdir()
+    os.symlink(tmp_path / "secret.bin", ckpt / "link.pt")
+    for i in range(5):  # each close event is handled after, or before, the swap: both must hold
+        path = ckpt / f"swapped-{i}.pt"
+        path.write_bytes(os.urandom(2 * MiB))
+        os.symlink(tmp_path / "secret.bin", ckpt / f".swap-{i}")
+        os.replace(ckpt / f".swap-{i}", path)
+    (ckpt / "real.pt").write_bytes(b"real")
+    sc.flush(timeout=60)
+    files = store.files()
+    assert "ckpt/real.pt" in files and "ckpt/link.pt" not in files
+    for key in store.keys():
+        assert store.read(key) != secret, key
