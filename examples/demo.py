@@ -23,7 +23,8 @@ from pathlib import Path
 
 import boto3
 
-from runsync import contract, localkube, locals3
+from runsync import contract
+from runsync_testing import localkube, localpod, locals3
 
 HERE = Path(__file__).parent
 RUNSYNC = str(Path(sys.executable).with_name("runsync"))
@@ -64,7 +65,7 @@ class Pod:
                             "--size", "2000000"]}]}}
         self.name = name
         self.patched, response = operator.patched(template)
-        self.local = localkube.LocalPod(self.patched, root / name, secrets)
+        self.local = localpod.LocalPod(self.patched, root / name, secrets)
         self.flushed = root / name / "flushed.txt"
         self.trainer_lines: list[str] = []
         added = [c["name"] for c in self.patched["spec"]["initContainers"]]

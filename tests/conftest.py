@@ -11,7 +11,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from runsync import locals3
+from runsync_testing import locals3
 
 RUNSYNC = str(Path(sys.executable).with_name("runsync"))
 

@@ -13,8 +13,10 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 
-from runsync.localkube import LocalPod, Operator, store
-from runsync import config, contract, locals3
+from runsync import config, contract
+from runsync_testing import ports
+from runsync_testing.localkube import Operator, store
+from runsync_testing.localpod import LocalPod
 from runsync_operator import stores as store_handlers
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
@@ -25,7 +27,7 @@ TRAINER = str(Path(__file__).parent.parent / "examples" / "toy_trainer.py")
 @pytest.fixture(scope="module")
 def operator(tmp_path_factory, s3_server):
     work = tmp_path_factory.mktemp("operator")
-    api, metrics = locals3.free_ports(2)
+    api, metrics = ports.free_ports(2)
     op = Operator(work, [store(NS, "default", "runsync-e2e", s3_server.endpoint),
                          store(NS, "other", "runsync-other", None, secret=None)],
                   values={"RUNSYNC_OPERATOR_API_PORT": str(api), "RUNSYNC_OPERATOR_METRICS_PORT": str(metrics)})

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from harness import render_chart, wait_for
-from runsync import contract, localkube
+from runsync import contract
+from runsync_testing import localkube, localpod
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,7 +175,7 @@ def test_no_credential_appears_in_anything_a_run_emits(operator, s3_server, s3_c
     patched, response = operator.patched(pod(name="leak-pod-aaaaa", job="leak"))
     emitted["admission response"] = json.dumps(response)
     emitted["patched pod"] = json.dumps(patched)
-    local = localkube.LocalPod(patched, tmp_path / "pod", good)
+    local = localpod.LocalPod(patched, tmp_path / "pod", good)
     init_c, side_c = local.container("runsync-restore"), local.container("runsync-sidecar")
     init = subprocess.run(local.argv(init_c), env=local.env(init_c), capture_output=True, text=True, timeout=120)
     assert init.returncode == 0, init.stderr
@@ -201,7 +202,7 @@ def test_no_credential_appears_in_anything_a_run_emits(operator, s3_server, s3_c
             side.kill()
     emitted["sidecar log"] = log.read_text()
     # wrong credentials: the errors users will paste into tickets
-    bad = localkube.LocalPod(patched, tmp_path / "bad", {"s3-keys": {"AWS_ACCESS_KEY_ID": keys.access_key,
+    bad = localpod.LocalPod(patched, tmp_path / "bad", {"s3-keys": {"AWS_ACCESS_KEY_ID": keys.access_key,
                                                                      "AWS_SECRET_ACCESS_KEY": WRONG_SECRET}})
     wrong = subprocess.run(bad.argv(init_c), env=bad.env(init_c), capture_output=True, text=True, timeout=120)
     assert wrong.returncode != 0 and "secret key" in wrong.stderr, wrong.stderr
