@@ -66,7 +66,7 @@ class Pod:
         self.name = name
         self.patched, response = operator.patched(template)
         self.local = localpod.LocalPod(self.patched, root / name, secrets)
-        self.flushed = root / name / "flushed.txt"
+        self.flushed = Path(self.local.paths["runsync-run"]) / ".flushed.txt"
         self.trainer_lines: list[str] = []
         added = [c["name"] for c in self.patched["spec"]["initContainers"]]
         env = self.local.env(self.local.container("runsync-sidecar"))
@@ -95,7 +95,8 @@ class Pod:
         app = self.local.container("trainer")
         argv = [sys.executable, "-u", str(HERE / app["command"][1]), *app["command"][2:],
                 "--flush-log", str(self.flushed)]
-        self.trainer = subprocess.Popen(argv, env=self.local.env(app), stdout=subprocess.PIPE, text=True)
+        self.trainer = subprocess.Popen(self.local.command(app, argv), env=self.local.env(app),
+                                        stdout=subprocess.PIPE, text=True)
         self.pump = pump(self.trainer, f"{self.name} trainer", self.trainer_lines)
 
     def preempt(self) -> None:
@@ -120,6 +121,7 @@ class Pod:
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="runsync-demo-") as tmp, locals3.start() as server:
         root = Path(tmp)
+        root.chmod(0o755)  # the pod's containers run as other UIDs and must reach its volumes
         say(f"A local S3 server (SeaweedFS) is up at {server.endpoint}, with access keys")
         boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
                      aws_access_key_id=server.credentials.access_key,

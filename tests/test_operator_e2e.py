@@ -194,7 +194,7 @@ def test_metrics_count_admissions_and_denials(operator):
 
 # ------------------------------------------------------------- run what the pod spec says
 
-def test_the_patched_pod_runs_and_its_replacement_resumes(operator, s3_server, s3_client, tmp_path):
+def test_the_patched_pod_runs_and_its_replacement_resumes(operator, s3_server, s3_client, tmp_path, pod_root):
     """Run what the patched spec says (LocalPod): a change in the sidecar's CLI, env or paths
     that the operator does not follow fails here."""
     if "runsync-e2e" not in [b["Name"] for b in s3_client.list_buckets()["Buckets"]]:
@@ -205,7 +205,7 @@ def test_the_patched_pod_runs_and_its_replacement_resumes(operator, s3_server, s
     outputs = []
     for attempt, name in enumerate(["e2e-pod-aaaaa", "e2e-pod-bbbbb"]):
         patched, _ = operator.patched(pod(name=name, owners=job, grace=60))
-        local = LocalPod(patched, tmp_path / name, secrets)
+        local = LocalPod(patched, pod_root / name, secrets)
         restore = local.container("runsync-restore")
         init = subprocess.run(local.argv(restore), env=local.env(restore), capture_output=True, text=True,
                               timeout=120)
@@ -217,9 +217,10 @@ def test_the_patched_pod_runs_and_its_replacement_resumes(operator, s3_server, s
             app = local.container("trainer")
             app_env = local.env(app)
             assert Path(app_env[contract.ENV_DIR]) == Path(local.paths["runsync-run"])
-            trainer = subprocess.run([sys.executable, TRAINER, "--steps", str(5 * (attempt + 1)), "--sleep", "0.05",
-                                      "--size", "20000", "--flush-log", str(tmp_path / f"{name}.flushed")],
-                                     env=app_env, capture_output=True, text=True, timeout=120)
+            trainer = subprocess.run(local.command(app, [
+                sys.executable, TRAINER, "--steps", str(5 * (attempt + 1)), "--sleep", "0.05", "--size", "20000",
+                "--flush-log", str(Path(local.paths["runsync-run"]) / ".flushed")]),
+                env=app_env, capture_output=True, text=True, timeout=120)
             assert trainer.returncode == 0, trainer.stderr
             outputs.append(trainer.stdout)
             # The app container exited: the kubelet runs the sidecar's preStop, then SIGTERM.
