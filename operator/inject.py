@@ -1,8 +1,9 @@
 """Pod → injected pod. Pure: no API calls, no I/O; the webhook supplies the Store and values.
 
 Decide (`skip_reason`), then `inject`, which touches only what it must, in a fixed order: the
-run-dir, annotations and tmp volumes; the app containers' mounts and env; restore-init first
-among the init containers, the native sidecar right after it; the grace period; the status mark.
+run-dir, annotations and tmp volumes; the app containers' mounts and env; the grace period;
+restore-init first among the init containers, the native sidecar right after it, both as
+`containers.runsync_user`; the pod's fsGroup when it sets none; the status mark.
 """
 
 from __future__ import annotations
@@ -96,9 +97,17 @@ def inject(pod: dict, cfg: config.RunConfig, values: Values, store: StoreSpec, n
 
     # -- restore-init first, the native sidecar right after it
     env = containers.runsync_env(cfg, values, store, run_path, replica, grace)
+    user = containers.runsync_user(spec, values)
     init = spec.setdefault("initContainers", [])
-    init[:0] = [containers.restore_init(cfg, values, env, run_volume),
-                containers.sidecar(cfg, values, env, run_volume)]
+    init[:0] = [containers.restore_init(cfg, values, env, run_volume, user),
+                containers.sidecar(cfg, values, env, run_volume, user)]
+
+    # -- fsGroup: the kubelet makes the run-dir volume (a root-owned PVC too) group-owned by
+    # runsync's GID with setgid dirs, and gives every container that group; one the pod set wins.
+    pod_sc = spec.setdefault("securityContext", {})
+    if pod_sc.get("fsGroup") is None:
+        pod_sc["fsGroup"] = user[1]
+        pod_sc.setdefault("fsGroupChangePolicy", "OnRootMismatch")
 
     # -- the mark: the status annotation, last
     annotations = pod.setdefault("metadata", {}).setdefault("annotations", {})

@@ -96,8 +96,15 @@ def wire(run_dir: str, layout: keys.Layout, settings: engine.Settings, annotatio
     return Wired(core, watcher, registry)
 
 
+SHARED_UMASK = 0o002
+"""restore-init and the sidecar create group-writable dirs (2775 under the fsGroup's setgid run
+dir) and files (0664), so a trainer of another UID in the pod's fsGroup can use them (SPEC.md,
+"Users and permissions")."""
+
+
 def run(settings: engine.Settings | None = None, env=os.environ) -> int:
     pod = PodEnv.read(env)
+    os.umask(SHARED_UMASK)
     logs.setup(sys.stdout)
     settings = dataclasses.replace(settings or engine.Settings(), grace=pod.grace)
     wired = wire(pod.run_dir, keys.Layout(pod.store, pod.run, pod.replica), settings, pod.annotations, pod.holder)
@@ -180,6 +187,7 @@ def restore_init(env=os.environ) -> int:
     """`runsync restore-init`: take the replica's lease (after the previous pod's final flush),
     then restore the run's files into the run dir before any app container starts."""
     pod = PodEnv.read(env)
+    os.umask(SHARED_UMASK)
     logs.setup(sys.stdout)
     s3 = transfer.client()
     try:

@@ -37,7 +37,9 @@ def operator(tmp_path_factory, s3_server):
 
 def pod(name="trainer-x7k2p", annotations=None, labels=None, owners=None, containers=None, volumes=None,
         grace=None, init=None):
-    spec = {"containers": containers or [{"name": "trainer", "image": "python:3.11", "command": ["python", "train.py"]}],
+    # The trainer is not root, as in most clusters: UID 1000 (LocalPod runs it as that user).
+    spec = {"containers": containers or [{"name": "trainer", "image": "python:3.11", "command": ["python", "train.py"],
+                                          "securityContext": {"runAsUser": 1000, "runAsGroup": 1000}}],
             "restartPolicy": "Never"}
     if volumes:
         spec["volumes"] = volumes
