@@ -98,7 +98,7 @@ def wire(run_dir: str, layout: keys.Layout, settings: engine.Settings, annotatio
 
 SHARED_UMASK = 0o002
 """restore-init and the sidecar create group-writable dirs (2775 under the fsGroup's setgid run
-dir) and files (0664), so a trainer of another UID in the pod's fsGroup can use them (SPEC.md,
+dir) and files (0664), so a trainer of another UID in the pod's fsGroup can use them (README,
 "Users and permissions")."""
 
 
