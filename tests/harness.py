@@ -17,7 +17,7 @@ import boto3
 import yaml
 
 from runsync import contract, keys, manifest
-from runsync_testing import downward, ports
+from runsync_testing import downward, kubelet, ports
 
 RUNSYNC = str(Path(sys.executable).with_name("runsync"))
 
@@ -27,8 +27,10 @@ class Sidecar:
 
     def __init__(self, run_dir: Path, s3_env: dict[str, str], annotations: dict[str, str], workdir: Path,
                  run: str = "team-a/proj/run-1", replica: str = "0", grace: float = 20,
-                 settle: float = 0.5, extra_env: dict[str, str] | None = None):
+                 settle: float = 0.5, extra_env: dict[str, str] | None = None, user: int | None = None):
         self.run_dir = run_dir
+        self.user = user
+        """Run as this UID and GID (as the operator's securityContext says; needs root)."""
         self.run = run
         self.replica = replica
         self.annotations_path = workdir / f"annotations-{replica}"
@@ -55,9 +57,11 @@ class Sidecar:
         os.replace(tmp, self.annotations_path)
 
     def start(self, wait: bool = True) -> "Sidecar":
+        argv = [RUNSYNC, "sidecar", "--settle-seconds", str(self.settle), "--rescan-seconds", "5"]
+        if self.user is not None:
+            argv = kubelet.command(kubelet.Identity(self.user, self.user, (), False), argv, [])
         self.proc = subprocess.Popen(
-            [RUNSYNC, "sidecar", "--settle-seconds", str(self.settle), "--rescan-seconds", "5"],
-            env=self.env, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            argv, env={**self.env, "HOME": "/"} if self.user is not None else self.env, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if wait:
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
