@@ -101,3 +101,15 @@ def test_an_fs_group_makes_a_root_owned_pvc_group_writable_with_setgid_dirs(pod_
     result = sh(local, f"mkdir {run}/new && echo y > {run}/old/f && stat -c '%g' {run}/new")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["2000"]  # setgid: new dirs keep the group
+
+
+def test_a_sized_tmp_empty_dir_is_a_tmpfs_of_that_size(pod_root):
+    spec = pod({"runAsUser": 1000, "runAsGroup": 1000, "readOnlyRootFilesystem": True})
+    spec["spec"]["volumes"].append({"name": "tmp", "emptyDir": {"sizeLimit": "1Mi"}})
+    spec["spec"]["containers"][0]["volumeMounts"].append({"name": "tmp", "mountPath": "/tmp"})
+    local = LocalPod(spec, pod_root, {})
+    tmp = local.env(local.container("app"))["TMPDIR"]
+    result = sh(local, f"head -c 900000 /dev/zero > {tmp}/fits && echo fits && head -c 2000000 /dev/zero > {tmp}/big")
+    assert result.stdout.split() == ["fits"]
+    assert result.returncode != 0 and "No space left on device" in result.stderr
+    assert os.listdir(tmp) == []  # the tmpfs was the container's own

@@ -10,6 +10,7 @@
 - fsGroup on a volume: group-owned by the fsGroup, group rw, setgid dirs, as the kubelet's
   SetVolumeOwnership does (`fsGroupChangePolicy: OnRootMismatch` skips a volume whose root already
   matches).
+- An emptyDir with a `sizeLimit` as a tmpfs of that size, in the container's mount namespace.
 - A umask the test chooses (the image's default is 022).
 
 Needs root (switching UIDs, mount namespaces): `unavailable()` says why not, for tests to skip.
@@ -64,22 +65,36 @@ def identity(pod_spec: dict, container: dict) -> Identity:
 
 
 def command(who: Identity, argv: list[str], writable: list[str], read_only: list[str] = (),
-            umask: int = 0o022) -> list[str]:
-    """`argv` wrapped to run as `who`, with only `writable` dirs writable when its root is read-only."""
+            umask: int = 0o022, sized: dict[str, str] | None = None) -> list[str]:
+    """`argv` wrapped to run as `who`, with only `writable` dirs writable when its root is read-only.
+    `sized` (dir → emptyDir sizeLimit, e.g. "256Mi") become tmpfs mounts of that size, so a
+    container that writes past its emptyDir's limit fails here as it would be evicted there."""
     setup = ["set -e"]
-    if who.read_only_root:
+    if who.read_only_root or sized:
         for path in writable:
             setup.append(f"mount --bind {shlex.quote(path)} {shlex.quote(path)}")
         for path in read_only:
             setup.append(f"mount --bind {shlex.quote(path)} {shlex.quote(path)}")
             setup.append(f"mount -o remount,bind,ro {shlex.quote(path)}")
+        for path, size in (sized or {}).items():
+            setup.append(f"mount -t tmpfs -o size={shlex.quote(_bytes(size))},mode=1777 tmpfs {shlex.quote(path)}")
+    if who.read_only_root:
         setup.append("mount -o remount,bind,ro /")
     groups = f"--groups={','.join(map(str, who.groups))}" if who.groups else "--clear-groups"
     # Through sh: it sets the umask, and setpriv keeps root's capabilities until its own exec.
     setup.append(f"exec setpriv --reuid={who.uid} --regid={who.gid} {groups} --inh-caps=-all "
                  f"-- /bin/sh -c 'umask {umask:03o}; exec \"$@\"' sh \"$@\"")
-    prefix = ["unshare", "--mount", "--propagation", "private"] if who.read_only_root else []
+    prefix = ["unshare", "--mount", "--propagation", "private"] if who.read_only_root or sized else []
     return [*prefix, "/bin/sh", "-c", "\n".join(setup), "sh", *argv]
+
+
+def _bytes(quantity: str) -> str:
+    """A Kubernetes quantity ("256Mi", "1G", "1000") as bytes, for tmpfs's size option."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return str(int(float(quantity[: -len(suffix)]) * factor))
+    return str(int(quantity))
 
 
 def make_empty_dir(path: Path) -> None:

@@ -109,8 +109,14 @@ class LocalPod:
         mounts = container.get("volumeMounts", [])
         writable = sorted({self.paths[m["name"]] for m in mounts if not m.get("readOnly")})
         read_only = sorted({self.paths[m["name"]] for m in mounts if m.get("readOnly")} - set(writable))
+        # A sized emptyDir at /tmp (runsync's scratch) is a tmpfs of that size. Per container, so
+        # only where nothing is shared through it: a run dir must stay one dir for the whole pod.
+        limits = {v["name"]: v["emptyDir"]["sizeLimit"] for v in self.pod["spec"]["volumes"]
+                  if (v.get("emptyDir") or {}).get("sizeLimit")}
+        sized = {self.paths[m["name"]]: limits[m["name"]] for m in mounts
+                 if m["name"] in limits and m["mountPath"] == "/tmp"}
         who = kubelet.identity(self.pod["spec"], container)
-        return kubelet.command(who, argv, writable, read_only, self.umask)
+        return kubelet.command(who, argv, writable, read_only, self.umask, sized)
 
 
 def _check_traversable(root: Path) -> None:
