@@ -20,7 +20,7 @@ from pathlib import Path
 
 import boto3
 
-from runsync import locals3
+from runsync_testing import locals3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import latency  # noqa: E402

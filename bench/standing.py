@@ -22,7 +22,8 @@ from pathlib import Path
 
 import boto3
 
-from runsync import config, contract, localkube, locals3
+from runsync import contract
+from runsync_testing import downward, localkube, locals3, ports
 from tools import proc_cpu, proc_rss
 
 RUNSYNC = str(Path(sys.executable).with_name("runsync"))
@@ -42,8 +43,8 @@ def idle(server, files: int, seconds: float, bucket: str = "bench-idle") -> dict
                        stdout=subprocess.DEVNULL)
         sync_s = time.perf_counter() - started
         ann = Path(tmp) / "ann"
-        ann.write_text(config.format_annotations_file({contract.SAVE: "**:live"}))
-        api, metrics = locals3.free_ports(2)
+        ann.write_text(downward.format_annotations_file({contract.SAVE: "**:live"}))
+        api, metrics = ports.free_ports(2)
         env.update({contract.ENV_DIR: str(run_dir), contract.ENV_RUN_PATH: "b/b/idle", contract.ENV_ANNOTATIONS: str(ann),
                     contract.ENV_API: f"127.0.0.1:{api}", contract.ENV_METRICS: f"127.0.0.1:{metrics}",
                     contract.ENV_HOLDER: "sync-then-sidecar"})

@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from runsync import config, contract
+from runsync import contract
+from runsync_testing import downward
 
 BIN = Path(sys.executable).parent
 HERE = Path(__file__).resolve().parent
@@ -105,7 +106,7 @@ class RunsyncPod(Tool):
     def down(self, bucket, prefix, dest, env):
         dest.mkdir(parents=True, exist_ok=True)
         ann = dest.parent / f"{dest.name}.annotations"
-        ann.write_text(config.format_annotations_file({contract.SAVE: "**:live"}))
+        ann.write_text(downward.format_annotations_file({contract.SAVE: "**:live"}))
         try:
             return run_timed([str(BIN / "runsync"), "restore-init"], {
                 **env, contract.ENV_STORE: f"s3://{bucket}/{prefix}", contract.ENV_DIR: str(dest),

@@ -3,11 +3,15 @@ replacement resumes from the last checkpoint in S3.
 
 Starts SeaweedFS on loopback (access keys on) and the real operator (`runsync operator`, i.e.
 `kopf run`, with a tiny local stub for API discovery and the Store list). A Job's pod spec with
-runsync annotations is sent through the webhook over HTTPS; the injected pod is run locally as
-the patch says (restore-init, the native sidecar, and a toy trainer as the app container that
-checkpoints every step and knows nothing of runsync). Mid-run the node is reclaimed: the trainer
-is killed, the sidecar gets preStop and SIGTERM and makes the last checkpoint durable. The Job's
-replacement pod goes through the webhook too, restores, and the trainer resumes.
+runsync annotations and a non-root trainer (UID 1000) is sent through the webhook over HTTPS; the
+injected pod is run locally as a kubelet would run it (runsync_testing.localpod): restore-init,
+the native sidecar and a toy trainer that checkpoints every step and knows nothing of runsync,
+each as its securityContext's user, the runsync containers with a read-only root, the run dir
+group-owned by the pod's fsGroup. As root that is enforced; otherwise every container runs as
+the current user, and the demo says so. Mid-run the node is reclaimed: the trainer is killed,
+the sidecar gets preStop and SIGTERM and makes the last checkpoint durable. The Job's replacement
+pod goes through the webhook too, restores, and the trainer (as UID 1000) resumes from what
+restore-init placed.
 """
 
 from __future__ import annotations
@@ -23,13 +27,15 @@ from pathlib import Path
 
 import boto3
 
-from runsync import contract, localkube, locals3
+from runsync import contract
+from runsync_testing import localkube, localpod, locals3
 
 HERE = Path(__file__).parent
 RUNSYNC = str(Path(sys.executable).with_name("runsync"))
 NAMESPACE = "ml-team"
 JOB = "bert-finetune"
 STEPS = 40
+TRAINER_UID = 1000
 ANNOTATIONS = {contract.SAVE: "ckpt/**:live", contract.IGNORE: "**/*.tmp", contract.PROJECT: "bert"}
 
 
@@ -60,12 +66,15 @@ class Pod:
                                               "controller": True}]},
             "spec": {"terminationGracePeriodSeconds": 60, "restartPolicy": "Never", "containers": [{
                 "name": "trainer", "image": "python:3.11",
+                "securityContext": {"runAsUser": TRAINER_UID, "runAsGroup": TRAINER_UID},
                 "command": ["python", "toy_trainer.py", "--steps", str(STEPS), "--sleep", "0.25",
                             "--size", "2000000"]}]}}
         self.name = name
         self.patched, response = operator.patched(template)
-        self.local = localkube.LocalPod(self.patched, root / name, secrets)
-        self.flushed = root / name / "flushed.txt"
+        self.local = localpod.LocalPod(self.patched, root / name, secrets)
+        self.flushed = root / name / "flushed.txt"  # beside the pod's volumes: the trainer's own log
+        self.flushed.touch()
+        self.flushed.chmod(0o666)  # the trainer (UID 1000) appends to it
         self.trainer_lines: list[str] = []
         added = [c["name"] for c in self.patched["spec"]["initContainers"]]
         env = self.local.env(self.local.container("runsync-sidecar"))
@@ -73,6 +82,14 @@ class Pod:
               f"replica {env[contract.ENV_REPLICA]}, store {env[contract.ENV_STORE]}")
         for warning in response.get("warnings", []):
             print(f"  webhook | warning: {warning}")
+        ours = self.patched["spec"]["initContainers"][0]["securityContext"]
+        print(f"  webhook | runsync runs as {ours['runAsUser']}:{ours['runAsGroup']} (the trainer's user), "
+              f"pod fsGroup {self.patched['spec']['securityContext']['fsGroup']}")
+        if self.local.unenforced:
+            print(f"  {name} | not root ({self.local.unenforced}): every container runs as this user, "
+                  f"not as UID {TRAINER_UID}")
+        else:
+            print(f"  {name} | the trainer runs as UID {TRAINER_UID}, the runsync containers with a read-only root")
 
     def restore_init(self) -> None:
         c = self.local.container("runsync-restore")
@@ -94,7 +111,8 @@ class Pod:
         app = self.local.container("trainer")
         argv = [sys.executable, "-u", str(HERE / app["command"][1]), *app["command"][2:],
                 "--flush-log", str(self.flushed)]
-        self.trainer = subprocess.Popen(argv, env=self.local.env(app), stdout=subprocess.PIPE, text=True)
+        self.trainer = subprocess.Popen(self.local.command(app, argv), env=self.local.env(app),
+                                        stdout=subprocess.PIPE, text=True)
         self.pump = pump(self.trainer, f"{self.name} trainer", self.trainer_lines)
 
     def preempt(self) -> None:
@@ -119,6 +137,7 @@ class Pod:
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="runsync-demo-") as tmp, locals3.start() as server:
         root = Path(tmp)
+        root.chmod(0o755)  # the pod's containers run as other UIDs and must reach its volumes
         say(f"A local S3 server (SeaweedFS) is up at {server.endpoint}, with access keys")
         boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
                      aws_access_key_id=server.credentials.access_key,

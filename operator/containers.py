@@ -17,10 +17,34 @@ TMP_VOLUME = "runsync-tmp"
 METRICS_PORT_NAME = "runsync-metrics"
 
 
-def security_context(values: Values) -> dict:
+def runsync_user(spec: dict, values: Values) -> tuple[int, int]:
+    """UID and GID of restore-init and the sidecar (README, "Users and permissions").
+
+    The app containers' own when every one of them, its securityContext merged over the pod's,
+    names one and the same non-root runAsUser (and runAsGroup, if set; unset, the GID is the
+    UID): what restore-init restores is then the trainer's own. Otherwise `values.user_id` for
+    both, and the pod's fsGroup gives the trainer the group (see `inject`).
+    """
+    pod_sc = spec.get("securityContext") or {}
+    users = set()
+    for c in spec.get("containers") or []:
+        sc = {**pod_sc, **(c.get("securityContext") or {})}
+        users.add((sc.get("runAsUser"), sc.get("runAsGroup")))
+    if len(users) == 1:
+        uid, gid = users.pop()
+        if _is_id(uid) and uid != 0 and (gid is None or _is_id(gid)):
+            return uid, uid if gid is None else gid
+    return values.user_id, values.user_id
+
+
+def _is_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def security_context(uid: int, gid: int) -> dict:
     """Restricted (Pod Security Standards): non-root, read-only root, no capabilities."""
     return {
-        "runAsNonRoot": True, "runAsUser": values.user_id, "runAsGroup": values.user_id,
+        "runAsNonRoot": True, "runAsUser": uid, "runAsGroup": gid,
         "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
     }
@@ -64,7 +88,7 @@ def mounts(cfg: config.RunConfig, run_volume: str) -> list[dict]:
     ]
 
 
-def restore_init(cfg, values: Values, env: list[dict], run_volume: str) -> dict:
+def restore_init(cfg, values: Values, env: list[dict], run_volume: str, user: tuple[int, int]) -> dict:
     return {
         "name": RESTORE_NAME,
         "image": values.image,
@@ -74,11 +98,11 @@ def restore_init(cfg, values: Values, env: list[dict], run_volume: str) -> dict:
         "env": copy.deepcopy(env),
         "volumeMounts": mounts(cfg, run_volume),
         "resources": copy.deepcopy(values.init_resources),
-        "securityContext": security_context(values),
+        "securityContext": security_context(*user),
     }
 
 
-def sidecar(cfg, values: Values, env: list[dict], run_volume: str) -> dict:
+def sidecar(cfg, values: Values, env: list[dict], run_volume: str, user: tuple[int, int]) -> dict:
     probe = {"httpGet": {"path": "/healthz", "port": METRICS_PORT_NAME}, "periodSeconds": 10}
     return {
         "name": SIDECAR_NAME,
@@ -98,5 +122,5 @@ def sidecar(cfg, values: Values, env: list[dict], run_volume: str) -> dict:
         "livenessProbe": probe,
         "lifecycle": {"preStop": {"exec": {"command": ["runsync", "sidecar", "--pre-stop"]}}},
         "resources": copy.deepcopy(values.sidecar_resources),
-        "securityContext": security_context(values),
+        "securityContext": security_context(*user),
     }

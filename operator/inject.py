@@ -4,7 +4,8 @@ Decide (`skip_reason`), then `inject`, which first refuses what would collide wi
 volumes, paths and ports (`conflicts`), then touches only what it must, in a fixed order: the
 run-dir, annotations and tmp volumes; the app containers' mounts and env; restore-init first
 among the init containers, the native sidecar right after it (requests == limits in a
-Guaranteed pod, which stays Guaranteed: `qos`); the grace period; the status mark.
+Guaranteed pod, which stays Guaranteed: `qos`); the grace period; the pod's fsGroup when it sets none (the runsync containers run as `containers.runsync_user`);
+the status mark.
 """
 
 from __future__ import annotations
@@ -107,12 +108,21 @@ def inject(pod: dict, cfg: config.RunConfig, values: Values, store: StoreSpec, n
 
     # -- restore-init first, the native sidecar right after it
     env = containers.runsync_env(cfg, values, store, run_path, replica, grace)
+    user = containers.runsync_user(spec, values)
     init = spec.setdefault("initContainers", [])
-    ours = [containers.restore_init(cfg, values, env, run_volume), containers.sidecar(cfg, values, env, run_volume)]
+    ours = [containers.restore_init(cfg, values, env, run_volume, user),
+            containers.sidecar(cfg, values, env, run_volume, user)]
     if guaranteed:  # requests == limits on ours too, or the pod turns Burstable
         for c in ours:
             c["resources"] = qos.guaranteed(c.get("resources") or {}, values.guaranteed_cpu)
     init[:0] = ours
+
+    # -- fsGroup: the kubelet makes the run-dir volume (a root-owned PVC too) group-owned by
+    # runsync's GID with setgid dirs, and gives every container that group; one the pod set wins.
+    pod_sc = spec.setdefault("securityContext", {})
+    if pod_sc.get("fsGroup") is None:
+        pod_sc["fsGroup"] = user[1]
+        pod_sc.setdefault("fsGroupChangePolicy", "OnRootMismatch")
 
     # -- the mark: the status annotation, last
     annotations = pod.setdefault("metadata", {}).setdefault("annotations", {})

@@ -378,15 +378,8 @@ def parse_annotations_file(text: str) -> dict[str, str]:
     return result
 
 
-def format_annotations_file(annotations: Mapping[str, str]) -> str:
-    """What the kubelet writes for these annotations (used by tests and local pod runs)."""
-    return "".join(f"{k}={go_quote(v)}\n" for k, v in sorted(annotations.items()))
-
-
 _SIMPLE_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v",
                    "\\": "\\", '"': '"', "'": "'"}
-_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t",
-               "\v": "\\v", "\\": "\\\\", '"': '\\"'}
 
 
 def go_unquote(quoted: str) -> str:
@@ -430,21 +423,3 @@ def go_unquote(quoted: str) -> str:
         else:
             raise ValueError(f"unknown escape \\{e}")
     return out.decode("utf-8", errors="replace")
-
-
-def go_quote(value: str) -> str:
-    """Go's `strconv.Quote`: printable characters as they are, the rest escaped."""
-    out = ['"']
-    for c in value:
-        if c in _GO_ESCAPES:
-            out.append(_GO_ESCAPES[c])
-        elif c.isprintable() or c == " ":
-            out.append(c)
-        elif ord(c) < 0x80:
-            out.append(f"\\x{ord(c):02x}")
-        elif ord(c) <= 0xFFFF:
-            out.append(f"\\u{ord(c):04x}")
-        else:
-            out.append(f"\\U{ord(c):08x}")
-    out.append('"')
-    return "".join(out)

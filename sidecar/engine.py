@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import config, keys, lease, manifest, plan, transfer, watch
+from . import config, keys, lease, manifest, plan, transfer, unreadable, watch
 from .errors import ConfigError, StoreError
 from .logs import log
 from .metrics import Metrics
@@ -102,7 +102,7 @@ class Done:
 
     work: Job | Group
     outcome: str
-    """uploaded | unchanged | stored | gone | changed | failed | incomplete"""
+    """uploaded | unchanged | stored | gone | changed | failed | incomplete | unreadable"""
     entries: list[tuple[manifest.FileEntry, str, str]] = dataclasses.field(default_factory=list)
     """(entry, relpath, how): how is uploaded, stored or unchanged."""
     error: str = ""
@@ -154,8 +154,10 @@ class Engine:
         annotations_file: str | None = None,
         clock: Callable[[], float] = time.time,
         holder: str | None = None,
+        skipped: unreadable.Unreadable | None = None,
     ):
         self.root = os.path.abspath(run_dir)
+        self.skipped = skipped or unreadable.Unreadable(self.root, metrics)
         self.layout = layout
         self.s3 = s3
         self.transfers = transfers
@@ -455,6 +457,9 @@ class Engine:
     def _run(self, fn, work) -> None:
         try:
             self.post(fn(work))
+        except PermissionError as err:  # permanent: skipped and named, never retried
+            self.skipped.report(err.filename or getattr(work, "relpath", None) or work.dir, False, err)
+            self.post(Done(work, "unreadable", error=str(err)))
         except Exception as err:  # noqa: BLE001 - a bug must not stall the engine
             log.exception("worker failed", extra={"fields": {"work": repr(work)[:200]}})
             self.post(Done(work, "failed", error=f"{type(err).__name__}: {err}"))
@@ -563,7 +568,7 @@ class Engine:
                 "error": done.error}})
             self.retries.append((self.clock() + delay, work))
             self.retrying.add(key)
-        else:  # gone, incomplete
+        else:  # gone, incomplete, unreadable
             self._satisfy(key, work.gen)
         # The newest version that arrived meanwhile goes next.
         if isinstance(work, Job) and work.name in self.dirty and work.name not in self.inflight:
@@ -825,7 +830,8 @@ class Engine:
             if w.gen is None and w.fence in self.fences_seen:
                 w.gen = self.fences_seen[w.fence]
             if w.gen is not None and self.loaded and not any(g <= w.gen for g in self.pending_since.values()):
-                w.reply.set_result({"durable": True, "manifest": self.durable.seq if self.durable else None})
+                w.reply.set_result({"durable": True, "manifest": self.durable.seq if self.durable else None,
+                                    **({"unreadable": names} if (names := self.skipped.names()) else {})})
             elif now >= w.deadline:
                 pending = sorted(k.lstrip("\0") for k, g in self.pending_since.items()
                                  if w.gen is None or g <= w.gen)

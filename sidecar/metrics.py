@@ -20,6 +20,9 @@ class Metrics:
         self.unsynced = Counter("runsync_unsynced_files",
                                 "Files still owed when the final flush ran out of time (each is logged).",
                                 registry=r)
+        self.unreadable = Counter("runsync_unreadable",
+                                  "Files and dirs the sidecar may not read, skipped (each is logged once).",
+                                  ["kind"], registry=r)
         self.queue_files = Gauge("runsync_queue_files", "Files waiting for or in upload.", registry=r)
         self.queue_bytes = Gauge("runsync_queue_bytes", "Bytes waiting for or in upload.", registry=r)
         self.latency = Histogram("runsync_close_to_durable_seconds",

@@ -24,7 +24,7 @@ import urllib.request
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import CollectorRegistry
 
-from . import api, contract, engine, keys, logs, transfer, watch
+from . import api, contract, engine, keys, logs, transfer, unreadable, watch
 from .errors import InputError
 from .logs import log
 from .metrics import Metrics
@@ -87,6 +87,7 @@ class Wired:
     engine: engine.Engine
     watcher: watch.Watcher
     registry: CollectorRegistry
+    watcher_thread: threading.Thread
 
 
 def wire(run_dir: str, layout: keys.Layout, settings: engine.Settings, annotations: str | None,
@@ -95,16 +96,38 @@ def wire(run_dir: str, layout: keys.Layout, settings: engine.Settings, annotatio
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     _restore_metrics(run_dir, metrics)
+    skipped = unreadable.Unreadable(os.path.abspath(run_dir), metrics)
     core: engine.Engine | None = None
-    watcher = watch.Watcher(run_dir, lambda ev: core.post(ev))
-    core = engine.Engine(run_dir, layout, s3, transfer.Transfers(s3, layout.store, sizes), metrics, settings,
-                         annotations_file=annotations, holder=holder)
-    threading.Thread(target=watcher.run, name="watcher", daemon=True).start()
-    return Wired(core, watcher, registry)
+    watcher = watch.Watcher(run_dir, lambda ev: core.post(ev), on_unwatchable=skipped.report)
+    core = engine.Engine(run_dir, layout, s3, transfer.Transfers(s3, layout.store, sizes), metrics,
+                         settings, annotations_file=annotations, holder=holder, skipped=skipped)
+    thread = threading.Thread(target=_watch, args=(watcher,), name="watcher", daemon=True)
+    thread.start()
+    return Wired(core, watcher, registry, thread)
+
+
+def _watch(watcher: watch.Watcher) -> None:
+    try:
+        watcher.run()
+    except Exception:  # noqa: BLE001 - said once; liveness fails and the kubelet restarts the sidecar
+        log.exception("the watcher stopped; /healthz now fails so the kubelet restarts the sidecar")
+
+
+def alive(wired: Wired) -> bool:
+    """Liveness (/healthz): the watcher thread runs and the engine loop turned in the last 30 s.
+    A sidecar that no longer sees files must be restarted, not left looking healthy."""
+    return wired.watcher_thread.is_alive() and time.monotonic() - wired.engine.last_tick < 30
+
+
+SHARED_UMASK = 0o002
+"""restore-init and the sidecar create group-writable dirs (2775 under the fsGroup's setgid run
+dir) and files (0664), so a trainer of another UID in the pod's fsGroup can use them (README,
+"Users and permissions")."""
 
 
 def run(settings: engine.Settings | None = None, env=os.environ) -> int:
     pod = PodEnv.read(env)
+    os.umask(SHARED_UMASK)
     logs.setup(sys.stdout)
     settings = dataclasses.replace(settings or engine.Settings(), grace=pod.grace)
     sizes = transfer.Settings().within(pod.memory_limit)  # the kubelet kills the container over its limit
@@ -113,7 +136,7 @@ def run(settings: engine.Settings | None = None, env=os.environ) -> int:
     core = wired.engine
     api_server = api.serve_api(pod.api, core.post, wired.watcher.fence)
     metrics_server = api.serve_metrics(
-        pod.metrics, wired.registry, alive=lambda: time.monotonic() - core.last_tick < 30,
+        pod.metrics, wired.registry, alive=lambda: alive(wired),
         ready=lambda: not core.finished)
 
     def on_signal(signum, frame):
@@ -190,6 +213,7 @@ def restore_init(env=os.environ) -> int:
     """`runsync restore-init`: take the replica's lease (after the previous pod's final flush),
     then restore the run's files into the run dir before any app container starts."""
     pod = PodEnv.read(env)
+    os.umask(SHARED_UMASK)
     logs.setup(sys.stdout)
     s3 = transfer.client()
     try:

@@ -1,7 +1,7 @@
 """The files of a run dir, as the planner sees them: relative path, size and mtime.
 
 This module knows no policies. `scan` walks the tree once (`runsync sync`, the sidecar's
-safety-net rescan); the sidecar's event watcher will feed the same `LocalFile` records.
+safety-net rescan); the sidecar's event `Watcher` reports files as they are completed.
 Symlinks are never followed: a link could lead out of the run dir. runsync's own state
 directory is not part of the run.
 """
@@ -112,9 +112,11 @@ class Watcher:
     and only the raw IN_MOVED_TO flag tells it apart from a new file that is still being written
     (watchdog reports both as "created"). A read-only open (IN_CLOSE_NOWRITE) is not watched.
     Symlinked directories are never entered, so nothing outside the run dir is watched.
+    A directory it may not read (a trainer's umask 077 under another UID) or cannot watch is
+    passed to `on_unwatchable(path, is_dir, error)` and skipped: the watcher goes on.
     """
 
-    def __init__(self, run_dir: str | Path, emit, clock=time.time):
+    def __init__(self, run_dir: str | Path, emit, clock=time.time, on_unwatchable=None):
         import inotify_simple  # Linux only; imported here so the pure modules stay portable
 
         self._flags = inotify_simple.flags
@@ -122,6 +124,7 @@ class Watcher:
         self._root = os.path.abspath(run_dir)
         self._emit = emit
         self._clock = clock
+        self._on_unwatchable = on_unwatchable or (lambda path, is_dir, error: None)
         self._dirs: dict[int, str] = {}
         self._fences = 0
         self._lock = threading.Lock()
@@ -211,6 +214,9 @@ class Watcher:
                 entries = list(os.scandir(path))
             except (FileNotFoundError, NotADirectoryError):
                 continue  # gone, or a symlink (ONLYDIR | DONT_FOLLOW)
+            except OSError as err:  # EACCES; ENAMETOOLONG; ENOSPC (out of inotify watches)
+                self._on_unwatchable(rel or ".", True, err)
+                continue
             self._dirs[wd] = prefix
             for entry in entries:
                 if entry.is_symlink():

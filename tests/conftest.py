@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
 import boto3
 import pytest
 
-from runsync import locals3
+from runsync_testing import kubelet, locals3
 
 RUNSYNC = str(Path(sys.executable).with_name("runsync"))
 
@@ -96,3 +98,21 @@ def store(s3_env):
     from harness import Store
 
     return Store(s3_env)
+
+
+@pytest.fixture
+def pod_root():
+    """A dir for a LocalPod that every UID can enter (pytest's tmp_path is under a 0700 dir):
+    its containers run as their securityContext's UIDs. Removed after the test."""
+    root = Path(tempfile.mkdtemp(prefix="runsync-pod-"))
+    os.chmod(root, 0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def as_kubelet():
+    """Skip, saying why, where containers cannot run as a kubelet runs them (not root)."""
+    reason = kubelet.unavailable()
+    if reason:
+        pytest.skip(reason)

@@ -16,7 +16,8 @@ from pathlib import Path
 import boto3
 import yaml
 
-from runsync import config, contract, keys, locals3, manifest
+from runsync import contract, keys, manifest
+from runsync_testing import downward, kubelet, ports
 
 RUNSYNC = str(Path(sys.executable).with_name("runsync"))
 
@@ -26,13 +27,15 @@ class Sidecar:
 
     def __init__(self, run_dir: Path, s3_env: dict[str, str], annotations: dict[str, str], workdir: Path,
                  run: str = "team-a/proj/run-1", replica: str = "0", grace: float = 20,
-                 settle: float = 0.5, extra_env: dict[str, str] | None = None):
+                 settle: float = 0.5, extra_env: dict[str, str] | None = None, user: int | None = None):
         self.run_dir = run_dir
+        self.user = user
+        """Run as this UID and GID (as the operator's securityContext says; needs root)."""
         self.run = run
         self.replica = replica
         self.annotations_path = workdir / f"annotations-{replica}"
         self.set_annotations(annotations)
-        api_port, metrics_port = locals3.free_ports(2)
+        api_port, metrics_port = ports.free_ports(2)
         self.api = f"127.0.0.1:{api_port}"
         self.metrics_addr = f"127.0.0.1:{metrics_port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNSYNC_"))}
@@ -50,13 +53,15 @@ class Sidecar:
     def set_annotations(self, annotations: dict[str, str]) -> None:
         # The kubelet swaps the file atomically; so do we.
         tmp = self.annotations_path.with_suffix(".tmp")
-        tmp.write_text(config.format_annotations_file(annotations))
+        tmp.write_text(downward.format_annotations_file(annotations))
         os.replace(tmp, self.annotations_path)
 
     def start(self, wait: bool = True) -> "Sidecar":
+        argv = [RUNSYNC, "sidecar", "--settle-seconds", str(self.settle), "--rescan-seconds", "5"]
+        if self.user is not None:
+            argv = kubelet.command(kubelet.Identity(self.user, self.user, (), False), argv, [])
         self.proc = subprocess.Popen(
-            [RUNSYNC, "sidecar", "--settle-seconds", str(self.settle), "--rescan-seconds", "5"],
-            env=self.env, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            argv, env={**self.env, "HOME": "/"} if self.user is not None else self.env, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if wait:
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
@@ -212,7 +217,7 @@ def tree(root: Path) -> dict[str, bytes]:
 def restore_init(s3_env, run_dir: Path, annotations: dict[str, str], workdir: Path, run: str = "team-a/proj/run-1",
                  holder: str = "pod-b", replica: str = "0", grace: float = 5, timeout: float = 120):
     ann = workdir / f"annotations-init-{holder}-{replica}"
-    ann.write_text(config.format_annotations_file(annotations))
+    ann.write_text(downward.format_annotations_file(annotations))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNSYNC_"))}
     env.update(s3_env)
     env.update({contract.ENV_DIR: str(run_dir), contract.ENV_RUN_PATH: run, contract.ENV_REPLICA: replica,

@@ -7,6 +7,7 @@ from runsync import config, contract
 from runsync.config import Policy, RestoreSpec, RunRef, SaveRule
 from runsync.errors import ConfigError
 from runsync.globs import Glob
+from runsync_testing import downward
 
 
 def rules(*items):
@@ -162,7 +163,7 @@ def test_reads_kubelet_file():
 
 def test_reads_file_from_disk(tmp_path):
     path = tmp_path / "annotations"
-    path.write_text(config.format_annotations_file({contract.SAVE: "a\nb:now", contract.PROJECT: "p"}))
+    path.write_text(downward.format_annotations_file({contract.SAVE: "a\nb:now", contract.PROJECT: "p"}))
     cfg = config.parse(config.read_annotations_file(path))
     assert cfg.project == "p" and [r.policy for r in cfg.save] == [Policy.LIVE, Policy.NOW]
 
@@ -178,7 +179,7 @@ def test_bad_file_lines(line):
 @given(st.dictionaries(st.text(st.characters(blacklist_characters="=\n\r"), min_size=1),
                        st.text(st.characters(blacklist_categories=("Cs",)))))
 def test_file_round_trip(annotations):
-    text = config.format_annotations_file(annotations)
+    text = downward.format_annotations_file(annotations)
     assert config.parse_annotations_file(text) == annotations
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 
-from runsync import localkube
-from runsync.localkube import LocalPod, Operator, store
-from runsync import config, contract, locals3
+from runsync import config, contract
+from runsync_testing import localkube, ports
+from runsync_testing.localkube import Operator, store
+from runsync_testing.localpod import LocalPod
 from runsync_operator import stores as store_handlers
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
@@ -26,7 +27,7 @@ TRAINER = str(Path(__file__).parent.parent / "examples" / "toy_trainer.py")
 @pytest.fixture(scope="module")
 def operator(tmp_path_factory, s3_server):
     work = tmp_path_factory.mktemp("operator")
-    api, metrics = locals3.free_ports(2)
+    api, metrics = ports.free_ports(2)
     op = Operator(work, [store(NS, "default", "runsync-e2e", s3_server.endpoint),
                          store(NS, "other", "runsync-other", None, secret=None)],
                   values={"RUNSYNC_OPERATOR_API_PORT": str(api), "RUNSYNC_OPERATOR_METRICS_PORT": str(metrics)})
@@ -37,7 +38,9 @@ def operator(tmp_path_factory, s3_server):
 
 def pod(name="trainer-x7k2p", annotations=None, labels=None, owners=None, containers=None, volumes=None,
         grace=None, init=None):
-    spec = {"containers": containers or [{"name": "trainer", "image": "python:3.11", "command": ["python", "train.py"]}],
+    # The trainer is not root, as in most clusters: UID 1000 (LocalPod runs it as that user).
+    spec = {"containers": containers or [{"name": "trainer", "image": "python:3.11", "command": ["python", "train.py"],
+                                          "securityContext": {"runAsUser": 1000, "runAsGroup": 1000}}],
             "restartPolicy": "Never"}
     if volumes:
         spec["volumes"] = volumes
@@ -306,7 +309,7 @@ def test_metrics_count_admissions_and_denials(operator):
 
 # ------------------------------------------------------------- run what the pod spec says
 
-def test_the_patched_pod_runs_and_its_replacement_resumes(operator, s3_server, s3_client, tmp_path):
+def test_the_patched_pod_runs_and_its_replacement_resumes(operator, s3_server, s3_client, tmp_path, pod_root):
     """Run what the patched spec says (LocalPod): a change in the sidecar's CLI, env or paths
     that the operator does not follow fails here."""
     if "runsync-e2e" not in [b["Name"] for b in s3_client.list_buckets()["Buckets"]]:
@@ -317,7 +320,7 @@ def test_the_patched_pod_runs_and_its_replacement_resumes(operator, s3_server, s
     outputs = []
     for attempt, name in enumerate(["e2e-pod-aaaaa", "e2e-pod-bbbbb"]):
         patched, _ = operator.patched(pod(name=name, owners=job, grace=60))
-        local = LocalPod(patched, tmp_path / name, secrets)
+        local = LocalPod(patched, pod_root / name, secrets)
         restore = local.container("runsync-restore")
         init = subprocess.run(local.argv(restore), env=local.env(restore), capture_output=True, text=True,
                               timeout=120)
@@ -329,9 +332,10 @@ def test_the_patched_pod_runs_and_its_replacement_resumes(operator, s3_server, s
             app = local.container("trainer")
             app_env = local.env(app)
             assert Path(app_env[contract.ENV_DIR]) == Path(local.paths["runsync-run"])
-            trainer = subprocess.run([sys.executable, TRAINER, "--steps", str(5 * (attempt + 1)), "--sleep", "0.05",
-                                      "--size", "20000", "--flush-log", str(tmp_path / f"{name}.flushed")],
-                                     env=app_env, capture_output=True, text=True, timeout=120)
+            trainer = subprocess.run(local.command(app, [
+                sys.executable, TRAINER, "--steps", str(5 * (attempt + 1)), "--sleep", "0.05", "--size", "20000",
+                "--flush-log", str(Path(local.paths["runsync-run"]) / ".flushed")]),
+                env=app_env, capture_output=True, text=True, timeout=120)
             assert trainer.returncode == 0, trainer.stderr
             outputs.append(trainer.stdout)
             # The app container exited: the kubelet runs the sidecar's preStop, then SIGTERM.
@@ -378,7 +382,7 @@ def test_the_operator_is_ready_only_once_its_store_index_is_filled(tmp_path, mon
 
     stubs = []
     monkeypatch.setattr(localkube, "ApiStub", lambda *a, **k: stubs.append(_SlowStoreList(*a, **k)) or stubs[-1])
-    metrics = locals3.free_ports(1)[0]
+    metrics = ports.free_ports(1)[0]
     readyz = f"http://127.0.0.1:{metrics}/readyz"
     seen: list[tuple[int, str]] = []
 

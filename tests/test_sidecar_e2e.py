@@ -266,7 +266,7 @@ def test_kill_9_then_restart_uploads_everything_without_resending(sidecars, stor
 
 def test_s3_outage_of_30_seconds_then_everything_lands(tmp_path):
     from harness import Sidecar, Store
-    from runsync import locals3
+    from runsync_testing import locals3
 
     server = locals3.start(workdir=tmp_path / "s3")
     try:

@@ -21,7 +21,8 @@ from conftest import FULL, run_trials
 from faults import FaultProxy
 
 from harness import RUNSYNC, Sidecar, Store, sha, tree, wait_for
-from runsync import contract, locals3
+from runsync import contract
+from runsync_testing import locals3
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
 TRAINER = str(Path(__file__).resolve().parents[2] / "examples" / "toy_trainer.py")

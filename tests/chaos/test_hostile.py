@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from harness import listing, put_manifest, sha
-from runsync import contract, localkube
+from runsync import contract
+from runsync_testing import localkube
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
 RUN = "team-a/proj/run-1"

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from harness import render_chart, wait_for
-from runsync import contract, localkube
+from runsync import contract
+from runsync_testing import localkube, localpod
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -170,7 +171,7 @@ def _get(url: str) -> dict:
         return {}
 
 
-def test_no_credential_appears_in_anything_a_run_emits(operator, s3_server, s3_client, tmp_path, tally):
+def test_no_credential_appears_in_anything_a_run_emits(operator, s3_server, s3_client, tmp_path, pod_root, tally):
     keys = s3_server.credentials
     if "tenants" not in [b["Name"] for b in s3_client.list_buckets()["Buckets"]]:
         s3_client.create_bucket(Bucket="tenants")
@@ -179,7 +180,7 @@ def test_no_credential_appears_in_anything_a_run_emits(operator, s3_server, s3_c
     patched, response = operator.patched(pod(name="leak-pod-aaaaa", job="leak"))
     emitted["admission response"] = json.dumps(response)
     emitted["patched pod"] = json.dumps(patched)
-    local = localkube.LocalPod(patched, tmp_path / "pod", good)
+    local = localpod.LocalPod(patched, pod_root / "pod", good)
     init_c, side_c = local.container("runsync-restore"), local.container("runsync-sidecar")
     init = subprocess.run(local.argv(init_c), env=local.env(init_c), capture_output=True, text=True, timeout=120)
     assert init.returncode == 0, init.stderr
@@ -189,10 +190,11 @@ def test_no_credential_appears_in_anything_a_run_emits(operator, s3_server, s3_c
     try:
         api = local.env(side_c)[contract.ENV_API]
         wait_for(lambda: _get(f"http://{api}/v1/status").get("loaded"), timeout=30, what="the sidecar to start")
-        app_env = local.env(local.container("trainer"))
-        trainer = subprocess.run([sys.executable, TRAINER, "--steps", "3", "--sleep", "0.05", "--size", "10000",
-                                  "--flush-log", str(tmp_path / "flushed")], env=app_env, capture_output=True, text=True,
-                                 timeout=120)
+        app = local.container("trainer")
+        trainer = subprocess.run(local.command(app, [sys.executable, TRAINER, "--steps", "3", "--sleep", "0.05",
+                                                     "--size", "10000", "--flush-log",
+                                                     local.paths["runsync-run"] + "/.flushed"]),
+                                 env=local.env(app), capture_output=True, text=True, timeout=120)
         assert trainer.returncode == 0, trainer.stderr
         metrics_addr = local.env(side_c)[contract.ENV_METRICS]
         emitted["sidecar metrics"] = urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=5).read().decode()
@@ -206,7 +208,7 @@ def test_no_credential_appears_in_anything_a_run_emits(operator, s3_server, s3_c
             side.kill()
     emitted["sidecar log"] = log.read_text()
     # wrong credentials: the errors users will paste into tickets
-    bad = localkube.LocalPod(patched, tmp_path / "bad", {"s3-keys": {"AWS_ACCESS_KEY_ID": keys.access_key,
+    bad = localpod.LocalPod(patched, pod_root / "bad", {"s3-keys": {"AWS_ACCESS_KEY_ID": keys.access_key,
                                                                      "AWS_SECRET_ACCESS_KEY": WRONG_SECRET}})
     wrong = subprocess.run(bad.argv(init_c), env=bad.env(init_c), capture_output=True, text=True, timeout=120)
     assert wrong.returncode != 0 and "secret key" in wrong.stderr, wrong.stderr

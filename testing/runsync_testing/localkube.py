@@ -1,4 +1,4 @@
-"""The real operator and an injected pod on one machine, without a cluster (demo and tests).
+"""The real operator on one machine, without a cluster (demo and tests).
 
 - `ApiStub`: a tiny aiohttp server on loopback that answers API discovery and list/watch/patch
   of given Store objects: a patch (kopf's finalizer, the Ready status) is applied and sent to
@@ -6,9 +6,8 @@
   and dropped. Every request is recorded (what RBAC must allow). No kube-apiserver can run here.
 - `Operator`: `runsync operator` (that is, `kopf run`) as a process, serving real HTTPS
   AdmissionReviews with a trustme certificate.
-- `LocalPod`: what a patched pod spec says, run as local processes: a container's exact
-  command, args and env, its volumes mapped to temp dirs, the downward-API annotations file
-  written the way the kubelet writes it, secretKeyRef and fieldRef resolved.
+
+The pod itself runs in `localpod`.
 """
 
 from __future__ import annotations
@@ -29,9 +28,8 @@ from pathlib import Path
 import jsonpatch
 import trustme
 from aiohttp import web
-from kubernetes.utils import parse_quantity
 
-from . import config, locals3
+from . import ports
 
 RUNSYNC = str(Path(sys.executable).with_name("runsync"))
 GROUP_VERSION = "runsync.dev/v1alpha1"
@@ -45,7 +43,7 @@ class ApiStub:
         self.version = 1
         for s in stores:
             s["metadata"].setdefault("resourceVersion", "1")
-        self.port = locals3.free_ports(1)[0]
+        self.port = ports.free_ports(1)[0]
         self.loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
         self._watches: set[asyncio.Queue] = set()
@@ -220,7 +218,7 @@ class Operator:
         ca.cert_pem.write_to_path(str(self.ca_path))
         cert.private_key_pem.write_to_path(str(workdir / "tls.key"))
         cert.cert_chain_pems[0].write_to_path(str(workdir / "tls.crt"))
-        self.port, metrics_port = locals3.free_ports(2)
+        self.port, metrics_port = ports.free_ports(2)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNSYNC_", "KUBE"))}
         env.update({
             "KUBECONFIG": str(self.stub.kubeconfig(workdir / "kubeconfig")),
@@ -295,66 +293,3 @@ class Operator:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.stub.stop()
-
-
-class LocalPod:
-    """Run a patched pod's containers as local processes (see the module docstring)."""
-
-    def __init__(self, patched: dict, root: Path, secrets: dict[str, dict[str, str]]):
-        self.pod = patched
-        self.root = root
-        self.paths: dict[str, str] = {}
-        for v in patched["spec"]["volumes"]:
-            local = root / "volumes" / v["name"]
-            local.mkdir(parents=True, exist_ok=True)
-            if "downwardAPI" in v:
-                for item in v["downwardAPI"]["items"]:
-                    if item["fieldRef"]["fieldPath"] != "metadata.annotations":
-                        raise ValueError(f"unsupported downward-API item {item}")
-                    text = config.format_annotations_file(patched["metadata"].get("annotations") or {})
-                    (local / item["path"]).write_text(text)
-            self.paths[v["name"]] = str(local)
-        self.secrets = secrets
-
-    def container(self, name: str) -> dict:
-        spec = self.pod["spec"]
-        return next(c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == name)
-
-    def env(self, container: dict, base: dict[str, str] | None = None) -> dict[str, str]:
-        mounts = {m["mountPath"]: self.paths[m["name"]] for m in container.get("volumeMounts", [])}
-
-        def local(value: str) -> str:  # a path inside a mount → the temp dir behind it
-            for mount, path in sorted(mounts.items(), key=lambda kv: -len(kv[0])):
-                if value == mount or value.startswith(mount + "/"):
-                    return path + value[len(mount):]
-            return value
-
-        env = dict(base if base is not None else
-                   {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNSYNC_"))})
-        for e in container.get("env", []):
-            if "value" in e:
-                env[e["name"]] = local(e["value"])
-            elif "secretKeyRef" in e["valueFrom"]:
-                ref = e["valueFrom"]["secretKeyRef"]
-                env[e["name"]] = self.secrets[ref["name"]][ref["key"]]
-            elif e["valueFrom"].get("fieldRef", {}).get("fieldPath") == "metadata.name":
-                env[e["name"]] = self.pod["metadata"]["name"]
-            elif e["valueFrom"].get("resourceFieldRef", {}).get("resource") == "limits.memory":
-                # as the kubelet: the limit in bytes, else the node's allocatable memory
-                limit = ((container.get("resources") or {}).get("limits") or {}).get("memory")
-                env[e["name"]] = str(int(parse_quantity(limit)) if limit is not None
-                                     else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-            else:
-                raise ValueError(f"unsupported env source {e}")
-        return env
-
-    def argv(self, container: dict) -> list[str]:
-        """The container's command and args; `runsync` is this environment's runsync."""
-        command = container.get("command") or ["runsync"]
-        if command[0] != "runsync":
-            raise ValueError(f"container {container['name']} runs {command[0]!r}, not runsync")
-        return [RUNSYNC, *command[1:], *container.get("args", [])]
-
-    def pre_stop(self, container: dict) -> list[str]:
-        command = container["lifecycle"]["preStop"]["exec"]["command"]
-        return [RUNSYNC, *command[1:]]

