@@ -755,7 +755,8 @@ class Engine:
                                      replace=bool(p.get("replace")))
             found = report.written + report.up_to_date + report.kept_newer
             r.reply.set_result({"run": str(run), "files": found,
-                                "paths": [os.path.join(self.root, n) for n in found]})
+                                "paths": [os.path.join(self.root, n) for n in found],
+                                "looked_back": restorer.describe_looked_back(report)})
         except Exception as err:  # noqa: BLE001 - the caller gets the message
             r.reply.set_exception(err)
 

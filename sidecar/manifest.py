@@ -17,7 +17,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from botocore.exceptions import ClientError
 
@@ -111,7 +111,16 @@ def latest(client, layout: keys.Layout) -> Manifest | None:
     Valid: written by the lease epoch that owned its number (lease.py), so a writer that was
     fenced off and kept committing is never read.
     """
-    from . import lease  # lease imports keys only; kept local to show the one dependency
+    return next(history(client, layout), None)
+
+
+def history(client, layout: keys.Layout) -> Iterator[Manifest]:
+    """The replica's valid manifests, newest first (read one at a time, as the caller walks).
+
+    `restore(name)` walks back through them: a file the trainer deleted, and whose deletion was
+    committed, is still in the manifests before that one (W&B restores whatever was saved).
+    """
+    from . import lease
 
     current, _ = lease.read(client, layout)
     for seq in sorted(seqs(client, layout), reverse=True):
@@ -119,8 +128,7 @@ def latest(client, layout: keys.Layout) -> Manifest | None:
         body = client.get_object(Bucket=layout.store.bucket, Key=key)["Body"].read()
         m = Manifest.from_json(body, layout, f"s3://{layout.store.bucket}/{key}")
         if current is None or m.epoch == current.owner_of(seq):
-            return m
-    return None
+            yield m
 
 
 def seqs(client, layout: keys.Layout) -> list[int]:

@@ -210,3 +210,19 @@ def for_restore(
             for n in names:
                 del merged[n]
     return RestorePlan(merged, groups, tuple(incomplete))
+
+
+def unmatched(manifests: dict[str, Manifest], patterns: tuple[globs.Glob, ...]) -> tuple[globs.Glob, ...]:
+    """The patterns that name no file of these manifests: `restore(name)` looks them up in
+    older manifests (the trainer deleted the file and the deletion was committed)."""
+    names = [n for m in manifests.values() for n in m.files]
+    return tuple(p for p in patterns if not any(p.matches(n) for n in names))
+
+
+def merge_restore(first: RestorePlan, more: RestorePlan) -> RestorePlan:
+    """`first` plus what `more` adds (names `first` has win): the latest manifest's files, and
+    older versions of names it no longer holds."""
+    files = {**more.files, **first.files}
+    groups = {**more.groups, **first.groups}
+    incomplete = tuple(sorted(set(first.incomplete) | (set(more.incomplete) - set(groups))))
+    return RestorePlan(files, groups, incomplete)

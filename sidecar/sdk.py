@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -238,6 +239,8 @@ def restore(name: str, run_path: str | None = None, replace: bool = False, root:
     result = backend.restore(name, run_path, replace)
     if not result.get("files"):
         raise RestoreNotFound(f"{name!r} is not among the committed files of {result.get('run', backend.run.path)}")
+    for line in result.get("looked_back", ()):  # say which manifest an older version came from
+        print(f"runsync: {line}", file=sys.stderr)
     local = run_dir / name
     if not local.is_file():
         local = Path(result["paths"][0])

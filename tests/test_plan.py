@@ -48,3 +48,22 @@ def test_two_files_with_one_stored_name_collide():
     p = plan.for_sync(rules, (), [f("a/x/m.pt"), f("b/x/m.pt")], None)
     assert [i.file.relpath for i in p.uploads] == ["a/x/m.pt"]
     assert [(a.file.relpath, b.file.relpath) for a, b in p.collisions] == [("a/x/m.pt", "b/x/m.pt")]
+
+
+MARKERS = (Glob(".metadata"),)
+
+
+def test_restore_looks_back_only_for_patterns_the_latest_lacks():
+    latest = {"0": manifest(entry("results/epoch-0.csv"), entry("ckpt/step-9/.metadata"), entry("ckpt/step-9/a.distcp"))}
+    patterns = (Glob("results/epoch-0.csv"), Glob("results/epoch-1.csv"), Glob("ckpt/step-3"))
+    assert [str(p) for p in plan.unmatched(latest, patterns)] == ["results/epoch-1.csv", "ckpt/step-3"]
+
+
+def test_an_older_manifest_adds_deleted_names_and_whole_dirs():
+    newest = plan.for_restore({"0": manifest(entry("results/epoch-0.csv"))}, MARKERS, (Glob("results/*"),))
+    older = plan.for_restore({"0": manifest(entry("ckpt/step-3/.metadata"), entry("ckpt/step-3/a.distcp"),
+                                            entry("results/epoch-0.csv", 9))}, MARKERS, (Glob("ckpt/step-3"),))
+    merged = plan.merge_restore(newest, older)
+    assert sorted(merged.files) == ["ckpt/step-3/.metadata", "ckpt/step-3/a.distcp", "results/epoch-0.csv"]
+    assert merged.files["results/epoch-0.csv"][1].size == 1     # the latest version wins
+    assert merged.groups == {"ckpt/step-3": ("ckpt/step-3/a.distcp", "ckpt/step-3/.metadata")}
