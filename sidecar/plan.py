@@ -37,6 +37,19 @@ class SyncPlan:
     reported and not uploaded."""
 
 
+def is_temp(temp_names: tuple[globs.Glob, ...], relpath: str) -> bool:
+    """True when the file's name, or a directory above it, is a temp name (`last.pt.tmp`,
+    `ckpt/.metadata.tmp`, `tmp-checkpoint-5/model.bin`)."""
+    return any(globs.matches_any(temp_names, part) for part in relpath.split("/"))
+
+
+def names_temp(rules: Iterable[config.SaveRule], temp_names: tuple[globs.Glob, ...], relpath: str) -> bool:
+    """True when a save rule names this temp file explicitly: it matches the file and one of its
+    pattern's segments is itself a temp name (`last.pt.tmp`, `*.tmp`, `**/*.part`), so that
+    `ckpt/**` or `**` never uploads a half-written file."""
+    return any(rule.glob.matches(relpath) and is_temp(temp_names, rule.glob.pattern) for rule in rules)
+
+
 def name_of(rules: Iterable[config.SaveRule], relpath: str) -> tuple[str, config.Policy]:
     """The stored name and policy of a file: the first matching rule, else its path at `end`."""
     for rule in rules:
@@ -50,6 +63,7 @@ def for_sync(
     ignore: tuple[globs.Glob, ...],
     files: Iterable[LocalFile],
     durable: Manifest | None,
+    temp_names: tuple[globs.Glob, ...] = config.RunConfig().temp_names,
 ) -> SyncPlan:
     uploads: list[Intent] = []
     unchanged: list[tuple[Intent, FileEntry]] = []
@@ -58,7 +72,8 @@ def for_sync(
     claimed: dict[str, Intent] = {}
     known = durable.files if durable else {}
     for f in files:
-        if globs.matches_any(ignore, f.relpath):
+        if globs.matches_any(ignore, f.relpath) or (
+                is_temp(temp_names, f.relpath) and not names_temp(rules, temp_names, f.relpath)):
             ignored.append(f)
             continue
         name, policy = name_of(rules, f.relpath)
@@ -119,6 +134,8 @@ def decide(
     `checkpoint-*`). Its files wait for the marker, so no manifest names it half-written.
     """
     if globs.matches_any(cfg.ignore, relpath):
+        return Decision(None, config.Policy.END)
+    if is_temp(cfg.temp_names, relpath) and not names_temp(cfg.save + extra_rules, cfg.temp_names, relpath):
         return Decision(None, config.Policy.END)
     name, policy = name_of(cfg.save + extra_rules, relpath)
     parent, _, base = relpath.rpartition("/")

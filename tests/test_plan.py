@@ -67,3 +67,40 @@ def test_an_older_manifest_adds_deleted_names_and_whole_dirs():
     assert sorted(merged.files) == ["ckpt/step-3/.metadata", "ckpt/step-3/a.distcp", "results/epoch-0.csv"]
     assert merged.files["results/epoch-0.csv"][1].size == 1     # the latest version wins
     assert merged.groups == {"ckpt/step-3": ("ckpt/step-3/a.distcp", "ckpt/step-3/.metadata")}
+
+
+# A writer killed mid-write leaves a temp file that looks finished: uploaded only when a save
+# entry names it explicitly.
+TEMPS = [
+    # save annotation, file, uploaded as
+    ("", "last.pt.tmp", None),
+    ("", "last.pt", "last.pt"),
+    ("", "ckpt/step-3/.metadata.tmp", None),                 # PyTorch DCP
+    ("", "ckpt/step-3/__1.metadata.tmp", None),
+    ("", "out/model.ckpt.part", None),                       # Lightning 1.x
+    ("", "tmp-checkpoint-5/model.safetensors", None),       # Hugging Face Trainer 4.35
+    ("", "weights.bin.incomplete", None),                    # huggingface_hub
+    ("", "data.tmp.a1b2c3", None), ("", "x.partial", None), ("", ".notes.txt.swp", None), ("", "cfg.yaml~", None),
+    ("**", "last.pt.tmp", None),                             # a catch-all does not name it
+    ("ckpt/**", "ckpt/step-3/.metadata.tmp", None),
+    ("last.pt.tmp", "last.pt.tmp", "last.pt.tmp"),           # named literally
+    ("*.tmp:live", "last.pt.tmp", "last.pt.tmp"),
+    ("**/*.part", "out/model.ckpt.part", "out/model.ckpt.part"),
+    ("tmp-checkpoint-*", "tmp-checkpoint-5/model.safetensors", "tmp-checkpoint-5/model.safetensors"),
+]
+
+
+def test_temp_names_are_skipped_unless_a_save_entry_names_them():
+    for save, relpath, expected in TEMPS:
+        cfg = config.parse({"runsync.dev/save": save} if save else {})
+        assert plan.decide(cfg, (), relpath, set()).name == expected, (save, relpath)
+        p = plan.for_sync(cfg.save, (), [f(relpath)], None)
+        assert [i.name for i in p.uploads] == ([expected] if expected else []), (save, relpath)
+
+
+def test_temp_names_none_turns_the_rule_off():
+    cfg = config.parse({"runsync.dev/temp-names": "none"})
+    assert plan.decide(cfg, (), "last.pt.tmp", set()).name == "last.pt.tmp"
+    own = config.parse({"runsync.dev/temp-names": "*.writing"})
+    assert plan.decide(own, (), "a.writing", set()).name is None
+    assert plan.decide(own, (), "a.tmp", set()).name == "a.tmp"

@@ -1,0 +1,59 @@
+"""Checkpoints as real trainers write them, through the real sidecar and restore-init: a writer
+killed mid-write, a rotation cut short, a checkpoint dir left without its marker."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from harness import restore_init, tree, wait_for
+from runsync import contract
+
+pytestmark = [pytest.mark.s3, pytest.mark.slow]
+
+# torch.save to a temp name, as trainers do before os.replace: 1 MiB at a time, never finished.
+ENDLESS_WRITE = textwrap.dedent('''
+    import os, sys
+    with open(sys.argv[1], "wb") as f:
+        while True:
+            f.write(os.urandom(1 << 20))
+            f.flush()
+''')
+
+
+def test_sigterm_inside_a_big_write_to_a_temp_name_never_comes_back(sidecars, store, tmp_path, s3_env):
+    sc = sidecars({contract.SAVE: "ckpt/**:live"}).start()
+    ckpt = sc.run_dir / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "last.pt").write_bytes(b"step 3, complete")
+    tmp = ckpt / "last.pt.tmp"
+    writer = subprocess.Popen([sys.executable, "-c", ENDLESS_WRITE, str(tmp)])
+    try:
+        wait_for(lambda: tmp.exists() and tmp.stat().st_size >= 4 << 20, timeout=60, what="the write to be under way")
+    finally:
+        writer.send_signal(signal.SIGTERM)  # the kernel closes the file: it looks finished
+        writer.wait()
+    assert writer.returncode == -signal.SIGTERM
+    sc.flush()
+    code, _ = sc.terminate()  # the final flush uploads everything that is complete
+    assert code == 0
+    assert sorted(store.files()) == ["ckpt/last.pt"]
+
+    fresh = tmp_path / "replacement"
+    result = restore_init(s3_env, fresh, {contract.SAVE: "ckpt/**:live"}, tmp_path)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert sorted(tree(fresh)) == ["ckpt/last.pt"]
+
+
+def test_a_save_entry_naming_a_temp_file_uploads_it(sidecars, store):
+    sc = sidecars({contract.SAVE: "ckpt/**:live, notes.txt.tmp:live"}).start()
+    (sc.run_dir / "ckpt").mkdir()
+    (sc.run_dir / "ckpt/a.pt.tmp").write_bytes(b"half")
+    (sc.run_dir / "notes.txt.tmp").write_text("named literally")
+    sc.flush()
+    assert sc.terminate()[0] == 0
+    assert sorted(store.files()) == ["notes.txt.tmp"]
