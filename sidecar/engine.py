@@ -616,7 +616,8 @@ class Engine:
         try:
             self.held = lease.renew(self.s3, self.layout, self.held)
             m = manifest.commit_next(self.s3, self.layout, durable, names.values(), final=final,
-                                     writer=self.writer, epoch=self.held.lease.epoch, removed=removed)
+                                     writer=self.writer, epoch=self.held.lease.epoch, removed=removed,
+                                     markers=self.cfg.complete_markers)
         except lease.LeaseLost:
             self.fenced = True
             raise

@@ -204,6 +204,7 @@ def for_restore(
     for replica in sorted(manifests, key=lambda r: (r != own, r)):  # own replica wins a clash
         for name, entry in manifests[replica].files.items():
             merged.setdefault(name, (replica, entry))
+    torn = not_as_committed(manifests)
     if patterns:
         merged = {n: v for n, v in merged.items() if globs.matches_any(patterns, n)}
     marked = marked_dirs(merged, markers)
@@ -218,7 +219,7 @@ def for_restore(
     groups, incomplete = {}, []
     for d, names in sorted(by_dir.items()):
         present = {merged[n][0] for n in names}
-        if d in marked and participants[_shape(d)] <= present:
+        if d in marked and participants[_shape(d)] <= present and d not in torn:
             markers_last = sorted(names, key=lambda n: (n.rpartition("/")[0] == d and
                                                         globs.matches_any(markers, n.rpartition("/")[2]), n))
             groups[d] = tuple(markers_last)
@@ -243,3 +244,15 @@ def merge_restore(first: RestorePlan, more: RestorePlan) -> RestorePlan:
     groups = {**more.groups, **first.groups}
     incomplete = tuple(sorted(set(first.incomplete) | (set(more.incomplete) - set(groups))))
     return RestorePlan(files, groups, incomplete)
+
+
+def not_as_committed(manifests: dict[str, Manifest]) -> set[str]:
+    """Checkpoint dirs whose files in a manifest differ from the set committed with their marker
+    (`Manifest.checkpoints`): restoring them would place a torn checkpoint."""
+    torn = set()
+    for m in manifests.values():
+        for d, recorded in m.checkpoints.items():
+            held = {n for n in m.files if n.startswith(d + "/")}
+            if held != set(recorded):
+                torn.add(d)
+    return torn

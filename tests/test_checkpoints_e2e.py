@@ -3,6 +3,7 @@ killed mid-write, a rotation cut short, a checkpoint dir left without its marker
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -57,3 +58,41 @@ def test_a_save_entry_naming_a_temp_file_uploads_it(sidecars, store):
     sc.flush()
     assert sc.terminate()[0] == 0
     assert sorted(store.files()) == ["notes.txt.tmp"]
+
+
+def write_dcp_step(run_dir, step: int) -> None:
+    """What torch.distributed.checkpoint.save leaves: shards, then `.metadata` renamed into place."""
+    d = run_dir / f"ckpt/step-{step}"
+    d.mkdir(parents=True)
+    for rank in (0, 1):
+        (d / f"__{rank}_0.distcp").write_bytes(f"step {step} rank {rank} ".encode() * 1000)
+    (d / ".metadata.tmp").write_bytes(f"metadata of step {step}".encode())
+    os.replace(d / ".metadata.tmp", d / ".metadata")
+
+
+STEP8 = ["ckpt/step-8/.metadata", "ckpt/step-8/__0_0.distcp", "ckpt/step-8/__1_0.distcp"]
+
+
+@pytest.mark.parametrize("cut_short_after", ["ckpt/step-8/__0_0.distcp", "ckpt/step-8/.metadata"])
+def test_a_rotation_cut_short_never_commits_a_torn_checkpoint(sidecars, store, tmp_path, s3_env, cut_short_after):
+    """shutil.rmtree of an old step dir, killed after its first unlink: the dir stays in the
+    manifest as committed (its marker is still there) or leaves it whole (the marker went)."""
+    sc = sidecars({contract.SAVE: "ckpt/**:live"}).start()
+    write_dcp_step(sc.run_dir, 8)
+    write_dcp_step(sc.run_dir, 9)
+    sc.flush()
+    assert set(STEP8) <= set(store.files())
+    (sc.run_dir / cut_short_after).unlink()
+    (sc.run_dir / "ckpt/last.pt").write_bytes(b"step 9")  # after the unlink: its commit carries the deletion
+    sc.flush()
+    wait_for(lambda: "ckpt/last.pt" in store.files(), timeout=60, what="the commit after the unlink")
+    assert sc.terminate()[0] == 0
+    step8 = sorted(n for n in store.files() if n.startswith("ckpt/step-8/"))
+    assert step8 == (STEP8 if cut_short_after.endswith(".distcp") else []), step8
+
+    fresh = tmp_path / "replacement"
+    result = restore_init(s3_env, fresh, {contract.SAVE: "ckpt/**:live"}, tmp_path)
+    assert result.returncode == 0, result.stderr + result.stdout
+    restored = sorted(n for n in tree(fresh) if n.startswith("ckpt/step-8/"))
+    assert restored == step8
+    assert (fresh / "ckpt/step-9/.metadata").read_bytes() == b"metadata of step 9"
