@@ -207,3 +207,31 @@ def test_restore_of_a_file_the_trainer_deleted(sidecars, store, tmp_path, cli):
     assert f"from manifest {kept}" in result.stderr, result.stderr
 
     assert sc.terminate()[0] == 0
+
+
+def test_finish_right_after_init_commits_what_was_written(tmp_path, s3_env):
+    """Embedded: init, one file, finish at once. finish waits for the store to be read, uploads,
+    commits the final manifest; it raises when it cannot (here: a bucket that does not exist)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSYNC_")}
+    env.update(s3_env)
+    script = textwrap.dedent('''
+        import sys, runsync
+        run = runsync.init(dir=sys.argv[1], run="team-a/proj/quick", store=sys.argv[2], code=False)
+        with open(run.dir + "/result.json", "w") as f:
+            f.write("{}")
+        runsync.finish()
+        print("finished")
+    ''')
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "quick"), s3_env["RUNSYNC_STORE"]],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "finished"
+    final = Store(s3_env, run="team-a/proj/quick").latest()
+    assert final is not None and final.final, result.stderr
+    assert sorted(final.files) == ["result.json"]
+
+    missing = "s3://no-such-bucket-" + os.urandom(4).hex() + "/runs"
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "nowhere"), missing],
+                            env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode != 0 and "finished" not in result.stdout
+    assert "no-such-bucket" in result.stderr, result.stderr
