@@ -20,6 +20,9 @@ class Metrics:
         self.unsynced = Counter("runsync_unsynced_files",
                                 "Files still owed when the final flush ran out of time (each is logged).",
                                 registry=r)
+        self.incomplete_checkpoints = Counter(
+            "runsync_incomplete_checkpoints", "Checkpoint dirs uploaded at the end without their marker "
+            "(each is logged by name; restore skips them unless asked for them by name).", registry=r)
         self.queue_files = Gauge("runsync_queue_files", "Files waiting for or in upload.", registry=r)
         self.queue_bytes = Gauge("runsync_queue_bytes", "Bytes waiting for or in upload.", registry=r)
         self.latency = Histogram("runsync_close_to_durable_seconds",

@@ -154,6 +154,19 @@ def expects_marker(ckpt_dir: str, known: set[str]) -> bool:
     return ckpt_dir in known or _shape(ckpt_dir) in {_shape(d) for d in known}
 
 
+def incomplete_at_end(ckpt_dir: str, known: set[str]) -> bool:
+    """At the end of the run, does a checkpoint dir that has no marker go up as it is (as
+    incomplete)? Yes unless a marker was ever seen in it: that dir is one a rotation is
+    deleting, and its leftovers must not come back (manifest.settle)."""
+    return ckpt_dir not in known
+
+
+def asked_by_name(ckpt_dir: str, patterns: tuple[globs.Glob, ...]) -> bool:
+    """A restore glob that names this dir itself (`checkpoint-5`, `checkpoint-5/**`) takes it
+    even incomplete; `**` or `checkpoint-*` do not."""
+    return any(p.pattern == ckpt_dir or p.pattern.startswith(ckpt_dir + "/") for p in patterns)
+
+
 def _checkpoint_dir(relpath: str, known: set[str]) -> str | None:
     parts = relpath.split("/")[:-1]
     shapes = {_shape(d) for d in known}
@@ -223,6 +236,8 @@ def for_restore(
             markers_last = sorted(names, key=lambda n: (n.rpartition("/")[0] == d and
                                                         globs.matches_any(markers, n.rpartition("/")[2]), n))
             groups[d] = tuple(markers_last)
+        elif d not in torn and asked_by_name(d, patterns):
+            incomplete.append(d)  # restored as asked, still named as incomplete
         else:
             incomplete.append(d)
             for n in names:

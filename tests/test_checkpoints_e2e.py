@@ -96,3 +96,27 @@ def test_a_rotation_cut_short_never_commits_a_torn_checkpoint(sidecars, store, t
     restored = sorted(n for n in tree(fresh) if n.startswith("ckpt/step-8/"))
     assert restored == step8
     assert (fresh / "ckpt/step-9/.metadata").read_bytes() == b"metadata of step 9"
+
+
+def test_a_marker_less_checkpoint_dir_goes_at_the_end_as_incomplete(sidecars, store, tmp_path, s3_env, cli):
+    """Hugging Face's `checkpoint-5/` without its `trainer_state.json` when the run ends: uploaded
+    at the end, logged by name; restore skips it unless asked for it by name."""
+    sc = sidecars({contract.SAVE: "**:live"}).start()
+    d = sc.run_dir / "checkpoint-5"
+    d.mkdir()
+    (d / "model.safetensors").write_bytes(b"weights" * 1000)
+    (d / "optimizer.pt").write_bytes(b"adam" * 1000)
+    (sc.run_dir / "log.txt").write_text("step 5")
+    sc.flush()
+    assert sc.terminate()[0] == 0
+    assert {"checkpoint-5/model.safetensors", "checkpoint-5/optimizer.pt"} <= set(store.files())
+    said = [r for r in sc.log_records() if r.get("dir") == "checkpoint-5"]
+    assert said and "incomplete" in said[0]["msg"], sc.logs()[-3000:]
+
+    fresh = tmp_path / "replacement"
+    result = restore_init(s3_env, fresh, {contract.SAVE: "**:live"}, tmp_path)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert sorted(tree(fresh)) == ["log.txt"]
+    by_name = cli("restore", sc.run, "checkpoint-5", "--to", str(tmp_path / "asked"))
+    assert by_name.returncode == 0, by_name.stderr
+    assert sorted(tree(tmp_path / "asked")) == ["checkpoint-5/model.safetensors", "checkpoint-5/optimizer.pt"]

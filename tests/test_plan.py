@@ -104,3 +104,19 @@ def test_temp_names_none_turns_the_rule_off():
     own = config.parse({"runsync.dev/temp-names": "*.writing"})
     assert plan.decide(own, (), "a.writing", set()).name is None
     assert plan.decide(own, (), "a.tmp", set()).name == "a.tmp"
+
+
+def test_a_marker_less_dir_goes_at_the_end_only_if_it_never_had_a_marker():
+    assert plan.incomplete_at_end("checkpoint-5", set())
+    assert not plan.incomplete_at_end("ckpt/step-8", {"ckpt/step-8"})   # a rotation is deleting it
+
+
+def test_restore_takes_an_incomplete_dir_only_when_asked_for_it_by_name():
+    m = {"0": manifest(entry("checkpoint-5/model.safetensors"), entry("log.txt"))}
+    assert sorted(plan.for_restore(m, MARKERS).files) == ["log.txt"]
+    for pattern, expected in [("checkpoint-5", ["checkpoint-5/model.safetensors"]),
+                              ("checkpoint-5/**", ["checkpoint-5/model.safetensors"]),
+                              ("checkpoint-*", []), ("**", ["log.txt"])]:
+        p = plan.for_restore(m, MARKERS, (Glob(pattern),))
+        assert sorted(p.files) == expected, pattern
+        assert "checkpoint-5" in p.incomplete or pattern == "checkpoint-*"
