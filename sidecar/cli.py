@@ -213,13 +213,16 @@ def restore_cmd(
     if as_json:
         out.print_json(json.dumps({
             "written": report.written, "bytes": report.bytes, "up_to_date": report.up_to_date,
-            "kept_newer": report.kept_newer, "incomplete": list(report.incomplete), "manifests": report.manifests}))
+            "kept_newer": report.kept_newer, "incomplete": list(report.incomplete), "manifests": report.manifests,
+            "looked_back": report.looked_back}))
         return
     if report.empty:
         err.print(f"runsync: {run} has no committed files in {_State.store}", markup=False, highlight=False)
         raise typer.Exit(1)
     out.print(f"restored {_files(len(report.written))} ({_size(report.bytes)}) into {to}; "
               f"{len(report.up_to_date)} up to date, {len(report.kept_newer)} newer locally (kept)")
+    for line in restorer.describe_looked_back(report):
+        out.print(line, markup=False, highlight=False)
     for d in report.incomplete:
         out.print(f"skipped incomplete checkpoint {d}/ (no marker yet, or a replica's part missing)")
 

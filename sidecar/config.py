@@ -39,6 +39,15 @@ _POLICY_WORDS = "live, now or end"
 # Hugging Face Trainer (`trainer_state.json`), Orbax (`commit_success.txt`).
 DEFAULT_COMPLETE_MARKERS = (".metadata", "trainer_state.json", "commit_success.txt")
 
+# Names a writer gives a file (or a directory) until it is complete; a writer killed mid-write
+# leaves one behind, closed as if finished. Generic: `*.tmp`, `*.tmp.*` (tempfile-style
+# suffixes), `*.part`, `*.partial`, editor swap and backup files. PyTorch DCP writes
+# `.metadata.tmp` (`__RANK.metadata.tmp` per rank) and renames it (filesystem.py); Lightning 1.x
+# wrote `CKPT.part` (2.x stages in the system temp dir through fsspec); Hugging Face Trainer
+# 4.35 staged `tmp-checkpoint-N/` and renamed it, and huggingface_hub downloads to
+# `*.incomplete`.
+DEFAULT_TEMP_NAMES = ("*.tmp", "*.tmp.*", "*.part", "*.partial", ".*.swp", "*~", "*.incomplete", "tmp-checkpoint-*")
+
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _NAME_RULE = "expected 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -104,6 +113,9 @@ class RunConfig:
     containers: tuple[str, ...] | None = None
     """None: every app container."""
     complete_markers: tuple[globs.Glob, ...] = tuple(globs.Glob(m) for m in DEFAULT_COMPLETE_MARKERS)
+    temp_names: tuple[globs.Glob, ...] = tuple(globs.Glob(m) for m in DEFAULT_TEMP_NAMES)
+    """A file whose name, or a directory above it, matches one is not uploaded unless a save
+    rule names it explicitly (plan.names_temp); empty: no such rule."""
     replica: str | None = None
     """None: derived from the pod's owner (the operator) or `RUNSYNC_REPLICA`."""
 
@@ -249,6 +261,19 @@ def _read_markers(key: str, value: str):
     return "complete_markers", markers
 
 
+def _read_temp_names(key: str, value: str):
+    if value.strip() == "none":
+        return "temp_names", ()
+    names = parse_globs(value, key)
+    for name in names:
+        if "/" in name.pattern:
+            raise ConfigError(key, f"temp name {_q(name.pattern)} has a '/'",
+                              "expected file or directory name globs such as *.tmp, or none")
+    if not names:
+        raise ConfigError(key, f"no name in {_q(value)}", "expected name globs such as *.tmp, or none")
+    return "temp_names", names
+
+
 def _read_name(field: str, limit: int = 128):
     def read(key: str, value: str):
         if not _NAME.fullmatch(value) or len(value) > limit:
@@ -334,6 +359,7 @@ _READERS = {
     contract.VOLUME: _read_volume,
     contract.CONTAINERS: _read_containers,
     contract.COMPLETE_MARKER: _read_markers,
+    contract.TEMP_NAMES: _read_temp_names,
 }
 
 

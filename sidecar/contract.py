@@ -38,6 +38,9 @@ CONTAINERS = PREFIX + "containers"
 """Comma-separated app containers that get the run dir and env; default all."""
 COMPLETE_MARKER = PREFIX + "complete-marker"
 """Comma-separated globs of files that mark a checkpoint directory complete."""
+TEMP_NAMES = PREFIX + "temp-names"
+"""Comma-separated name globs of temp files never uploaded unless a save entry names them;
+default the known ones (config.DEFAULT_TEMP_NAMES), `none` for no such rule."""
 REPLICA = PREFIX + "replica"
 """This pod's replica name within the run; default derived from the owner."""
 STATUS = PREFIX + "status"
@@ -45,7 +48,7 @@ STATUS = PREFIX + "status"
 
 ANNOTATIONS = (
     SAVE, IGNORE, RUN, PROJECT, RESTORE, RESTORE_FROM, RESTORE_STRICT, RESTORE_REPLICAS,
-    STORE, RUN_DIR, VOLUME, CONTAINERS, COMPLETE_MARKER, REPLICA, STATUS,
+    STORE, RUN_DIR, VOLUME, CONTAINERS, COMPLETE_MARKER, TEMP_NAMES, REPLICA, STATUS,
 )
 
 STATUS_INJECTED = "injected"

@@ -381,7 +381,8 @@ class Engine:
                 continue
             stat = (f.size, f.mtime_ns)
             member = d.checkpoint_dir is not None and not d.is_marker
-            if member and not self._markerless(d.checkpoint_dir):
+            if member and not self._markerless(d.checkpoint_dir) and not (
+                    everything and plan.incomplete_at_end(d.checkpoint_dir, self.checkpoint_dirs)):
                 continue  # goes with its marker
             if self.known.get(f.relpath) == stat or self._durable_stat(d.name) == stat:
                 self.known[f.relpath] = stat
@@ -394,6 +395,11 @@ class Engine:
             elif f.relpath not in self.candidates:
                 self._candidate(f.relpath, stat)
         for ckpt_dir, (policy, when) in markerless.items():  # the end: a replica's part goes as it is
+            if not self._markerless(ckpt_dir) and ckpt_dir not in plan.marked_dirs(
+                    (f.relpath for f in found.files), self.cfg.complete_markers):
+                self.metrics.incomplete_checkpoints.inc()
+                log.warning("checkpoint dir without its marker: uploaded as incomplete", extra={"fields": {
+                    "dir": ckpt_dir, "markers": [str(m) for m in self.cfg.complete_markers]}})
             self._group_ready(ckpt_dir, policy, when, require_marker=False)
 
     def _candidate(self, relpath: str, stat: tuple[int, int] | None = None) -> None:
@@ -619,7 +625,8 @@ class Engine:
         try:
             self.held = lease.renew(self.s3, self.layout, self.held)
             m = manifest.commit_next(self.s3, self.layout, durable, names.values(), final=final,
-                                     writer=self.writer, epoch=self.held.lease.epoch, removed=removed)
+                                     writer=self.writer, epoch=self.held.lease.epoch, removed=removed,
+                                     markers=self.cfg.complete_markers)
         except lease.LeaseLost:
             self.fenced = True
             raise
@@ -758,7 +765,8 @@ class Engine:
                                      replace=bool(p.get("replace")))
             found = report.written + report.up_to_date + report.kept_newer
             r.reply.set_result({"run": str(run), "files": found,
-                                "paths": [os.path.join(self.root, n) for n in found]})
+                                "paths": [os.path.join(self.root, n) for n in found],
+                                "looked_back": restorer.describe_looked_back(report)})
         except Exception as err:  # noqa: BLE001 - the caller gets the message
             r.reply.set_exception(err)
 

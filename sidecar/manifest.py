@@ -17,14 +17,15 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from botocore.exceptions import ClientError
 
-from . import keys
+from . import config, keys
 from .errors import StoreError
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+DEFAULT_MARKERS = config.RunConfig().complete_markers
 
 
 class CommitConflict(StoreError):
@@ -53,6 +54,9 @@ class Manifest:
     writer: str = ""
     epoch: int = 0
     """The writer's lease epoch (lease.py); readers ignore manifests of a fenced-off epoch."""
+    checkpoints: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    """Checkpoint dir → the names committed with its marker: a restore places the dir only
+    when the manifest holds exactly these (absent in manifests written before: not checked)."""
 
     @property
     def size(self) -> int:
@@ -69,6 +73,7 @@ class Manifest:
             "writer": self.writer,
             "epoch": self.epoch,
             "files": [dataclasses.asdict(f) for f in sorted(self.files.values(), key=lambda f: f.name)],
+            "checkpoints": {d: list(names) for d, names in sorted(self.checkpoints.items())},
         }
         return json.dumps(doc, indent=1, ensure_ascii=False).encode()
 
@@ -92,10 +97,16 @@ class Manifest:
                 if not _SHA256.fullmatch(entry.sha256) or entry.size < 0:
                     raise ValueError(f"file {entry.name!r} has a bad checksum or size")
                 files[entry.name] = entry
+            checkpoints = {}
+            for d, names in dict(doc.get("checkpoints") or {}).items():
+                keys.check_stored_name(str(d))
+                if not isinstance(names, list) or not all(isinstance(n, str) and n.startswith(f"{d}/") for n in names):
+                    raise ValueError(f"checkpoint {d!r} lists names outside it")
+                checkpoints[str(d)] = tuple(names)
             return cls(
                 run=str(doc["run"]), replica=str(doc["replica"]), seq=int(doc["seq"]),
                 created=float(doc["created"]), files=files, final=bool(doc.get("final", False)),
-                writer=str(doc.get("writer", "")), epoch=int(doc.get("epoch", 0)),
+                writer=str(doc.get("writer", "")), epoch=int(doc.get("epoch", 0)), checkpoints=checkpoints,
             )
         except (ValueError, KeyError, TypeError) as err:
             # Never guessed around: restoring an older manifest in silence would hide the damage.
@@ -105,13 +116,62 @@ class Manifest:
                              "the bucket's versioning") from None
 
 
+def settle(previous: Manifest | None, changes: list[FileEntry], removed: set[str],
+           markers: tuple) -> tuple[dict[str, FileEntry], dict[str, tuple[str, ...]]]:
+    """The next manifest's files and checkpoint units; pure.
+
+    A checkpoint dir is one unit on deletion too. A rotation (`shutil.rmtree`) cut short leaves
+    part of a committed dir: while its marker is still there locally, none of its deletions is
+    applied (the dir stays as last committed, whole); once the marker is deleted, every name
+    under the dir leaves. A dir whose marker is among `changes` was committed anew: its unit is
+    the names under it now.
+    """
+    files = dict(previous.files) if previous else {}
+    units = dict(previous.checkpoints) if previous else {}
+    for d in _marked(files, markers):  # manifests written before units were recorded
+        units.setdefault(d, tuple(sorted(n for n in files if n.startswith(d + "/"))))
+    for d, names in list(units.items()):
+        gone = removed & set(names)
+        if not gone:
+            continue
+        if any(_is_marker(n, d, markers) for n in gone):
+            for n in [n for n in files if n.startswith(d + "/")]:
+                del files[n]
+            del units[d]
+        removed = removed - gone  # the marker stays: so do its shards
+    for name in removed:
+        files.pop(name, None)
+    files.update((entry.name, entry) for entry in changes)
+    for d in _marked([e.name for e in changes], markers):
+        units[d] = tuple(sorted(n for n in files if n.startswith(d + "/")))
+    return files, {d: names for d, names in units.items() if any(n in files for n in names)}
+
+
+def _marked(names: Iterable[str], markers: tuple) -> set[str]:
+    return {n.rpartition("/")[0] for n in names if "/" in n and any(m.matches(n.rpartition("/")[2]) for m in markers)}
+
+
+def _is_marker(name: str, d: str, markers: tuple) -> bool:
+    parent, _, base = name.rpartition("/")
+    return parent == d and any(m.matches(base) for m in markers)
+
+
 def latest(client, layout: keys.Layout) -> Manifest | None:
     """The highest-numbered valid manifest of the replica, or None if it has none.
 
     Valid: written by the lease epoch that owned its number (lease.py), so a writer that was
     fenced off and kept committing is never read.
     """
-    from . import lease  # lease imports keys only; kept local to show the one dependency
+    return next(history(client, layout), None)
+
+
+def history(client, layout: keys.Layout) -> Iterator[Manifest]:
+    """The replica's valid manifests, newest first (read one at a time, as the caller walks).
+
+    `restore(name)` walks back through them: a file the trainer deleted, and whose deletion was
+    committed, is still in the manifests before that one (W&B restores whatever was saved).
+    """
+    from . import lease
 
     current, _ = lease.read(client, layout)
     for seq in sorted(seqs(client, layout), reverse=True):
@@ -119,8 +179,7 @@ def latest(client, layout: keys.Layout) -> Manifest | None:
         body = client.get_object(Bucket=layout.store.bucket, Key=key)["Body"].read()
         m = Manifest.from_json(body, layout, f"s3://{layout.store.bucket}/{key}")
         if current is None or m.epoch == current.owner_of(seq):
-            return m
-    return None
+            yield m
 
 
 def seqs(client, layout: keys.Layout) -> list[int]:
@@ -150,17 +209,16 @@ def commit(
     removed: Iterable[str] = (),
     epoch: int = 0,
     seq: int | None = None,
+    markers: tuple = DEFAULT_MARKERS,
 ) -> Manifest:
     """Commit `previous`'s files, less `removed`, updated by `changes` (all durable), as the
-    next manifest."""
-    files = dict(previous.files) if previous else {}
-    for name in removed:
-        files.pop(name, None)
-    files.update((entry.name, entry) for entry in changes)
+    next manifest; checkpoint dirs (a file matching `markers` in them) stay whole (`settle`)."""
+    files, checkpoints = settle(previous, list(changes), set(removed), markers)
     manifest = Manifest(
         run=str(layout.run), replica=layout.replica,
         seq=seq if seq is not None else (previous.seq + 1) if previous else 1,
         created=time.time() if now is None else now, files=files, final=final, writer=writer, epoch=epoch,
+        checkpoints=checkpoints,
     )
     body = manifest.to_json()
     key = layout.manifest_key(manifest.seq)
@@ -218,6 +276,7 @@ def commit_next(
     epoch: int = 0,
     removed: Iterable[str] = (),
     attempts: int = 5,
+    markers: tuple = DEFAULT_MARKERS,
 ) -> Manifest:
     """Commit on top of `durable` under the next free number; on a conflict, merge onto the
     latest valid manifest and try the next number."""
@@ -225,7 +284,7 @@ def commit_next(
     for _ in range(attempts):
         try:
             return commit(client, layout, durable, changes, final, writer, removed=removed, epoch=epoch,
-                          seq=max_seq(client, layout) + 1)
+                          seq=max_seq(client, layout) + 1, markers=markers)
         except CommitConflict:
             durable = latest(client, layout)
     raise StoreError(f"could not commit a manifest for {layout.run} replica {layout.replica}: another "

@@ -23,6 +23,9 @@ class Metrics:
         self.unreadable = Counter("runsync_unreadable",
                                   "Files and dirs the sidecar may not read, skipped (each is logged once).",
                                   ["kind"], registry=r)
+        self.incomplete_checkpoints = Counter(
+            "runsync_incomplete_checkpoints", "Checkpoint dirs uploaded at the end without their marker "
+            "(each is logged by name; restore skips them unless asked for them by name).", registry=r)
         self.queue_files = Gauge("runsync_queue_files", "Files waiting for or in upload.", registry=r)
         self.queue_bytes = Gauge("runsync_queue_bytes", "Bytes waiting for or in upload.", registry=r)
         self.latency = Histogram("runsync_close_to_durable_seconds",

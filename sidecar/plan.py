@@ -37,6 +37,19 @@ class SyncPlan:
     reported and not uploaded."""
 
 
+def is_temp(temp_names: tuple[globs.Glob, ...], relpath: str) -> bool:
+    """True when the file's name, or a directory above it, is a temp name (`last.pt.tmp`,
+    `ckpt/.metadata.tmp`, `tmp-checkpoint-5/model.bin`)."""
+    return any(globs.matches_any(temp_names, part) for part in relpath.split("/"))
+
+
+def names_temp(rules: Iterable[config.SaveRule], temp_names: tuple[globs.Glob, ...], relpath: str) -> bool:
+    """True when a save rule names this temp file explicitly: it matches the file and one of its
+    pattern's segments is itself a temp name (`last.pt.tmp`, `*.tmp`, `**/*.part`), so that
+    `ckpt/**` or `**` never uploads a half-written file."""
+    return any(rule.glob.matches(relpath) and is_temp(temp_names, rule.glob.pattern) for rule in rules)
+
+
 def name_of(rules: Iterable[config.SaveRule], relpath: str) -> tuple[str, config.Policy]:
     """The stored name and policy of a file: the first matching rule, else its path at `end`."""
     for rule in rules:
@@ -50,6 +63,7 @@ def for_sync(
     ignore: tuple[globs.Glob, ...],
     files: Iterable[LocalFile],
     durable: Manifest | None,
+    temp_names: tuple[globs.Glob, ...] = config.RunConfig().temp_names,
 ) -> SyncPlan:
     uploads: list[Intent] = []
     unchanged: list[tuple[Intent, FileEntry]] = []
@@ -58,7 +72,8 @@ def for_sync(
     claimed: dict[str, Intent] = {}
     known = durable.files if durable else {}
     for f in files:
-        if globs.matches_any(ignore, f.relpath):
+        if globs.matches_any(ignore, f.relpath) or (
+                is_temp(temp_names, f.relpath) and not names_temp(rules, temp_names, f.relpath)):
             ignored.append(f)
             continue
         name, policy = name_of(rules, f.relpath)
@@ -120,6 +135,8 @@ def decide(
     """
     if globs.matches_any(cfg.ignore, relpath):
         return Decision(None, config.Policy.END)
+    if is_temp(cfg.temp_names, relpath) and not names_temp(cfg.save + extra_rules, cfg.temp_names, relpath):
+        return Decision(None, config.Policy.END)
     name, policy = name_of(cfg.save + extra_rules, relpath)
     parent, _, base = relpath.rpartition("/")
     ckpt = _checkpoint_dir(relpath, known_checkpoint_dirs)
@@ -135,6 +152,19 @@ def expects_marker(ckpt_dir: str, known: set[str]) -> bool:
     A replica that never has (rank 1 of a DCP job writes shards; rank 0 writes `.metadata`)
     uploads its part of a checkpoint directory once the directory is quiet instead."""
     return ckpt_dir in known or _shape(ckpt_dir) in {_shape(d) for d in known}
+
+
+def incomplete_at_end(ckpt_dir: str, known: set[str]) -> bool:
+    """At the end of the run, does a checkpoint dir that has no marker go up as it is (as
+    incomplete)? Yes unless a marker was ever seen in it: that dir is one a rotation is
+    deleting, and its leftovers must not come back (manifest.settle)."""
+    return ckpt_dir not in known
+
+
+def asked_by_name(ckpt_dir: str, patterns: tuple[globs.Glob, ...]) -> bool:
+    """A restore glob that names this dir itself (`checkpoint-5`, `checkpoint-5/**`) takes it
+    even incomplete; `**` or `checkpoint-*` do not."""
+    return any(p.pattern == ckpt_dir or p.pattern.startswith(ckpt_dir + "/") for p in patterns)
 
 
 def _checkpoint_dir(relpath: str, known: set[str]) -> str | None:
@@ -187,6 +217,7 @@ def for_restore(
     for replica in sorted(manifests, key=lambda r: (r != own, r)):  # own replica wins a clash
         for name, entry in manifests[replica].files.items():
             merged.setdefault(name, (replica, entry))
+    torn = not_as_committed(manifests)
     if patterns:
         merged = {n: v for n, v in merged.items() if globs.matches_any(patterns, n)}
     marked = marked_dirs(merged, markers)
@@ -201,12 +232,42 @@ def for_restore(
     groups, incomplete = {}, []
     for d, names in sorted(by_dir.items()):
         present = {merged[n][0] for n in names}
-        if d in marked and participants[_shape(d)] <= present:
+        if d in marked and participants[_shape(d)] <= present and d not in torn:
             markers_last = sorted(names, key=lambda n: (n.rpartition("/")[0] == d and
                                                         globs.matches_any(markers, n.rpartition("/")[2]), n))
             groups[d] = tuple(markers_last)
+        elif d not in torn and asked_by_name(d, patterns):
+            incomplete.append(d)  # restored as asked, still named as incomplete
         else:
             incomplete.append(d)
             for n in names:
                 del merged[n]
     return RestorePlan(merged, groups, tuple(incomplete))
+
+
+def unmatched(manifests: dict[str, Manifest], patterns: tuple[globs.Glob, ...]) -> tuple[globs.Glob, ...]:
+    """The patterns that name no file of these manifests: `restore(name)` looks them up in
+    older manifests (the trainer deleted the file and the deletion was committed)."""
+    names = [n for m in manifests.values() for n in m.files]
+    return tuple(p for p in patterns if not any(p.matches(n) for n in names))
+
+
+def merge_restore(first: RestorePlan, more: RestorePlan) -> RestorePlan:
+    """`first` plus what `more` adds (names `first` has win): the latest manifest's files, and
+    older versions of names it no longer holds."""
+    files = {**more.files, **first.files}
+    groups = {**more.groups, **first.groups}
+    incomplete = tuple(sorted(set(first.incomplete) | (set(more.incomplete) - set(groups))))
+    return RestorePlan(files, groups, incomplete)
+
+
+def not_as_committed(manifests: dict[str, Manifest]) -> set[str]:
+    """Checkpoint dirs whose files in a manifest differ from the set committed with their marker
+    (`Manifest.checkpoints`): restoring them would place a torn checkpoint."""
+    torn = set()
+    for m in manifests.values():
+        for d, recorded in m.checkpoints.items():
+            held = {n for n in m.files if n.startswith(d + "/")}
+            if held != set(recorded):
+                torn.add(d)
+    return torn

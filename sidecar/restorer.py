@@ -47,6 +47,9 @@ class RestoreReport:
     kept_newer: list[str] = dataclasses.field(default_factory=list)
     incomplete: tuple[str, ...] = ()
     manifests: dict[str, int] = dataclasses.field(default_factory=dict)
+    looked_back: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    """pattern → {replica: manifest number}: patterns that named nothing in the latest manifests,
+    restored from the newest older manifest that held them (a file deleted since)."""
     bytes: int = 0
     seconds: float = 0.0
 
@@ -87,6 +90,11 @@ def restore(
     if not manifests:
         return report
     the_plan = plan.for_restore(manifests, markers, patterns, own=replica)
+    for pattern in plan.unmatched(manifests, patterns):
+        older = _newest_holding(s3, store, run, manifests, pattern)
+        if older:
+            report.looked_back[str(pattern)] = {r: m.seq for r, m in older.items()}
+            the_plan = plan.merge_restore(the_plan, plan.for_restore(older, markers, (pattern,), own=replica))
     report.incomplete = the_plan.incomplete
 
     todo: list[tuple[str, manifest.FileEntry]] = []
@@ -123,6 +131,21 @@ def restore(
     if failures:
         raise RestoreError(f"{len(failures)} of {len(units)} restores failed; first: {failures[0]}")
     return report
+
+
+def _newest_holding(s3, store: keys.StoreURL, run: keys.RunPath, latest: dict[str, manifest.Manifest],
+                    pattern: globs.Glob) -> dict[str, manifest.Manifest]:
+    """Per replica, the newest older manifest that names a file matching `pattern`."""
+    found = {}
+    try:
+        for replica in latest:
+            for m in manifest.history(s3, keys.Layout(store, run, replica)):
+                if any(pattern.matches(n) for n in m.files):
+                    found[replica] = m
+                    break
+    except (ClientError, BotoCoreError) as err:
+        raise transfer.describe(err, store, s3) from None
+    return found
 
 
 def _restore_unit(transfers: transfer.Transfers, dest: Path,
@@ -207,4 +230,12 @@ def log_report(report: RestoreReport, what: str) -> None:
     log.info("restore done", extra={"fields": {
         "run": what, "manifests": report.manifests, "files": len(report.written), "bytes": report.bytes,
         "seconds": round(report.seconds, 3), "up_to_date": len(report.up_to_date),
-        "kept_newer": report.kept_newer, "incomplete_checkpoints": list(report.incomplete)}})
+        "kept_newer": report.kept_newer, "incomplete_checkpoints": list(report.incomplete),
+        "looked_back": report.looked_back}})
+
+
+def describe_looked_back(report: RestoreReport) -> list[str]:
+    """One line per pattern restored from an older manifest than the latest."""
+    return [f"{pattern} is not in the latest manifest (deleted since); restored from "
+            + ", ".join(f"manifest {seq} of replica {r}" for r, seq in sorted(found.items()))
+            for pattern, found in sorted(report.looked_back.items())]

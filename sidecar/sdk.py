@@ -21,7 +21,9 @@ import json
 import os
 import shutil
 import socket
+import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -121,8 +123,28 @@ class _Embedded:
     def code(self, state: codestate.CodeState) -> None:
         self.core.ask("code", {"git": json.loads(state.info_json()), "diff": state.diff})
 
-    def finish(self) -> None:
+    def finish(self, timeout: float = 120) -> None:
+        """Wait until the store has been read (a finish right after `init` comes before it),
+        then the final flush; raise unless a final manifest was committed."""
+        from . import transfer
+
+        engine = self.core.wired.engine
+        deadline = time.monotonic() + timeout
+        while not self.core.ask("status", {}, 30).get("loaded"):
+            if time.monotonic() > deadline:
+                self.core.stop()
+                raise RunsyncError(f"runsync.finish: could not read {self.store} within {timeout:.0f} s; "
+                                   "nothing was committed; check the store and the AWS variables, then rerun")
+            try:
+                transfer.check_store(engine.s3, self.store)  # a store that cannot work: say why, now
+            except RunsyncError:
+                self.core.stop()
+                raise
+            time.sleep(0.1)
         self.core.stop()
+        if engine.durable is None or not engine.durable.final:
+            raise RunsyncError(f"runsync.finish: the final manifest of {self.run.path} was not committed; "
+                               "the log above names what failed")
 
 
 class _Session:
@@ -167,11 +189,12 @@ def _backend() -> _Pod | _Embedded:
 
 
 def finish() -> None:
-    """Final flush and stop (embedded mode; called at exit anyway). A no-op in a pod."""
+    """Final flush and stop (embedded mode; called at exit anyway): returns once the final
+    manifest is committed, `RunsyncError` if it cannot be. A no-op in a pod."""
     backend = _Session.backend
+    _Session.backend = None
     if isinstance(backend, _Embedded):
         backend.finish()
-    _Session.backend = None
 
 
 def save(glob_str: str, base_path: str | None = None, policy: str = "live") -> list[str]:
@@ -238,6 +261,8 @@ def restore(name: str, run_path: str | None = None, replace: bool = False, root:
     result = backend.restore(name, run_path, replace)
     if not result.get("files"):
         raise RestoreNotFound(f"{name!r} is not among the committed files of {result.get('run', backend.run.path)}")
+    for line in result.get("looked_back", ()):  # say which manifest an older version came from
+        print(f"runsync: {line}", file=sys.stderr)
     local = run_dir / name
     if not local.is_file():
         local = Path(result["paths"][0])

@@ -63,7 +63,7 @@ class Sidecar:
         self.proc = subprocess.Popen(
             argv, env={**self.env, "HOME": "/"} if self.user is not None else self.env, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if wait:
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 120  # a poll, not a timing claim: imports take long on a busy machine
             while time.monotonic() < deadline:
                 try:
                     if self.status().get("loaded"):

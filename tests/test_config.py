@@ -47,6 +47,8 @@ VALID = [
     (contract.VOLUME, "scratch-nvme", "volume", "scratch-nvme"),
     (contract.CONTAINERS, "trainer, logger", "containers", ("trainer", "logger")),
     (contract.COMPLETE_MARKER, "*.done, COMMIT", "complete_markers", (Glob("*.done"), Glob("COMMIT"))),
+    (contract.TEMP_NAMES, "none", "temp_names", ()),
+    (contract.TEMP_NAMES, "*.tmp, *.writing", "temp_names", (Glob("*.tmp"), Glob("*.writing"))),
 ]
 
 
@@ -107,6 +109,8 @@ INVALID = [
     (contract.CONTAINERS, " , ", ["invalid container name"]),
     (contract.COMPLETE_MARKER, "ckpt/.metadata", ['marker "ckpt/.metadata" has a \'/\'']),
     (contract.COMPLETE_MARKER, "", ["no marker"]),
+    (contract.TEMP_NAMES, "ckpt/*.tmp", ['temp name "ckpt/*.tmp" has a \'/\'', "or none"]),
+    (contract.TEMP_NAMES, " , ", ["no name"]),
     ("runsync.dev/saev", "x", ["unknown runsync annotation", "did you mean runsync.dev/save?"]),
 ]
 

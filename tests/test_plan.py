@@ -48,3 +48,75 @@ def test_two_files_with_one_stored_name_collide():
     p = plan.for_sync(rules, (), [f("a/x/m.pt"), f("b/x/m.pt")], None)
     assert [i.file.relpath for i in p.uploads] == ["a/x/m.pt"]
     assert [(a.file.relpath, b.file.relpath) for a, b in p.collisions] == [("a/x/m.pt", "b/x/m.pt")]
+
+
+MARKERS = (Glob(".metadata"),)
+
+
+def test_restore_looks_back_only_for_patterns_the_latest_lacks():
+    latest = {"0": manifest(entry("results/epoch-0.csv"), entry("ckpt/step-9/.metadata"), entry("ckpt/step-9/a.distcp"))}
+    patterns = (Glob("results/epoch-0.csv"), Glob("results/epoch-1.csv"), Glob("ckpt/step-3"))
+    assert [str(p) for p in plan.unmatched(latest, patterns)] == ["results/epoch-1.csv", "ckpt/step-3"]
+
+
+def test_an_older_manifest_adds_deleted_names_and_whole_dirs():
+    newest = plan.for_restore({"0": manifest(entry("results/epoch-0.csv"))}, MARKERS, (Glob("results/*"),))
+    older = plan.for_restore({"0": manifest(entry("ckpt/step-3/.metadata"), entry("ckpt/step-3/a.distcp"),
+                                            entry("results/epoch-0.csv", 9))}, MARKERS, (Glob("ckpt/step-3"),))
+    merged = plan.merge_restore(newest, older)
+    assert sorted(merged.files) == ["ckpt/step-3/.metadata", "ckpt/step-3/a.distcp", "results/epoch-0.csv"]
+    assert merged.files["results/epoch-0.csv"][1].size == 1     # the latest version wins
+    assert merged.groups == {"ckpt/step-3": ("ckpt/step-3/a.distcp", "ckpt/step-3/.metadata")}
+
+
+# A writer killed mid-write leaves a temp file that looks finished: uploaded only when a save
+# entry names it explicitly.
+TEMPS = [
+    # save annotation, file, uploaded as
+    ("", "last.pt.tmp", None),
+    ("", "last.pt", "last.pt"),
+    ("", "ckpt/step-3/.metadata.tmp", None),                 # PyTorch DCP
+    ("", "ckpt/step-3/__1.metadata.tmp", None),
+    ("", "out/model.ckpt.part", None),                       # Lightning 1.x
+    ("", "tmp-checkpoint-5/model.safetensors", None),       # Hugging Face Trainer 4.35
+    ("", "weights.bin.incomplete", None),                    # huggingface_hub
+    ("", "data.tmp.a1b2c3", None), ("", "x.partial", None), ("", ".notes.txt.swp", None), ("", "cfg.yaml~", None),
+    ("**", "last.pt.tmp", None),                             # a catch-all does not name it
+    ("ckpt/**", "ckpt/step-3/.metadata.tmp", None),
+    ("last.pt.tmp", "last.pt.tmp", "last.pt.tmp"),           # named literally
+    ("*.tmp:live", "last.pt.tmp", "last.pt.tmp"),
+    ("**/*.part", "out/model.ckpt.part", "out/model.ckpt.part"),
+    ("tmp-checkpoint-*", "tmp-checkpoint-5/model.safetensors", "tmp-checkpoint-5/model.safetensors"),
+]
+
+
+def test_temp_names_are_skipped_unless_a_save_entry_names_them():
+    for save, relpath, expected in TEMPS:
+        cfg = config.parse({"runsync.dev/save": save} if save else {})
+        assert plan.decide(cfg, (), relpath, set()).name == expected, (save, relpath)
+        p = plan.for_sync(cfg.save, (), [f(relpath)], None)
+        assert [i.name for i in p.uploads] == ([expected] if expected else []), (save, relpath)
+
+
+def test_temp_names_none_turns_the_rule_off():
+    cfg = config.parse({"runsync.dev/temp-names": "none"})
+    assert plan.decide(cfg, (), "last.pt.tmp", set()).name == "last.pt.tmp"
+    own = config.parse({"runsync.dev/temp-names": "*.writing"})
+    assert plan.decide(own, (), "a.writing", set()).name is None
+    assert plan.decide(own, (), "a.tmp", set()).name == "a.tmp"
+
+
+def test_a_marker_less_dir_goes_at_the_end_only_if_it_never_had_a_marker():
+    assert plan.incomplete_at_end("checkpoint-5", set())
+    assert not plan.incomplete_at_end("ckpt/step-8", {"ckpt/step-8"})   # a rotation is deleting it
+
+
+def test_restore_takes_an_incomplete_dir_only_when_asked_for_it_by_name():
+    m = {"0": manifest(entry("checkpoint-5/model.safetensors"), entry("log.txt"))}
+    assert sorted(plan.for_restore(m, MARKERS).files) == ["log.txt"]
+    for pattern, expected in [("checkpoint-5", ["checkpoint-5/model.safetensors"]),
+                              ("checkpoint-5/**", ["checkpoint-5/model.safetensors"]),
+                              ("checkpoint-*", []), ("**", ["log.txt"])]:
+        p = plan.for_restore(m, MARKERS, (Glob(pattern),))
+        assert sorted(p.files) == expected, pattern
+        assert "checkpoint-5" in p.incomplete or pattern == "checkpoint-*"

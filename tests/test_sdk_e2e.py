@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Store
+from harness import Store, wait_for
 from runsync import contract
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
@@ -178,3 +178,60 @@ def test_code_state_round_trip(tmp_path, s3_env):
                           cwd=clone, env=env, capture_output=True, text=True, timeout=60)
     assert none.returncode == 1
     assert "recorded no code state" in none.stderr
+
+
+def test_restore_of_a_file_the_trainer_deleted(sidecars, store, tmp_path, cli):
+    """W&B restores whatever was saved: a deletion the sidecar committed does not make a file
+    unrestorable; the newest committed version comes back, with the manifest it came from."""
+    sc = sidecars({}).start()
+    run_script(["pod"], app_env(sc), tmp_path)
+    kept = store.latest().seq
+    (sc.run_dir / "results/epoch-1.csv").unlink()
+    # Deterministic: only once the deletion is committed (the case that failed under load).
+    wait_for(lambda: "results/epoch-1.csv" not in store.files() and store.latest().seq > kept,
+             timeout=60, what="the deletion of results/epoch-1.csv to be committed")
+    # The CLI first: the SDK's restore puts the file back in the run dir, and the sidecar saves it again.
+    out = cli("restore", sc.run, "results/epoch-1.csv", "--to", str(tmp_path / "laptop"))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "laptop/results/epoch-1.csv").read_bytes() == b"epoch,1\n"
+    assert not (tmp_path / "laptop/results/epoch-0.csv").exists()
+    assert f"from manifest {kept}" in out.stdout, out.stdout
+    check = textwrap.dedent('''
+        import runsync
+        f = runsync.restore("results/epoch-1.csv")
+        print(f.name, f.read())
+    ''')
+    result = subprocess.run([sys.executable, "-c", check], env=app_env(sc), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == f"{sc.run_dir / 'results/epoch-1.csv'} b'epoch,1\\n'"
+    assert f"from manifest {kept}" in result.stderr, result.stderr
+
+    assert sc.terminate()[0] == 0
+
+
+def test_finish_right_after_init_commits_what_was_written(tmp_path, s3_env):
+    """Embedded: init, one file, finish at once. finish waits for the store to be read, uploads,
+    commits the final manifest; it raises when it cannot (here: a bucket that does not exist)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSYNC_")}
+    env.update(s3_env)
+    script = textwrap.dedent('''
+        import sys, runsync
+        run = runsync.init(dir=sys.argv[1], run="team-a/proj/quick", store=sys.argv[2], code=False)
+        with open(run.dir + "/result.json", "w") as f:
+            f.write("{}")
+        runsync.finish()
+        print("finished")
+    ''')
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "quick"), s3_env["RUNSYNC_STORE"]],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "finished"
+    final = Store(s3_env, run="team-a/proj/quick").latest()
+    assert final is not None and final.final, result.stderr
+    assert sorted(final.files) == ["result.json"]
+
+    missing = "s3://no-such-bucket-" + os.urandom(4).hex() + "/runs"
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "nowhere"), missing],
+                            env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode != 0 and "finished" not in result.stdout
+    assert "no-such-bucket" in result.stderr, result.stderr

@@ -26,6 +26,7 @@ ONLY = os.environ.get("RUNSYNC_CHAOS_TRIAL")
 COUNTS = {
     "preemption, one replica": (80, 4),
     "preemption, two replicas": (20, 2),
+    "preemption, PyTorch DDP trainer": (27, 3),  # 3 kill styles x 3 moments (anytime, in a save, in a rotation)
     "sidecar kill -9": (20, 3),
     "S3 server stopped 5-60 s": (10, 1),
     "S3 faults at 5% (503/500/reset/latency)": (3, 1),
