@@ -17,7 +17,8 @@ SAVE = PREFIX + "save"
 IGNORE = PREFIX + "ignore"
 """Comma-separated globs never uploaded; they win over `save`."""
 RUN = PREFIX + "run"
-"""Run id; default: the owning Job's name, else the owner's name, else the pod's name."""
+"""Run id; default: the owning Job's (JobSet's, Kubeflow job's, StatefulSet's, Deployment's) name,
+else the owner's name, else the pod's name (runsync_operator.identity)."""
 PROJECT = PREFIX + "project"
 """Groups runs; default `default`."""
 RESTORE = PREFIX + "restore"
@@ -42,7 +43,8 @@ TEMP_NAMES = PREFIX + "temp-names"
 """Comma-separated name globs of temp files never uploaded unless a save entry names them;
 default the known ones (config.DEFAULT_TEMP_NAMES), `none` for no such rule."""
 REPLICA = PREFIX + "replica"
-"""This pod's replica name within the run; default derived from the owner."""
+"""This pod's replica name within the run; default derived from the owner (an Indexed Job's
+completion index, a StatefulSet pod's index, ...; `0` for a lone pod)."""
 STATUS = PREFIX + "status"
 """Set by the operator (`injected`); never set by users."""
 

@@ -36,14 +36,3 @@ def test_a_2gib_upload_stays_under_the_memory_limit(sidecars, store, limit_mib):
     assert peak < limit, f"peak RSS {peak // MiB} MiB over the {limit_mib} MiB limit"
     print(f"peak RSS {peak // MiB} MiB for a 2 GiB upload under a {limit_mib} MiB limit")
 
-
-# (container limit in MiB, None: none known → the CRT's buffer cap in MiB, None: no CRT)
-BUDGETS = [(None, 1024), (64 * 1024, 1024), (1024, 832), (512, 320), (448, 256), (447, None), (384, None), (128, None)]
-
-
-@pytest.mark.parametrize("limit,cap", BUDGETS)
-def test_the_crt_gets_what_the_limit_leaves(limit, cap):
-    from runsync import transfer
-
-    sizes = transfer.Settings().within(limit * MiB if limit else None)
-    assert (sizes.crt_memory // MiB if sizes.crt else None) == cap

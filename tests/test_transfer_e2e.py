@@ -1,6 +1,6 @@
 """What is hashed is what is uploaded, and only a regular file inside the run dir: a name swapped
 for a symlink (to a file outside, of the same size and mtime) between hashing and upload is
-never followed. Real files, a real SeaweedFS."""
+never followed. Real files, a real SeaweedFS. And the CRT's buffers by memory limit."""
 
 from __future__ import annotations
 
@@ -82,6 +82,16 @@ def test_a_file_renamed_over_after_hashing_uploads_the_bytes_hashed(tree, s3_env
     objects = s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])
     for obj in objects:
         assert s3_client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read() == first
+
+
+# (container limit in MiB, None: none known → the CRT's buffer cap in MiB, None: no CRT)
+BUDGETS = [(None, 1024), (64 * 1024, 1024), (1024, 832), (512, 320), (448, 256), (447, None), (384, None), (128, None)]
+
+
+@pytest.mark.parametrize("limit,cap", BUDGETS)
+def test_the_crt_gets_what_the_limit_leaves(limit, cap):
+    sizes = transfer.Settings().within(limit * MiB if limit else None)
+    assert (sizes.crt_memory // MiB if sizes.crt else None) == cap
 
 
 @pytest.mark.slow
