@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import boto3
@@ -41,6 +42,23 @@ ANNOTATIONS = {contract.SAVE: "ckpt/**:live", contract.IGNORE: "**/*.tmp", contr
 
 def say(text: str) -> None:
     print(f"\n\033[1m== {text}\033[0m" if sys.stdout.isatty() else f"\n== {text}", flush=True)
+
+
+def ready(metrics_addr: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{metrics_addr.replace('0.0.0.0', '127.0.0.1')}/readyz", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def wait_for(predicate, what: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Poll `predicate`; the demo fails (naming what it waited for) if `proc` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            sys.exit(f"demo failed: waited for {what}; the process exited with {proc.poll()}")
+        time.sleep(0.1)
 
 
 def pump(proc: subprocess.Popen, prefix: str, keep: list[str]) -> threading.Thread:
@@ -107,7 +125,9 @@ class Pod:
         self.sidecar_env = self.local.env(c)
         self.sidecar = subprocess.Popen(self.local.argv(c), env=self.sidecar_env, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
-        time.sleep(1.0)  # the kubelet starts app containers once the sidecar's startup probe passes
+        # The kubelet starts app containers once the sidecar's startup probe (/readyz) passes.
+        wait_for(lambda: ready(self.sidecar_env[contract.ENV_METRICS]), "the sidecar's startup probe",
+                 self.sidecar)
         app = self.local.container("trainer")
         argv = [sys.executable, "-u", str(HERE / app["command"][1]), *app["command"][2:],
                 "--flush-log", str(self.flushed)]
@@ -154,7 +174,9 @@ def main() -> None:
             first = Pod(f"{JOB}-x7k2p", root, operator, secrets)
             first.restore_init()
             first.start()
-            time.sleep(6)
+            # Mid-run: once the trainer was told a few checkpoints were durable.
+            wait_for(lambda: len(first.flushed.read_text().split()) >= 3, "three durable checkpoints",
+                     first.trainer)
 
             say("The node is reclaimed: the trainer dies, the sidecar flushes what is left")
             first.preempt()
