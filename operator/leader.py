@@ -30,12 +30,9 @@ def coordination_api():
     """A Leases client of its own: the election starts in kopf's startup, before kopf logs in."""
     import kubernetes
 
-    cfg = kubernetes.client.Configuration()
-    try:
-        kubernetes.config.load_incluster_config(client_configuration=cfg)
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(client_configuration=cfg)
-    return kubernetes.client.CoordinationV1Api(kubernetes.client.ApiClient(cfg))
+    from .kubeclient import api_client
+
+    return kubernetes.client.CoordinationV1Api(api_client())
 
 
 @dataclasses.dataclass
@@ -115,8 +112,6 @@ class Election:
 
     def release(self) -> None:
         """Give the Lease up (on shutdown), so another replica takes it at its next round."""
-        import kubernetes
-
         self._stop.set()
         if not self.leading:
             return
@@ -127,8 +122,8 @@ class Election:
                 lease.spec.holder_identity = None
                 lease.spec.lease_duration_seconds = 1
                 self.api.replace_namespaced_lease(self.name, self.namespace, lease)
-        except kubernetes.client.ApiException:
-            pass  # it expires by itself
+        except Exception:  # noqa: BLE001 - best effort on the way out: it expires by itself
+            pass
 
     def run(self, on_change: Callable[[bool], None] = lambda leading: None) -> threading.Thread:
         """Rounds every duration / 3 seconds in a daemon thread, until `release()`."""
