@@ -152,7 +152,7 @@ class Keeper:
                 self._write_files(material)
                 return material
             body = kubernetes.client.V1Secret(
-                type="Opaque", data=material.as_secret_data(),
+                type=found.type if found else "Opaque", data=material.as_secret_data(),  # type is immutable
                 metadata=kubernetes.client.V1ObjectMeta(
                     name=self.secret, namespace=self.namespace,
                     resource_version=found.metadata.resource_version if found else None,

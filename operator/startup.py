@@ -48,8 +48,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, stores_by_name: 
 
 def _keep_serving_certificate(values: Values, logger) -> None:
     """The chart's own TLS mode: make or read the CA and serving certificate now (kopf's server
-    needs the files), point the webhook's caBundle at the CA, and look again twice a day
-    (renewal here or by another replica); kopf re-reads changed files."""
+    needs the files), point the webhook's caBundle at the CA, and look again every 10 minutes
+    (a renewal here or by another replica, a deleted Secret); kopf re-reads changed files."""
     import kubernetes
 
     client = api_client()
@@ -70,15 +70,17 @@ def _keep_serving_certificate(values: Values, logger) -> None:
         try:
             keep()
         except Exception as err:  # noqa: BLE001 - the current pair stays served; try next time
-            logger.warning(f"Secret {values.namespace}/{values.tls_secret}: cannot renew the webhook certificate "
-                           f"({err}); retrying in 12 h")
-        timer = threading.Timer(12 * 3600, again)
-        timer.daemon = True
-        timer.start()
+            logger.warning(f"Secret {values.namespace}/{values.tls_secret}: cannot check the webhook certificate "
+                           f"({err}); the current one is still served; retrying in 10 minutes")
+        _later(again)
 
-    again_timer = threading.Timer(12 * 3600, again)
-    again_timer.daemon = True
-    again_timer.start()
+    _later(again)
+
+
+def _later(fn, seconds: float = 600) -> None:
+    timer = threading.Timer(seconds, fn)
+    timer.daemon = True  # never holds the operator's exit
+    timer.start()
 
 
 @kopf.on.cleanup()

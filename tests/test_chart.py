@@ -247,7 +247,7 @@ def test_the_charts_own_tls_is_kept_by_the_operator_and_renders_the_same_twice(h
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     values = Values.from_env({e["name"]: e["value"] for e in container["env"]})
     (hook,) = by_kind(docs, "MutatingWebhookConfiguration")
-    assert values.tls_secret == "rs-runsync-webhook-tls" and values.webhook_config == hook["metadata"]["name"]
+    assert values.tls_secret == "rs-runsync-webhook-ca" and values.webhook_config == hook["metadata"]["name"]
     assert "rs-runsync.runsync-system.svc" in values.webhook_hosts.split(",")
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
