@@ -171,8 +171,11 @@ class Keeper:
         raise RuntimeError(f"Secret {self.namespace}/{self.secret}: three writes lost to other replicas")
 
     def _write_files(self, material: Material) -> None:
-        # Key first, then the certificate: kopf re-reads both when either changes.
+        # Key first, then the certificate, each replaced whole; only when they change (once a
+        # year), since kopf restarts its server on any change of either.
         for path, data in ((self.keyfile, material.key), (self.certfile, material.cert)):
+            if path.exists() and path.read_bytes() == data:
+                continue
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             tmp.write_bytes(data)
