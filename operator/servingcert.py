@@ -136,7 +136,7 @@ class Keeper:
         now = now or datetime.datetime.now(datetime.timezone.utc)
         for _ in range(3):  # a lost race re-reads the winner's Secret
             try:
-                found = self.core.read_namespaced_secret(self.secret, self.namespace)
+                found = self.core.read_namespaced_secret(self.secret, self.namespace, _request_timeout=10)
             except kubernetes.client.ApiException as err:
                 if err.status != 404:
                     raise
@@ -159,9 +159,9 @@ class Keeper:
                     labels={"app.kubernetes.io/name": "runsync", "app.kubernetes.io/component": "webhook-tls"}))
             try:
                 if found is None:
-                    self.core.create_namespaced_secret(self.namespace, body)
+                    self.core.create_namespaced_secret(self.namespace, body, _request_timeout=10)
                 else:
-                    self.core.replace_namespaced_secret(self.secret, self.namespace, body)
+                    self.core.replace_namespaced_secret(self.secret, self.namespace, body, _request_timeout=10)
             except kubernetes.client.ApiException as err:
                 if err.status == 409:
                     continue
@@ -186,7 +186,7 @@ class Keeper:
 def set_ca_bundle(admission, config: str, ca_cert: bytes) -> bool:
     """Point every webhook of the MutatingWebhookConfiguration at the CA; True when it changed."""
     wanted = base64.b64encode(ca_cert).decode()
-    current = admission.read_mutating_webhook_configuration(config)
+    current = admission.read_mutating_webhook_configuration(config, _request_timeout=10)
     hooks = current.webhooks or []
     if all(h.client_config.ca_bundle == wanted for h in hooks):
         return False
@@ -194,5 +194,5 @@ def set_ca_bundle(admission, config: str, ca_cert: bytes) -> bool:
     for i, h in enumerate(hooks):
         ops += [{"op": "test", "path": f"/webhooks/{i}/name", "value": h.name},
                 {"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": wanted}]
-    admission.patch_mutating_webhook_configuration(config, ops)
+    admission.patch_mutating_webhook_configuration(config, ops, _request_timeout=10)
     return True
