@@ -24,18 +24,17 @@ import uuid
 from typing import Callable
 
 LEASE_NAME = "runsync-store-handlers"
+TIMEOUT = 5
+"""Seconds for one Lease call: a slow API must not hold kopf's startup or a round."""
 
 
 def coordination_api():
     """A Leases client of its own: the election starts in kopf's startup, before kopf logs in."""
     import kubernetes
 
-    cfg = kubernetes.client.Configuration()
-    try:
-        kubernetes.config.load_incluster_config(client_configuration=cfg)
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(client_configuration=cfg)
-    return kubernetes.client.CoordinationV1Api(kubernetes.client.ApiClient(cfg))
+    from .kubeclient import api_client
+
+    return kubernetes.client.CoordinationV1Api(api_client())
 
 
 @dataclasses.dataclass
@@ -67,14 +66,14 @@ class Election:
 
         now_wall = datetime.datetime.now(datetime.timezone.utc)
         try:
-            lease = self.api.read_namespaced_lease(self.name, self.namespace)
+            lease = self.api.read_namespaced_lease(self.name, self.namespace, _request_timeout=TIMEOUT)
         except kubernetes.client.ApiException as err:
             if err.status != 404:
                 return self.leading
             body = kubernetes.client.V1Lease(
                 metadata=kubernetes.client.V1ObjectMeta(name=self.name, namespace=self.namespace),
                 spec=self._spec(now_wall, transitions=0, acquired=now_wall))
-            return self._write(lambda: self.api.create_namespaced_lease(self.namespace, body))
+            return self._write(lambda: self.api.create_namespaced_lease(self.namespace, body, _request_timeout=TIMEOUT))
         spec = lease.spec or kubernetes.client.V1LeaseSpec()
         record = (spec.holder_identity, spec.renew_time, spec.lease_duration_seconds)
         if record != self._observed:  # someone renewed (or released): the clock restarts here
@@ -88,7 +87,7 @@ class Election:
         else:
             self._renewed = None
             return False
-        return self._write(lambda: self.api.replace_namespaced_lease(self.name, self.namespace, lease))
+        return self._write(lambda: self.api.replace_namespaced_lease(self.name, self.namespace, lease, _request_timeout=TIMEOUT))
 
     def _spec(self, now, transitions: int, acquired):
         import kubernetes
@@ -115,20 +114,18 @@ class Election:
 
     def release(self) -> None:
         """Give the Lease up (on shutdown), so another replica takes it at its next round."""
-        import kubernetes
-
         self._stop.set()
         if not self.leading:
             return
         self._renewed = None
         try:
-            lease = self.api.read_namespaced_lease(self.name, self.namespace)
+            lease = self.api.read_namespaced_lease(self.name, self.namespace, _request_timeout=TIMEOUT)
             if lease.spec and lease.spec.holder_identity == self.identity:
                 lease.spec.holder_identity = None
                 lease.spec.lease_duration_seconds = 1
-                self.api.replace_namespaced_lease(self.name, self.namespace, lease)
-        except kubernetes.client.ApiException:
-            pass  # it expires by itself
+                self.api.replace_namespaced_lease(self.name, self.namespace, lease, _request_timeout=TIMEOUT)
+        except Exception:  # noqa: BLE001 - best effort on the way out: it expires by itself
+            pass
 
     def run(self, on_change: Callable[[bool], None] = lambda leading: None) -> threading.Thread:
         """Rounds every duration / 3 seconds in a daemon thread, until `release()`."""

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import functools
+import threading
+from pathlib import Path
 
 import kopf
 
-from . import leader, readiness, stores
+from . import leader, readiness, servingcert, stores
+from .kubeclient import api_client
 from .metrics import METRICS
 from .values import Values
 
@@ -17,6 +20,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, stores_by_name: 
     memo.settings = values  # not `values`: Memo is a dict, and that name is taken
     settings.scanning.disabled = True          # the chart installs the CRD; no cluster-wide scans
     settings.admission.managed = None          # the chart owns the MutatingWebhookConfiguration
+    if values.tls_secret:
+        _keep_serving_certificate(values, logger)
     settings.admission.server = kopf.WebhookServer(
         addr=values.webhook_addr, port=values.webhook_port,
         certfile=values.certfile, pkeyfile=values.pkeyfile,
@@ -39,6 +44,43 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, stores_by_name: 
     logger.info(f"runsync operator ({election.identity}, "
                 f"{'leading' if election.leading else 'following'}): webhook on {values.webhook_addr}:{values.webhook_port}, "
                 f"metrics and {readiness.READY_PATH} on {values.metrics_addr}")
+
+
+def _keep_serving_certificate(values: Values, logger) -> None:
+    """The chart's own TLS mode: make or read the CA and serving certificate now (kopf's server
+    needs the files), point the webhook's caBundle at the CA, and look again every 10 minutes
+    (a renewal here or by another replica, a deleted Secret); kopf re-reads changed files."""
+    import kubernetes
+
+    client = api_client()
+    keeper = servingcert.Keeper(kubernetes.client.CoreV1Api(client), values.namespace, values.tls_secret,
+                                [h.strip() for h in values.webhook_hosts.split(",") if h.strip()],
+                                Path(values.certfile), Path(values.pkeyfile))
+    admission = kubernetes.client.AdmissionregistrationV1Api(client)
+
+    def keep() -> None:
+        material = keeper.ensure()
+        if values.webhook_config and servingcert.set_ca_bundle(admission, values.webhook_config, material.ca_cert):
+            logger.info(f"MutatingWebhookConfiguration {values.webhook_config}: caBundle set to the CA in "
+                        f"Secret {values.namespace}/{values.tls_secret}")
+
+    keep()  # a failure here stops the operator: it could not serve admissions
+
+    def again() -> None:
+        try:
+            keep()
+        except Exception as err:  # noqa: BLE001 - the current pair stays served; try next time
+            logger.warning(f"Secret {values.namespace}/{values.tls_secret}: cannot check the webhook certificate "
+                           f"({err}); the current one is still served; retrying in 10 minutes")
+        _later(again)
+
+    _later(again)
+
+
+def _later(fn, seconds: float = 600) -> None:
+    timer = threading.Timer(seconds, fn)
+    timer.daemon = True  # never holds the operator's exit
+    timer.start()
 
 
 @kopf.on.cleanup()

@@ -130,7 +130,7 @@ def report_health(spec: dict, status: dict, namespace: str, name: str, body, pat
                   logger, **_) -> None:
     election = memo.get("election")
     if election is not None and not election.leading:  # one replica checks: one S3 call, one event
-        logger.info(f"Store {namespace}/{name}: checked by the replica holding the Lease "
+        logger.debug(f"Store {namespace}/{name}: checked by the replica holding the Lease "
                     f"({election.holder() or 'none yet'}), not this one")
         return
     parsed = StoreSpec.parse(spec)

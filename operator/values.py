@@ -43,6 +43,14 @@ class Values:
     webhook_addr: str = "0.0.0.0"
     certfile: str = "/etc/runsync/tls/tls.crt"
     pkeyfile: str = "/etc/runsync/tls/tls.key"
+    tls_secret: str = ""
+    """The chart's own TLS mode: the Secret where the operator keeps the webhook's CA and serving
+    certificate (it makes them; operator/servingcert.py) and from which it writes `certfile` and
+    `pkeyfile`. Empty: those files are given (cert-manager's Secret, mounted)."""
+    webhook_config: str = ""
+    """In that mode, the MutatingWebhookConfiguration whose caBundle the operator sets to its CA."""
+    webhook_hosts: str = ""
+    """In that mode, the comma-separated DNS names (or IPs) the serving certificate is for."""
     metrics_addr: str = "0.0.0.0:8080"
     """Where the operator serves its own /metrics (admissions, denials, latency)."""
     namespace: str = "runsync-system"

@@ -97,10 +97,10 @@ def test_lint_and_render_valid_manifests(helm, name):
         assert hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == f"runsync-system/{source}"
         assert "caBundle" not in hook["webhooks"][0]["clientConfig"]
         assert bool(by_kind(docs, "Issuer")) == ("issuer" not in name)
-    else:
-        (secret,) = by_kind(docs, "Secret")
+    else:  # the operator keeps the CA and sets the caBundle: no key material in the chart
+        assert not by_kind(docs, "Secret")
         (hook,) = by_kind(docs, "MutatingWebhookConfiguration")
-        assert hook["webhooks"][0]["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+        assert "caBundle" not in hook["webhooks"][0]["clientConfig"]
     if name == "service monitor":
         (sm,) = by_kind(docs, "ServiceMonitor")
         assert sm["spec"]["endpoints"][0]["port"] == "metrics" and sm["metadata"]["labels"]["release"] == "prom"
@@ -236,6 +236,37 @@ def test_cert_manager_issues_the_serving_cert_from_a_separate_ca(helm):
     assert render(helm, VALUE_SETS["cert-manager"]) == docs        # nothing changes from render to render
 
 
+def test_the_charts_own_tls_is_kept_by_the_operator_and_renders_the_same_twice(helm):
+    """No genCA: a render (helm template, a GitOps sync, an upgrade) changes nothing, so neither
+    the caBundle nor the operator's pods churn. The operator keeps its CA in a Secret it may
+    read and write by name, and may set the caBundle of this webhook configuration only."""
+    docs = render(helm, [])
+    assert render(helm, []) == docs
+    (deployment,) = by_kind(docs, "Deployment")
+    assert "checksum/tls" not in deployment["spec"]["template"]["metadata"].get("annotations", {})
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    values = Values.from_env({e["name"]: e["value"] for e in container["env"]})
+    (hook,) = by_kind(docs, "MutatingWebhookConfiguration")
+    assert values.tls_secret == "rs-runsync-webhook-ca" and values.webhook_config == hook["metadata"]["name"]
+    assert "rs-runsync.runsync-system.svc" in values.webhook_hosts.split(",")
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]] and values.certfile.startswith("/tmp/")   # written, not mounted
+    grants = {}
+    for role in by_kind(docs, "Role") + by_kind(docs, "ClusterRole"):
+        for rule in role["rules"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    grants[(role["metadata"].get("namespace"), resource, verb)] = tuple(rule.get("resourceNames", ()))
+    assert grants[(NAMESPACE, "secrets", "get")] == grants[(NAMESPACE, "secrets", "update")] == (values.tls_secret,)
+    assert grants[(NAMESPACE, "secrets", "create")] == ()
+    assert grants[(None, "mutatingwebhookconfigurations", "get")] == (hook["metadata"]["name"],)
+    assert grants[(None, "mutatingwebhookconfigurations", "patch")] == (hook["metadata"]["name"],)
+    cert_manager = render(helm, VALUE_SETS["cert-manager"])
+    assert not [r for d in cert_manager if d["kind"] in ("Role", "ClusterRole") for r in d["rules"]
+                if "mutatingwebhookconfigurations" in r["resources"]]
+
+
 def test_operator_runs_restricted_and_rbac_is_least_privilege(helm):
     docs = render(helm, [])
     (deployment,) = by_kind(docs, "Deployment")
@@ -244,7 +275,7 @@ def test_operator_runs_restricted_and_rbac_is_least_privilege(helm):
         sc = c["securityContext"]
         assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
         assert sc["capabilities"] == {"drop": ["ALL"]} and isinstance(sc["runAsUser"], int)
-    (role,) = by_kind(docs, "ClusterRole")
+    (role,) = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"] == "rs-runsync"]
     granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
                for v in rule["verbs"]}
     needed = {("runsync.dev", "stores", v) for v in ("get", "list", "watch", "patch")} | \
@@ -252,7 +283,7 @@ def test_operator_runs_restricted_and_rbac_is_least_privilege(helm):
          ("", "events", "create"), ("events.k8s.io", "events", "create")}
     assert granted == needed
     no_secrets = render(helm, ["--set", "storeHealth.readSecrets=false"])
-    (role,) = by_kind(no_secrets, "ClusterRole")
+    (role,) = [r for r in by_kind(no_secrets, "ClusterRole") if r["metadata"]["name"] == "rs-runsync"]
     assert not [r for r in role["rules"] if "secrets" in r["resources"]]
 
 
@@ -266,8 +297,9 @@ def _secret_grants(docs) -> dict[str, set]:
         namespace = binding["metadata"].get("namespace")
         ref = binding["roleRef"]
         role = roles[(ref["kind"], namespace if ref["kind"] == "Role" else None, ref["name"])]
-        for rule in role["rules"]:
-            if "secrets" in rule["resources"] and "" in rule["apiGroups"]:
+        for rule in role["rules"]:  # by name: the webhook's own TLS Secret, not the Stores'
+            if "secrets" in rule["resources"] and "" in rule["apiGroups"] and not rule.get("resourceNames") \
+                    and rule["verbs"] != ["create"]:
                 grants.setdefault(namespace or "*", set()).update(rule["verbs"])
     return grants
 

@@ -501,7 +501,6 @@ def test_one_replica_runs_the_store_handlers_and_all_serve_the_webhook(tmp_path,
             wait("the second operator to resume the Store",
                  lambda: "report_health" in second.log.read_text() and "succeeded" in second.log.read_text())
             assert secret_reads() == 1 and holder() == leader
-            assert "checked by the replica holding" in second.log.read_text()
             for op in (first, second):  # every replica serves the webhook from its own index
                 assert op.review(pod())["response"]["allowed"]
             first.proc.terminate()          # the leader goes away (its cleanup releases the Lease)
@@ -557,6 +556,160 @@ def test_a_renewed_serving_certificate_is_served_without_a_restart(tmp_path, mon
         assert op.review(pod())["response"]["allowed"] is False  # and it still answers (no Store here)
     finally:
         op.stop()
+
+
+class _TlsApi(localkube.ApiStub):
+    """The API stub plus what the chart's own TLS mode uses: one Secret (get, create, replace with
+    resourceVersion) and MutatingWebhookConfigurations (get, JSON patch)."""
+
+    def __init__(self, *args, webhook_configs: dict | None = None, **kwargs):
+        self.tls: dict[tuple[str, str], dict] = {}
+        self.webhook_configs = webhook_configs or {}
+        super().__init__(*args, **kwargs)
+
+    async def _secret(self, request):
+        from aiohttp import web
+
+        found = self.tls.get((request.match_info["ns"], request.match_info["name"]))
+        return web.json_response(found) if found else await super()._secret(request)
+
+    async def _echo(self, request):
+        import json as _json
+
+        from aiohttp import web
+
+        parts = request.path.strip("/").split("/")
+        if parts[:2] == ["api", "v1"] and len(parts) >= 5 and parts[4] == "secrets" and request.method in ("POST", "PUT"):
+            body = _json.loads(await request.read())
+            key = (parts[3], body["metadata"]["name"])
+            current = self.tls.get(key)
+            stale = request.method == "PUT" and (current is None or body["metadata"].get("resourceVersion")
+                                                  != current["metadata"]["resourceVersion"])
+            if (request.method == "POST" and current is not None) or stale:
+                return web.json_response({"kind": "Status", "code": 409, "reason": "Conflict"}, status=409)
+            self.version += 1
+            body["metadata"].update(namespace=parts[3], resourceVersion=str(self.version))
+            self.tls[key] = body
+            return web.json_response(body, status=201 if request.method == "POST" else 200)
+        if "mutatingwebhookconfigurations" in parts:
+            config = self.webhook_configs.get(parts[-1])
+            if config is None:
+                return web.json_response({"kind": "Status", "code": 404}, status=404)
+            if request.method == "PATCH":
+                import jsonpatch
+
+                patched = jsonpatch.apply_patch(config, _json.loads(await request.read()))
+                config.clear()
+                config.update(patched)
+            return web.json_response(config)
+        return await super()._echo(request)
+
+
+def _tls_values(workdir, hosts="127.0.0.1,rs-runsync.runsync-system.svc"):
+    return {"RUNSYNC_OPERATOR_TLS_SECRET": "rs-runsync-webhook-tls", "RUNSYNC_OPERATOR_WEBHOOK_CONFIG": "rs-runsync",
+            "RUNSYNC_OPERATOR_WEBHOOK_HOSTS": hosts, "RUNSYNC_OPERATOR_NAMESPACE": "runsync-system",
+            "RUNSYNC_OPERATOR_CERTFILE": str(workdir / "tls" / "tls.crt"),
+            "RUNSYNC_OPERATOR_PKEYFILE": str(workdir / "tls" / "tls.key")}
+
+
+def _hook_config():
+    return {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": "rs-runsync"}, "webhooks": [{
+                "name": "inject.runsync.dev", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                "clientConfig": {"service": {"name": "rs-runsync", "namespace": "runsync-system",
+                                             "path": "/inject-pods", "port": 443}}}]}
+
+
+def _served(op) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", op.port), timeout=5) as raw:
+        with op.context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            return tls.getpeercert(binary_form=True)
+
+
+def test_the_charts_own_tls_keeps_its_ca_and_renews_the_serving_certificate_from_it(tmp_path, monkeypatch):
+    """The chart renders no key material; the operator keeps the CA in a Secret. A serving
+    certificate near its end is re-issued from the same CA (the caBundle does not change);
+    another replica (or a restart) reuses what the Secret holds."""
+    import base64
+    import datetime
+    import ssl
+
+    import trustme
+    from cryptography import x509
+
+    ca = trustme.CA()
+    monkeypatch.setattr(localkube.trustme, "CA", lambda: ca)   # what the test's client trusts
+    soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=10)
+    expiring = ca.issue_cert("127.0.0.1", not_after=soon)
+    b64 = lambda blob: base64.b64encode(blob.bytes()).decode()  # noqa: E731
+    stub = _TlsApi([], webhook_configs={"rs-runsync": _hook_config()})
+    stub.tls[("runsync-system", "rs-runsync-webhook-tls")] = {
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "rs-runsync-webhook-tls", "namespace": "runsync-system", "resourceVersion": "1"},
+        "data": {"ca.crt": b64(ca.cert_pem), "ca.key": b64(ca.private_key_pem),
+                 "tls.crt": b64(expiring.cert_chain_pems[0]), "tls.key": b64(expiring.private_key_pem)}}
+    monkeypatch.setattr(localkube, "ApiStub", lambda *a, **k: stub)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = Operator(tmp_path / "a", [], values=_tls_values(tmp_path / "a"))  # verifies against `ca`
+    try:
+        secret = stub.tls[("runsync-system", "rs-runsync-webhook-tls")]["data"]
+        assert (secret["ca.crt"], secret["ca.key"]) == (b64(ca.cert_pem), b64(ca.private_key_pem))
+        renewed = base64.b64decode(secret["tls.crt"])
+        assert renewed != expiring.cert_chain_pems[0].bytes()
+        leaf = x509.load_pem_x509_certificate(renewed)
+        assert leaf.not_valid_after_utc > soon + datetime.timedelta(days=300)
+        assert _served(first) == ssl.PEM_cert_to_DER_cert(renewed.decode())
+        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert "rs-runsync.runsync-system.svc" in names.get_values_for_type(x509.DNSName)
+        (hook,) = stub.webhook_configs["rs-runsync"]["webhooks"]
+        assert hook["clientConfig"]["caBundle"] == b64(ca.cert_pem)     # the CA, not the leaf
+        assert hook["clientConfig"]["service"]["path"] == "/inject-pods"  # the rest left alone
+        writes = [m for m, p, _ in stub.requests if m in ("POST", "PUT") and "/secrets" in p]
+        assert writes == ["PUT"]
+        second = Operator(tmp_path / "b", [], values=_tls_values(tmp_path / "b"))
+        try:
+            assert _served(second) == _served(first)                   # the same pair, not a new one
+            assert [m for m, p, _ in stub.requests if m in ("POST", "PUT") and "/secrets" in p] == ["PUT"]
+        finally:
+            first.proc.terminate()
+            first.proc.wait(30)
+            second.stop()                  # and the API stub they share
+    finally:
+        if first.proc.poll() is None:
+            first.proc.kill()
+
+
+def test_the_first_replica_makes_the_ca_and_the_next_one_takes_it(tmp_path):
+    """No Secret yet: the first replica makes a CA and a serving certificate and stores them; the
+    next one serves the same pair."""
+    import kubernetes
+    from cryptography import x509
+
+    from runsync_operator import servingcert
+
+    stub = _TlsApi([])
+    try:
+        cfg = kubernetes.client.Configuration()
+        cfg.host = f"http://127.0.0.1:{stub.port}"
+        core = kubernetes.client.CoreV1Api(kubernetes.client.ApiClient(cfg))
+        hosts = ["rs-runsync.runsync-system.svc"]
+        keepers = [servingcert.Keeper(core, "runsync-system", "tls", hosts, tmp_path / n / "tls.crt",
+                                      tmp_path / n / "tls.key") for n in ("a", "b")]
+        made = keepers[0].ensure()
+        assert [m for m, p, _ in stub.requests if m in ("POST", "PUT")] == ["POST"]
+        taken = keepers[1].ensure()
+        assert taken == made and [m for m, p, _ in stub.requests if m in ("POST", "PUT")] == ["POST"]
+        assert (tmp_path / "b" / "tls.crt").read_bytes() == made.cert
+        ca = x509.load_pem_x509_certificate(made.ca_cert)
+        leaf = x509.load_pem_x509_certificate(made.cert)
+        leaf.verify_directly_issued_by(ca)
+        assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        assert oct((tmp_path / "a" / "tls.key").stat().st_mode & 0o777) == "0o600"
+    finally:
+        stub.stop()
 
 
 class _SecretsForbidden(localkube.ApiStub):

@@ -152,6 +152,10 @@ def test_rbac_allows_what_the_operator_does_and_no_more(operator, tally):
         ("coordination.k8s.io", "leases", "get"): "the Lease that picks the replica running the Store handlers",
         ("coordination.k8s.io", "leases", "create"): "the same Lease, made by the first replica",
         ("coordination.k8s.io", "leases", "update"): "the same Lease, renewed or taken over",
+        ("", "secrets", "create"): "the chart's own TLS: the webhook's CA, kept in a Secret (made once)",
+        ("", "secrets", "update"): "the same Secret, when the serving certificate is renewed",
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "get"): "the caBundle, read",
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch"): "the caBundle, set to the CA",
     }
     assert not any("*" in x for t in granted for x in t), "wildcards in the operator's roles"
     unused_grants = granted - set(needed)

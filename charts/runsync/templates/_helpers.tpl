@@ -22,6 +22,16 @@ app.kubernetes.io/component: operator
 
 {{- define "runsync.tlsSecret" -}}{{ include "runsync.fullname" . }}-webhook-tls{{- end -}}
 
+{{- /* tls.mode "self": the Secret the operator makes and keeps (CA and serving certificate). Not
+  the name chart 0.1.0 rendered its own Secret under: Helm deletes that one on upgrade. */ -}}
+{{- define "runsync.caSecret" -}}{{ include "runsync.fullname" . }}-webhook-ca{{- end -}}
+
+{{- /* The DNS names the apiserver uses for the webhook Service. */ -}}
+{{- define "runsync.serviceHosts" -}}
+{{- $service := printf "%s.%s.svc" (include "runsync.fullname" .) .Release.Namespace -}}
+{{ $service }},{{ $service }}.cluster.local
+{{- end -}}
+
 {{- /* The webhook path is kopf's handler id in operator/values.py (WEBHOOK_ID); a test keeps them equal. */ -}}
 {{- define "runsync.webhookPath" -}}/inject-pods{{- end -}}
 
