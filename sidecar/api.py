@@ -23,8 +23,8 @@ from collections.abc import Callable
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from . import contract
-from .engine import Request
 from .errors import ConfigError, InputError, RunsyncError
+from .messages import Request
 
 MAX_BODY = 64 * 1024
 

@@ -9,10 +9,11 @@ and is not read again.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
 from collections.abc import Iterable
 
-from . import config, globs
+from . import config, globs, keys
 from .manifest import FileEntry, Manifest
 from .watch import LocalFile
 
@@ -156,6 +157,111 @@ def _shape(path: str) -> str:
     """A sibling of the same shape: `ckpt/step-200` has the shape of `ckpt/step-100`."""
     parent, _, base = path.rpartition("/")
     return parent + "/" + re.sub(r"\d+", "#", base) if re.search(r"\d", base) else "\0" + path
+
+
+def markerless(cfg: config.RunConfig, ckpt_dir: str, known: set[str]) -> bool:
+    """Does this replica upload its part of `ckpt_dir` without a marker? Only in a run whose
+    replicas' parts make one checkpoint (`restore-replicas: all`), and only while it has never
+    seen a marker of that shape itself."""
+    return cfg.restore_replicas == "all" and not expects_marker(ckpt_dir, known)
+
+
+class Unit(enum.Enum):
+    """What a file event is part of."""
+
+    IGNORED = "ignored"
+    """An ignore glob names it."""
+    UNSTORABLE = "unstorable"
+    """Its stored name would not stay inside the run dir on restore: warned about, never sent."""
+    FILE = "file"
+    """A file on its own, under its rule's policy."""
+    MARKER = "marker"
+    """A checkpoint directory's marker: the directory is complete and goes as one unit."""
+    MEMBER = "member"
+    """A checkpoint directory's file: it waits for the marker."""
+    QUIET_MEMBER = "quiet_member"
+    """A file of a directory whose marker another replica writes (`markerless`): this
+    replica's part goes whole once the directory has been quiet for `settle` seconds."""
+
+
+def unstorable(name: str) -> str | None:
+    """Why `name` cannot be stored (it would leave the run dir on restore), or None."""
+    try:
+        keys.check_stored_name(name)
+    except keys.RunPathError as err:
+        return str(err)
+    return None
+
+
+def unit_of(d: Decision, markerless_dir: bool) -> Unit:
+    if d.name is None:
+        return Unit.IGNORED
+    if unstorable(d.name) is not None:
+        return Unit.UNSTORABLE
+    if d.checkpoint_dir is None:
+        return Unit.FILE
+    if d.is_marker:
+        return Unit.MARKER
+    return Unit.QUIET_MEMBER if markerless_dir else Unit.MEMBER
+
+
+class Step(enum.Enum):
+    """What to do now with a complete file, or a complete checkpoint directory."""
+
+    HOLD = "hold"
+    """`end` (and files no rule names) while the run goes on: owed until the end."""
+    SKIP = "skip"
+    """`now` and sent once already."""
+    COALESCE = "coalesce"
+    """The previous version is still uploading: the newest goes right after it."""
+    JOIN_RETRY = "join_retry"
+    """A retry is scheduled: it reads the file as it is then."""
+    UPLOAD = "upload"
+
+
+def step(policy: config.Policy, *, ending: bool, sent_once: bool, uploading: bool, retrying: bool) -> Step:
+    """The policies' meaning: `live` goes on every complete version (bursts coalesce), `now`
+    once, `end` when the run ends (preStop or SIGTERM: `ending`)."""
+    if policy is config.Policy.END and not ending:
+        return Step.HOLD
+    if policy is config.Policy.NOW and sent_once:
+        return Step.SKIP
+    if uploading:
+        return Step.COALESCE
+    return Step.JOIN_RETRY if retrying else Step.UPLOAD
+
+
+class Seen(enum.Enum):
+    """What a rescan does with a file it finds."""
+
+    SKIP = "skip"
+    """Ignored, or a checkpoint directory's file that goes with its marker."""
+    KNOWN = "known"
+    """Its size and mtime are those already sent or durable."""
+    READY = "ready"
+    """Complete: unchanged for `settle` seconds, or the run is ending."""
+    DIR_AT_END = "dir_at_end"
+    """A file of a marker-less directory at the end: the directory goes as it is."""
+    WATCH = "watch"
+    """Changed recently: looked at again after `settle` seconds."""
+
+
+def on_rescan(unit: Unit, *, known: bool, settled: bool, ending: bool) -> Seen:
+    """A rescan is the safety net: events are the rule. `ending` is the final flush's rescan,
+    which takes every file as it is."""
+    if unit in (Unit.IGNORED, Unit.MEMBER):
+        return Seen.SKIP
+    if known:
+        return Seen.KNOWN
+    if unit is Unit.QUIET_MEMBER and ending:
+        return Seen.DIR_AT_END
+    return Seen.READY if ending or settled else Seen.WATCH
+
+
+def final_order(owed: dict[str, float]) -> list[str]:
+    """What `end` owes, newest first: when the grace period is short, the latest checkpoint is
+    what matters."""
+    return [key for key, _ in sorted(owed.items(), key=lambda kv: -kv[1])]
 
 
 # ------------------------------------------------------------------------------- restore

@@ -24,7 +24,7 @@ import urllib.request
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import CollectorRegistry
 
-from . import api, contract, engine, keys, logs, transfer, watch
+from . import api, contract, engine, keys, logs, messages, statedir, transfer, watch
 from .errors import InputError
 from .logs import log
 from .metrics import Metrics
@@ -136,7 +136,7 @@ class Embedded:
         import concurrent.futures
 
         reply: concurrent.futures.Future = concurrent.futures.Future()
-        self.wired.engine.post(engine.Request(kind, payload, reply))
+        self.wired.engine.post(messages.Request(kind, payload, reply))
         return reply.result(timeout=timeout)
 
     def flush(self, timeout: float) -> dict:
@@ -144,19 +144,16 @@ class Embedded:
 
     def stop(self, timeout: float = 120) -> None:
         if self.thread.is_alive():
-            self.wired.engine.post(engine.Request("terminate", {}))
+            self.wired.engine.post(messages.Request("terminate", {}))
             self.thread.join(timeout)
         self.wired.watcher.stop()
 
 
 def _restore_metrics(run_dir: str, metrics: Metrics) -> None:
-    try:
-        with open(os.path.join(run_dir, watch.STATE_DIR, RESTORE_STATE)) as f:
-            doc = json.load(f)
-        metrics.restore_bytes.set(float(doc["bytes"]))
-        metrics.restore_seconds.set(float(doc["seconds"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # no restore ran in this pod
+    report = statedir.StateDir(run_dir).read_restore_report()
+    if report is not None:  # else no restore ran in this pod
+        metrics.restore_bytes.set(report[0])
+        metrics.restore_seconds.set(report[1])
 
 
 def pre_stop(env=os.environ, timeout: float = 10.0) -> str:
@@ -170,10 +167,6 @@ def pre_stop(env=os.environ, timeout: float = 10.0) -> str:
             return json.loads(response.read()).get("deadline") and "final flush started" or "ok"
     except (urllib.error.URLError, OSError) as err:
         raise InputError(f"cannot reach the sidecar at {url} ({err}); is it running?") from None
-
-
-RESTORE_STATE = "restore.json"
-"""restore-init's report in the state dir, which the sidecar turns into metrics."""
 
 
 def restore_init(env=os.environ) -> int:
@@ -213,10 +206,7 @@ def _restore_init(pod: PodEnv, s3) -> int:
         s3, pod.store, source, pod.run_dir, replica=pod.replica, all_replicas=all_replicas,
         patterns=cfg.restore.globs, markers=cfg.complete_markers)
     restorer.log_report(report, str(source))
-    state = os.path.join(pod.run_dir, watch.STATE_DIR)
-    os.makedirs(state, exist_ok=True)
-    with open(os.path.join(state, RESTORE_STATE), "w") as f:
-        json.dump({"bytes": report.bytes, "seconds": report.seconds, "files": len(report.written)}, f)
+    statedir.StateDir(pod.run_dir).write_restore_report(report.bytes, report.seconds, len(report.written))
     if report.empty and cfg.restore_strict:
         raise restorer.RestoreError(f"nothing to restore for {source} in {pod.store} and runsync.dev/restore-strict is "
                          "true; fix: check runsync.dev/run and runsync.dev/store, or set restore-strict: false")

@@ -12,6 +12,7 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import os
+import random
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -121,6 +122,32 @@ def check_store(s3, store: keys.StoreURL) -> None:
         s3.list_objects_v2(Bucket=store.bucket, Prefix=store.key() or "", MaxKeys=1)
     except Exception as err:  # noqa: BLE001 - every failure becomes one StoreError
         raise describe(err, store, s3) from None
+
+
+# ------------------------------------------------------------------------------ retries
+
+@dataclasses.dataclass(frozen=True)
+class Backoff:
+    """How long to wait before attempt `n` of a whole upload, a commit or the sidecar's start-up
+    read. Each S3 request is retried by botocore first (`Settings.max_attempts`); this is the
+    wait after those gave up: doubling, capped, and jittered so replicas do not retry in lockstep."""
+
+    base: float = 1.0
+    cap: float = 30.0
+
+    def delay(self, attempt: int, jitter: Callable[[float, float], float] = random.uniform) -> float:
+        return min(self.cap, self.base * 2 ** min(attempt, 10)) * jitter(0.5, 1.0)
+
+
+def failure_kind(error: str) -> str:
+    """A short label for a failure message of this module (`describe`), for the failures metric."""
+    for marker, kind in (("cannot reach", "unreachable"), ("SignatureDoesNotMatch", "credentials"),
+                         ("InvalidAccessKeyId", "credentials"), ("NoSuchBucket", "no_bucket"),
+                         ("AccessDenied", "access_denied"), ("Cancelled", "cancelled"),
+                         ("checksum", "checksum")):
+        if marker in error:
+            return kind
+    return "s3_error" if "S3" in error else "other"
 
 
 # ------------------------------------------------------------------------------ hashing
