@@ -13,7 +13,6 @@ which order the end goes, is `plan`'s; this file only keeps the books.
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import itertools
 import os
 import queue
@@ -21,42 +20,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import config, contract, keys, lease, manifest, plan, services, statedir, tasks, transfer, watch
+from . import config, keys, lease, manifest, plan, services, statedir, tasks, transfer, watch
 from .committer import Committer
 from .errors import ConfigError, StoreError
 from .flushes import Flushes
+from .ledger import Ledger
 from .logs import log
 from .messages import DIR, Committed, Done, Loaded, Request, Task, dir_key, shown
 from .metrics import Metrics
 from .rules import Rules
+from .settings import Settings
 from .sightings import Sightings
 
 Policy = config.Policy
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """The sidecar's timing knobs (seconds)."""
-
-    grace: float = contract.DEFAULT_GRACE_SECONDS
-    """The pod's termination grace period: the final flush must end within it."""
-    final_margin: float = 3.0
-    """Kept free at the end of the grace period for the final manifest commit."""
-    settle: float = 5.0
-    """A file seen by a rescan (not by an event) counts as complete once it has been unchanged
-    this long: events are the rule, the rescan only a safety net."""
-    rescan: float = 300.0
-    """Seconds between safety-net rescans of the whole run dir. Events are the rule (an inotify
-    overflow rescans at once); a rescan of 100,000 files costs about 1.5 CPU-seconds."""
-    commit_interval: float = 1.0
-    """Durable files are batched into one manifest at most this often (unless a flush waits)."""
-    reload: float = 2.0
-    """How often the annotations file is checked for changes."""
-    workers: int = 16
-    """Files hashed and uploaded at once (each upload also runs parts in parallel); small files
-    are decided by round trips, so many at once."""
-    retry_base: float = 1.0
-    retry_cap: float = 30.0
 
 
 STATUS_LIST = 100
@@ -78,35 +54,26 @@ class Engine:
         self.rules = Rules(annotations_file, self.state)
         self.flushes = Flushes()
         self.sightings = Sightings(self.root, settings.settle, clock, self.flushes)
-        self.backoff = transfer.Backoff(settings.retry_base, settings.retry_cap)
+        backoff = transfer.Backoff(settings.retry_base, settings.retry_cap)
+        self.retries = tasks.Retries(backoff, recheck=max(settings.settle / 2, 0.5))
         self.worker = tasks.Worker(self.root, layout, transfers)
         self.transfers = transfers
         self.committer = Committer(s3, layout, transfers, self.state, metrics, self.post,
                                    holder, settings.grace + lease.DEFAULT_TTL,
-                                   self.backoff)
+                                   backoff)
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="upload")
 
-        self.durable: manifest.Manifest | None = self.state.load_manifest(layout)
+        self.books = Ledger(self.state.load_manifest(layout))
         self.loaded = False
-        self.staged: dict[str, manifest.FileEntry] = {}
-        self.staged_removed: set[str] = set()
-        self.tokens: list[tuple[str, int, float]] = []
-        """(key, gen, ready_at) of work that is staged: the next commit makes it durable."""
         self.inflight: dict[str, Task] = {}
         self.dirty: dict[str, tuple[str, Policy, float, bool]] = {}
         """A newer version of what is in flight: (relpath, policy, when, require_marker)."""
-        self.retries: list[tuple[float, Task]] = []
-        self.retrying: set[str] = set()
         self.quiet: dict[str, tuple[float, Policy, float]] = {}
         """Checkpoint dirs of a replica that sees no marker: (when quiet enough, policy, ready)."""
         self.owed: dict[str, float] = {}
         """What `end` owes: relpath (or `dir_key`) → when it was complete."""
-        self.known: dict[str, tuple[int, int]] = {}
-        self.names: dict[str, str] = {}
-        """relpath → stored name of what this sidecar uploaded (to map deletions)."""
         self.checkpoint_dirs: set[str] = set()
-        if self.durable:
-            self.checkpoint_dirs |= plan.marked_dirs(self.durable.files, self.rules.cfg.complete_markers)
+        self._mark_dirs(self.books.durable)
         self.mode = "running"
         """running → ending (preStop: `end` files go) → final (SIGTERM: last rescan, last commit)."""
         self.deadline: float | None = None
@@ -153,9 +120,7 @@ class Engine:
     def _tick(self) -> None:
         self.last_tick = time.monotonic()
         now = self.clock()
-        due = [task for t, task in self.retries if t <= now]
-        self.retries = [(t, task) for t, task in self.retries if t > now]
-        for task in due:
+        for task in self.retries.due(now):
             self._resubmit(task)
         if now - self.last_reload >= self.settings.reload:
             self._reload()
@@ -167,7 +132,7 @@ class Engine:
             if when_quiet <= now:
                 self._dir_ready(ckpt_dir, policy, when, require_marker=False)
         self._maybe_commit(now)
-        self.flushes.answer(now, self.loaded, self.durable.seq if self.durable else None)
+        self.flushes.answer(now, self.loaded, self.books.seq)
         self._update_queue_gauges()
         if self.mode == "final":
             self._final_step(now)
@@ -210,8 +175,9 @@ class Engine:
         """A complete file or checkpoint dir: plan says when it goes."""
         is_dir = key.startswith(DIR)
         owed_as = key if is_dir else relpath
-        step = plan.step(policy, ending=self.mode != "running", sent_once=not is_dir and self._has(key),
-                         uploading=key in self.inflight, retrying=key in self.retrying)
+        sent_once = not is_dir and (key in self.inflight or self.books.has(key))
+        step = plan.step(policy, ending=self.mode != "running", sent_once=sent_once,
+                         uploading=key in self.inflight, retrying=key in self.retries)
         if step is plan.Step.HOLD:
             self.owed[owed_as] = when
             return
@@ -222,23 +188,13 @@ class Engine:
         if step is plan.Step.COALESCE:
             self.dirty[key] = (relpath, policy, when, require_marker)
         elif step is plan.Step.UPLOAD:
-            self._submit(Task(key, relpath, policy, self.flushes.newest(key), when, self._prev(key),
-                              self.rules.cfg, self.rules.extra, require_marker))
+            self._submit(self._task(key, relpath, policy, when, require_marker))
 
     def _gone(self, ev: watch.FileGone) -> None:
         """The trainer deleted a file (or a directory): the next manifest drops it."""
-        prefix = ev.relpath + "/"
-        victims = [p for p in self.names if p == ev.relpath or (ev.is_dir and p.startswith(prefix))]
-        if not victims and not ev.is_dir:
-            victims = [ev.relpath]
-        for path in victims:
-            name = self.names.pop(path, path)
-            self.known.pop(path, None)
+        for path in self.books.gone(ev.relpath, ev.is_dir):
             self.owed.pop(path, None)
             self.sightings.drop(path)
-            if name in self.staged or (self.durable and name in self.durable.files):
-                self.staged.pop(name, None)
-                self.staged_removed.add(name)
         if ev.is_dir:
             self.owed.pop(dir_key(ev.relpath), None)
             self.checkpoint_dirs.discard(ev.relpath)
@@ -257,11 +213,11 @@ class Engine:
             d = plan.decide(self.rules.cfg, self.rules.extra, f.relpath, self.checkpoint_dirs)
             stat = (f.size, f.mtime_ns)
             unit = plan.unit_of(d, d.checkpoint_dir is not None and self._markerless(d.checkpoint_dir))
-            known = d.name is not None and stat in (self.known.get(f.relpath), self._durable_stat(d.name))
+            known = d.name is not None and stat in (self.books.known.get(f.relpath), self.books.stat(d.name))
             seen = plan.on_rescan(unit, known=known, settled=now - f.mtime_ns / 1e9 >= self.settings.settle,
                                   ending=ending)
             if seen is plan.Seen.KNOWN:
-                self.known[f.relpath] = stat
+                self.books.known[f.relpath] = stat
             elif seen is plan.Seen.DIR_AT_END:
                 dirs_at_end.setdefault(d.checkpoint_dir, (d.policy, f.mtime_ns / 1e9))
             elif seen is plan.Seen.READY:
@@ -286,53 +242,43 @@ class Engine:
             self.post(Done(task, "failed", error=f"{type(err).__name__}: {err}"))
 
     def _resubmit(self, task: Task) -> None:
-        self.retrying.discard(task.key)
         if task.key in self.inflight:
             return
         task.gen = self.flushes.newest(task.key)  # it reads the newest version anyway
-        task.prev = self._prev(task.key)
+        task.prev = self.books.prev(task.key)
         self._submit(task)
 
     def _done(self, done: Done) -> None:
         task = done.task
         self.inflight.pop(task.key, None)
         if done.outcome in ("uploaded", "unchanged"):
-            waits = any(entry.name in self.staged for entry, _, _ in done.entries)
+            waits = any(entry.name in self.books.staged for entry, _, _ in done.entries)
             for entry, relpath, how in done.entries:
                 self._record(entry, relpath, how)
             if done.outcome == "unchanged" and not waits:
                 self.flushes.satisfy(task.key, task.gen)  # nothing new to commit for it
             else:
-                self.tokens.append((task.key, task.gen, task.ready_at))
-        elif done.outcome == "changed":
-            # Still being written: its close brings a new event; retry soon in case none comes.
-            self.retries.append((self.clock() + max(self.settings.settle / 2, 0.5), task))
+                self.books.tokens.append((task.key, task.gen, task.ready_at))
+        elif done.outcome == "changed":  # still being written: its close brings a new event
+            self.retries.changed(task, self.clock())
         elif done.outcome == "failed":
-            task.attempt += 1
             self.metrics.failures.labels(transfer.failure_kind(done.error)).inc()
-            delay = self.backoff.delay(task.attempt)
+            delay = self.retries.failed(task, self.clock())
             log.warning("upload failed; will retry", extra={"fields": {
                 "what": shown(task.key), "attempt": task.attempt, "retry_in_s": round(delay, 2),
                 "error": done.error}})
-            self.retries.append((self.clock() + delay, task))
-            self.retrying.add(task.key)
         else:  # gone, incomplete
             self.flushes.satisfy(task.key, task.gen)
         if task.key in self.dirty and task.key not in self.inflight:  # the newest version goes next
             relpath, policy, when, require_marker = self.dirty.pop(task.key)
-            self._submit(Task(task.key, relpath, policy, self.flushes.newest(task.key), when,
-                              self._prev(task.key), self.rules.cfg, self.rules.extra, require_marker))
+            self._submit(self._task(task.key, relpath, policy, when, require_marker))
 
     def _record(self, entry: manifest.FileEntry, relpath: str, how: str) -> None:
         self.metrics.record(how, entry.policy, entry.size)
         if how == "uploaded":
             log.info("uploaded", extra={"fields": {"file": relpath, "name": entry.name,
                                                    "bytes": entry.size, "policy": entry.policy}})
-        self.names[relpath] = entry.name
-        self.known[relpath] = (entry.size, entry.mtime_ns)
-        if how != "unchanged" or entry.name in self.staged:
-            self.staged[entry.name] = entry
-            self.staged_removed.discard(entry.name)
+        self.books.record(entry, relpath, how)
 
     # ------------------------------------------------------------------ manifests
 
@@ -340,12 +286,12 @@ class Engine:
         if self.committing or not self.loaded or self.mode == "final" or self.committer.fenced:
             return
         self.committer.heartbeat(now)
-        if not (self.staged or self.staged_removed or self.tokens):
+        if not self.books.to_commit():
             return
         if now - self.last_commit < self.settings.commit_interval and not self.flushes.waiters:
             return
         self.committing = True
-        self.committer.commit(self.durable, dict(self.staged), set(self.staged_removed), list(self.tokens))
+        self.committer.commit(self.books.durable, *self.books.snapshot())
 
     def _committed(self, c: Committed) -> None:
         self.committing = False
@@ -364,13 +310,7 @@ class Engine:
 
     def _apply_commit(self, m: manifest.Manifest, names: dict[str, manifest.FileEntry], removed: set[str],
                       tokens: list[tuple[str, int, float]], now: float) -> None:
-        self.durable = m
-        for name, entry in names.items():
-            if self.staged.get(name) is entry:
-                del self.staged[name]
-        self.staged_removed -= removed
-        committed = set(tokens)
-        self.tokens = [t for t in self.tokens if t not in committed]
+        self.books.committed(m, names, removed, tokens)
         for key, gen, ready_at in tokens:
             self.flushes.satisfy(key, gen)
             self.metrics.latency.observe(max(0.0, now - ready_at))
@@ -379,12 +319,12 @@ class Engine:
         log.info("manifest committed", extra={"fields": {"seq": m.seq, "files": len(m.files), "final": m.final}})
 
     def _loaded(self, loaded: Loaded) -> None:
-        remote = loaded.manifest
-        if remote is not None and (self.durable is None or remote.seq >= self.durable.seq):
-            self.durable = remote
-            self.checkpoint_dirs |= plan.marked_dirs(remote.files, self.rules.cfg.complete_markers)
-        elif self.durable is not None and remote is None:
-            self.durable = None  # a cached manifest of another store or run: not ours
+        remote, cached = loaded.manifest, self.books.durable
+        if remote is not None and (cached is None or remote.seq >= cached.seq):
+            self.books.durable = remote
+            self._mark_dirs(remote)
+        elif cached is not None and remote is None:
+            self.books.durable = None  # a cached manifest of another store or run: not ours
         first = not self.loaded
         self.loaded = True
         self.worker.prior_writer = loaded.prior_writer
@@ -443,20 +383,20 @@ class Engine:
         if busy and not out_of_time:
             return
         if busy:
-            owed = sorted({shown(k) for k in (*self.inflight, *self.dirty, *(t.key for _, t in self.retries))})
+            owed = sorted({shown(k) for k in (*self.inflight, *self.dirty, *self.retries.keys())})
             for name in owed:
                 log.error("not uploaded before the deadline", extra={"fields": {"file": name}})
             self.metrics.unsynced.inc(len(owed))
             self.transfers.cancel()
-        names, removed = dict(self.staged), set(self.staged_removed)
+        names, removed, tokens = self.books.snapshot()
         try:
             if self.committer.fenced:
                 log.error("fenced off: the final manifest is not committed (another pod holds the lease)",
                           extra={"fields": {"files_not_committed": len(names)}})
             elif self.loaded and self.committer.holding:
                 left = max(1.0, self.deadline - self.clock())
-                m = self.committer.commit_final(self.durable, names, removed, timeout=left)
-                self._apply_commit(m, names, removed, list(self.tokens), now)
+                m = self.committer.commit_final(self.books.durable, names, removed, timeout=left)
+                self._apply_commit(m, names, removed, tokens, now)
             else:
                 log.error("the store could not be read since start-up; nothing committed",
                           extra={"fields": {"files_not_committed": len(names)}})
@@ -474,8 +414,8 @@ class Engine:
 
         return {
             "run": str(self.layout.run), "replica": self.layout.replica, "mode": self.mode,
-            "manifest": self.durable.seq if self.durable else None,
-            "durable_files": len(self.durable.files) if self.durable else 0,
+            "manifest": self.books.seq,
+            "durable_files": len(self.books.durable.files) if self.books.durable else 0,
             "uploading": first(self.inflight), "uploading_count": len(self.inflight),
             "pending": self.flushes.first(STATUS_LIST), "pending_count": len(self.flushes.pending),
             "owed_at_end": first(self.owed), "owed_at_end_count": len(self.owed),
@@ -487,24 +427,14 @@ class Engine:
     def _markerless(self, ckpt_dir: str) -> bool:
         return plan.markerless(self.rules.cfg, ckpt_dir, self.checkpoint_dirs)
 
-    def _entry(self, name: str) -> manifest.FileEntry | None:
-        return self.staged.get(name) or (self.durable.files.get(name) if self.durable else None)
+    def _task(self, key: str, relpath: str, policy: Policy, when: float, require_marker: bool) -> Task:
+        return Task(key, relpath, policy, self.flushes.newest(key), when, self.books.prev(key),
+                    self.rules.cfg, self.rules.extra, require_marker)
 
-    def _has(self, name: str) -> bool:
-        return name in self.staged or name in self.inflight or bool(self.durable and name in self.durable.files)
-
-    def _durable_stat(self, name: str) -> tuple[int, int] | None:
-        entry = self._entry(name)
-        return (entry.size, entry.mtime_ns) if entry else None
-
-    def _prev(self, key: str) -> dict[str, manifest.FileEntry]:
-        """What a task compares its files with: unchanged content is not sent again."""
-        if key.startswith(DIR):
-            files = dict(self.durable.files) if self.durable else {}
-            files.update(self.staged)
-            return files
-        entry = self._entry(key)
-        return {key: entry} if entry else {}
+    def _mark_dirs(self, m: manifest.Manifest | None) -> None:
+        """Directories with a durable marker are checkpoint directories (plan.decide)."""
+        if m is not None:
+            self.checkpoint_dirs |= plan.marked_dirs(m.files, self.rules.cfg.complete_markers)
 
     def _update_queue_gauges(self) -> None:
         self.metrics.queue_files.set(len(self.inflight) + len(self.dirty) + len(self.retries))
@@ -520,8 +450,7 @@ class Engine:
     def _reload(self, first: bool = False) -> None:
         self.last_reload = self.clock()
         if self.rules.reload(first):
-            if self.durable:
-                self.checkpoint_dirs |= plan.marked_dirs(self.durable.files, self.rules.cfg.complete_markers)
+            self._mark_dirs(self.books.durable)
             if not first:
                 self._rescan()
 

@@ -28,6 +28,7 @@ from . import api, contract, engine, keys, logs, messages, statedir, transfer, w
 from .errors import InputError
 from .logs import log
 from .metrics import Metrics
+from .settings import Settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +83,7 @@ class Wired:
     registry: CollectorRegistry
 
 
-def wire(run_dir: str, layout: keys.Layout, settings: engine.Settings, annotations: str | None,
+def wire(run_dir: str, layout: keys.Layout, settings: Settings, annotations: str | None,
          holder: str) -> Wired:
     s3 = transfer.client()
     registry = CollectorRegistry()
@@ -96,10 +97,10 @@ def wire(run_dir: str, layout: keys.Layout, settings: engine.Settings, annotatio
     return Wired(core, watcher, registry)
 
 
-def run(settings: engine.Settings | None = None, env=os.environ) -> int:
+def run(settings: Settings | None = None, env=os.environ) -> int:
     pod = PodEnv.read(env)
     logs.setup(sys.stdout)
-    settings = dataclasses.replace(settings or engine.Settings(), grace=pod.grace)
+    settings = dataclasses.replace(settings or Settings(), grace=pod.grace)
     wired = wire(pod.run_dir, keys.Layout(pod.store, pod.run, pod.replica), settings, pod.annotations, pod.holder)
     core = wired.engine
     api_server = api.serve_api(pod.api, core.post, wired.watcher.fence)
@@ -119,7 +120,7 @@ def run(settings: engine.Settings | None = None, env=os.environ) -> int:
     wired.watcher.stop()
     api_server.shutdown()
     metrics_server.shutdown()
-    log.info("sidecar stopped", extra={"fields": {"manifest": core.durable.seq if core.durable else None}})
+    log.info("sidecar stopped", extra={"fields": {"manifest": core.books.seq}})
     return code
 
 
@@ -127,7 +128,7 @@ class Embedded:
     """The sidecar's engine in this process (the SDK outside a pod): started by `start`,
     flushed and stopped by `stop` (the SDK calls it at exit)."""
 
-    def __init__(self, run_dir: str, layout: keys.Layout, settings: engine.Settings, holder: str):
+    def __init__(self, run_dir: str, layout: keys.Layout, settings: Settings, holder: str):
         self.wired = wire(run_dir, layout, settings, None, holder)
         self.thread = threading.Thread(target=self.wired.engine.loop, name="runsync-engine", daemon=True)
         self.thread.start()

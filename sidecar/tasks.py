@@ -2,7 +2,8 @@
 upload → `Done`. A single file is a directory of one; a directory's markers go last, after
 every other file of it is durable, so no reader sees the marker before the data.
 
-Runs on the workers' threads and touches no engine state: what it needs comes in the Task.
+`Worker.run` runs on the workers' threads and touches no engine state: what it needs comes in
+the Task. `Retries` (the loop's) holds tasks to try again: every retry of a task is decided there.
 """
 
 from __future__ import annotations
@@ -94,3 +95,42 @@ class Worker:
         if not maybe_sent_before and not self.transfers.worth_asking(entry.size):
             return False
         return self.transfers.stored(entry.key, entry.size)
+
+
+class Retries:
+    """Tasks to try again: a failed one after a backoff (`transfer.Backoff`), one whose file was
+    still changing after `recheck` seconds, in case no event of its close comes. Owned by the loop."""
+
+    def __init__(self, backoff: transfer.Backoff, recheck: float):
+        self.backoff = backoff
+        self.recheck = recheck
+        self._waiting: list[tuple[float, Task]] = []
+        self._failed: set[str] = set()
+        """Keys of failed tasks: a new version of one joins its retry instead of going at once."""
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._failed
+
+    def keys(self) -> list[str]:
+        return [task.key for _, task in self._waiting]
+
+    def failed(self, task: Task, now: float) -> float:
+        """Schedule a failed task; returns the delay."""
+        task.attempt += 1
+        delay = self.backoff.delay(task.attempt)
+        self._waiting.append((now + delay, task))
+        self._failed.add(task.key)
+        return delay
+
+    def changed(self, task: Task, now: float) -> None:
+        self._waiting.append((now + self.recheck, task))
+
+    def due(self, now: float) -> list[Task]:
+        ready = [task for t, task in self._waiting if t <= now]
+        self._waiting = [(t, task) for t, task in self._waiting if t > now]
+        for task in ready:
+            self._failed.discard(task.key)
+        return ready
