@@ -3,7 +3,7 @@
 It is the only owner of the lease (`held`) and of `fenced`: taking the lease and reading the
 latest manifest at start (`load`), the heartbeat, each commit and the final one run here in
 order, so a heartbeat never races a commit. Results go back to the engine's loop as messages
-(`Loaded`, `Committed`); the loop owns what is staged and durable.
+(`Loaded`, `Committed`); the loop owns what is staged and durable, and asks `due` each tick.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import socket
 import threading
 from collections.abc import Callable
 
-from . import keys, lease, manifest, messages, statedir, transfer
+from . import keys, lease, ledger, manifest, messages, statedir, transfer
 from .errors import StoreError
 from .logs import log
 from .metrics import Metrics
@@ -23,7 +23,7 @@ from .metrics import Metrics
 class Committer:
     def __init__(self, s3, layout: keys.Layout, transfers: transfer.Transfers, state: statedir.StateDir,
                  metrics: Metrics, post: Callable[[object], None], holder: str | None, lease_wait: float,
-                 backoff: transfer.Backoff = transfer.Backoff()):
+                 interval: float = 1.0, backoff: transfer.Backoff = transfer.Backoff()):
         self.s3 = s3
         self.layout = layout
         self.transfers = transfers
@@ -33,7 +33,11 @@ class Committer:
         self.holder = holder or socket.gethostname()  # in a pod, the pod's name
         self.lease_wait = lease_wait
         """Seconds to wait for a previous writer (its final flush) before taking the lease."""
+        self.interval = interval
+        """Staged files are batched into one manifest at most this often (unless a flush waits)."""
         self.backoff = backoff
+        self.committing = False
+        self._last_commit = 0.0
         self.writer = f"sidecar@{socket.gethostname()}:{os.getpid()}"
         self._held: lease.Held | None = None
         self._fenced = False
@@ -50,6 +54,34 @@ class Committer:
     def holding(self) -> bool:
         return self._held is not None
 
+    # ------------------------------------------------------------------ on the loop's thread
+
+    def due(self, now: float, books: ledger.Ledger, flush_waiting: bool) -> None:
+        """Renew the lease when due; start the next commit when there is something to commit
+        and it is time (at once while a flush waits)."""
+        if self.committing or self._fenced:
+            return
+        self.heartbeat(now)
+        if not books.to_commit() or (now - self._last_commit < self.interval and not flush_waiting):
+            return
+        self.committing = True
+        self.commit(books.durable, *books.snapshot())
+
+    def answered(self, c: messages.Committed, now: float) -> bool:
+        """A commit's answer came back: True when it committed (the loop applies it)."""
+        self.committing = False
+        self._last_commit = now
+        if c.manifest is not None:
+            return True
+        self.metrics.failures.labels("fenced" if self._fenced else transfer.failure_kind(c.error)).inc()
+        if self._fenced:
+            log.error("fenced off: another pod holds this replica's lease; no more commits",
+                      extra={"fields": {"error": c.error}})
+        else:
+            log.warning("manifest commit failed; will retry", extra={"fields": {"error": c.error}})
+            self._last_commit = now + min(self.backoff.cap, 2.0)  # back off
+        return False
+
     def load(self) -> None:
         """Take the lease (waiting for a previous writer), then read the latest manifest;
         retried until it works. Posts `Loaded`."""
@@ -65,6 +97,23 @@ class Committer:
                removed: set[str], tokens: list[tuple[str, int, float]]) -> None:
         """Commit the next manifest in the background; posts `Committed`."""
         self._thread.submit(self._commit_and_post, durable, names, removed, tokens)
+
+    def final(self, durable: manifest.Manifest | None, names: dict[str, manifest.FileEntry], removed: set[str],
+              loaded: bool, timeout: float) -> manifest.Manifest | None:
+        """The final manifest, waited for; None (and logged) when it cannot be committed."""
+        try:
+            if self._fenced:
+                log.error("fenced off: the final manifest is not committed (another pod holds the lease)",
+                          extra={"fields": {"files_not_committed": len(names)}})
+            elif not (loaded and self.holding):
+                log.error("the store could not be read since start-up; nothing committed",
+                          extra={"fields": {"files_not_committed": len(names)}})
+            else:
+                return self.commit_final(durable, names, removed, timeout)
+        except (StoreError, concurrent.futures.TimeoutError) as err:
+            self.metrics.failures.labels(transfer.failure_kind(str(err))).inc()
+            log.error("final manifest not committed", extra={"fields": {"error": str(err), "files_lost": len(names)}})
+        return None
 
     def commit_final(self, durable: manifest.Manifest | None, names: dict[str, manifest.FileEntry],
                      removed: set[str], timeout: float) -> manifest.Manifest:

@@ -12,7 +12,6 @@ which order the end goes, is `plan`'s; this file only keeps the books.
 
 from __future__ import annotations
 
-import concurrent.futures
 import itertools
 import os
 import queue
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from . import config, keys, lease, manifest, plan, services, statedir, tasks, transfer, watch
 from .committer import Committer
-from .errors import ConfigError, StoreError
+from .errors import ConfigError
 from .flushes import Flushes
 from .ledger import Ledger
 from .logs import log
@@ -56,20 +55,16 @@ class Engine:
         self.sightings = Sightings(self.root, settings.settle, clock, self.flushes)
         backoff = transfer.Backoff(settings.retry_base, settings.retry_cap)
         self.retries = tasks.Retries(backoff, recheck=max(settings.settle / 2, 0.5))
-        self.worker = tasks.Worker(self.root, layout, transfers)
+        self.worker = tasks.Worker(self.root, layout, transfers, settings.workers, self.post)
         self.transfers = transfers
         self.committer = Committer(s3, layout, transfers, self.state, metrics, self.post,
-                                   holder, settings.grace + lease.DEFAULT_TTL,
-                                   backoff)
-        self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="upload")
+                                   holder, settings.grace + lease.DEFAULT_TTL, settings.commit_interval, backoff)
 
         self.books = Ledger(self.state.load_manifest(layout))
         self.loaded = False
         self.inflight: dict[str, Task] = {}
         self.dirty: dict[str, tuple[str, Policy, float, bool]] = {}
         """A newer version of what is in flight: (relpath, policy, when, require_marker)."""
-        self.quiet: dict[str, tuple[float, Policy, float]] = {}
-        """Checkpoint dirs of a replica that sees no marker: (when quiet enough, policy, ready)."""
         self.owed: dict[str, float] = {}
         """What `end` owes: relpath (or `dir_key`) → when it was complete."""
         self.checkpoint_dirs: set[str] = set()
@@ -77,8 +72,7 @@ class Engine:
         self.mode = "running"
         """running → ending (preStop: `end` files go) → final (SIGTERM: last rescan, last commit)."""
         self.deadline: float | None = None
-        self.committing = False
-        self.last_commit = self.last_reload = self.last_rescan = 0.0
+        self.last_reload = self.last_rescan = 0.0
         self.finished = False
         self.stop_requested = False
         """Set by a signal handler: a plain flag, because a handler that took the inbox's lock
@@ -113,7 +107,7 @@ class Engine:
             if self.stop_requested and self.mode != "final":
                 self._request(Request("terminate", {}))
             self._tick()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.worker.shutdown()
         self.committer.shutdown()
         return 0
 
@@ -128,10 +122,10 @@ class Engine:
             self._rescan()
         for relpath in self.sightings.settled(now):
             self._ready(relpath, now)
-        for ckpt_dir, (when_quiet, policy, when) in list(self.quiet.items()):
-            if when_quiet <= now:
-                self._dir_ready(ckpt_dir, policy, when, require_marker=False)
-        self._maybe_commit(now)
+        for ckpt_dir, policy, when in self.sightings.quiet_dirs(now):
+            self._dir_ready(ckpt_dir, policy, when, require_marker=False)
+        if self.loaded and self.mode != "final":
+            self.committer.due(now, self.books, bool(self.flushes.waiters))
         self.flushes.answer(now, self.loaded, self.books.seq)
         self._update_queue_gauges()
         if self.mode == "final":
@@ -150,8 +144,7 @@ class Engine:
         if relpath == keys.STATE_DIR or relpath.startswith(keys.STATE_DIR + "/"):
             return
         since = self.sightings.drop(relpath)  # a flush waiting on the sighting waits on the upload
-        d = plan.decide(self.rules.cfg, self.rules.extra, relpath, self.checkpoint_dirs)
-        unit = plan.unit_of(d, d.checkpoint_dir is not None and self._markerless(d.checkpoint_dir))
+        d, unit = self._classify(relpath)
         if unit is plan.Unit.UNSTORABLE:
             log.warning("file cannot be stored", extra={"fields": {
                 "file": relpath, "error": plan.unstorable(d.name)}})
@@ -159,15 +152,13 @@ class Engine:
             self.checkpoint_dirs.add(d.checkpoint_dir)
             self._dir_ready(d.checkpoint_dir, d.policy, when, since)
         elif unit is plan.Unit.QUIET_MEMBER:
-            if d.checkpoint_dir not in self.quiet:
-                self.flushes.accept(dir_key(d.checkpoint_dir), since)
-            self.quiet[d.checkpoint_dir] = (self.clock() + self.settings.settle, d.policy, when)
+            self.sightings.quiet_dir(d.checkpoint_dir, d.policy, when, since)
         elif unit is plan.Unit.FILE:
             self._offer(d.name, relpath, d.policy, when, since)
 
     def _dir_ready(self, ckpt_dir: str, policy: Policy, when: float, since: int | None = None,
                    require_marker: bool = True) -> None:
-        self.quiet.pop(ckpt_dir, None)
+        self.sightings.forget_dir(ckpt_dir)
         self._offer(dir_key(ckpt_dir), ckpt_dir, policy, when, since, require_marker)
 
     def _offer(self, key: str, relpath: str, policy: Policy, when: float, since: int | None = None,
@@ -210,9 +201,8 @@ class Engine:
         files = watch.scan(self.root).files
         dirs_at_end: dict[str, tuple[Policy, float]] = {}
         for f in sorted(files, key=lambda f: -f.mtime_ns) if ending else files:  # at the end newest first
-            d = plan.decide(self.rules.cfg, self.rules.extra, f.relpath, self.checkpoint_dirs)
+            d, unit = self._classify(f.relpath)
             stat = (f.size, f.mtime_ns)
-            unit = plan.unit_of(d, d.checkpoint_dir is not None and self._markerless(d.checkpoint_dir))
             known = d.name is not None and stat in (self.books.known.get(f.relpath), self.books.stat(d.name))
             seen = plan.on_rescan(unit, known=known, settled=now - f.mtime_ns / 1e9 >= self.settings.settle,
                                   ending=ending)
@@ -231,15 +221,7 @@ class Engine:
 
     def _submit(self, task: Task) -> None:
         self.inflight[task.key] = task
-        self.pool.submit(self._work, task)
-
-    def _work(self, task: Task) -> None:
-        """On a worker's thread."""
-        try:
-            self.post(self.worker.run(task))
-        except Exception as err:  # noqa: BLE001 - a bug must not stall the engine
-            log.exception("worker failed", extra={"fields": {"work": repr(task)[:200]}})
-            self.post(Done(task, "failed", error=f"{type(err).__name__}: {err}"))
+        self.worker.start(task)
 
     def _resubmit(self, task: Task) -> None:
         if task.key in self.inflight:
@@ -282,31 +264,10 @@ class Engine:
 
     # ------------------------------------------------------------------ manifests
 
-    def _maybe_commit(self, now: float) -> None:
-        if self.committing or not self.loaded or self.mode == "final" or self.committer.fenced:
-            return
-        self.committer.heartbeat(now)
-        if not self.books.to_commit():
-            return
-        if now - self.last_commit < self.settings.commit_interval and not self.flushes.waiters:
-            return
-        self.committing = True
-        self.committer.commit(self.books.durable, *self.books.snapshot())
-
     def _committed(self, c: Committed) -> None:
-        self.committing = False
-        now = self.last_commit = self.clock()
-        if c.manifest is not None:
+        now = self.clock()
+        if self.committer.answered(c, now):
             self._apply_commit(c.manifest, c.names, c.removed, c.tokens, now)
-            return
-        fenced = self.committer.fenced
-        self.metrics.failures.labels("fenced" if fenced else transfer.failure_kind(c.error)).inc()
-        if fenced:
-            log.error("fenced off: another pod holds this replica's lease; no more commits",
-                      extra={"fields": {"error": c.error}})
-        else:
-            log.warning("manifest commit failed; will retry", extra={"fields": {"error": c.error}})
-            self.last_commit = now + min(self.settings.retry_cap, 2.0)  # back off
 
     def _apply_commit(self, m: manifest.Manifest, names: dict[str, manifest.FileEntry], removed: set[str],
                       tokens: list[tuple[str, int, float]], now: float) -> None:
@@ -350,9 +311,9 @@ class Engine:
         elif r.kind == "status":
             r.reply.set_result(self.status())
         elif r.kind == "code":
-            self.pool.submit(services.answer, r.reply, lambda: services.store_code(self.s3, self.layout, r.payload))
+            self.worker.call(services.answer, r.reply, lambda: services.store_code(self.s3, self.layout, r.payload))
         elif r.kind == "restore":
-            self.pool.submit(services.answer, r.reply, lambda: services.restore(
+            self.worker.call(services.answer, r.reply, lambda: services.restore(
                 self.s3, self.layout, self.root, self.rules.cfg.complete_markers, r.payload))
         elif r.kind == "prestop":
             self._begin_end(now)
@@ -378,7 +339,7 @@ class Engine:
                     self._ready(key, owed[key])
 
     def _final_step(self, now: float) -> None:
-        busy = self.inflight or self.committing or self.dirty or self.retries
+        busy = self.inflight or self.committer.committing or self.dirty or self.retries
         out_of_time = now >= self.deadline - self.settings.final_margin
         if busy and not out_of_time:
             return
@@ -389,20 +350,10 @@ class Engine:
             self.metrics.unsynced.inc(len(owed))
             self.transfers.cancel()
         names, removed, tokens = self.books.snapshot()
-        try:
-            if self.committer.fenced:
-                log.error("fenced off: the final manifest is not committed (another pod holds the lease)",
-                          extra={"fields": {"files_not_committed": len(names)}})
-            elif self.loaded and self.committer.holding:
-                left = max(1.0, self.deadline - self.clock())
-                m = self.committer.commit_final(self.books.durable, names, removed, timeout=left)
-                self._apply_commit(m, names, removed, tokens, now)
-            else:
-                log.error("the store could not be read since start-up; nothing committed",
-                          extra={"fields": {"files_not_committed": len(names)}})
-        except (StoreError, concurrent.futures.TimeoutError) as err:
-            self.metrics.failures.labels(transfer.failure_kind(str(err))).inc()
-            log.error("final manifest not committed", extra={"fields": {"error": str(err), "files_lost": len(names)}})
+        m = self.committer.final(self.books.durable, names, removed, self.loaded,
+                                 timeout=max(1.0, self.deadline - self.clock()))
+        if m is not None:
+            self._apply_commit(m, names, removed, tokens, now)
         self.finished = True
 
     def status(self) -> dict:
@@ -424,8 +375,10 @@ class Engine:
 
     # ------------------------------------------------------------------ lookups
 
-    def _markerless(self, ckpt_dir: str) -> bool:
-        return plan.markerless(self.rules.cfg, ckpt_dir, self.checkpoint_dirs)
+    def _classify(self, relpath: str) -> tuple[plan.Decision, plan.Unit]:
+        d = plan.decide(self.rules.cfg, self.rules.extra, relpath, self.checkpoint_dirs)
+        quiet = d.checkpoint_dir is not None and plan.markerless(self.rules.cfg, d.checkpoint_dir, self.checkpoint_dirs)
+        return d, plan.unit_of(d, quiet)
 
     def _task(self, key: str, relpath: str, policy: Policy, when: float, require_marker: bool) -> Task:
         return Task(key, relpath, policy, self.flushes.newest(key), when, self.books.prev(key),

@@ -1,6 +1,8 @@
-"""Files seen changing without a completion event: found by a rescan, or already in a directory
-that appeared while it was being filled. Each is looked at again after `settle` seconds and
-counts as complete once it has not changed for that long. A flush waits for them too.
+"""What is complete once quiet. Files seen changing without a completion event (found by a
+rescan, or already in a directory that appeared while it was being filled): each is looked at
+again after `settle` seconds and counts as complete once it has not changed for that long. And
+checkpoint directories whose marker another replica writes: this replica's part goes once no
+file of it has closed for `settle` seconds. A flush waits for both.
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from . import messages
+from . import config, messages
 from .flushes import Flushes
 
 Stat = tuple[int, int]
@@ -23,6 +25,8 @@ class Sightings:
         self.flushes = flushes
         self._seen: dict[str, tuple[Stat, float]] = {}
         """relpath → (its stat when seen, when to look again)."""
+        self._quiet: dict[str, tuple[float, config.Policy, float]] = {}
+        """checkpoint dir → (when it is quiet enough, policy, when its last file closed)."""
 
     def __contains__(self, relpath: str) -> bool:
         return relpath in self._seen
@@ -60,6 +64,22 @@ class Sightings:
             else:
                 self._seen[relpath] = (current, now + self.settle)
         return done
+
+    def quiet_dir(self, ckpt_dir: str, policy: config.Policy, when: float, since: int | None) -> None:
+        """A file of `ckpt_dir` closed: its quiet time starts again."""
+        if ckpt_dir not in self._quiet:
+            self.flushes.accept(messages.dir_key(ckpt_dir), since)
+        self._quiet[ckpt_dir] = (self.clock() + self.settle, policy, when)
+
+    def forget_dir(self, ckpt_dir: str) -> None:
+        self._quiet.pop(ckpt_dir, None)
+
+    def quiet_dirs(self, now: float) -> list[tuple[str, config.Policy, float]]:
+        """The directories quiet for `settle` seconds: (dir, policy, when), forgotten here."""
+        due = [(d, policy, when) for d, (at, policy, when) in self._quiet.items() if at <= now]
+        for d, _, _ in due:
+            del self._quiet[d]
+        return due
 
     def _stat(self, relpath: str) -> Stat | None:
         try:

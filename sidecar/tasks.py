@@ -8,24 +8,49 @@ the Task. `Retries` (the loop's) holds tasks to try again: every retry of a task
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 
 from . import keys, manifest, plan, transfer, watch
 from .errors import StoreError
+from .logs import log
 from .messages import Done, Task
 
 
 class Worker:
-    def __init__(self, root: str, layout: keys.Layout, transfers: transfer.Transfers):
+    """Runs tasks on a pool of threads and posts each `Done` back to the loop."""
+
+    def __init__(self, root: str, layout: keys.Layout, transfers: transfer.Transfers, threads: int,
+                 post: Callable[[object], None]):
         self.root = root
         self.layout = layout
         self.transfers = transfers
+        self.post = post
+        self.pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="upload")
         self.started_ns = time.time_ns()
         """Files changed before this are ones a previous sidecar may have sent."""
         self.prior_writer = True
         """Until the start-up read says that no sidecar ever wrote this replica."""
+
+    def start(self, task: Task) -> None:
+        self.pool.submit(self._run_and_post, task)
+
+    def call(self, fn: Callable, *args) -> None:
+        """Other blocking work of the loop's (the API's code and restore requests)."""
+        self.pool.submit(fn, *args)
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run_and_post(self, task: Task) -> None:
+        try:
+            self.post(self.run(task))
+        except Exception as err:  # noqa: BLE001 - a bug must not stall the engine
+            log.exception("worker failed", extra={"fields": {"work": repr(task)[:200]}})
+            self.post(Done(task, "failed", error=f"{type(err).__name__}: {err}"))
 
     def run(self, task: Task) -> Done:
         batches = self._batches(task)
