@@ -1,8 +1,13 @@
-"""`runsync sidecar`: the only place that wires threads, signals, preStop and the final flush.
+"""The in-pod roles: `runsync sidecar`, its preStop hook, and `runsync restore-init`; and the
+SDK's in-process engine outside a pod (`Embedded`).
+
+The sidecar is wired here: the watcher's thread, the engine's loop, the API and metrics
+servers, and the signal handlers (the engine starts its own upload workers and committer):
 
     watcher thread ──FileEvent──▶ engine.inbox ◀──Request── API threads (SDK, preStop)
-                                       │                 ◀── SIGTERM
-                                  engine loop ──▶ upload workers, committer ──▶ S3
+                                       │                 ◀── SIGTERM (a flag the loop polls)
+                                  engine loop ──Task──▶ upload workers ──▶ S3
+                                       └───commit────▶ committer thread ──▶ S3
 
 Configuration comes only from the in-pod environment of SPEC.md; the process exits 0 after
 the final manifest, within the grace period.

@@ -27,7 +27,7 @@ from s3transfer.exceptions import CancelledError
 from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
-from . import crt, keys
+from . import contract, crt, keys
 from .errors import StoreError
 
 MiB = 1024 * 1024
@@ -61,7 +61,7 @@ def endpoint_override() -> str | None:
 def client(settings: Settings = Settings()):
     """An S3 client from the standard AWS environment."""
     endpoint = endpoint_override()
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or contract.DEFAULT_REGION
     config = botocore.config.Config(
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
@@ -263,10 +263,6 @@ class Transfers:
                 yield up, err
             else:
                 yield up, None
-
-    def upload_one(self, up: Upload, on_bytes: Callable[[int], None] = lambda n: None) -> None:
-        """Upload one file and return once it is durable; `FileChanged` or `StoreError` if not."""
-        self._finish(up, self._submit(up, on_bytes))
 
     def worth_asking(self, size: int) -> bool:
         """Is a HeadObject (`stored`) worth it before uploading `size` bytes? Below the multipart

@@ -1,8 +1,9 @@
-"""The files of a run dir, as the planner sees them: relative path, size and mtime.
+"""The files of a run dir: what is there (`scan`), and what happens to them (`Watcher`).
 
-This module knows no policies. `scan` walks the tree once (`runsync sync`, the sidecar's
-safety-net rescan); the sidecar's event watcher will feed the same `LocalFile` records.
-Symlinks are never followed: a link could lead out of the run dir. runsync's own state
+This module knows no policies. `scan` walks the tree once and returns `LocalFile` records
+(`runsync sync`, the sidecar's safety-net rescan, a checkpoint directory's upload); the
+`Watcher` turns inotify into `FileEvent`, `FileGone`, `Fence` and `Overflow` messages for the
+engine. Symlinks are never followed: a link could lead out of the run dir. runsync's own state
 directory is not part of the run.
 """
 
