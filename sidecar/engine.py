@@ -7,7 +7,8 @@ to the upload workers and the committer, and records what comes back.
 The loop's thread owns the engine's state (what is in flight, staged and durable), so it needs
 no lock. The committer's thread owns the writer lease; workers get all they need in the Task and
 return a Done; the API and the watcher only post messages. What each policy means, and in
-which order the end goes, is `plan`'s; this file only keeps the books.
+which order the end goes, is `plan`'s; the books are `ledger`'s and `flushes`'; this file is
+the loop and the hand-offs.
 """
 
 from __future__ import annotations
