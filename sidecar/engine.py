@@ -145,7 +145,7 @@ class Engine:
         if relpath == keys.STATE_DIR or relpath.startswith(keys.STATE_DIR + "/"):
             return
         since = self.sightings.drop(relpath)  # a flush waiting on the sighting waits on the upload
-        d, unit = self._classify(relpath)
+        d, unit = plan.classify(self.rules.cfg, self.rules.extra, relpath, self.checkpoint_dirs)
         if unit is plan.Unit.UNSTORABLE:
             log.warning("file cannot be stored", extra={"fields": {
                 "file": relpath, "error": plan.unstorable(d.name)}})
@@ -197,25 +197,18 @@ class Engine:
 
     def _rescan(self, ending: bool = False) -> None:
         """The safety net: files changed without an event (or before the sidecar started)."""
-        now = self.clock()
-        self.last_rescan = now
-        files = watch.scan(self.root).files
-        dirs_at_end: dict[str, tuple[Policy, float]] = {}
-        for f in sorted(files, key=lambda f: -f.mtime_ns) if ending else files:  # at the end newest first
-            d, unit = self._classify(f.relpath)
-            stat = (f.size, f.mtime_ns)
-            known = d.name is not None and stat in (self.books.known.get(f.relpath), self.books.stat(d.name))
-            seen = plan.on_rescan(unit, known=known, settled=now - f.mtime_ns / 1e9 >= self.settings.settle,
-                                  ending=ending)
-            if seen is plan.Seen.KNOWN:
-                self.books.known[f.relpath] = stat
-            elif seen is plan.Seen.DIR_AT_END:
-                dirs_at_end.setdefault(d.checkpoint_dir, (d.policy, f.mtime_ns / 1e9))
-            elif seen is plan.Seen.READY:
-                self._ready(f.relpath, f.mtime_ns / 1e9)
-            elif seen is plan.Seen.WATCH and f.relpath not in self.sightings:
-                self.sightings.add(f.relpath, stat)
-        for ckpt_dir, (policy, when) in dirs_at_end.items():  # a replica's part goes as it is
+        now = self.last_rescan = self.clock()
+        found = plan.rescan(self.rules.cfg, self.rules.extra, self.checkpoint_dirs, watch.scan(self.root).files,
+                            lambda relpath, name: (self.books.known.get(relpath), self.books.stat(name)),
+                            now, self.settings.settle, ending)
+        for f in found.known:
+            self.books.known[f.relpath] = (f.size, f.mtime_ns)
+        for relpath, when in found.ready:
+            self._ready(relpath, when)
+        for f in found.watch:
+            if f.relpath not in self.sightings:
+                self.sightings.add(f.relpath, (f.size, f.mtime_ns))
+        for ckpt_dir, (policy, when) in found.dirs_at_end.items():  # a replica's part goes as it is
             self._dir_ready(ckpt_dir, policy, when, require_marker=False)
 
     # ------------------------------------------------------------------ work and results
@@ -375,11 +368,6 @@ class Engine:
         }
 
     # ------------------------------------------------------------------ lookups
-
-    def _classify(self, relpath: str) -> tuple[plan.Decision, plan.Unit]:
-        d = plan.decide(self.rules.cfg, self.rules.extra, relpath, self.checkpoint_dirs)
-        quiet = d.checkpoint_dir is not None and plan.markerless(self.rules.cfg, d.checkpoint_dir, self.checkpoint_dirs)
-        return d, plan.unit_of(d, quiet)
 
     def _task(self, key: str, relpath: str, policy: Policy, when: float, require_marker: bool) -> Task:
         return Task(key, relpath, policy, self.flushes.newest(key), when, self.books.prev(key),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from . import config, globs, keys
 from .manifest import FileEntry, Manifest
@@ -246,6 +246,14 @@ class Seen(enum.Enum):
     """Changed recently: looked at again after `settle` seconds."""
 
 
+def classify(cfg: config.RunConfig, extra: tuple[config.SaveRule, ...], relpath: str,
+             checkpoint_dirs: set[str]) -> tuple[Decision, Unit]:
+    """`decide`, then what the file is part of (`unit_of`)."""
+    d = decide(cfg, extra, relpath, checkpoint_dirs)
+    quiet = d.checkpoint_dir is not None and markerless(cfg, d.checkpoint_dir, checkpoint_dirs)
+    return d, unit_of(d, quiet)
+
+
 def on_rescan(unit: Unit, *, known: bool, settled: bool, ending: bool) -> Seen:
     """A rescan is the safety net: events are the rule. `ending` is the final flush's rescan,
     which takes every file as it is."""
@@ -256,6 +264,44 @@ def on_rescan(unit: Unit, *, known: bool, settled: bool, ending: bool) -> Seen:
     if unit is Unit.QUIET_MEMBER and ending:
         return Seen.DIR_AT_END
     return Seen.READY if ending or settled else Seen.WATCH
+
+
+@dataclasses.dataclass
+class Rescan:
+    """What a rescan found, each list in the order to act on it."""
+
+    ready: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+    """(relpath, when it was complete) of complete files."""
+    watch: list[LocalFile] = dataclasses.field(default_factory=list)
+    known: list[LocalFile] = dataclasses.field(default_factory=list)
+    dirs_at_end: dict[str, tuple[config.Policy, float]] = dataclasses.field(default_factory=dict)
+    """Marker-less checkpoint dirs that go as they are (the end): (policy, when)."""
+
+
+def rescan(cfg: config.RunConfig, extra: tuple[config.SaveRule, ...], checkpoint_dirs: set[str],
+           files: Iterable[LocalFile], sent: Callable[[str, str], tuple], now: float, settle: float,
+           ending: bool) -> Rescan:
+    """Sort the files of a rescan (`sent(relpath, name)` gives the (size, mtime_ns) they were
+    sent with). At the end newest first: when the grace period is short, the latest checkpoint
+    is what matters. A marker found complete makes its directory a checkpoint directory for the
+    files after it, as its event would."""
+    dirs = set(checkpoint_dirs)
+    found = Rescan()
+    for f in sorted(files, key=lambda f: -f.mtime_ns) if ending else files:
+        d, unit = classify(cfg, extra, f.relpath, dirs)
+        known = d.name is not None and (f.size, f.mtime_ns) in sent(f.relpath, d.name)
+        seen = on_rescan(unit, known=known, settled=now - f.mtime_ns / 1e9 >= settle, ending=ending)
+        if seen is Seen.KNOWN:
+            found.known.append(f)
+        elif seen is Seen.DIR_AT_END:
+            found.dirs_at_end.setdefault(d.checkpoint_dir, (d.policy, f.mtime_ns / 1e9))
+        elif seen is Seen.READY:
+            found.ready.append((f.relpath, f.mtime_ns / 1e9))
+            if unit is Unit.MARKER:
+                dirs.add(d.checkpoint_dir)
+        elif seen is Seen.WATCH:
+            found.watch.append(f)
+    return found
 
 
 def final_order(owed: dict[str, float]) -> list[str]:

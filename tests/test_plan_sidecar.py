@@ -4,6 +4,7 @@ import pytest
 
 from runsync import config, plan
 from runsync.config import Policy
+from runsync.watch import LocalFile
 
 CFG = config.parse({"runsync.dev/save": "ckpt/**:live, results/*:now, logs/*:end",
                     "runsync.dev/ignore": "*.tmp"})
@@ -11,8 +12,7 @@ ALL = config.parse({"runsync.dev/save": "ckpt/**:live", "runsync.dev/restore-rep
 
 
 def unit(relpath, cfg=CFG, known=frozenset()):
-    d = plan.decide(cfg, (), relpath, set(known))
-    return plan.unit_of(d, d.checkpoint_dir is not None and plan.markerless(cfg, d.checkpoint_dir, set(known)))
+    return plan.classify(cfg, (), relpath, set(known))[1]
 
 
 @pytest.mark.parametrize("relpath, cfg, known, expected", [
@@ -78,6 +78,38 @@ U, R = plan.Unit, plan.Seen
 ])
 def test_what_a_rescan_does_with_a_file(unit, known, settled, ending, expected):
     assert plan.on_rescan(unit, known=known, settled=settled, ending=ending) is expected
+
+
+def local(relpath, mtime_s, size=1):
+    return LocalFile(relpath, "/run/" + relpath, size, int(mtime_s * 1e9))
+
+
+NOW = 1000.0
+FILES = [local("ckpt/step-1/.metadata", 900), local("ckpt/step-1/w.bin", 899), local("logs/a", 999),
+         local("results/new.csv", 998), local("results/old.csv", 100), local("x.tmp", 100)]
+
+
+def test_a_rescan_takes_what_settled_watches_what_did_not_and_skips_what_was_sent():
+    sent = {"results/old.csv": (1, int(100 * 1e9))}
+    found = plan.rescan(CFG, (), set(), FILES, lambda relpath, name: (sent.get(relpath),), NOW, 5.0, False)
+    # the marker makes its dir a checkpoint dir: w.bin goes with it, not alone
+    assert found.ready == [("ckpt/step-1/.metadata", 900.0)]
+    assert [f.relpath for f in found.watch] == ["logs/a", "results/new.csv"]
+    assert [f.relpath for f in found.known] == ["results/old.csv"]
+    assert found.dirs_at_end == {}
+
+
+def test_the_last_rescan_takes_everything_newest_first():
+    found = plan.rescan(CFG, (), set(), FILES, lambda relpath, name: (), NOW, 5.0, True)
+    assert [r for r, _ in found.ready] == ["logs/a", "results/new.csv", "ckpt/step-1/.metadata", "results/old.csv"]
+
+
+def test_a_replica_that_sees_no_marker_sends_its_part_at_the_end():
+    files = [local("ckpt/step-1/1.distcp", 999)]
+    assert plan.rescan(ALL, (), set(), files, lambda r, n: (), NOW, 5.0, True).dirs_at_end == {
+        "ckpt/step-1": (Policy.LIVE, 999.0)}
+    assert [f.relpath for f in plan.rescan(ALL, (), set(), files, lambda r, n: (), NOW, 5.0, False).watch] == [
+        "ckpt/step-1/1.distcp"]
 
 
 def test_the_end_sends_the_newest_first():
