@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
-from runsync import config, contract
+from runsync import config, contract, keys
 
 from . import conflicts, containers, qos
 from .stores import StoreSpec
@@ -48,8 +48,8 @@ def skip_reason(pod: dict) -> str | None:
     return None
 
 
-def inject(pod: dict, cfg: config.RunConfig, values: Values, store: StoreSpec, namespace: str,
-           run: str, replica: str) -> Result:
+def inject(pod: dict, cfg: config.RunConfig, values: Values, store: StoreSpec, run_path: keys.RunPath,
+           replica: str) -> Result:
     pod = copy.deepcopy(pod)
     spec = pod.setdefault("spec", {})
     warnings: list[str] = []
@@ -82,20 +82,19 @@ def inject(pod: dict, cfg: config.RunConfig, values: Values, store: StoreSpec, n
         if missing:
             raise InjectionError(f"{contract.CONTAINERS}: no container named {missing[0]!r} in this pod; "
                                  f"expected some of {[c.get('name') for c in apps]}")
-    run_path = f"{namespace}/{cfg.project}/{run}"
     for c in chosen:
         mounts = c.setdefault("volumeMounts", [])
         if not any(m.get("mountPath") == cfg.run_dir for m in mounts):
             mounts.append({"name": run_volume, "mountPath": cfg.run_dir})
         env = c.setdefault("env", [])
         have = {e.get("name") for e in env}
-        for name, value in ((contract.ENV_DIR, cfg.run_dir), (contract.ENV_RUN_PATH, run_path),
+        for name, value in ((contract.ENV_DIR, cfg.run_dir), (contract.ENV_RUN_PATH, str(run_path)),
                             (contract.ENV_API, f"127.0.0.1:{values.api_port}")):
             if name not in have:
                 env.append({"name": name, "value": value})
 
     # -- grace period: the final flush must fit in it
-    grace = spec.get("terminationGracePeriodSeconds", 30)
+    grace = spec.get("terminationGracePeriodSeconds", contract.DEFAULT_GRACE_SECONDS)
     if grace < values.grace_floor:
         if values.raise_grace:
             warnings.append(f"runsync raised terminationGracePeriodSeconds from {grace} to {values.grace_floor} "
@@ -107,7 +106,7 @@ def inject(pod: dict, cfg: config.RunConfig, values: Values, store: StoreSpec, n
                             "is preempted; raise it on the pod template")
 
     # -- restore-init first, the native sidecar right after it
-    env = containers.runsync_env(cfg, values, store, run_path, replica, grace)
+    env = containers.runsync_env(cfg, values, store, str(run_path), replica, grace)
     user = containers.runsync_user(spec, values)
     init = spec.setdefault("initContainers", [])
     ours = [containers.restore_init(cfg, values, env, run_volume, user),

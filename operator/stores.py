@@ -13,6 +13,8 @@ import datetime
 
 import kopf
 
+from runsync import contract
+
 GROUP, VERSION, PLURAL = "runsync.dev", "v1alpha1", "stores"
 
 
@@ -21,7 +23,7 @@ class StoreSpec:
     bucket: str
     prefix: str = ""
     endpoint: str | None = None
-    region: str = "us-east-1"
+    region: str = contract.DEFAULT_REGION
     secret: str | None = None
     """Secret with the access keys; None for workload identity (IRSA, GKE WI, Pod Identity)."""
     access_key_id_key: str = "AWS_ACCESS_KEY_ID"
@@ -39,7 +41,7 @@ class StoreSpec:
         sse = spec.get("serverSideEncryption") or {}
         return cls(
             bucket=spec["bucket"], prefix=(spec.get("prefix") or "").strip("/"),
-            endpoint=spec.get("endpoint") or None, region=spec.get("region") or "us-east-1",
+            endpoint=spec.get("endpoint") or None, region=spec.get("region") or contract.DEFAULT_REGION,
             secret=creds.get("name") or None,
             access_key_id_key=creds.get("accessKeyIdKey") or "AWS_ACCESS_KEY_ID",
             secret_access_key_key=creds.get("secretAccessKeyKey") or "AWS_SECRET_ACCESS_KEY",

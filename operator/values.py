@@ -9,6 +9,8 @@ import dataclasses
 import json
 import os
 
+from runsync import contract
+
 ENV_PREFIX = "RUNSYNC_OPERATOR_"
 
 
@@ -31,9 +33,9 @@ class Values:
     limit. A CFS quota: uploads hash and sign at about 1 CPU-second per GiB through the CRT."""
     user_id: int = 65532
     """Numeric non-root user of the runsync containers."""
-    api_port: int = 7070
+    api_port: int = contract.API_PORT
     """Loopback port of the sidecar's SDK API (RUNSYNC_API in the app containers)."""
-    metrics_port: int = 9097
+    metrics_port: int = contract.METRICS_PORT
     """Port of the sidecar's /metrics, /healthz and /readyz."""
     grace_floor: int = 60
     """Seconds of terminationGracePeriodSeconds under which admission warns."""

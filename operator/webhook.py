@@ -23,7 +23,7 @@ from .values import WEBHOOK_ID, Values
 
 @kopf.on.mutate("pods", id=WEBHOOK_ID, operation="CREATE")
 def inject_pod(body, patch: kopf.Patch, warnings: list[str], memo: kopf.Memo, stores_by_name: kopf.Index,
-               dryrun: bool, **_) -> None:
+               **_) -> None:
     started = time.perf_counter()
     try:
         result = mutate(dict(body), memo.settings, stores_by_name)
@@ -61,7 +61,7 @@ def mutate(pod: dict, values: Values, stores) -> inject.Result | None:
         raise _deny(str(err), "annotation") from None
     who = identity.of(pod, cfg.run, cfg.replica)
     try:
-        keys.RunPath.parse(f"{namespace}/{cfg.project}/{who.run}")
+        run_path = keys.RunPath.parse(f"{namespace}/{cfg.project}/{who.run}")
         keys.check_replica(who.replica)
     except RunsyncError as err:
         raise _deny(f"cannot name the run from this pod: {err}; set runsync.dev/run and runsync.dev/replica",
@@ -75,7 +75,7 @@ def mutate(pod: dict, values: Values, stores) -> inject.Result | None:
     except (KeyError, TypeError, ValueError) as err:
         raise _deny(f"Store {cfg.store!r} in {namespace!r} has no usable spec ({err})", "store") from None
     try:
-        result = inject.inject(pod, cfg, values, store, namespace, who.run, who.replica)
+        result = inject.inject(pod, cfg, values, store, run_path, who.replica)
     except inject.InjectionError as err:
         raise _deny(str(err), "conflict" if isinstance(err, inject.Conflict) else "annotation") from None
     return result if who.shared is None else dataclasses.replace(result, warnings=(who.shared, *result.warnings))

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from . import contract
-from .engine import Request
 from .errors import ConfigError, InputError, RunsyncError
+from .messages import Request
 
 MAX_BODY = 64 * 1024
 
@@ -38,7 +38,7 @@ def parse_addr(value: str, what: str, loopback_only: bool) -> tuple[str, int]:
             raise ValueError
         ip = ipaddress.ip_address(host)
     except ValueError:
-        raise InputError(f"{what} {value!r} is not IP:PORT; expected e.g. 127.0.0.1:7070") from None
+        raise InputError(f"{what} {value!r} is not IP:PORT; expected e.g. {contract.DEFAULT_API}") from None
     if loopback_only and not ip.is_loopback:
         raise InputError(f"{what} {value!r} is not a loopback address; the SDK API listens on 127.0.0.1 only")
     return host, number

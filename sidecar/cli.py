@@ -161,13 +161,14 @@ def sidecar_cmd(
         help="Seconds between safety-net rescans (default 300).")] = None,
 ) -> None:
     """Watch the run dir and upload under the pod's policies (configured by RUNSYNC_* variables)."""
-    from . import engine, runner  # the in-pod roles load their machinery only when used
+    from . import runner  # the in-pod roles load their machinery only when used
+    from .settings import Settings
 
     if pre_stop:
         out.print(_run(runner.pre_stop))
         return
     given = {"settle": settle_seconds, "rescan": rescan_seconds}
-    settings = engine.Settings(**{k: v for k, v in given.items() if v is not None})  # else engine's defaults
+    settings = Settings(**{k: v for k, v in given.items() if v is not None})  # else the defaults
     raise typer.Exit(_run(lambda: runner.run(settings)))
 
 

@@ -32,7 +32,6 @@ class Policy(str, enum.Enum):
     """Upload only when the run ends."""
 
 
-POLICIES = ", ".join(p.value for p in Policy)
 _POLICY_WORDS = "live, now or end"
 
 # Checkpoint writers that rename or write a known file last: PyTorch DCP (`.metadata`),

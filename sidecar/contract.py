@@ -74,9 +74,16 @@ allocatable memory when no limit is set): the sidecar sizes its transfer buffers
 ENV_METRICS = "RUNSYNC_METRICS_ADDR"
 """HOST:PORT of the sidecar's /metrics, /healthz and /readyz."""
 
-DEFAULT_API = "127.0.0.1:7070"
-DEFAULT_METRICS = "0.0.0.0:9097"
-DEFAULT_GRACE_SECONDS = 30.0
+API_PORT = 7070
+"""The sidecar's SDK API port, on loopback (the operator's `api_port` default)."""
+METRICS_PORT = 9097
+"""The sidecar's /metrics, /healthz and /readyz port (the operator's `metrics_port` default)."""
+DEFAULT_API = f"127.0.0.1:{API_PORT}"
+DEFAULT_METRICS = f"0.0.0.0:{METRICS_PORT}"
+DEFAULT_GRACE_SECONDS = 30
+"""Kubernetes' default terminationGracePeriodSeconds: what a pod without one gets."""
+DEFAULT_REGION = "us-east-1"
+"""The S3 region when neither AWS_REGION, AWS_DEFAULT_REGION nor a Store's `region` names one."""
 API_PREFIX = "/v1"
 DEFAULT_REPLICA = "0"
 DEFAULT_PROJECT = "default"

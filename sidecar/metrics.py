@@ -36,3 +36,12 @@ class Metrics:
                                      registry=r)
         self.last_sync = Gauge("runsync_last_sync_timestamp_seconds",
                                "Unix time of the last committed manifest.", registry=r)
+
+    def record(self, how: str, policy: str, nbytes: int) -> None:
+        """One file of a finished upload task: `how` is uploaded, stored (the store held it
+        already) or unchanged."""
+        if how == "uploaded":
+            self.uploaded_files.labels(policy).inc()
+            self.uploaded_bytes.labels(policy).inc(nbytes)
+        else:
+            self.skipped_bytes.labels("unchanged" if how == "unchanged" else "already_stored").inc(nbytes)

@@ -9,10 +9,11 @@ and is not read again.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from . import config, globs
+from . import config, globs, keys
 from .manifest import FileEntry, Manifest
 from .watch import LocalFile
 
@@ -186,6 +187,167 @@ def _shape(path: str) -> str:
     """A sibling of the same shape: `ckpt/step-200` has the shape of `ckpt/step-100`."""
     parent, _, base = path.rpartition("/")
     return parent + "/" + re.sub(r"\d+", "#", base) if re.search(r"\d", base) else "\0" + path
+
+
+def markerless(cfg: config.RunConfig, ckpt_dir: str, known: set[str]) -> bool:
+    """Does this replica upload its part of `ckpt_dir` without a marker? Only in a run whose
+    replicas' parts make one checkpoint (`restore-replicas: all`), and only while it has never
+    seen a marker of that shape itself."""
+    return cfg.restore_replicas == "all" and not expects_marker(ckpt_dir, known)
+
+
+class Unit(enum.Enum):
+    """What a file event is part of."""
+
+    IGNORED = "ignored"
+    """An ignore glob names it."""
+    UNSTORABLE = "unstorable"
+    """Its stored name would not stay inside the run dir on restore: warned about, never sent."""
+    FILE = "file"
+    """A file on its own, under its rule's policy."""
+    MARKER = "marker"
+    """A checkpoint directory's marker: the directory is complete and goes as one unit."""
+    MEMBER = "member"
+    """A checkpoint directory's file: it waits for the marker."""
+    QUIET_MEMBER = "quiet_member"
+    """A file of a directory whose marker another replica writes (`markerless`): this
+    replica's part goes whole once the directory has been quiet for `settle` seconds."""
+
+
+def unstorable(name: str) -> str | None:
+    """Why `name` cannot be stored (it would leave the run dir on restore), or None."""
+    try:
+        keys.check_stored_name(name)
+    except keys.RunPathError as err:
+        return str(err)
+    return None
+
+
+def unit_of(d: Decision, markerless_dir: bool) -> Unit:
+    if d.name is None:
+        return Unit.IGNORED
+    if unstorable(d.name) is not None:
+        return Unit.UNSTORABLE
+    if d.checkpoint_dir is None:
+        return Unit.FILE
+    if d.is_marker:
+        return Unit.MARKER
+    return Unit.QUIET_MEMBER if markerless_dir else Unit.MEMBER
+
+
+class Step(enum.Enum):
+    """What to do now with a complete file, or a complete checkpoint directory."""
+
+    HOLD = "hold"
+    """`end` (and files no rule names) while the run goes on: owed until the end."""
+    SKIP = "skip"
+    """`now` and sent once already."""
+    COALESCE = "coalesce"
+    """The previous version is still uploading: the newest goes right after it."""
+    JOIN_RETRY = "join_retry"
+    """A retry is scheduled: it reads the file as it is then."""
+    UPLOAD = "upload"
+
+
+def step(policy: config.Policy, *, ending: bool, sent_once: bool, uploading: bool, retrying: bool) -> Step:
+    """The policies' meaning: `live` goes on every complete version (bursts coalesce), `now`
+    once, `end` when the run ends (preStop or SIGTERM: `ending`)."""
+    if policy is config.Policy.END and not ending:
+        return Step.HOLD
+    if policy is config.Policy.NOW and sent_once:
+        return Step.SKIP
+    if uploading:
+        return Step.COALESCE
+    return Step.JOIN_RETRY if retrying else Step.UPLOAD
+
+
+class Seen(enum.Enum):
+    """What a rescan does with a file it finds."""
+
+    SKIP = "skip"
+    """Ignored, or a checkpoint directory's file that goes with its marker."""
+    KNOWN = "known"
+    """Its size and mtime are those already sent or durable."""
+    READY = "ready"
+    """Complete: unchanged for `settle` seconds, or the run is ending."""
+    DIR_AT_END = "dir_at_end"
+    """A file of a marker-less directory at the end: the directory goes as it is."""
+    WATCH = "watch"
+    """Changed recently: looked at again after `settle` seconds."""
+
+
+def classify(cfg: config.RunConfig, extra: tuple[config.SaveRule, ...], relpath: str,
+             checkpoint_dirs: set[str]) -> tuple[Decision, Unit]:
+    """`decide`, then what the file is part of (`unit_of`)."""
+    d = decide(cfg, extra, relpath, checkpoint_dirs)
+    quiet = d.checkpoint_dir is not None and markerless(cfg, d.checkpoint_dir, checkpoint_dirs)
+    return d, unit_of(d, quiet)
+
+
+def on_rescan(unit: Unit, *, known: bool, settled: bool, ending: bool) -> Seen:
+    """A rescan is the safety net: events are the rule. `ending` is the final flush's rescan,
+    which takes every file as it is."""
+    if unit in (Unit.IGNORED, Unit.MEMBER):
+        return Seen.SKIP
+    if known:
+        return Seen.KNOWN
+    if unit is Unit.QUIET_MEMBER and ending:
+        return Seen.DIR_AT_END
+    return Seen.READY if ending or settled else Seen.WATCH
+
+
+@dataclasses.dataclass
+class Rescan:
+    """What a rescan found, each list in the order to act on it."""
+
+    ready: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+    """(relpath, when it was complete) of complete files."""
+    watch: list[LocalFile] = dataclasses.field(default_factory=list)
+    known: list[LocalFile] = dataclasses.field(default_factory=list)
+    dirs_at_end: dict[str, tuple[config.Policy, float]] = dataclasses.field(default_factory=dict)
+    """Marker-less checkpoint dirs that go as they are (the end): (policy, when)."""
+    incomplete: list[str] = dataclasses.field(default_factory=list)
+    """Of those, the dirs that lack a marker they should have (not another replica's to write):
+    uploaded as incomplete, logged by name and counted."""
+
+
+def rescan(cfg: config.RunConfig, extra: tuple[config.SaveRule, ...], checkpoint_dirs: set[str],
+           files: Iterable[LocalFile], sent: Callable[[str, str], tuple], now: float, settle: float,
+           ending: bool) -> Rescan:
+    """Sort the files of a rescan (`sent(relpath, name)` gives the (size, mtime_ns) they were
+    sent with). At the end newest first: when the grace period is short, the latest checkpoint
+    is what matters. A marker found complete makes its directory a checkpoint directory for the
+    files after it, as its event would."""
+    dirs = set(checkpoint_dirs)
+    found = Rescan()
+    files = list(files)
+    for f in sorted(files, key=lambda f: -f.mtime_ns) if ending else files:
+        d, unit = classify(cfg, extra, f.relpath, dirs)
+        if ending and unit is Unit.MEMBER and incomplete_at_end(d.checkpoint_dir, checkpoint_dirs):
+            unit = Unit.QUIET_MEMBER  # never had its marker: at the end it goes up as it is
+        known = d.name is not None and (f.size, f.mtime_ns) in sent(f.relpath, d.name)
+        seen = on_rescan(unit, known=known, settled=now - f.mtime_ns / 1e9 >= settle, ending=ending)
+        if seen is Seen.KNOWN:
+            found.known.append(f)
+        elif seen is Seen.DIR_AT_END:
+            found.dirs_at_end.setdefault(d.checkpoint_dir, (d.policy, f.mtime_ns / 1e9))
+        elif seen is Seen.READY:
+            found.ready.append((f.relpath, f.mtime_ns / 1e9))
+            if unit is Unit.MARKER:
+                dirs.add(d.checkpoint_dir)
+        elif seen is Seen.WATCH:
+            found.watch.append(f)
+    if found.dirs_at_end:
+        marked = marked_dirs((f.relpath for f in files), cfg.complete_markers)
+        found.incomplete = sorted(d for d in found.dirs_at_end
+                                  if d not in marked and not markerless(cfg, d, checkpoint_dirs))
+    return found
+
+
+def final_order(owed: dict[str, float]) -> list[str]:
+    """What `end` owes, newest first: when the grace period is short, the latest checkpoint is
+    what matters."""
+    return [key for key, _ in sorted(owed.items(), key=lambda kv: -kv[1])]
 
 
 # ------------------------------------------------------------------------------- restore

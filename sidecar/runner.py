@@ -1,8 +1,13 @@
-"""`runsync sidecar`: the only place that wires threads, signals, preStop and the final flush.
+"""The in-pod roles: `runsync sidecar`, its preStop hook, and `runsync restore-init`; and the
+SDK's in-process engine outside a pod (`Embedded`).
+
+The sidecar is wired here: the watcher's thread, the engine's loop, the API and metrics
+servers, and the signal handlers (the engine starts its own upload workers and committer):
 
     watcher thread ──FileEvent──▶ engine.inbox ◀──Request── API threads (SDK, preStop)
-                                       │                 ◀── SIGTERM
-                                  engine loop ──▶ upload workers, committer ──▶ S3
+                                       │                 ◀── SIGTERM (a flag the loop polls)
+                                  engine loop ──Task──▶ upload workers ──▶ S3
+                                       └───commit────▶ committer thread ──▶ S3
 
 Configuration comes only from the in-pod environment of SPEC.md; the process exits 0 after
 the final manifest, within the grace period.
@@ -24,10 +29,11 @@ import urllib.request
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import CollectorRegistry
 
-from . import api, contract, engine, keys, logs, transfer, unreadable, watch
+from . import api, contract, engine, keys, logs, messages, statedir, transfer, unreadable, watch
 from .errors import InputError
 from .logs import log
 from .metrics import Metrics
+from .settings import Settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +96,7 @@ class Wired:
     watcher_thread: threading.Thread
 
 
-def wire(run_dir: str, layout: keys.Layout, settings: engine.Settings, annotations: str | None,
+def wire(run_dir: str, layout: keys.Layout, settings: Settings, annotations: str | None,
          holder: str, sizes: transfer.Settings = transfer.Settings()) -> Wired:
     s3 = transfer.client()
     registry = CollectorRegistry()
@@ -125,11 +131,11 @@ dir) and files (0664), so a trainer of another UID in the pod's fsGroup can use 
 "Users and permissions")."""
 
 
-def run(settings: engine.Settings | None = None, env=os.environ) -> int:
+def run(settings: Settings | None = None, env=os.environ) -> int:
     pod = PodEnv.read(env)
     os.umask(SHARED_UMASK)
     logs.setup(sys.stdout)
-    settings = dataclasses.replace(settings or engine.Settings(), grace=pod.grace)
+    settings = dataclasses.replace(settings or Settings(), grace=pod.grace)
     sizes = transfer.Settings().within(pod.memory_limit)  # the kubelet kills the container over its limit
     wired = wire(pod.run_dir, keys.Layout(pod.store, pod.run, pod.replica), settings, pod.annotations, pod.holder,
                  sizes)
@@ -152,7 +158,7 @@ def run(settings: engine.Settings | None = None, env=os.environ) -> int:
     wired.watcher.stop()
     api_server.shutdown()
     metrics_server.shutdown()
-    log.info("sidecar stopped", extra={"fields": {"manifest": core.durable.seq if core.durable else None}})
+    log.info("sidecar stopped", extra={"fields": {"manifest": core.books.seq}})
     return code
 
 
@@ -160,7 +166,7 @@ class Embedded:
     """The sidecar's engine in this process (the SDK outside a pod): started by `start`,
     flushed and stopped by `stop` (the SDK calls it at exit)."""
 
-    def __init__(self, run_dir: str, layout: keys.Layout, settings: engine.Settings, holder: str):
+    def __init__(self, run_dir: str, layout: keys.Layout, settings: Settings, holder: str):
         self.wired = wire(run_dir, layout, settings, None, holder)
         self.thread = threading.Thread(target=self.wired.engine.loop, name="runsync-engine", daemon=True)
         self.thread.start()
@@ -169,7 +175,7 @@ class Embedded:
         import concurrent.futures
 
         reply: concurrent.futures.Future = concurrent.futures.Future()
-        self.wired.engine.post(engine.Request(kind, payload, reply))
+        self.wired.engine.post(messages.Request(kind, payload, reply))
         return reply.result(timeout=timeout)
 
     def flush(self, timeout: float) -> dict:
@@ -177,19 +183,16 @@ class Embedded:
 
     def stop(self, timeout: float = 120) -> None:
         if self.thread.is_alive():
-            self.wired.engine.post(engine.Request("terminate", {}))
+            self.wired.engine.post(messages.Request("terminate", {}))
             self.thread.join(timeout)
         self.wired.watcher.stop()
 
 
 def _restore_metrics(run_dir: str, metrics: Metrics) -> None:
-    try:
-        with open(os.path.join(run_dir, watch.STATE_DIR, RESTORE_STATE)) as f:
-            doc = json.load(f)
-        metrics.restore_bytes.set(float(doc["bytes"]))
-        metrics.restore_seconds.set(float(doc["seconds"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # no restore ran in this pod
+    report = statedir.StateDir(run_dir).read_restore_report()
+    if report is not None:  # else no restore ran in this pod
+        metrics.restore_bytes.set(report[0])
+        metrics.restore_seconds.set(report[1])
 
 
 def pre_stop(env=os.environ, timeout: float = 10.0) -> str:
@@ -203,10 +206,6 @@ def pre_stop(env=os.environ, timeout: float = 10.0) -> str:
             return json.loads(response.read()).get("deadline") and "final flush started" or "ok"
     except (urllib.error.URLError, OSError) as err:
         raise InputError(f"cannot reach the sidecar at {url} ({err}); is it running?") from None
-
-
-RESTORE_STATE = "restore.json"
-"""restore-init's report in the state dir, which the sidecar turns into metrics."""
 
 
 def restore_init(env=os.environ) -> int:
@@ -247,10 +246,7 @@ def _restore_init(pod: PodEnv, s3) -> int:
         s3, pod.store, source, pod.run_dir, replica=pod.replica, all_replicas=all_replicas,
         patterns=cfg.restore.globs, markers=cfg.complete_markers)
     restorer.log_report(report, str(source))
-    state = os.path.join(pod.run_dir, watch.STATE_DIR)
-    os.makedirs(state, exist_ok=True)
-    with open(os.path.join(state, RESTORE_STATE), "w") as f:
-        json.dump({"bytes": report.bytes, "seconds": report.seconds, "files": len(report.written)}, f)
+    statedir.StateDir(pod.run_dir).write_restore_report(report.bytes, report.seconds, len(report.written))
     if report.empty and cfg.restore_strict:
         raise restorer.RestoreError(f"nothing to restore for {source} in {pod.store} and runsync.dev/restore-strict is "
                          "true; fix: check runsync.dev/run and runsync.dev/store, or set restore-strict: false")

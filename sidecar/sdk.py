@@ -98,12 +98,13 @@ class _Embedded:
     """The engine in this process (no sidecar): same behaviour, same objects in the store."""
 
     def __init__(self, run: Run, store: keys.StoreURL, replica: str):
-        from . import engine, runner
+        from . import runner
+        from .settings import Settings
 
         self.run = run
         self.store = store
         self.layout = keys.Layout(store, keys.RunPath.parse(run.path), replica)
-        self.core = runner.Embedded(run.dir, self.layout, engine.Settings(settle=1.0),
+        self.core = runner.Embedded(run.dir, self.layout, Settings(settle=1.0),
                                     holder=f"sdk@{socket.gethostname()}:{os.getpid()}")
         # The final flush needs the engine's thread pools, which concurrent.futures shuts down
         # before plain atexit handlers run; threading's own exit hooks run before that (it is

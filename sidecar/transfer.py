@@ -13,6 +13,7 @@ import dataclasses
 import errno
 import hashlib
 import os
+import random
 import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -28,7 +29,7 @@ from s3transfer.exceptions import CancelledError
 from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
-from . import crt, keys
+from . import contract, crt, keys
 from .errors import StoreError
 
 MiB = 1024 * 1024
@@ -74,7 +75,7 @@ def endpoint_override() -> str | None:
 def client(settings: Settings = Settings()):
     """An S3 client from the standard AWS environment."""
     endpoint = endpoint_override()
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or contract.DEFAULT_REGION
     config = botocore.config.Config(
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
@@ -135,6 +136,32 @@ def check_store(s3, store: keys.StoreURL) -> None:
         s3.list_objects_v2(Bucket=store.bucket, Prefix=store.key() or "", MaxKeys=1)
     except Exception as err:  # noqa: BLE001 - every failure becomes one StoreError
         raise describe(err, store, s3) from None
+
+
+# ------------------------------------------------------------------------------ retries
+
+@dataclasses.dataclass(frozen=True)
+class Backoff:
+    """How long to wait before attempt `n` of a whole upload, a commit or the sidecar's start-up
+    read. Each S3 request is retried by botocore first (`Settings.max_attempts`); this is the
+    wait after those gave up: doubling, capped, and jittered so replicas do not retry in lockstep."""
+
+    base: float = 1.0
+    cap: float = 30.0
+
+    def delay(self, attempt: int, jitter: Callable[[float, float], float] = random.uniform) -> float:
+        return min(self.cap, self.base * 2 ** min(attempt, 10)) * jitter(0.5, 1.0)
+
+
+def failure_kind(error: str) -> str:
+    """A short label for a failure message of this module (`describe`), for the failures metric."""
+    for marker, kind in (("cannot reach", "unreachable"), ("SignatureDoesNotMatch", "credentials"),
+                         ("InvalidAccessKeyId", "credentials"), ("NoSuchBucket", "no_bucket"),
+                         ("AccessDenied", "access_denied"), ("Cancelled", "cancelled"),
+                         ("checksum", "checksum")):
+        if marker in error:
+            return kind
+    return "s3_error" if "S3" in error else "other"
 
 
 # ------------------------------------------------------------------------------ hashing
@@ -305,10 +332,6 @@ class Transfers:
                 yield up, err
             else:
                 yield up, None
-
-    def upload_one(self, up: Upload, on_bytes: Callable[[int], None] = lambda n: None) -> None:
-        """Upload one file and return once it is durable; `FileChanged` or `StoreError` if not."""
-        self._finish(up, self._submit(up, on_bytes))
 
     def worth_asking(self, size: int) -> bool:
         """Is a HeadObject (`stored`) worth it before uploading `size` bytes? Below the multipart

@@ -1,4 +1,4 @@
-"""The files of a run dir, as the planner sees them: relative path, size and mtime.
+"""The files of a run dir: what is there (`scan`), and what happens to them (`Watcher`).
 
 This module knows no policies. `scan` walks the tree once (`runsync sync`, the sidecar's
 safety-net rescan); the sidecar's event `Watcher` reports files as they are completed.

@@ -1,19 +1,22 @@
 """The operator's imports: only the sidecar package's shared vocabulary, and no I/O where pure.
 
-import-linter checks the `runsync` package (scripts/test); it cannot load `runsync_operator`,
-a folder without __init__.py, so this test reads the operator's imports itself.
+import-linter checks the `runsync` package's layers (scripts/test); it cannot load
+`runsync_operator`, a folder without __init__.py, so this test reads the operator's imports
+itself, against the list in pyproject.toml (`[tool.runsync.operator]`).
 """
 
 import ast
+import tomllib
 from pathlib import Path
 
 import pytest
 
-OPERATOR = Path(__file__).parent.parent / "operator"
-SHARED = {"runsync", "runsync.contract", "runsync.config", "runsync.keys", "runsync.errors", "runsync.globs"}
-PURE = {"inject.py", "identity.py", "containers.py", "values.py", "conflicts.py", "qos.py"}
-# The Store health check lists the bucket the way every runsync command does (one error text).
-ALSO = {"stores.py": {"runsync.transfer"}}
+ROOT = Path(__file__).parent.parent
+OPERATOR = ROOT / "operator"
+ALLOWED = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["runsync"]["operator"]
+SHARED = set(ALLOWED["shared"])
+PURE = set(ALLOWED["pure"])
+ALSO = {name: set(mods) for name, mods in ALLOWED["also"].items()}
 
 
 def imports(path: Path) -> set[str]:

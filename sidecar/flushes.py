@@ -1,0 +1,85 @@
+"""Flush accounting: which accepted events are not yet durable, and who waits for them.
+
+Every accepted event gets a number (a generation). A key (a stored name, a checkpoint dir, a
+file seen changing) is pending from its oldest uncommitted event; `flush` asks the watcher for
+a fence and waits until no key is pending at or before the fence's generation. Owned by the
+engine's loop; no I/O, no clock (times are passed in).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import itertools
+from collections.abc import Callable
+
+from . import messages
+
+
+@dataclasses.dataclass
+class Waiter:
+    fence: int
+    deadline: float
+    reply: concurrent.futures.Future
+    gen: int | None = None
+    """The generation the fence stands for, once the watcher delivered it."""
+
+
+class Flushes:
+    def __init__(self) -> None:
+        self.gen = 0
+        self.latest: dict[str, int] = {}
+        """Per key: the newest accepted event."""
+        self.pending: dict[str, int] = {}
+        """Per key: the oldest accepted event not yet committed; a flush waits on these."""
+        self.fences: dict[int, int] = {}
+        self.waiters: list[Waiter] = []
+
+    def accept(self, key: str, since: int | None = None) -> int:
+        """A new event for `key`; `since` is an older event it stands for (a sighting that
+        turned out complete)."""
+        self.gen += 1
+        self.latest[key] = self.gen
+        self.pending[key] = min(g for g in (self.pending.get(key), since, self.gen) if g is not None)
+        return self.gen
+
+    def satisfy(self, key: str, gen: int) -> None:
+        """Everything for `key` up to event `gen` is committed (or needs no upload)."""
+        if self.latest.get(key, 0) <= gen:
+            self.latest.pop(key, None)
+            self.pending.pop(key, None)
+        elif key in self.pending:
+            self.pending[key] = max(self.pending[key], gen + 1)
+
+    def newest(self, key: str) -> int:
+        """The newest event of `key` (a retry or the next version reads the file as it is now)."""
+        return self.latest.get(key, self.gen)
+
+    def fenced(self, n: int) -> None:
+        """The watcher delivered fence `n`: every event before it has been accepted."""
+        self.fences[n] = self.gen
+
+    def wait(self, fence: int, deadline: float, reply: concurrent.futures.Future) -> None:
+        self.waiters.append(Waiter(fence, deadline, reply))
+
+    def answer(self, now: float, loaded: bool, seq: int | None,
+               unreadable: Callable[[], list[str]] = list) -> None:
+        """Reply to every waiter whose events are durable (`seq` is the manifest holding them)
+        or whose time is up (with what is still pending)."""
+        still = []
+        for w in self.waiters:
+            if w.gen is None and w.fence in self.fences:
+                w.gen = self.fences[w.fence]
+            if w.gen is not None and loaded and not any(g <= w.gen for g in self.pending.values()):
+                w.reply.set_result({"durable": True, "manifest": seq,
+                                    **({"unreadable": names} if (names := unreadable()) else {})})
+            elif now >= w.deadline:
+                pending = sorted(messages.shown(k) for k, g in self.pending.items() if w.gen is None or g <= w.gen)
+                w.reply.set_result({"durable": False, "pending": pending})
+            else:
+                still.append(w)
+        self.waiters = still
+
+    def first(self, limit: int) -> list[str]:
+        """Up to `limit` pending keys, as people read them (for status)."""
+        return sorted(messages.shown(k) for k in itertools.islice(self.pending, limit))

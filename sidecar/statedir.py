@@ -1,0 +1,70 @@
+"""runsync's own files in the run dir (`.runsync/`, never uploaded): what survives a sidecar
+restart and what restore-init tells the sidecar.
+
+    rules.json      save rules added through the API (`runsync.save`), one YAML list
+    manifest.json   the last manifest this replica committed, read before the store answers
+    restore.json    restore-init's report (bytes, seconds, files), turned into metrics
+    fence-N         the watcher's fences (watch.py)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from . import config, keys, manifest
+from .errors import ConfigError, StoreError
+from .logs import log
+
+RULES = "rules.json"
+MANIFEST = "manifest.json"
+RESTORE = "restore.json"
+
+
+class StateDir:
+    def __init__(self, run_dir: str | os.PathLike):
+        self.path = Path(run_dir) / keys.STATE_DIR
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def load_rules(self) -> tuple[config.SaveRule, ...]:
+        path = self.path / RULES
+        try:
+            return config.parse_save(path.read_text(), "save") if path.exists() else ()
+        except (OSError, ConfigError) as err:
+            log.warning("ignoring saved API rules", extra={"fields": {"path": str(path), "error": str(err)}})
+            return ()
+
+    def store_rules(self, docs: list[dict]) -> None:
+        text = "".join(f"- {json.dumps(d)}\n" for d in docs)
+        _write_atomic(self.path / RULES, text.encode())
+
+    def load_manifest(self, layout: keys.Layout) -> manifest.Manifest | None:
+        path = self.path / MANIFEST
+        try:
+            return manifest.Manifest.from_json(path.read_bytes(), layout, str(path))
+        except (OSError, StoreError):
+            return None
+
+    def cache_manifest(self, m: manifest.Manifest) -> None:
+        try:
+            _write_atomic(self.path / MANIFEST, m.to_json())
+        except OSError as err:  # a full disk must not stop uploads
+            log.warning("cannot cache the manifest", extra={"fields": {"error": str(err)}})
+
+    def write_restore_report(self, nbytes: int, seconds: float, files: int) -> None:
+        _write_atomic(self.path / RESTORE, json.dumps({"bytes": nbytes, "seconds": seconds, "files": files}).encode())
+
+    def read_restore_report(self) -> tuple[float, float] | None:
+        """(bytes, seconds) of restore-init in this pod; None when none ran."""
+        try:
+            doc = json.loads((self.path / RESTORE).read_text())
+            return float(doc["bytes"]), float(doc["seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
