@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -169,7 +170,13 @@ def sidecar_cmd(
         return
     given = {"settle": settle_seconds, "rescan": rescan_seconds}
     settings = Settings(**{k: v for k, v in given.items() if v is not None})  # else the defaults
-    raise typer.Exit(_run(lambda: runner.run(settings)))
+    code = _run(lambda: runner.run(settings))
+    # The final manifest is committed and logged: exit now. The kubelet's grace period runs
+    # until the process is gone, and the interpreter's teardown of native transfer threads
+    # (the CRT's) can take a second of it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @app.command("restore-init")

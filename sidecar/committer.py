@@ -12,6 +12,7 @@ import concurrent.futures
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 from . import keys, lease, ledger, manifest, messages, statedir, transfer
@@ -44,6 +45,8 @@ class Committer:
         self._last_heartbeat = 0.0
         self._stopped = threading.Event()
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="commit")
+        self.slowest = 0.0
+        """Seconds the slowest commit took (the final flush keeps time for one)."""
         self.markers: tuple = ()
         """The run's completion markers (set by the loop on each reload): a commit keeps a
         checkpoint dir whole while its marker is there (manifest.settle)."""
@@ -167,6 +170,7 @@ class Committer:
 
     def _commit(self, durable, names, removed, final) -> manifest.Manifest:
         """Renew the lease (proof that we still hold it), then commit under its epoch."""
+        started = time.monotonic()
         try:
             self._held = lease.renew(self.s3, self.layout, self._held)
             m = manifest.commit_next(self.s3, self.layout, durable, names.values(), final=final,
@@ -179,6 +183,7 @@ class Committer:
             raise
         except Exception as err:  # noqa: BLE001 - botocore errors
             raise transfer.describe(err, self.layout.store, self.s3) from None
+        self.slowest = max(self.slowest, time.monotonic() - started)
         self.state.cache_manifest(m)
         return m
 

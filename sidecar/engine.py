@@ -341,9 +341,17 @@ class Engine:
 
     def _final_step(self, now: float) -> None:
         busy = self.inflight or self.committer.committing or self.dirty or self.retries
-        out_of_time = now >= self.deadline - self.settings.final_margin
+        # Kept free for the final commit: the margin, or twice the slowest commit seen (a busy
+        # node or store makes commits slow exactly when the grace period runs out).
+        margin = max(self.settings.final_margin, 2 * self.committer.slowest)
+        out_of_time = now >= self.deadline - margin
         if busy and not out_of_time:
-            return
+            needs = self.transfers.meter.seconds_left()
+            if needs is None or now + needs < self.deadline - margin:
+                return
+            log.warning("the uploads in flight cannot finish in the grace period; cancelling them now",
+                        extra={"fields": {"needs_s": round(needs, 1),
+                                          "left_s": round(self.deadline - margin - now, 1)}})
         if busy:
             owed = sorted({shown(k) for k in (*self.inflight, *self.dirty, *self.retries.keys())})
             for name in owed:

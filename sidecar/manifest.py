@@ -281,11 +281,14 @@ def commit_next(
     """Commit on top of `durable` under the next free number; on a conflict, merge onto the
     latest valid manifest and try the next number."""
     changes, removed = list(changes), list(removed)
+    # The writer knows the number it committed last: the next one is tried without a LIST (the
+    # conditional PUT refuses a taken number); after a conflict the store is asked.
+    seq = durable.seq + 1 if durable is not None else None
     for _ in range(attempts):
         try:
             return commit(client, layout, durable, changes, final, writer, removed=removed, epoch=epoch,
-                          seq=max_seq(client, layout) + 1, markers=markers)
+                          seq=seq or max_seq(client, layout) + 1, markers=markers)
         except CommitConflict:
-            durable = latest(client, layout)
+            durable, seq = latest(client, layout), None
     raise StoreError(f"could not commit a manifest for {layout.run} replica {layout.replica}: another "
                      "writer keeps committing; fix: stop the other writer and retry")

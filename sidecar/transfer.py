@@ -10,11 +10,9 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import dataclasses
-import errno
 import hashlib
 import os
 import random
-import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -29,7 +27,8 @@ from s3transfer.exceptions import CancelledError
 from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
-from . import contract, crt, keys
+from . import contract, crt, keys, progress
+from .hashing import _FD_PATH, Digest, FileChanged, NotRegular, hash_file, open_regular  # noqa: F401 - callers' names
 from .errors import StoreError
 
 MiB = 1024 * 1024
@@ -164,70 +163,6 @@ def failure_kind(error: str) -> str:
     return "s3_error" if "S3" in error else "other"
 
 
-# ------------------------------------------------------------------------------ hashing
-
-class FileChanged(Exception):
-    """The file changed while it was read: it is not complete yet."""
-
-
-class NotRegular(FileNotFoundError):
-    """No regular file by that name inside the run dir: a symlink, a directory, a FIFO, or a path
-    that leads out of the run dir. Nothing to upload, as if it were gone."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Digest:
-    sha256: str
-    size: int
-    mtime_ns: int
-    inode: tuple[int, int] = (0, 0)
-    """(st_dev, st_ino) of the file hashed: the upload sends that file, or none."""
-
-
-# The path of an open descriptor, which reopens its very file (Linux): what was checked and
-# hashed is what the transfer managers read, whatever the name points to by then.
-_FD_PATH = "/proc/self/fd/{}" if os.path.isdir("/proc/self/fd") else None
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-
-
-def open_regular(path: str | Path, root: str | Path | None = None) -> int:
-    """A descriptor of the regular file at `path`, opened without following a symlink (a FIFO
-    never blocks it); with `root`, only a file that really lies inside `root` (no symlinked
-    directory on the way). `NotRegular` otherwise."""
-    try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except OSError as err:
-        if err.errno not in (errno.ELOOP, errno.EMLINK):  # O_NOFOLLOW's answer to a symlink
-            raise  # missing, unreadable: the caller's to tell apart
-        raise NotRegular(f"{path}: a symlink, never followed") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotRegular(f"{path}: not a regular file")
-        if root is not None and _FD_PATH is not None:
-            real, top = os.readlink(_FD_PATH.format(fd)), os.path.realpath(root)
-            if not real.startswith(top.rstrip("/") + "/"):
-                raise NotRegular(f"{path}: leads out of the run dir {top} (to {real})")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def hash_file(path: str | Path, root: str | Path | None = None, block: int = MiB) -> Digest:
-    """SHA-256 of a regular file (see `open_regular`), with the size, mtime and inode it had;
-    `FileChanged` if it changed meanwhile."""
-    fd = open_regular(path, root)
-    with os.fdopen(fd, "rb") as f:
-        before = os.fstat(fd)
-        h = hashlib.sha256()
-        while chunk := f.read(block):
-            h.update(chunk)
-        after = os.fstat(fd)
-    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
-        raise FileChanged(str(path))
-    return Digest(h.hexdigest(), after.st_size, after.st_mtime_ns, (after.st_dev, after.st_ino))
-
-
 def _open_hashed(up: "Upload") -> int:
     """A descriptor of the very file `up.digest` was taken of, unchanged; `FileChanged` if the
     name now holds something else (another file, a symlink) or the file changed."""
@@ -290,6 +225,9 @@ class Transfers:
         self._lock = threading.Lock()
         self._inflight: set = set()
         self._fds: dict = {}  # multipart future → the descriptor of the file it reads
+        self._tokens: dict = {}  # future → its token in `meter`
+        self.meter = progress.Meter()
+        """Bytes left and the rate of the uploads in flight (the final flush asks it)."""
         self._manager = TransferManager(s3, TransferConfig(
             multipart_threshold=settings.multipart_threshold,
             multipart_chunksize=settings.multipart_chunksize,
@@ -371,6 +309,14 @@ class Transfers:
             future.cancel()
 
     def _submit(self, up: Upload, on_bytes):
+        token = object()
+        self.meter.started(token, up.digest.size)
+
+        def counted(n: int, on_bytes=on_bytes) -> None:
+            self.meter.sent(token, n)
+            on_bytes(n)
+
+        on_bytes = counted
         fd = None
         if up.digest.size < self.settings.multipart_threshold:
             future = self._small.submit(self._put, up, on_bytes)
@@ -390,6 +336,7 @@ class Transfers:
                 future.set_exception(err)
         with self._lock:
             self._inflight.add(future)
+            self._tokens[future] = token
             if fd is not None:
                 self._fds[future] = fd  # open until `_finish`
         return future
@@ -416,6 +363,7 @@ class Transfers:
             with self._lock:
                 self._inflight.discard(future)
                 self._fds.pop(future, None)
+                self.meter.done(self._tokens.pop(future, None))
             if fd is not None:
                 os.close(fd)
         if (st.st_size, st.st_mtime_ns) != (up.digest.size, up.digest.mtime_ns):

@@ -8,7 +8,8 @@ resolved; each process as its securityContext says, with a read-only root and th
 persistentVolumeClaim is a dir that already exists (a test may fill it first) or a fresh
 root-owned 0755 one, as a provisioner leaves it.
 
-Without root nothing can be switched: commands run as the current user and `unenforced` says why.
+Loopback ports in the env are mapped to free ones per pod (a pod's network namespace is its
+own). Without root nothing can be switched: commands run as the current user and `unenforced` says why.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from kubernetes.utils import parse_quantity
 
-from . import downward, kubelet
+from . import downward, kubelet, ports
 from .localkube import RUNSYNC
 
 
@@ -60,6 +61,18 @@ class LocalPod:
                 kubelet.apply_fs_group(local, pod_sc["fsGroup"], pod_sc.get("fsGroupChangePolicy", "Always"))
             self.paths[v["name"]] = str(local)
         self.secrets = secrets
+        self.ports: dict[str, str] = {}
+        """A pod has its own network namespace, so its fixed loopback ports never clash with
+        another pod's; here every pod shares the host's: each `127.0.0.1:PORT` in the pod's env
+        is mapped to a free port of its own, the same in all of its containers."""
+
+    def _port(self, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if host != "127.0.0.1" or not sep or not port.isdigit():
+            return value
+        if port not in self.ports:
+            self.ports[port] = str(ports.free_ports(1)[0])
+        return f"{host}:{self.ports[port]}"
 
     def container(self, name: str) -> dict:
         spec = self.pod["spec"]
@@ -82,7 +95,7 @@ class LocalPod:
             env["HOME"] = "/"  # a UID the image does not know gets HOME=/
         for e in container.get("env", []):
             if "value" in e:
-                env[e["name"]] = local(e["value"])
+                env[e["name"]] = self._port(local(e["value"]))
             elif "secretKeyRef" in e["valueFrom"]:
                 ref = e["valueFrom"]["secretKeyRef"]
                 env[e["name"]] = self.secrets[ref["name"]][ref["key"]]
