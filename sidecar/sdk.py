@@ -143,7 +143,7 @@ class _Embedded:
                 raise
             time.sleep(0.1)
         self.core.stop()
-        if engine.durable is None or not engine.durable.final:
+        if engine.books.durable is None or not engine.books.durable.final:
             raise RunsyncError(f"runsync.finish: the final manifest of {self.run.path} was not committed; "
                                "the log above names what failed")
 

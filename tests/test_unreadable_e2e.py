@@ -73,5 +73,5 @@ def test_a_dead_watcher_fails_liveness(tmp_path, s3_env, bucket):
         wired.watcher.stop()  # the watcher thread ends, as it would on an error it cannot get past
         wait_for(lambda: not runner.alive(wired), what="liveness to fail")
     finally:
-        wired.engine.pool.shutdown(wait=False)
-        wired.engine.committer.shutdown(wait=False)
+        wired.engine.worker.shutdown()
+        wired.engine.committer.shutdown()
