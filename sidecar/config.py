@@ -249,28 +249,26 @@ def _read_ignore(key: str, value: str):
     return "ignore", parse_globs(value, key)
 
 
+def _name_globs(key: str, value: str, what: str, expected: str, noun: str = "") -> tuple[globs.Glob, ...]:
+    """Comma-separated file-name globs (no `/`), at least one."""
+    names = parse_globs(value, key)
+    for name in names:
+        if "/" in name.pattern:
+            raise ConfigError(key, f"{what} {_q(name.pattern)} has a '/'", f"expected {expected}")
+    if not names:
+        raise ConfigError(key, f"no {noun or what} in {_q(value)}", f"expected {expected}")
+    return names
+
+
 def _read_markers(key: str, value: str):
-    markers = parse_globs(value, key)
-    for marker in markers:
-        if "/" in marker.pattern:
-            raise ConfigError(key, f"marker {_q(marker.pattern)} has a '/'",
-                              "expected file-name globs such as .metadata or *.done")
-    if not markers:
-        raise ConfigError(key, f"no marker in {_q(value)}", "expected one or more file-name globs")
-    return "complete_markers", markers
+    return "complete_markers", _name_globs(key, value, "marker", "file-name globs such as .metadata or *.done")
 
 
 def _read_temp_names(key: str, value: str):
     if value.strip() == "none":
         return "temp_names", ()
-    names = parse_globs(value, key)
-    for name in names:
-        if "/" in name.pattern:
-            raise ConfigError(key, f"temp name {_q(name.pattern)} has a '/'",
-                              "expected file or directory name globs such as *.tmp, or none")
-    if not names:
-        raise ConfigError(key, f"no name in {_q(value)}", "expected name globs such as *.tmp, or none")
-    return "temp_names", names
+    return "temp_names", _name_globs(key, value, "temp name",
+                                     "file or directory name globs such as *.tmp, or none", noun="name")
 
 
 def _read_name(field: str, limit: int = 128):
