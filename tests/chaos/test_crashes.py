@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import fnmatch
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from conftest import FULL, run_trials
 from faults import FaultProxy
 
 from harness import RUNSYNC, Sidecar, Store, sha, tree, wait_for
-from runsync import contract
+from runsync import config, contract
 from runsync_testing import locals3
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
@@ -54,9 +55,11 @@ def trainer(run_dir: Path, env: dict, rng, flushed: Path) -> subprocess.Popen:
 
 def complete_files(run_dir: Path) -> dict[str, str]:
     """name → SHA-256 of the run dir's files, but for a checkpoint dir the trainer was killed in
-    the middle of (no marker yet): that one is incomplete, and by SPEC.md never uploaded."""
+    the middle of (no marker yet): that one is incomplete, and by SPEC.md never uploaded; nor is
+    a temp name a writer killed mid-write left (`.last.pt.tmp`: SPEC.md's documented list)."""
     return {n: sha(d) for n, d in tree(run_dir).items()
-            if not (n.startswith("ckpt/step-") and not (run_dir / n).parent.joinpath(".metadata").exists())}
+            if not (n.startswith("ckpt/step-") and not (run_dir / n).parent.joinpath(".metadata").exists())
+            and not any(fnmatch.fnmatchcase(part, t) for part in n.split("/") for t in config.DEFAULT_TEMP_NAMES)}
 
 
 def check_nothing_lost(run_dir: Path, store: Store, durable_before: dict[str, str]) -> int:
