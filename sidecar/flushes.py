@@ -51,6 +51,11 @@ class Flushes:
         elif key in self.pending:
             self.pending[key] = max(self.pending[key], gen + 1)
 
+    def committed(self, tokens: list[tuple[str, int, float]]) -> None:
+        """A manifest made these (key, gen, ready_at) durable."""
+        for key, gen, _ in tokens:
+            self.satisfy(key, gen)
+
     def newest(self, key: str) -> int:
         """The newest event of `key` (a retry or the next version reads the file as it is now)."""
         return self.latest.get(key, self.gen)

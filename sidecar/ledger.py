@@ -52,6 +52,17 @@ class Ledger:
             self.staged[entry.name] = entry
             self.removed.discard(entry.name)
 
+    def finished(self, token: Token, entries: list[tuple[manifest.FileEntry, str, str]], unchanged: bool) -> bool:
+        """The files of a finished task (`token`): True when the next commit makes it durable;
+        False when its content is durable already and nothing staged waits for it."""
+        waits = any(entry.name in self.staged for entry, _, _ in entries)
+        for entry, relpath, how in entries:
+            self.record(entry, relpath, how)
+        if unchanged and not waits:
+            return False
+        self.tokens.append(token)
+        return True
+
     def gone(self, relpath: str, is_dir: bool) -> list[str]:
         """The trainer deleted a file (or a directory): the next manifest drops what was sent
         from there. Returns the relpaths concerned."""
@@ -66,6 +77,18 @@ class Ledger:
                 self.staged.pop(name, None)
                 self.removed.add(name)
         return victims
+
+    def loaded(self, remote: manifest.Manifest | None) -> bool:
+        """The store's latest manifest, read at start: it is durable unless the cached one is
+        newer; a cached one with none in the store is another store's or run's, not ours. True
+        when `remote` became durable."""
+        cached = self.durable
+        if remote is not None and (cached is None or remote.seq >= cached.seq):
+            self.durable = remote
+            return True
+        if cached is not None and remote is None:
+            self.durable = None
+        return False
 
     def to_commit(self) -> bool:
         return bool(self.staged or self.removed or self.tokens)

@@ -37,6 +37,13 @@ class Metrics:
         self.last_sync = Gauge("runsync_last_sync_timestamp_seconds",
                                "Unix time of the last committed manifest.", registry=r)
 
+    def committed(self, now: float, ready_at: list[float]) -> None:
+        """A manifest committed at `now`, making durable the work that was ready at `ready_at`."""
+        for t in ready_at:
+            self.latency.observe(max(0.0, now - t))
+        self.manifests.inc()
+        self.last_sync.set(now)
+
     def record(self, how: str, policy: str, nbytes: int) -> None:
         """One file of a finished upload task: `how` is uploaded, stored (the store held it
         already) or unchanged."""

@@ -1,13 +1,13 @@
 """The run's save rules as the sidecar sees them now: the pod's annotations (the downward-API
 file, reloaded when it changes) and the rules added through the API (kept in the state dir,
-so they survive a sidecar restart)."""
+so they survive a sidecar restart); and the directories they make checkpoint directories."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from . import config, statedir
+from . import config, manifest, plan, statedir
 from .errors import ConfigError
 from .logs import log
 
@@ -20,6 +20,8 @@ class Rules:
         self.extra: tuple[config.SaveRule, ...] = state.load_rules()
         """Added through the API (`runsync.save`)."""
         self._text: str | None = None
+        self.checkpoint_dirs: set[str] = set()
+        """Directories known to hold checkpoints: a durable marker (`mark`), or a marker seen."""
 
     @property
     def save(self) -> tuple[config.SaveRule, ...]:
@@ -53,6 +55,11 @@ class Rules:
         if changed and not first:
             log.info("annotations reloaded", extra={"fields": {"rules": [doc(r) for r in cfg.save]}})
         return changed
+
+    def mark(self, m: manifest.Manifest | None) -> None:
+        """Directories with a durable marker are checkpoint directories (plan.decide)."""
+        if m is not None:
+            self.checkpoint_dirs |= plan.marked_dirs(m.files, self.cfg.complete_markers)
 
     def add(self, payload: dict) -> None:
         """A rule from the API (`{glob, policy?, base_path?}`), kept in the state dir;

@@ -1,0 +1,48 @@
+"""What the SDK and `kubectl exec ... curl` see of the engine (`report`), and the queue gauges.
+Both read the loop's state and change none of it; both run on the loop's thread."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+from . import keys
+from .flushes import Flushes
+from .ledger import Ledger
+from .messages import Task, shown
+from .metrics import Metrics
+
+STATUS_LIST = 100
+"""Names per list in `report`; counts are always whole."""
+
+
+def report(layout: keys.Layout, mode: str, books: Ledger, inflight: dict[str, Task], flushes: Flushes,
+           owed: dict[str, float], rules: list[dict], loaded: bool) -> dict:
+    """Lists stop at `STATUS_LIST` names (with the full count beside them): a run dir of 100,000
+    new files must not make a reply of megabytes, nor hold the engine's thread while it is built."""
+    def first(keys) -> list[str]:
+        return sorted(shown(k) for k in itertools.islice(keys, STATUS_LIST))
+
+    return {
+        "run": str(layout.run), "replica": layout.replica, "mode": mode,
+        "manifest": books.seq,
+        "durable_files": len(books.durable.files) if books.durable else 0,
+        "uploading": first(inflight), "uploading_count": len(inflight),
+        "pending": flushes.first(STATUS_LIST), "pending_count": len(flushes.pending),
+        "owed_at_end": first(owed), "owed_at_end_count": len(owed),
+        "rules": rules, "loaded": loaded,
+    }
+
+
+def queue_gauges(metrics: Metrics, root: str, inflight: dict[str, Task], waiting: int) -> None:
+    """Files queued (in flight, plus `waiting`: newer versions and retries) and the bytes of the
+    files in flight, as they are on disk now."""
+    metrics.queue_files.set(len(inflight) + waiting)
+    total = 0
+    for task in inflight.values():
+        if not task.is_dir:
+            try:
+                total += os.stat(os.path.join(root, task.relpath)).st_size
+            except OSError:
+                pass
+    metrics.queue_bytes.set(total)

@@ -1,0 +1,119 @@
+"""The end of a run (sidecar/ending.py), the upload bookkeeping (sidecar/uploads.py) and the
+status reply (sidecar/status.py): the loop's rooms on their own, times passed in, no sleeps."""
+
+from __future__ import annotations
+
+import types
+
+from prometheus_client import CollectorRegistry
+
+from runsync import config, keys, messages, status, tasks, transfer
+from runsync.ending import Ending
+from runsync.flushes import Flushes
+from runsync.ledger import Ledger
+from runsync.metrics import Metrics
+from runsync.uploads import Uploads
+
+Policy = config.Policy
+
+
+def ending(grace=30.0, margin=3.0):
+    registry = CollectorRegistry()
+    return Ending(grace, margin, Metrics(registry)), registry
+
+
+def test_prestop_starts_the_deadline_and_sends_what_end_owes_newest_first():
+    end, _ = ending()
+    end.owed.update({"logs/a.txt": 10.0, messages.dir_key("ckpt/step-2"): 30.0, "logs/b.txt": 20.0})
+    assert end.begin(100.0) == [(messages.dir_key("ckpt/step-2"), 30.0), ("logs/b.txt", 20.0), ("logs/a.txt", 10.0)]
+    assert (end.mode, end.deadline) == ("ending", 130.0)
+    assert end.begin(105.0) == []  # SIGTERM after preStop: the deadline stays, nothing goes twice
+    assert end.deadline == 130.0
+    end.final(105.0)
+    assert end.mode == "final"
+
+
+def test_the_last_commit_goes_at_once_when_nothing_is_busy():
+    end, registry = ending()
+    end.begin(100.0)
+    cancelled = []
+    assert end.due(101.0, (), False, 0.0, lambda: 1 / 0, lambda: cancelled.append(True))
+    assert cancelled == [] and registry.get_sample_value("runsync_unsynced_files_total") == 0
+
+
+def test_uploads_that_can_finish_are_waited_for_and_ones_that_cannot_are_given_up():
+    end, registry = ending(grace=30.0, margin=3.0)
+    end.begin(100.0)  # deadline 130; 127 is kept free for the commit
+    cancelled = []
+    cancel = lambda: cancelled.append(True)  # noqa: E731
+    assert not end.due(101.0, ("a.bin",), False, 0.0, lambda: 10.0, cancel)  # done by 111
+    assert not end.due(101.0, ("a.bin",), False, 0.0, lambda: None, cancel)  # no estimate yet: wait
+    assert not end.due(101.0, (), True, 0.0, lambda: None, cancel)  # a commit in flight: wait
+    assert cancelled == []
+    assert end.due(101.0, ("b.bin", "a.bin", messages.dir_key("ckpt/s")), False, 0.0, lambda: 60.0, cancel)
+    assert cancelled == [True] and registry.get_sample_value("runsync_unsynced_files_total") == 3
+
+
+def test_the_time_kept_for_the_commit_grows_with_the_slowest_commit():
+    end, _ = ending(grace=30.0, margin=3.0)
+    end.begin(100.0)
+    cancelled = []
+    assert not end.due(120.0, ("a.bin",), False, 1.0, lambda: None, lambda: cancelled.append(1))
+    assert end.due(120.0, ("a.bin",), False, 6.0, lambda: None, lambda: cancelled.append(1))  # 130 - 12 < 120
+    assert cancelled == [1]
+
+
+class FakeWorker:
+    def __init__(self):
+        self.started: list[messages.Task] = []
+
+    def start(self, task):
+        self.started.append(task)
+
+
+def uploads(clock=lambda: 0.0):
+    worker, flushes = FakeWorker(), Flushes()
+    rules = types.SimpleNamespace(cfg=config.RunConfig(), extra=())
+    up = Uploads(worker, tasks.Retries(transfer.Backoff(1.0, 30.0), recheck=2.0), flushes, Ledger(None), rules,
+                 Metrics(CollectorRegistry()), clock)
+    return up, worker, flushes
+
+
+def test_a_newer_version_waits_for_the_one_in_flight():
+    up, worker, flushes = uploads()
+    flushes.accept("a.bin")
+    up.start("a.bin", "a.bin", Policy.LIVE, 1.0, True)
+    up.dirty["a.bin"] = ("a.bin", Policy.LIVE, 2.0, True)
+    assert "a.bin" in up and up.unsent() == ("a.bin", "a.bin") and up.waiting() == 1
+    up.finished(messages.Done(worker.started[0], "uploaded"))
+    up.next("a.bin")
+    assert [t.ready_at for t in worker.started] == [1.0, 2.0] and not up.dirty
+    up.next("a.bin")  # nothing newer: nothing goes
+    assert len(worker.started) == 2
+
+
+def test_a_failed_upload_goes_again_when_its_retry_is_due_as_its_newest_version():
+    now = [0.0]
+    up, worker, flushes = uploads(lambda: now[0])
+    flushes.accept("a.bin")
+    up.start("a.bin", "a.bin", Policy.LIVE, 1.0, True)
+    task = worker.started[0]
+    up.finished(messages.Done(task, "failed", error="boom"))
+    up.failed(task, "boom")
+    assert "a.bin" in up.retries and up.unsent() == ("a.bin",)
+    newest = flushes.accept("a.bin")
+    up.retry_due(0.1)
+    assert len(worker.started) == 1  # its backoff (at least half a second) has not passed
+    up.retry_due(60.0)
+    assert worker.started[-1] is task and task.gen == newest and task.attempt == 1 and "a.bin" in up
+
+
+def test_status_lists_are_cut_short_but_counts_are_whole():
+    layout = keys.Layout(keys.StoreURL.parse("s3://bucket/prefix"), keys.RunPath.parse("team-a/p/r"), "0")
+    inflight = {f"f{i:04}": None for i in range(status.STATUS_LIST + 5)}
+    flushes = Flushes()
+    flushes.accept(messages.dir_key("ckpt/step-1"))
+    reply = status.report(layout, "running", Ledger(None), inflight, flushes, {"logs/a.txt": 1.0}, [], True)
+    assert len(reply["uploading"]) == status.STATUS_LIST and reply["uploading_count"] == status.STATUS_LIST + 5
+    assert reply["pending"] == ["ckpt/step-1/"] and reply["owed_at_end"] == ["logs/a.txt"]
+    assert (reply["manifest"], reply["durable_files"], reply["mode"], reply["loaded"]) == (None, 0, "running", True)
