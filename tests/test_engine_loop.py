@@ -18,7 +18,8 @@ from runsync.errors import StoreError
 from runsync.metrics import Metrics
 from runsync.settings import Settings
 
-pytestmark = pytest.mark.s3
+# The loop runs on a thread of its own: an exception there must fail the test, not just warn.
+pytestmark = [pytest.mark.s3, pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")]
 ANNOTATIONS = 'runsync.dev/save="ckpt/**:live,logs/*:end,results/*:live"\n'
 
 
