@@ -9,8 +9,8 @@ under DistributedDataParallel. After every step:
   keep_latest_k does), then `runsync.flush()`, and appends N to `--flush-log` once confirmed.
 On start it resumes with `dcp.load` from the newest `ckpt/step-N/` that has its `.metadata`.
 
-`--saved-log` (outside the run dir) gets `N SHA256` for each checkpoint: the digest of the
-weights saved at step N, which the trials compare with what PyTorch loads after a restore.
+`--saved-log` (outside the run dir) gets `N SHA256` as each checkpoint starts: the digest of
+the weights saved at step N, which the trials compare with what PyTorch loads after a restore.
 `--phase-log` gets `save N`, `rotate N`, `flush N` as each phase starts, so a trial can strike
 inside one; `--slow-unlink S` sleeps S seconds after each file a rotation deletes (a slow disk),
 so a kill can land inside a rotation.
@@ -104,12 +104,13 @@ def rank_main(rank: int, args: argparse.Namespace, port: int) -> None:
         weights = model.state_dict()
         if rank == 0:
             append(args.phase_log, f"save {step}")
+            # Recorded before the save: a kill right after it leaves a durable step-N on record.
+            append(args.saved_log, f"{step} {digest(weights)}")
         dcp.save({"model": weights, "step": torch.tensor(step)}, checkpoint_id=str(ckpt / f"step-{step}"))
         if rank == 0:
             tmp = ckpt / "last.pt.tmp"
             torch.save({"model": weights, "step": step}, tmp)
             os.replace(tmp, ckpt / "last.pt")
-            append(args.saved_log, f"{step} {digest(weights)}")
             append(args.phase_log, f"rotate {step}")
             steps = sorted(int(d.name.split("-")[1]) for d in ckpt.glob("step-*"))
             for old in steps[:-args.keep]:
