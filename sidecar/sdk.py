@@ -131,16 +131,19 @@ class _Embedded:
 
         engine = self.core.wired.engine
         deadline = time.monotonic() + timeout
+        checked = False
         while not self.core.ask("status", {}, 30).get("loaded"):
             if time.monotonic() > deadline:
                 self.core.stop()
                 raise RunsyncError(f"runsync.finish: could not read {self.store} within {timeout:.0f} s; "
                                    "nothing was committed; check the store and the AWS variables, then rerun")
-            try:
-                transfer.check_store(engine.s3, self.store)  # a store that cannot work: say why, now
-            except RunsyncError:
-                self.core.stop()
-                raise
+            if not checked:  # once: the committer's own load keeps retrying with backoff
+                checked = True
+                try:
+                    transfer.check_store(engine.s3, self.store)  # a store that cannot work: say why, now
+                except RunsyncError:
+                    self.core.stop()
+                    raise
             time.sleep(0.1)
         self.core.stop()
         if engine.books.durable is None or not engine.books.durable.final:
