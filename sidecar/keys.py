@@ -37,6 +37,8 @@ MAX_KEY_SEGMENT_BYTES = 255
 """The longest last segment of an object key that stores keeping objects as files accept
 (SeaweedFS answers KeyTooLongError; MinIO refuses it too): a file's segment is `name~hash`."""
 _SUFFIX_BYTES = 1 + _HASH_CHARS
+MAX_FILE_NAME_BYTES = MAX_KEY_SEGMENT_BYTES - _SUFFIX_BYTES
+"""The longest file name (a stored name's last segment) a store keeps: 238 bytes."""
 STATE_DIR = ".runsync"
 """The sidecar's state dir inside the run dir: never uploaded, never restored into."""
 
@@ -183,7 +185,7 @@ class Layout:
                 f"stored name {name!r} is too long for the store: its object key's last segment "
                 f"(the file name, '~' and {_HASH_CHARS} hash characters) would be {last} bytes, over the "
                 f"{MAX_KEY_SEGMENT_BYTES}-byte limit of S3 stores that keep objects as files (SeaweedFS, "
-                f"MinIO); fix: shorten the file name to at most {MAX_KEY_SEGMENT_BYTES - _SUFFIX_BYTES} bytes")
+                f"MinIO); fix: shorten the file name to at most {MAX_FILE_NAME_BYTES} bytes")
         room = MAX_KEY_BYTES - len(f"{self.replica_prefix}files/".encode()) - _SUFFIX_BYTES
         if len(name.encode("utf-8", "surrogatepass")) > room:
             raise NameTooLong(
