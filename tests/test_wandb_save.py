@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import glob as globmod
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -26,7 +27,7 @@ import pytest
 
 import runsync
 from harness import Store
-from runsync import sdk
+from runsync import contract, sdk
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
 
@@ -329,6 +330,31 @@ def test_now_outside_run_dir_saved_again_after_change(laptop):
     assert {v.decode() for v in laptop.uploaded("eval.json")} == {"v1", "v2"}
 
 
+# ------------------------------------------------------------------ through `runsync sync --save`
+
+# (files, --save, stored name → policy): the annotations' syntax names files as save() does.
+SYNC_NAMING = [
+    # unit: test_save_relative_base_path
+    pytest.param(["dir/subdir/file.txt"], "- {glob: dir/subdir/file.txt, base_path: dir}", {"subdir/file.txt": "live"},
+                 id="relative_base_path"),
+    # unit: test_save_glob_escape_matches_literal_path (myfile1.txt goes at the end, named by no rule)
+    pytest.param(["myfile[1].txt", "myfile1.txt"], globmod.escape("myfile[1].txt") + ":now",
+                 {"myfile[1].txt": "now", "myfile1.txt": "end"}, id="glob_escape_matches_literal_path"),
+    # unit: test_save_glob_metacharacters_not_matched_by_default
+    pytest.param(["myfile[1].txt", "myfile1.txt"], "myfile[1].txt:now", {"myfile[1].txt": "end", "myfile1.txt": "now"},
+                 id="glob_metacharacters_not_matched_by_default"),
+]
+
+
+@pytest.mark.parametrize("files, save, stored", SYNC_NAMING)
+def test_sync_save_names(cli, tmp_path, files, save, stored):
+    make(tmp_path / "run", files)
+    result = cli("sync", str(tmp_path / "run"), "--run", RUN, "--save", save)
+    assert result.returncode == 0, result.stderr
+    listed = cli("ls", RUN, "--json")
+    assert {row["name"]: row["policy"] for row in json.loads(listed.stdout)} == stored
+
+
 # ------------------------------------------------------------------ ignore globs, through `runsync sync`
 
 # dir_watcher: test_dirwatcher_finish_skips_ignoreglob_files[True|False]
@@ -371,8 +397,10 @@ def test_sync_skips_a_name_too_long_and_uploads_the_rest(cli, tmp_path):
 # ------------------------------------------------------------------ in a pod, through the sidecar's API
 
 def app_env(sc) -> dict:
-    from test_sdk_e2e import app_env as env
-    return env(sc)
+    """What the operator gives an app container: the run dir, the run path, the API; no keys."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNSYNC_"))}
+    env.update({k: sc.env[k] for k in (contract.ENV_DIR, contract.ENV_RUN_PATH, contract.ENV_API)})
+    return env
 
 
 def test_in_pod_now_saved_again_and_long_names(sidecars, store, tmp_path):
@@ -382,7 +410,7 @@ def test_in_pod_now_saved_again_and_long_names(sidecars, store, tmp_path):
     sc = sidecars({"runsync.dev/save": "logs/**:live"}).start()
     script = textwrap.dedent(f'''
         import os, runsync
-        from runsync import sdk
+        from runsync import contract, sdk
         d = runsync.run.dir
         open(os.path.join(d, "eval.json"), "w").write("v1")
         print(runsync.save(os.path.join(d, "eval.json"), base_path=d, policy="now"))
