@@ -4,7 +4,8 @@ The API turns requests into engine messages and waits for the engine's answer; i
 nothing itself:
 
     GET  /v1/status                               the engine's state, JSON
-    POST /v1/save     {glob, base_path?, policy?} add a save rule (kept across restarts)
+    POST /v1/save     {glob, base_path?, policy?} add a save rule (kept across restarts); the files it
+                                                  names now go at once; {rules, names}
     POST /v1/flush    {timeout?}                  200 once all complete so far is durable; 504 if not in time
     POST /v1/prestop                              start the final flush (the pod is terminating)
     POST /v1/code     {git, diff}                 store the run's code state (the SDK captured it)
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from . import contract
-from .errors import ConfigError, InputError, RunsyncError
+from .errors import InputError, RunsyncError
 from .messages import Request
 
 MAX_BODY = 64 * 1024
@@ -116,7 +117,7 @@ def serve_api(addr: tuple[str, int], post: Callable, fence: Callable[[], int]) -
         body = h._body()
         try:
             h._json(200, ask("save", body))
-        except ConfigError as err:
+        except InputError as err:  # not a rule, or a name the store cannot hold
             h._json(400, {"error": str(err)})
 
     def flush(h: _Handler) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from . import config, keys, lease, manifest, plan, services, statedir, status, tasks, transfer, unreadable, watch
 from .committer import Committer
 from .ending import Ending
-from .errors import ConfigError
+from .errors import InputError
 from .flushes import Flushes
 from .ledger import Ledger
 from .logs import log
@@ -147,7 +147,7 @@ class Engine:
         else:
             self.sightings.add(ev.relpath)
 
-    def _ready(self, relpath: str, when: float) -> None:
+    def _ready(self, relpath: str, when: float, forced: bool = False) -> None:
         """A complete file: plan says what it is part of."""
         if relpath == keys.STATE_DIR or relpath.startswith(keys.STATE_DIR + "/"):
             return
@@ -162,7 +162,7 @@ class Engine:
         elif unit is plan.Unit.QUIET_MEMBER:
             self.sightings.quiet_dir(d.checkpoint_dir, d.policy, when, since)
         elif unit is plan.Unit.FILE:
-            self._offer(d.name, relpath, d.policy, when, since)
+            self._offer(d.name, relpath, d.policy, when, since, forced=forced)
 
     def _dir_ready(self, ckpt_dir: str, policy: Policy, when: float, since: int | None = None,
                    require_marker: bool = True) -> None:
@@ -170,11 +170,11 @@ class Engine:
         self._offer(dir_key(ckpt_dir), ckpt_dir, policy, when, since, require_marker)
 
     def _offer(self, key: str, relpath: str, policy: Policy, when: float, since: int | None = None,
-               require_marker: bool = True) -> None:
+               require_marker: bool = True, forced: bool = False) -> None:
         """A complete file or checkpoint dir: plan says when it goes."""
         is_dir = key.startswith(DIR)
         owed_as = key if is_dir else relpath
-        sent_once = not is_dir and (key in self.uploads or self.books.has(key))
+        sent_once = not forced and not is_dir and (key in self.uploads or self.books.has(key))
         step = plan.step(policy, ending=self.mode != "running", sent_once=sent_once,
                          uploading=key in self.uploads, retrying=key in self.uploads.retries)
         if step is plan.Step.HOLD:
@@ -267,12 +267,14 @@ class Engine:
         now = self.clock()
         if r.kind == "save":
             try:
-                self.rules.add(r.payload)
-            except ConfigError as err:
+                named = self.rules.add(r.payload, self.root, self.layout)
+            except InputError as err:  # not a rule, or a name the store cannot hold
                 r.reply.set_exception(err)
                 return
-            r.reply.set_result({"rules": self.rules.docs()})
+            r.reply.set_result({"rules": self.rules.docs(), "names": sorted(name for _, name in named)})
             self._rescan()
+            for relpath, _ in named:  # W&B forces what save() names: a `now` file sent before goes again
+                self._ready(relpath, now, forced=True)
         elif r.kind == "flush":
             self.flushes.wait(r.payload["fence"], now + r.payload["timeout"], r.reply)
         elif r.kind == "status":

@@ -56,6 +56,12 @@ def normalize(pattern: str) -> str:
     return "/".join(segments)
 
 
+def escape(path: str) -> str:
+    """A pattern that names `path` literally (`weights[1].pt` → `weights[[]1].pt`), as
+    `glob.escape` does: each wildcard becomes a class of itself."""
+    return re.sub(r"([*?[])", r"[\1]", path)
+
+
 def matches_any(globs: tuple[Glob, ...] | list[Glob], relpath: str) -> bool:
     return any(g.matches(relpath) for g in globs)
 

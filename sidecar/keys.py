@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from .errors import RunPathError, StoreURLError
+from .errors import NameTooLong, RunPathError, StoreURLError
 
 FORMAT = 1
 
@@ -31,6 +31,14 @@ _SEQ_KEY = re.compile(r"(\d{12})\.json")
 _HASH_CHARS = 16
 MAX_NAME_BYTES = 768  # S3 keys are at most 1024 bytes; leave room for prefix and layout
 MAX_SEGMENT_BYTES = 255  # NAME_MAX of ext4, xfs and most others
+MAX_KEY_BYTES = 1024
+"""S3's limit on an object key (SeaweedFS answers KeyTooLongError above it, as AWS does)."""
+MAX_KEY_SEGMENT_BYTES = 255
+"""The longest last segment of an object key that stores keeping objects as files accept
+(SeaweedFS answers KeyTooLongError; MinIO refuses it too): a file's segment is `name~hash`."""
+_SUFFIX_BYTES = 1 + _HASH_CHARS
+MAX_FILE_NAME_BYTES = MAX_KEY_SEGMENT_BYTES - _SUFFIX_BYTES
+"""The longest file name (a stored name's last segment) a store keeps: 238 bytes."""
 STATE_DIR = ".runsync"
 """The sidecar's state dir inside the run dir: never uploaded, never restored into."""
 
@@ -164,7 +172,27 @@ class Layout:
         return f"{self.run_prefix}code/{name}"
 
     def file_key(self, name: str, sha256: str) -> str:
-        return f"{self.replica_prefix}files/{check_stored_name(name)}~{sha256[:_HASH_CHARS]}"
+        return f"{self.replica_prefix}files/{self.check_storable(name)}~{sha256[:_HASH_CHARS]}"
+
+    def check_storable(self, name: str) -> str:
+        """`name` if its object key fits every store's limits; `NameTooLong` (naming it, the
+        limit and the longest name that fits) otherwise. Refused before any upload: a store
+        answers a key too long with an error that retrying never cures."""
+        check_stored_name(name)
+        last = len(name.rpartition("/")[2].encode("utf-8", "surrogatepass")) + _SUFFIX_BYTES
+        if last > MAX_KEY_SEGMENT_BYTES:
+            raise NameTooLong(
+                f"stored name {name!r} is too long for the store: its object key's last segment "
+                f"(the file name, '~' and {_HASH_CHARS} hash characters) would be {last} bytes, over the "
+                f"{MAX_KEY_SEGMENT_BYTES}-byte limit of S3 stores that keep objects as files (SeaweedFS, "
+                f"MinIO); fix: shorten the file name to at most {MAX_FILE_NAME_BYTES} bytes")
+        room = MAX_KEY_BYTES - len(f"{self.replica_prefix}files/".encode()) - _SUFFIX_BYTES
+        if len(name.encode("utf-8", "surrogatepass")) > room:
+            raise NameTooLong(
+                f"stored name {name!r} is too long for the store: its object key would be over S3's "
+                f"{MAX_KEY_BYTES}-byte limit; fix: shorten the name to at most {room} bytes "
+                f"(or the store's prefix, run or replica name)")
+        return name
 
     def manifest_key(self, seq: int) -> str:
         return f"{self.manifests_prefix}{seq:012d}.json"

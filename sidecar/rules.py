@@ -4,10 +4,12 @@ so they survive a sidecar restart); and the directories they make checkpoint dir
 
 from __future__ import annotations
 
+import glob as globmod
 import json
+import os
 from pathlib import Path
 
-from . import config, manifest, plan, statedir
+from . import config, keys, manifest, plan, statedir, watch
 from .errors import ConfigError
 from .logs import log
 
@@ -61,16 +63,26 @@ class Rules:
         if m is not None:
             self.checkpoint_dirs |= plan.marked_dirs(m.files, self.cfg.complete_markers)
 
-    def add(self, payload: dict) -> None:
-        """A rule from the API (`{glob, policy?, base_path?}`), kept in the state dir;
-        `ConfigError` if it is not one."""
+    def add(self, payload: dict, root: str, layout: keys.Layout) -> list[tuple[str, str]]:
+        """A rule from the API (`{glob, policy?, base_path?}`), kept in the state dir. Returns
+        the files it names now, (relpath, stored name): the call sends them at once, as W&B's
+        `save` forces them. `ConfigError` if it is not a rule; `NameTooLong` (and no rule
+        added) if a file it names now has a name the store cannot hold."""
         item = {"glob": payload.get("glob"), "policy": payload.get("policy") or "live"}
         if payload.get("base_path"):
             item["base_path"] = payload["base_path"]
         (rule,) = config.parse_save("- " + json.dumps(item), "save")  # JSON is YAML
+        extra = self.extra if rule in self.extra else self.extra + (rule,)
+        named = []
+        for relpath in files_below(root, rule.glob.pattern):
+            if rule.glob.matches(relpath):
+                d = plan.decide(self.cfg, extra, relpath, self.checkpoint_dirs)
+                if d.name is not None:
+                    named.append((relpath, layout.check_storable(d.name)))
         if rule not in self.extra:
-            self.extra += (rule,)
+            self.extra = extra
             self.state.store_rules([doc(r) for r in self.extra])
+        return named
 
 
 def doc(rule: config.SaveRule) -> dict:
@@ -79,3 +91,20 @@ def doc(rule: config.SaveRule) -> dict:
     if rule.base_path:
         found["base_path"] = rule.base_path
     return found
+
+
+def files_below(root: str, pattern: str) -> list[str]:
+    """The files of the run dir that `pattern` may name (relpaths), read below its leading
+    literal directories only, never through a symlink: a save() call costs a scan of what it
+    names, not of the whole run dir."""
+    start = root
+    literal = []
+    for segment in pattern.split("/")[:-1]:
+        if globmod.has_magic(segment):
+            break
+        start = os.path.join(start, segment)
+        if os.path.islink(start) or not os.path.isdir(start):
+            return []
+        literal.append(segment)
+    prefix = "".join(segment + "/" for segment in literal)
+    return [prefix + f.relpath for f in watch.scan(start).files]

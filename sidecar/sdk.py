@@ -6,17 +6,17 @@
 - Elsewhere, `runsync.init(dir=..., run=..., store=...)` runs the sidecar's engine in this
   process (a background thread, flushed at exit), against any S3 store the AWS variables name.
 
-Paths follow W&B: globs and `base_path` are relative to the working directory, or absolute.
-A file must be in the run dir for the sidecar to see it: `save(..., policy="now")` of a file
-outside copies it in once; `live` and `end` of a file outside raise `SaveError` (write it under
-`runsync.run.dir` instead), because a copy would miss later changes.
+Paths follow W&B: globs and `base_path` are relative to the working directory, or absolute;
+stored names are W&B's (`saving`). A file must be in the run dir for the sidecar to see it:
+`save(..., policy="now")` of a file outside copies it in (again at each call); `live` and `end`
+of a file outside raise `SaveError` (write it under `runsync.run.dir` instead), because a copy
+would miss later changes.
 """
 
 from __future__ import annotations
 
 import atexit
 import dataclasses
-import glob as globmod
 import json
 import os
 import shutil
@@ -28,12 +28,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from . import codestate, contract, keys
-from .errors import InputError, RunsyncError
-
-
-class SaveError(InputError):
-    """A `save` that cannot be honoured as asked."""
+from . import codestate, contract, globs, keys, saving
+from .errors import InputError, RunsyncError, SaveError  # noqa: F401 - SaveError is the SDK's
 
 
 class RestoreNotFound(RunsyncError, FileNotFoundError):
@@ -81,8 +77,17 @@ class _Pod:
         except OSError as err:
             raise RunsyncError(f"cannot reach the runsync sidecar at {self.api} ({err}); is the pod injected?") from None
 
-    def save(self, rule: dict) -> None:
-        self.call("/save", rule, timeout=30)
+    def save(self, rule: dict) -> dict:
+        return self.call("/save", rule, timeout=30)
+
+    def layout(self) -> keys.Layout:
+        """Where the sidecar stores this run (from its status): names are checked against it."""
+        try:
+            with urllib.request.urlopen(f"http://{self.api}{contract.API_PREFIX}/status", timeout=30) as resp:
+                doc = json.loads(resp.read())
+        except OSError as err:
+            raise RunsyncError(f"cannot reach the runsync sidecar at {self.api} ({err}); is the pod injected?") from None
+        return keys.Layout(keys.StoreURL.parse(doc["store"]), keys.RunPath.parse(doc["run"]), doc["replica"])
 
     def flush(self, timeout: float) -> dict:
         return self.call("/flush", {"timeout": timeout}, timeout=timeout + 15)
@@ -112,8 +117,8 @@ class _Embedded:
         register = getattr(threading, "_register_atexit", atexit.register)
         register(self.core.stop)
 
-    def save(self, rule: dict) -> None:
-        self.core.ask("save", rule)
+    def save(self, rule: dict) -> dict:
+        return self.core.ask("save", rule)
 
     def flush(self, timeout: float) -> dict:
         return self.core.flush(timeout)
@@ -201,43 +206,44 @@ def finish() -> None:
         backend.finish()
 
 
-def save(glob_str: str, base_path: str | None = None, policy: str = "live") -> list[str]:
-    """Upload files matching `glob_str` under `policy` (live, now, end), keeping the hierarchy
-    below `base_path`; a glob registered before its files exist catches them as they appear.
-    Returns the stored names of the files that match now."""
+def save(glob_str: str | bytes | os.PathLike, base_path: str | os.PathLike | None = None, policy: str = "live",
+         glob: bool = True) -> list[str]:
+    """Upload files matching `glob_str` under `policy` (live, now, end), named as W&B names them
+    (see `saving`); `glob=False` takes `glob_str` literally. A glob registered before its files
+    exist catches them as they appear. Files that match now go at once, even a `now` file sent
+    before (W&B forces them). Returns the stored names of the files that match now."""
     backend = _backend()
+    asked = saving.resolve(glob_str, base_path, policy, not glob, backend.run.dir)
+    for line in asked.warnings:
+        print(f"runsync: {line}", file=sys.stderr)
+    try:
+        if asked.rule is not None:
+            return backend.save(asked.rule).get("names", [])
+        return _copy_in(backend, asked.copies)
+    except SaveError:
+        raise
+    except InputError as err:  # a name the store cannot hold, a bad glob
+        raise SaveError(str(err)) from None
+
+
+def _copy_in(backend: _Pod | _Embedded, copies: tuple[tuple[str, str], ...]) -> list[str]:
+    """Copy files from outside into the run dir, each renamed into place, then save each: the
+    sidecar sends the version just copied."""
+    layout = backend.layout() if isinstance(backend, _Pod) else backend.layout
+    for src, name in copies:  # every name checked before anything is copied
+        try:
+            layout.check_storable(name)
+        except InputError as err:
+            raise SaveError(f"cannot save {src}: {err}") from None
     run_dir = Path(backend.run.dir)
-    pattern = Path(os.path.abspath(glob_str))
-    base = Path(os.path.abspath(base_path)) if base_path else None
-    if pattern.is_relative_to(run_dir):
-        rule = {"glob": str(pattern.relative_to(run_dir)), "policy": policy}
-        if base is not None:
-            if not base.is_relative_to(run_dir):
-                raise SaveError(f"base_path {base_path!r} is outside the run dir {run_dir}")
-            if base != run_dir:
-                rule["base_path"] = str(base.relative_to(run_dir))
-        backend.save(rule)
-        matches = [Path(p) for p in globmod.glob(str(pattern), recursive=True) if os.path.isfile(p)]
-        strip = base or run_dir
-        return sorted(str(p.relative_to(strip)) for p in matches)
-    if policy != "now":
-        raise SaveError(f"{glob_str!r} is outside the run dir {run_dir}, where the sidecar cannot see it; "
-                        f"policy {policy!r} would miss its later changes. Write the file under runsync.run.dir, "
-                        "or save it with policy='now' (copied in once)")
-    matches = [Path(p) for p in globmod.glob(str(pattern), recursive=True) if os.path.isfile(p)]
-    root = base or Path(os.path.dirname(str(pattern).split("*")[0].split("?")[0].split("[")[0]) or "/")
-    names = []
-    for src in matches:
-        name = str(src.relative_to(root)) if src.is_relative_to(root) else src.name
-        keys.check_stored_name(name)
-        backend.save({"glob": name, "policy": "now"})
+    for src, name in copies:
         dest = run_dir / name
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.runsync-copy")
         shutil.copy2(src, tmp)
         os.replace(tmp, dest)  # renamed into place: complete when the sidecar sees it
-        names.append(name)
-    return sorted(names)
+        backend.save({"glob": globs.escape(name), "policy": "now"})
+    return sorted(name for _, name in copies)
 
 
 def flush(timeout: float | None = None) -> int | None:

@@ -24,7 +24,7 @@ def report(layout: keys.Layout, mode: str, books: Ledger, inflight: dict[str, Ta
         return sorted(shown(k) for k in itertools.islice(keys, STATUS_LIST))
 
     return {
-        "run": str(layout.run), "replica": layout.replica, "mode": mode,
+        "run": str(layout.run), "replica": layout.replica, "store": str(layout.store), "mode": mode,
         "manifest": books.seq,
         "durable_files": len(books.durable.files) if books.durable else 0,
         "uploading": first(inflight), "uploading_count": len(inflight),

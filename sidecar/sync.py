@@ -27,6 +27,9 @@ class SyncReport:
     """(path, why) of files not uploaded: symlinks, collisions, names S3 cannot hold."""
     failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     """(path, error) of uploads that failed; the rest was still committed."""
+    too_long: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    """(path, why) of files whose names the store cannot hold (`keys.NameTooLong`): not sent,
+    the rest was still committed; like a failure, they make `sync` exit non-zero."""
     committed: manifest.Manifest | None = None
     cleaned: list[str] = dataclasses.field(default_factory=list)
 
@@ -71,7 +74,7 @@ def _sync(s3, run_dir, layout, rules, ignore, clean, settings, hooks) -> SyncRep
     report.skipped += [(b.file.relpath, f"same stored name {b.name!r} as {a.file.relpath!r}")
                        for a, b in the_plan.collisions]
 
-    digests = _hash_all(the_plan.uploads, report)
+    digests = _hash_all(_storable(layout, the_plan.uploads, report), report)
     changes: list[manifest.FileEntry] = []
     to_upload: list[tuple[plan.Intent, transfer.Upload]] = []
     for intent, digest in digests:
@@ -105,6 +108,29 @@ def _sync(s3, run_dir, layout, rules, ignore, clean, settings, hooks) -> SyncRep
     if clean:
         report.cleaned = _clean(the_plan, digests, report.committed)
     return report
+
+
+def _storable(layout: keys.Layout, intents, report: SyncReport) -> list[plan.Intent]:
+    """The intents whose names the store can hold; the others are reported, never sent (a store
+    refuses such a key however often it is retried)."""
+    kept = []
+    for intent in intents:
+        try:
+            layout.check_storable(intent.name)
+            kept.append(intent)
+        except keys.NameTooLong as err:
+            report.too_long.append((intent.file.relpath, str(err)))
+    return kept
+
+
+def too_long_line(report: SyncReport) -> str:
+    """One line naming every file left out for its name (the CLI's error line)."""
+    n = len(report.too_long)
+    paths = ", ".join(repr(p) for p, _ in report.too_long)
+    return (f"{n} file{'s' if n > 1 else ''} not uploaded, name too long for the store: {paths} (S3's "
+            f"{keys.MAX_KEY_BYTES}-byte key limit, and the {keys.MAX_KEY_SEGMENT_BYTES}-byte limit on a key's last "
+            "segment: the file name, '~' and a 16-character hash); the rest was committed; fix: shorten those "
+            f"names (a file name to at most {keys.MAX_FILE_NAME_BYTES} bytes) and sync again")
 
 
 def _hash_all(intents, report: SyncReport) -> list[tuple[plan.Intent, transfer.Digest]]:

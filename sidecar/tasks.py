@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from . import keys, manifest, plan, transfer, unreadable, watch
-from .errors import StoreError
+from .errors import NameTooLong, StoreError
 from .logs import log
 from .messages import Done, Task
 
@@ -52,6 +52,8 @@ class Worker:
         except PermissionError as err:  # permanent: skipped and named, never retried
             self.skipped.report(err.filename or task.relpath, False, err)
             self.post(Done(task, "unreadable", error=str(err)))
+        except NameTooLong as err:  # permanent too: a store refuses the key however often it is sent
+            self.post(Done(task, "unstorable", error=str(err)))
         except Exception as err:  # noqa: BLE001 - a bug must not stall the engine
             log.exception("worker failed", extra={"fields": {"work": repr(task)[:200]}})
             self.post(Done(task, "failed", error=f"{type(err).__name__}: {err}"))
@@ -65,6 +67,7 @@ class Worker:
         for batch in batches:
             uploads: dict[str, tuple[transfer.Upload, manifest.FileEntry, str]] = {}
             for relpath, name in batch:
+                self.layout.check_storable(name)  # before reading a byte of it
                 path = os.path.join(self.root, relpath)
                 try:
                     digest = transfer.hash_file(path, self.root)  # O_NOFOLLOW, in the run dir, else gone

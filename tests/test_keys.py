@@ -76,3 +76,26 @@ def test_stored_names_that_escape_are_refused(name):
 @pytest.mark.parametrize("name", ["a", "ckpt/step-1/.metadata", "dir with spaces/ünïcode ✓.txt", "a..b"])
 def test_ordinary_stored_names(name):
     assert keys.check_stored_name(name) == name
+
+
+# The limits SeaweedFS answers KeyTooLongError beyond (tried: a last key segment of 256 bytes,
+# a key of 1025): refused before any upload, by name, with the limit and the fix.
+LONG_DIRS = "/".join(["d" * 200] * 3) + "/x"  # 604 bytes: long directories are fine
+
+
+@pytest.mark.parametrize("prefix, name, fragment", [
+    ("pre", "a" * 238, None),
+    ("pre", "d/" + "é" * 119, None),                          # 238 bytes in UTF-8
+    ("pre", "a" * 239, "255-byte limit.*at most 238 bytes"),
+    ("pre", "d/" + "é" * 119 + "x", "255-byte limit"),
+    ("p" * 380, LONG_DIRS, None),                              # a key of 1017 bytes
+    ("p" * 390, LONG_DIRS, "1024-byte limit; fix: shorten the name to at most 601 bytes"),
+])
+def test_names_the_store_cannot_hold(prefix, name, fragment):
+    layout = keys.Layout(keys.StoreURL.parse(f"s3://bkt/{prefix}"), keys.RunPath.parse("ns/p/r"), "0")
+    if fragment is None:
+        assert layout.check_storable(name) == name
+        assert len(layout.file_key(name, "00" * 32).encode()) <= keys.MAX_KEY_BYTES
+    else:
+        with pytest.raises(keys.NameTooLong, match=fragment):
+            layout.file_key(name, "00" * 32)
