@@ -285,8 +285,8 @@ def restore(name: str, run_path: str | None = None, replace: bool = False, root:
         raise RestoreNotFound(f"{name!r} is not among the committed files of {result.get('run', run_path)}")
     for line in result.get("looked_back", ()):  # say which manifest an older version came from
         print(f"runsync: {line}", file=sys.stderr)
-    if not local.is_file():
-        local = Path(result["paths"][0])
+    if not local.is_file():  # a directory's name: its first file (the sidecar's paths may be mounted elsewhere)
+        local = base / result["files"][0]
     return open(local, "rb")
 
 
