@@ -10,6 +10,7 @@ nothing itself:
     POST /v1/prestop                              start the final flush (the pod is terminating)
     POST /v1/code     {git, diff}                 store the run's code state (the SDK captured it)
     POST /v1/restore  {name, run_path?, replace?} restore files of this run (or PROJECT/RUN) into the run dir
+                      {root?}                     (or into `root`, a dir below it); `name` is a stored name, not a glob
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def serve_api(addr: tuple[str, int], post: Callable, fence: Callable[[], int]) -
     def restore(h: _Handler) -> None:
         body = h._body()
         if not isinstance(body.get("name"), str):
-            raise ValueError("'name' (a stored name or glob) is required")
+            raise ValueError("'name' (a stored name) is required")
         try:
             h._json(200, ask("restore", body, timeout=3600))
         except RunsyncError as err:

@@ -218,7 +218,7 @@ def restore_cmd(
         with _progress("downloading") as hooks:
             return _store_call(lambda: restorer.restore(
                 s3, store, run_path, to, replica=keys.check_replica(replica), all_replicas=all_replicas,
-                patterns=globs_, replace=replace,
+                patterns=globs_, replace=replace, must_match=True,
                 hooks=hooks), store, s3)
     report = _run(go)
     if as_json:

@@ -38,6 +38,23 @@ class Glob:
         return self.pattern
 
 
+@dataclasses.dataclass(frozen=True)
+class Literal:
+    """A stored name taken as it is (`restore('weights[1].pt')`, as W&B's `restore(name)`): that
+    file, or every file below it when it names a directory. Used where a `Glob` is."""
+
+    pattern: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pattern", normalize(self.pattern))
+
+    def matches(self, relpath: str) -> bool:
+        return relpath == self.pattern or relpath.startswith(self.pattern + "/")
+
+    def __str__(self) -> str:
+        return self.pattern
+
+
 def normalize(pattern: str) -> str:
     """The pattern without `./` and duplicate slashes; `GlobError` if it climbs out."""
     if not pattern or not pattern.strip():

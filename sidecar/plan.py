@@ -380,8 +380,9 @@ def for_restore(
         for name, entry in manifests[replica].files.items():
             merged.setdefault(name, (replica, entry))
     torn = not_as_committed(manifests)
-    if patterns:
-        merged = {n: v for n, v in merged.items() if globs.matches_any(patterns, n)}
+    # Completeness is judged on every stored file, before the patterns choose: a file asked by
+    # name (`ckpt/step-3/__0_0.distcp`) belongs to a complete directory even if its marker is
+    # not asked for.
     marked = marked_dirs(merged, markers)
     by_dir: dict[str, list[str]] = {}
     for name in merged:
@@ -391,20 +392,24 @@ def for_restore(
     participants: dict[str, set[str]] = {}
     for d, names in by_dir.items():
         participants.setdefault(_shape(d), set()).update(merged[n][0] for n in names)
+    chosen = {n: v for n, v in merged.items() if not patterns or globs.matches_any(patterns, n)}
     groups, incomplete = {}, []
     for d, names in sorted(by_dir.items()):
+        asked = [n for n in names if n in chosen]
+        if not asked:
+            continue
         present = {merged[n][0] for n in names}
         if d in marked and participants[_shape(d)] <= present and d not in torn:
-            markers_last = sorted(names, key=lambda n: (n.rpartition("/")[0] == d and
+            markers_last = sorted(asked, key=lambda n: (n.rpartition("/")[0] == d and
                                                         globs.matches_any(markers, n.rpartition("/")[2]), n))
             groups[d] = tuple(markers_last)
         elif d not in torn and asked_by_name(d, patterns):
             incomplete.append(d)  # restored as asked, still named as incomplete
         else:
             incomplete.append(d)
-            for n in names:
-                del merged[n]
-    return RestorePlan(merged, groups, tuple(incomplete))
+            for n in asked:
+                del chosen[n]
+    return RestorePlan(chosen, groups, tuple(incomplete))
 
 
 def unmatched(manifests: dict[str, Manifest], patterns: tuple[globs.Glob, ...]) -> tuple[globs.Glob, ...]:

@@ -40,6 +40,10 @@ class RestoreError(RunsyncError):
     """A restore that could not be done; nothing torn was left behind."""
 
 
+class NothingMatched(RestoreError):
+    """A pattern that names no file the run ever committed (`runsync restore RUN no-such-name`)."""
+
+
 @dataclasses.dataclass
 class RestoreReport:
     written: list[str] = dataclasses.field(default_factory=list)
@@ -50,6 +54,8 @@ class RestoreReport:
     looked_back: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     """pattern → {replica: manifest number}: patterns that named nothing in the latest manifests,
     restored from the newest older manifest that held them (a file deleted since)."""
+    unmatched: tuple[str, ...] = ()
+    """patterns that name no file of any committed manifest of the run."""
     bytes: int = 0
     seconds: float = 0.0
 
@@ -74,6 +80,7 @@ def restore(
     patterns: tuple[globs.Glob, ...] = (),
     markers: tuple[globs.Glob, ...] | None = None,
     replace: bool = False,
+    must_match: bool = False,
     settings: transfer.Settings = transfer.Settings(),
     hooks: transfer.Hooks = transfer.Hooks(),
 ) -> RestoreReport:
@@ -95,6 +102,13 @@ def restore(
         if older:
             report.looked_back[str(pattern)] = {r: m.seq for r, m in older.items()}
             the_plan = plan.merge_restore(the_plan, plan.for_restore(older, markers, (pattern,), own=replica))
+        else:
+            report.unmatched += (str(pattern),)
+    if report.unmatched and must_match:  # before any download: all that was asked, or nothing
+        raise NothingMatched(
+            f"{', '.join(report.unmatched)} {'match' if len(report.unmatched) > 1 else 'matches'} no file committed to {run} (replica "
+            f"{'s ' + ', '.join(sorted(manifests)) if all_replicas else replica}, in any manifest); "
+            f"list the run's files with: runsync ls {run}")
     report.incomplete = the_plan.incomplete
 
     todo: list[tuple[str, manifest.FileEntry]] = []

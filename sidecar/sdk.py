@@ -32,8 +32,8 @@ from . import codestate, contract, globs, keys, saving
 from .errors import InputError, RunsyncError, SaveError  # noqa: F401 - SaveError is the SDK's
 
 
-class RestoreNotFound(RunsyncError, FileNotFoundError):
-    """The run has no committed file of that name."""
+class RestoreNotFound(RunsyncError, FileNotFoundError, ValueError):
+    """The run has no committed file of that name (a ValueError too, as W&B's)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +54,10 @@ class Run:
     @property
     def project(self) -> str:
         return self.path.split("/")[1]
+
+    def restore(self, name: str, run_path: str | None = None, replace: bool = False, root: str | None = None):
+        """W&B's `run.restore`: `runsync.restore`, from this run into its dir by default."""
+        return restore(name, run_path, replace, root)
 
 
 class _Pod:
@@ -92,8 +96,8 @@ class _Pod:
     def flush(self, timeout: float) -> dict:
         return self.call("/flush", {"timeout": timeout}, timeout=timeout + 15)
 
-    def restore(self, name: str, run_path: str | None, replace: bool) -> dict:
-        return self.call("/restore", {"name": name, "run_path": run_path, "replace": replace})
+    def restore(self, name: str, run_path: str | None, replace: bool, root: str | None = None) -> dict:
+        return self.call("/restore", {"name": name, "run_path": run_path, "replace": replace, "root": root})
 
     def code(self, state: codestate.CodeState) -> None:
         self.call("/code", {"git": json.loads(state.info_json()), "diff": state.diff}, timeout=60)
@@ -123,8 +127,8 @@ class _Embedded:
     def flush(self, timeout: float) -> dict:
         return self.core.flush(timeout)
 
-    def restore(self, name: str, run_path: str | None, replace: bool) -> dict:
-        return self.core.ask("restore", {"name": name, "run_path": run_path, "replace": replace}, 3600)
+    def restore(self, name: str, run_path: str | None, replace: bool, root: str | None = None) -> dict:
+        return self.core.ask("restore", {"name": name, "run_path": run_path, "replace": replace, "root": root}, 3600)
 
     def code(self, state: codestate.CodeState) -> None:
         self.core.ask("code", {"git": json.loads(state.info_json()), "diff": state.diff})
@@ -256,26 +260,39 @@ def flush(timeout: float | None = None) -> int | None:
 
 
 def restore(name: str, run_path: str | None = None, replace: bool = False, root: str | None = None):
-    """Restore the file `name` of this run (or of `run_path`, `PROJECT/RUN` of this namespace)
-    into the run dir, and return it opened for reading (binary); `.name` is its local path."""
-    backend = _backend()
-    run_dir = Path(backend.run.dir)
-    if root is not None and not Path(os.path.abspath(root)).is_relative_to(run_dir):
-        raise InputError(f"root {root!r} is outside the run dir {run_dir}: the sidecar restores into the run dir")
-    if run_path is not None and run_path.count("/") == 2:
-        namespace = backend.run.path.split("/")[0]
-        if run_path.split("/")[0] != namespace:
-            raise InputError(f"run_path {run_path!r} is in another namespace than {namespace!r}; "
-                             "a run can restore only from its own namespace")
-        run_path = run_path.split("/", 1)[1]
-    result = backend.restore(name, run_path, replace)
+    """W&B's `restore`: the stored file (or directory) `name` of this run, or of `run_path`
+    (`PROJECT/RUN` of this namespace, or `NAMESPACE/PROJECT/RUN`), into `root` (default: the
+    run dir; before `init` outside a pod, the working directory). Returns it opened for reading,
+    binary; `.name` is its local path. A file already at `root/name` is returned untouched unless
+    `replace`. Before `init` (outside a pod) `run_path` is required, and the store comes from
+    RUNSYNC_STORE and the AWS variables. `RestoreNotFound` if the run never committed `name`."""
+    from . import restore_here
+
+    backend = _Session.backend
+    if backend is None and os.environ.get(contract.ENV_API):
+        backend = _backend()  # in a pod the sidecar is there without init
+    name, run_path, base = restore_here.resolve(name, backend.run if backend else None, run_path, root)
+    local = base / name
+    if local.is_file() and not replace:
+        return open(local, "rb")  # as W&B: an existing file is the answer, the store is not asked
+    if backend is None:
+        result = restore_here.restore(name, run_path, str(base), replace)
+    elif base.is_relative_to(backend.run.dir):
+        sub = str(base.relative_to(backend.run.dir))
+        result = backend.restore(name, run_path, replace, None if sub == "." else sub)
+    elif isinstance(backend, _Pod):
+        raise InputError(f"root {root!r} is outside the run dir {backend.run.dir}: in a pod the sidecar restores, "
+                         "and it writes only into the run dir (the trainer holds no credentials); "
+                         "pass a root under runsync.run.dir")
+    else:  # embedded: this process holds the credentials, so it writes anywhere
+        namespace, _, own = backend.run.path.partition("/")
+        result = restore_here.restore(name, f"{namespace}/{run_path or own}", str(base), replace, store=backend.store)
     if not result.get("files"):
-        raise RestoreNotFound(f"{name!r} is not among the committed files of {result.get('run', backend.run.path)}")
+        raise RestoreNotFound(f"{name!r} is not among the committed files of {result.get('run', run_path)}")
     for line in result.get("looked_back", ()):  # say which manifest an older version came from
         print(f"runsync: {line}", file=sys.stderr)
-    local = run_dir / name
-    if not local.is_file():
-        local = Path(result["paths"][0])
+    if not local.is_file():  # a directory's name: its first file (the sidecar's paths may be mounted elsewhere)
+        local = base / result["files"][0]
     return open(local, "rb")
 
 

@@ -31,14 +31,16 @@ def store_code(s3, layout: keys.Layout, payload: dict) -> dict:
 
 
 def restore(s3, layout: keys.Layout, root: str, markers: tuple[globs.Glob, ...], payload: dict) -> dict:
-    """One file (or directory) of this run, or of another run of the namespace, into the run dir."""
+    """One stored name (a file, or every file of a directory) of this run, or of another run of
+    the namespace, into the run dir (`root`), or into the payload's `root` below it."""
     run = layout.run
     if payload.get("run_path"):
         project, _, name = str(payload["run_path"]).rpartition("/")
         run = keys.RunPath.parse(f"{run.namespace}/{project}/{name}")
-    report = restorer.restore(s3, layout.store, run, root, replica=layout.replica,
-                              patterns=(globs.Glob(str(payload["name"])),), markers=markers,
+    dest = os.path.join(root, keys.check_stored_name(str(payload["root"]))) if payload.get("root") else root
+    report = restorer.restore(s3, layout.store, run, dest, replica=layout.replica,
+                              patterns=(globs.Literal(str(payload["name"])),), markers=markers,
                               replace=bool(payload.get("replace")))
     found = report.written + report.up_to_date + report.kept_newer
-    return {"run": str(run), "files": found, "paths": [os.path.join(root, n) for n in found],
+    return {"run": str(run), "files": found, "paths": [os.path.join(dest, n) for n in found],
             "looked_back": restorer.describe_looked_back(report)}

@@ -5,7 +5,7 @@ import warnings
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from runsync.globs import Glob, GlobError
+from runsync.globs import Glob, GlobError, Literal
 
 MATCHES = [
     # pattern, path, matches
@@ -79,3 +79,16 @@ def test_any_pattern_is_a_glob_or_a_glob_error(pattern, path):
         assert glob.matches(path) in (True, False)
         if "/" not in path and not any(c in pattern for c in "*?["):
             assert glob.matches(path) == (glob.pattern == path)
+
+
+@pytest.mark.parametrize("name, path, expected", [
+    # `restore(name)` takes a stored name as it is (W&B's restore): glob characters are characters.
+    ("weights[1].pt", "weights[1].pt", True),
+    ("weights[1].pt", "weights1.pt", False),
+    ("*.pt", "a.pt", False),
+    ("ckpt/step-3", "ckpt/step-3/.metadata", True),     # a directory names the files below it
+    ("ckpt/step-3", "ckpt/step-30/.metadata", False),
+    ("./ckpt//a.pt", "ckpt/a.pt", True),
+])
+def test_a_literal_is_a_name(name, path, expected):
+    assert Literal(name).matches(path) is expected

@@ -1,7 +1,7 @@
 """The planner: which files a sync uploads, under which names, and which it leaves alone."""
 
 from runsync import config, plan
-from runsync.globs import Glob
+from runsync.globs import Glob, Literal
 from runsync.manifest import FileEntry, Manifest
 from runsync.watch import LocalFile
 
@@ -120,3 +120,15 @@ def test_restore_takes_an_incomplete_dir_only_when_asked_for_it_by_name():
         p = plan.for_restore(m, MARKERS, (Glob(pattern),))
         assert sorted(p.files) == expected, pattern
         assert "checkpoint-5" in p.incomplete or pattern == "checkpoint-*"
+
+
+def test_restore_takes_one_file_of_a_complete_dir_when_asked_for_it_alone():
+    """The marker is judged among every stored file, not only the asked ones (issue 16)."""
+    m = {"0": manifest(entry("ckpt/step-3/__0_0.distcp"), entry("ckpt/step-3/__1_0.distcp"),
+                       entry("ckpt/step-3/.metadata"), entry("ckpt/step-4/__0_0.distcp"))}
+    for pattern in (Literal("ckpt/step-3/__0_0.distcp"), Glob("ckpt/step-3/__0_*")):
+        p = plan.for_restore(m, MARKERS, (pattern,))
+        assert (sorted(p.files), p.groups, p.incomplete) == (
+            ["ckpt/step-3/__0_0.distcp"], {"ckpt/step-3": ("ckpt/step-3/__0_0.distcp",)}, ()), pattern
+    p = plan.for_restore(m, MARKERS, (Glob("ckpt/*/__0_0.distcp"),))  # step-4 has no marker
+    assert (sorted(p.files), p.incomplete) == (["ckpt/step-3/__0_0.distcp"], ("ckpt/step-4",))
