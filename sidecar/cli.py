@@ -50,7 +50,8 @@ def main(
                               help="The KMS key of aws:kms (id, ARN or alias).")] = None,
 ) -> None:
     _State.store = store
-    os.environ.update({k: v for k, v in ((contract.ENV_SSE, sse), (contract.ENV_SSE_KMS_KEY_ID, sse_kms_key_id)) if v})  # every S3 client reads these (encryption.py)
+    # Every S3 client of this process reads these (encryption.py): the flags become the variables.
+    os.environ.update({k: v for k, v in ((contract.ENV_SSE, sse), (contract.ENV_SSE_KMS_KEY_ID, sse_kms_key_id)) if v})
     logs.setup(sys.stderr, log_level.upper())
 
 

@@ -12,12 +12,14 @@ provider; a mode the server cannot apply (SSE-KMS on a SeaweedFS without one) gi
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -199,6 +201,7 @@ def operator(tmp_path, s3_server, kms_server):
     secrets = {(NS, "s3-keys"): {"AWS_ACCESS_KEY_ID": s3_server.credentials.access_key,
                                  "AWS_SECRET_ACCESS_KEY": s3_server.credentials.secret_key}}
     assert kms_server.credentials == s3_server.credentials  # one Secret serves both stores
+    (tmp_path / "op").mkdir()
     op = Operator(tmp_path / "op", [
         encrypted_store("kms", kms_bucket, kms_server.endpoint,
                         {"type": "aws:kms", "kmsKeyId": locals3.LOCAL_KMS_KEY}),
@@ -213,6 +216,21 @@ def operator(tmp_path, s3_server, kms_server):
     op.stop()
 
 
+def wait_loaded(side: subprocess.Popen, api: str, log: Path) -> None:
+    """Until the sidecar has read the store and serves its API (a poll, not a timing claim)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert side.poll() is None, log.read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(f"http://{api}{contract.API_PREFIX}/status", timeout=5) as response:
+                if json.loads(response.read()).get("loaded"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError("the sidecar did not start:\n" + log.read_text()[-3000:])
+
+
 def run_pod(op: Operator, name: str, store_name: str, root: Path, log: Path, files: dict[str, bytes]) -> LocalPod:
     """restore-init, then the sidecar beside a 'trainer' that writes `files`, then preStop and SIGTERM."""
     patched, _ = op.patched(trainer_pod(name, store_name))
@@ -224,6 +242,7 @@ def run_pod(op: Operator, name: str, store_name: str, root: Path, log: Path, fil
     side = subprocess.Popen(local.argv(sidecar), env=local.env(sidecar), stdout=open(log, "wb"),
                             stderr=subprocess.STDOUT)
     try:
+        wait_loaded(side, local.env(sidecar)[contract.ENV_API], log)
         run_dir = Path(local.paths["runsync-run"])
         for name_, data in files.items():
             (run_dir / name_).parent.mkdir(parents=True, exist_ok=True)
