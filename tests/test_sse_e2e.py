@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 
 import boto3
+import kubernetes_validate
 import pytest
 
 from runsync import contract
@@ -265,6 +266,7 @@ def test_the_patched_pod_encrypts_everything_under_the_stores_kms_key_and_resume
     assert "aws:kms" in condition["message"], condition
 
     patched, _ = operator.patched(trainer_pod("sse-pod-aaaaa", "kms"))
+    kubernetes_validate.validate(patched, "1.33", strict=True)
     init = patched["spec"]["initContainers"]
     for c in init[:2]:  # restore-init and the sidecar; the trainer needs no credentials nor keys
         assert env_of(c)[contract.ENV_SSE] == "aws:kms"
