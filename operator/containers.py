@@ -51,10 +51,15 @@ def security_context(uid: int, gid: int) -> dict:
 
 
 def store_env(store: StoreSpec) -> list[dict]:
-    """The standard AWS variables; keys as secretKeyRef to the Store's Secret, never copied."""
+    """The standard AWS variables and the Store's server-side encryption; keys as secretKeyRef
+    to the Store's Secret, never copied."""
     env = [{"name": "AWS_REGION", "value": store.region}]
     if store.endpoint:
         env.append({"name": "AWS_ENDPOINT_URL_S3", "value": store.endpoint})
+    if store.sse:  # what every write asks S3 for; the key id names a key, it is no secret
+        env.append({"name": contract.ENV_SSE, "value": store.sse})
+        if store.kms_key_id:
+            env.append({"name": contract.ENV_SSE_KMS_KEY_ID, "value": store.kms_key_id})
     if store.secret:
         for var, key in (("AWS_ACCESS_KEY_ID", store.access_key_id_key),
                          ("AWS_SECRET_ACCESS_KEY", store.secret_access_key_key)):

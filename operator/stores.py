@@ -1,7 +1,8 @@
 """The `Store` CRD (runsync.dev/v1alpha1): where a namespace's runs live, and whether it works.
 
 An index of Stores lets admission find a pod's Store without an API call. A handler checks
-each Store (bucket reachable with its credentials) and reports a `Ready` condition, with an
+each Store (bucket reachable with its credentials; with `serverSideEncryption`, an object
+written as its pods write is stored encrypted so) and reports a `Ready` condition, with an
 event when it changes.
 """
 
@@ -55,12 +56,14 @@ def stores_by_name(namespace: str, name: str, spec: dict, **_):
     return {(namespace, name): dict(spec)}
 
 
-def check_health(spec: StoreSpec, credentials: tuple[str, str] | None, now: datetime.datetime | None = None) -> dict:
-    """A `Ready` condition: can these credentials list the store's bucket?"""
+def check_health(spec: StoreSpec, credentials: tuple[str, str] | None, now: datetime.datetime | None = None,
+                 namespace: str = "default") -> dict:
+    """A `Ready` condition: can these credentials list the store's bucket, and does S3 apply the
+    Store's server-side encryption (a PUT and a HEAD under the namespace, as its pods will)?"""
     import boto3
     import botocore.config
 
-    from runsync import keys, transfer
+    from runsync import encryption, keys, transfer
 
     kwargs = {}
     if credentials:
@@ -71,14 +74,22 @@ def check_health(spec: StoreSpec, credentials: tuple[str, str] | None, now: date
                                       s3={"addressing_style": "path" if spec.endpoint else "auto"}),
         **kwargs)
     stamp = (now or datetime.datetime.now(datetime.timezone.utc)).isoformat(timespec="seconds")
-    try:
-        transfer.check_store(s3, keys.StoreURL.parse(spec.url))
-    except Exception as err:  # noqa: BLE001 - every failure is a condition, not a crash
-        message = str(err).replace(f"at {s3.meta.endpoint_url}", f"at {spec.endpoint or 'AWS S3'}")
-        return {"type": "Ready", "status": "False", "reason": "StoreUnreachable", "message": message,
-                "lastTransitionTime": stamp}
+    store = keys.StoreURL.parse(spec.url)
+    sse = encryption.Encryption.parse(spec.sse, spec.kms_key_id)  # the CRD's enum and rule keep it valid
+    encryption.install(s3.meta.events, sse)
+    for reason, check in (("StoreUnreachable", lambda: transfer.check_store(s3, store)),
+                          ("EncryptionNotApplied", lambda: encryption.check(
+                              s3, store.bucket, keys.store_sse_check_key(store, namespace), sse, spec.url))):
+        try:
+            check()
+        except Exception as err:  # noqa: BLE001 - every failure is a condition, not a crash
+            message = str(err).replace(f"at {s3.meta.endpoint_url}", f"at {spec.endpoint or 'AWS S3'}")
+            return {"type": "Ready", "status": "False", "reason": reason, "message": message,
+                    "lastTransitionTime": stamp}
+    encrypted = f"; objects written there are stored with server-side encryption {sse}" if sse.mode else ""
     return {"type": "Ready", "status": "True", "reason": "BucketReachable",
-            "message": f"{spec.url} can be listed with the configured credentials", "lastTransitionTime": stamp}
+            "message": f"{spec.url} can be listed with the configured credentials{encrypted}",
+            "lastTransitionTime": stamp}
 
 
 class CredentialsUnavailable(Exception):
@@ -137,7 +148,7 @@ def report_health(spec: dict, status: dict, namespace: str, name: str, body, pat
         return
     parsed = StoreSpec.parse(spec)
     try:
-        condition = check_health(parsed, read_credentials(namespace, parsed))
+        condition = check_health(parsed, read_credentials(namespace, parsed), namespace=namespace)
     except CredentialsUnavailable as err:
         condition = {**err.condition,
                      "lastTransitionTime": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

@@ -44,8 +44,14 @@ def main(
         help="s3://BUCKET/PREFIX of the store. Endpoint and keys come from the AWS_* variables.",
     )] = "",
     log_level: Annotated[str, typer.Option(help="Level of the JSON-lines log on stderr.")] = "warning",
+    sse: Annotated[Optional[str], typer.Option(envvar=contract.ENV_SSE, show_envvar=True, help="Server-side "
+                   "encryption of what is written: AES256 or aws:kms.")] = None,
+    sse_kms_key_id: Annotated[Optional[str], typer.Option(envvar=contract.ENV_SSE_KMS_KEY_ID, show_envvar=True,
+                              help="The KMS key of aws:kms (id, ARN or alias).")] = None,
 ) -> None:
     _State.store = store
+    # Every S3 client of this process reads these (encryption.py): the flags become the variables.
+    os.environ.update({k: v for k, v in ((contract.ENV_SSE, sse), (contract.ENV_SSE_KMS_KEY_ID, sse_kms_key_id)) if v})
     logs.setup(sys.stderr, log_level.upper())
 
 

@@ -73,6 +73,13 @@ ENV_MEMORY_LIMIT = "RUNSYNC_MEMORY_LIMIT"
 allocatable memory when no limit is set): the sidecar sizes its transfer buffers to fit in it."""
 ENV_METRICS = "RUNSYNC_METRICS_ADDR"
 """HOST:PORT of the sidecar's /metrics, /healthz and /readyz."""
+ENV_SSE = "RUNSYNC_SSE"
+"""Server-side encryption of every object runsync writes: `AES256` (SSE-S3) or `aws:kms`
+(SSE-KMS); unset: none asked (the bucket's default applies). From the Store's
+`serverSideEncryption.type`; the CLI's `--sse`."""
+ENV_SSE_KMS_KEY_ID = "RUNSYNC_SSE_KMS_KEY_ID"
+"""The KMS key of `aws:kms` (id, ARN or alias; not a secret); unset: the account's default key.
+From the Store's `serverSideEncryption.kmsKeyId`; the CLI's `--sse-kms-key-id`."""
 
 API_PORT = 7070
 """The sidecar's SDK API port, on loopback (the operator's `api_port` default)."""

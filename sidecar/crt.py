@@ -17,6 +17,8 @@ import os
 import botocore.config
 import botocore.session
 
+from . import encryption
+
 MiB = 1024 * 1024
 MEMORY_LIMIT = 1024 * MiB
 """The CRT's buffer pool cap where the process has memory to spare. The CRT can fill it when S3
@@ -58,6 +60,7 @@ def manager(s3, part_size: int, endpoint: str | None, throughput_gbps: float = 2
     from s3transfer.crt import BotocoreCRTCredentialsWrapper, BotocoreCRTRequestSerializer, CRTTransferManager
 
     session = botocore.session.Session()
+    encryption.install(session, encryption.from_env())  # the serializer's client inherits these events
     credentials = session.get_credentials()
     region = s3.meta.region_name
     loop = EventLoopGroup(2)

@@ -3,6 +3,8 @@
     <prefix>/<namespace>/<project>/<run>/<replica>/files/<stored name>~<sha256[:16]>
     <prefix>/<namespace>/<project>/<run>/<replica>/manifests/<seq:012d>.json
     <prefix>/<namespace>/<project>/<run>/<replica>/lease.json
+    <prefix>/<namespace>/<project>/<run>/<replica>/sse-check      (empty; encryption.check)
+    <prefix>/<namespace>/.sse-check                              (empty; the operator's Store check)
     <prefix>/<namespace>/<project>/<run>/run.json
     <prefix>/<namespace>/<project>/<run>/code/git.json, code/diff.patch
 
@@ -164,6 +166,11 @@ class Layout:
         return f"{self.replica_prefix}lease.json"
 
     @property
+    def sse_check_key(self) -> str:
+        """The object a writer puts and HEADs at start to see its server-side encryption applied."""
+        return f"{self.replica_prefix}sse-check"
+
+    @property
     def run_metadata_key(self) -> str:
         return f"{self.run_prefix}run.json"
 
@@ -203,6 +210,11 @@ class Layout:
             return None
         match = _SEQ_KEY.fullmatch(key[len(self.manifests_prefix):])
         return int(match.group(1)) if match else None
+
+
+def store_sse_check_key(store: StoreURL, namespace: str) -> str:
+    """The operator's encryption check object for a Store of `namespace` (never a run: no '/')."""
+    return store.key(namespace, ".sse-check")
 
 
 def namespaces_prefix(store: StoreURL) -> str:

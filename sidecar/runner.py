@@ -99,6 +99,7 @@ class Wired:
 def wire(run_dir: str, layout: keys.Layout, settings: Settings, annotations: str | None,
          holder: str, sizes: transfer.Settings = transfer.Settings()) -> Wired:
     s3 = transfer.client()
+    transfer.check_encryption(s3, layout)
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     _restore_metrics(run_dir, metrics)
@@ -227,6 +228,7 @@ def _restore_init(pod: PodEnv, s3) -> int:
     cfg = config.parse(config.read_annotations_file(pod.annotations)) if pod.annotations else config.RunConfig()
     layout = keys.Layout(pod.store, pod.run, pod.replica)
     transfer.check_store(s3, pod.store)
+    transfer.check_encryption(s3, layout)
     held = lease.acquire(
         s3, layout, pod.holder, wait=pod.grace + lease.DEFAULT_TTL,
         max_seq=lambda: manifest.max_seq(s3, layout),

@@ -54,6 +54,7 @@ def sync(
         raise StoreError(f"run dir {str(run_dir)!r} is not a directory; fix: pass an existing directory")
     s3 = transfer.client(settings)
     transfer.check_store(s3, store)
+    transfer.check_encryption(s3, keys.Layout(store, run, replica))
     try:
         return _sync(s3, run_dir, keys.Layout(store, run, replica), rules, ignore, clean, settings, hooks)
     except (ClientError, BotoCoreError) as err:

@@ -27,7 +27,7 @@ from s3transfer.exceptions import CancelledError
 from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
-from . import contract, crt, keys, progress
+from . import contract, crt, encryption, keys, progress
 from .hashing import _FD_PATH, Digest, FileChanged, NotRegular, hash_file, open_regular  # noqa: F401 - callers' names
 from .errors import StoreError
 
@@ -72,7 +72,8 @@ def endpoint_override() -> str | None:
 
 
 def client(settings: Settings = Settings()):
-    """An S3 client from the standard AWS environment."""
+    """An S3 client from the standard AWS environment; every object it writes is encrypted as
+    RUNSYNC_SSE says (encryption.py)."""
     endpoint = endpoint_override()
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or contract.DEFAULT_REGION
     config = botocore.config.Config(
@@ -83,7 +84,9 @@ def client(settings: Settings = Settings()):
         # S3-compatible servers on an IP or a plain host name need path-style URLs.
         s3={"addressing_style": "path" if endpoint else "auto"},
     )
-    return boto3.session.Session().client("s3", region_name=region, config=config)
+    s3 = boto3.session.Session().client("s3", region_name=region, config=config)
+    encryption.install(s3.meta.events, encryption.from_env())
+    return s3
 
 
 def masked(key_id: str) -> str:
@@ -135,6 +138,12 @@ def check_store(s3, store: keys.StoreURL) -> None:
         s3.list_objects_v2(Bucket=store.bucket, Prefix=store.key() or "", MaxKeys=1)
     except Exception as err:  # noqa: BLE001 - every failure becomes one StoreError
         raise describe(err, store, s3) from None
+
+
+def check_encryption(s3, layout: keys.Layout) -> None:
+    """Before a writer's first write: S3 applies the server-side encryption RUNSYNC_SSE asks for,
+    or a `StoreError` names the mode and the fix (encryption.check)."""
+    encryption.check(s3, layout.store.bucket, layout.sse_check_key, encryption.from_env(), str(layout.store))
 
 
 # ------------------------------------------------------------------------------ retries

@@ -4,6 +4,10 @@
 free and bound to 127.0.0.1, because other `weed` processes may hold the defaults and because
 gRPC ports default to port + 10000 and collide. Access keys are always configured, so a wrong
 secret fails as it would against AWS.
+
+With `kms=True` the server has SeaweedFS's local KMS provider, so it honours SSE-KMS
+(`aws:kms`) under `LOCAL_KMS_KEY`; without it an `aws:kms` write fails (500 InternalError),
+as on a server with no KMS. SSE-S3 (`AES256`) works either way (checked with SeaweedFS 4.48).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ _PORT_NAMES = (
     "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
     "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc",
 )
+LOCAL_KMS_KEY = "alias/seaweedfs-default"
+"""The key of SeaweedFS's local KMS provider (made at start, in memory): the only one it knows."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +53,7 @@ class LocalS3:
     process: subprocess.Popen
     ports: dict[str, int]
     owns_workdir: bool = True
+    kms: bool = False
 
     def env(self) -> dict[str, str]:
         """The standard AWS variables that point boto3 (and runsync) at this server."""
@@ -59,7 +66,7 @@ class LocalS3:
 
     def restart(self, timeout: float = 30.0) -> None:
         """Start again after `stop(keep_data=True)`: same ports, same data."""
-        fresh = _launch(self.workdir, self.credentials, self.ports, timeout)
+        fresh = _launch(self.workdir, self.credentials, self.ports, timeout, kms=self.kms)
         self.process = fresh.process
 
     def stop(self, keep_data: bool = False) -> None:
@@ -105,23 +112,28 @@ def start(
     workdir: str | os.PathLike | None = None,
     credentials: Credentials = Credentials("runsync-test-key", "runsync-test-secret"),
     timeout: float = 30.0,
+    kms: bool = False,
 ) -> LocalS3:
-    """Start `weed mini` on free loopback ports; return once its S3 port answers."""
+    """Start `weed mini` on free loopback ports; return once its S3 port answers. `kms`: with
+    the local KMS provider (SSE-KMS under `LOCAL_KMS_KEY`)."""
     owns = workdir is None
     wd = Path(tempfile.mkdtemp(prefix="runsync-s3-") if workdir is None else workdir)
     (wd / "data").mkdir(parents=True, exist_ok=True)
     (wd / "logs").mkdir(exist_ok=True)
-    return _launch(wd, credentials, dict(zip(_PORT_NAMES, free_ports(len(_PORT_NAMES)))), timeout, owns)
+    return _launch(wd, credentials, dict(zip(_PORT_NAMES, free_ports(len(_PORT_NAMES)))), timeout, owns, kms)
 
 
 def _launch(wd: Path, credentials: Credentials, ports: dict[str, int], timeout: float,
-            owns: bool = True) -> LocalS3:
+            owns: bool = True, kms: bool = False) -> LocalS3:
     identity = {
         "name": "runsync",
         "credentials": [{"accessKey": credentials.access_key, "secretKey": credentials.secret_key}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }
-    (wd / "s3.json").write_text(json.dumps({"identities": [identity]}))
+    s3_config: dict = {"identities": [identity]}
+    if kms:  # the provider keeps its key in memory: objects written before a restart stay unreadable
+        s3_config["kms"] = {"default_provider": "local", "providers": {"local": {"type": "local"}}}
+    (wd / "s3.json").write_text(json.dumps(s3_config))
     cmd = [
         weed_binary(), f"-logdir={wd / 'logs'}", "mini",
         f"-dir={wd / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
@@ -139,7 +151,7 @@ def _launch(wd: Path, credentials: Credentials, ports: dict[str, int], timeout: 
     log.close()
     server = LocalS3(
         endpoint=f"http://127.0.0.1:{ports['s3.port']}", credentials=credentials,
-        workdir=wd, process=proc, ports=ports, owns_workdir=owns,
+        workdir=wd, process=proc, ports=ports, owns_workdir=owns, kms=kms,
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
