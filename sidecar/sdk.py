@@ -28,7 +28,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from . import codestate, contract, keys
+from . import codestate, config, contract, embedded, keys
 from .errors import InputError, RunsyncError
 
 
@@ -97,15 +97,17 @@ class _Pod:
 class _Embedded:
     """The engine in this process (no sidecar): same behaviour, same objects in the store."""
 
-    def __init__(self, run: Run, store: keys.StoreURL, replica: str):
-        from . import runner
+    def __init__(self, run: Run, store: keys.StoreURL, replica: str, cfg: config.RunConfig):
+        from . import runner, transfer
         from .settings import Settings
 
         self.run = run
         self.store = store
         self.layout = keys.Layout(store, keys.RunPath.parse(run.path), replica)
+        embedded.setup_logging()
+        embedded.check_store(transfer.client(), store)
         self.core = runner.Embedded(run.dir, self.layout, Settings(settle=1.0),
-                                    holder=f"sdk@{socket.gethostname()}:{os.getpid()}")
+                                    holder=f"sdk@{socket.gethostname()}:{os.getpid()}", base=cfg)
         # The final flush needs the engine's thread pools, which concurrent.futures shuts down
         # before plain atexit handlers run; threading's own exit hooks run before that (it is
         # how concurrent.futures registers itself), so the flush goes there.
@@ -116,7 +118,7 @@ class _Embedded:
         self.core.ask("save", rule)
 
     def flush(self, timeout: float) -> dict:
-        return self.core.flush(timeout)
+        return embedded.flush(self.core.flush, self.core.wired.engine.s3, self.store, timeout)
 
     def restore(self, name: str, run_path: str | None, replace: bool) -> dict:
         return self.core.ask("restore", {"name": name, "run_path": run_path, "replace": replace}, 3600)
@@ -159,14 +161,16 @@ class _Session:
 
 def init(dir: str | os.PathLike | None = None, run: str | None = None, store: str | None = None,
          project: str = contract.DEFAULT_PROJECT, replica: str = contract.DEFAULT_REPLICA,
-         code: bool = True) -> Run:
+         code: bool = True, ignore_globs: embedded.IgnoreGlobs = None) -> Run:
     """Start syncing. In a pod the sidecar already runs: this only records the code state.
     Elsewhere `dir`, `run` (`NAMESPACE/PROJECT/RUN`, or a name in `local/<project>/`) and `store`
-    (`s3://BUCKET/PREFIX`, or `RUNSYNC_STORE`) are required."""
+    (`s3://BUCKET/PREFIX`, or `RUNSYNC_STORE`) are required; `ignore_globs` (or
+    `RUNSYNC_IGNORE_GLOBS`, comma-separated) names files never uploaded, even when saved."""
     if _Session.backend is not None:
         return _Session.backend.run
     api = os.environ.get(contract.ENV_API)
     if api and os.environ.get(contract.ENV_DIR) and os.environ.get(contract.ENV_RUN_PATH):
+        embedded.refuse_ignore_in_pod(ignore_globs)
         the_run = Run(os.environ[contract.ENV_DIR], os.environ[contract.ENV_RUN_PATH])
         _Session.backend = _Pod(api, the_run)
     else:
@@ -176,9 +180,10 @@ def init(dir: str | os.PathLike | None = None, run: str | None = None, store: st
                              "e.g. runsync.init(dir='runs/7', run='me/bert/run-7', store='s3://bucket/prefix')")
         path = run if run.count("/") == 2 else f"local/{project}/{run}"
         keys.RunPath.parse(path)
+        cfg = config.RunConfig(ignore=embedded.ignore_globs(ignore_globs))
         Path(dir).mkdir(parents=True, exist_ok=True)
         the_run = Run(os.path.abspath(dir), path)
-        _Session.backend = _Embedded(the_run, keys.StoreURL.parse(store_url), replica)
+        _Session.backend = _Embedded(the_run, keys.StoreURL.parse(store_url), replica, cfg)
     if code:
         state = codestate.capture(os.getcwd())
         if state is not None:
