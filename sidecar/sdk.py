@@ -91,7 +91,11 @@ class _Pod:
         return self.call("/restore", {"name": name, "run_path": run_path, "replace": replace})
 
     def code(self, state: codestate.CodeState) -> None:
-        self.call("/code", {"git": json.loads(state.info_json()), "diff": state.diff}, timeout=60)
+        from . import statedir
+
+        # The patch can be megabytes and any bytes: it goes through the shared run dir, not the API's body.
+        name = statedir.StateDir(self.run.dir).put_code_patch(state.diff)
+        self.call("/code", {"git": json.loads(state.info_json()), "diff_file": name}, timeout=60)
 
 
 class _Embedded:
@@ -124,7 +128,7 @@ class _Embedded:
         return self.core.ask("restore", {"name": name, "run_path": run_path, "replace": replace}, 3600)
 
     def code(self, state: codestate.CodeState) -> None:
-        self.core.ask("code", {"git": json.loads(state.info_json()), "diff": state.diff})
+        self.core.ask("code", {"git": json.loads(state.info_json()), "diff": state.diff})  # bytes, in-process
 
     def finish(self, timeout: float = 120) -> None:
         """Wait until the store has been read (a finish right after `init` comes before it),
@@ -185,7 +189,7 @@ def init(dir: str | os.PathLike | None = None, run: str | None = None, store: st
         the_run = Run(os.path.abspath(dir), path)
         _Session.backend = _Embedded(the_run, keys.StoreURL.parse(store_url), replica, cfg)
     if code:
-        state = codestate.capture(os.getcwd())
+        state = codestate.capture()
         if state is not None:
             _Session.backend.code(state)
     return the_run
@@ -278,8 +282,10 @@ def restore(name: str, run_path: str | None = None, replace: bool = False, root:
     return open(local, "rb")
 
 
-def restore_code(run_path: str, repo: str | os.PathLike = ".", s3=None, store: keys.StoreURL | None = None) -> str:
-    """`runsync restore RUN --code`: a branch at the run's commit with its diff applied."""
+def restore_code(run_path: str, repo: str | os.PathLike = ".", s3=None,
+                 store: keys.StoreURL | None = None) -> codestate.Recreated:
+    """`runsync restore RUN --code`: a branch at the run's commit with its diff applied (from the
+    root of the repository around `repo`)."""
     from . import transfer
 
     store = store or keys.StoreURL.parse(os.environ.get(contract.ENV_STORE, ""))
