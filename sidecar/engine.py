@@ -278,7 +278,8 @@ class Engine:
         elif r.kind == "status":
             r.reply.set_result(self.status())
         elif r.kind == "code":
-            self.worker.call(services.answer, r.reply, lambda: services.store_code(self.s3, self.layout, self.state, r.payload))
+            self.worker.call(services.answer, r.reply, lambda: services.store_code(
+                self.s3, self.layout, self.state, r.payload))
         elif r.kind == "restore":
             self.worker.call(services.answer, r.reply, lambda: services.restore(
                 self.s3, self.layout, self.root, self.rules.cfg.complete_markers, r.payload))

@@ -94,7 +94,11 @@ class _Pod:
         from . import statedir
 
         # The patch can be megabytes and any bytes: it goes through the shared run dir, not the API's body.
-        name = statedir.StateDir(self.run.dir).put_code_patch(state.diff)
+        try:
+            name = statedir.StateDir(self.run.dir).put_code_patch(state.diff)
+        except OSError as err:
+            raise RunsyncError(f"cannot write the code patch under {self.run.dir}/{keys.STATE_DIR} ({err.strerror}); "
+                               "fix: make the run dir writable for the trainer, or runsync.init(code=False)") from None
         self.call("/code", {"git": json.loads(state.info_json()), "diff_file": name}, timeout=60)
 
 
@@ -133,8 +137,6 @@ class _Embedded:
     def finish(self, timeout: float = 120) -> None:
         """Wait until the store has been read (a finish right after `init` comes before it),
         then the final flush; raise unless a final manifest was committed."""
-        from . import transfer
-
         engine = self.core.wired.engine
         deadline = time.monotonic() + timeout
         checked = False
@@ -146,7 +148,7 @@ class _Embedded:
             if not checked:  # once: the committer's own load keeps retrying with backoff
                 checked = True
                 try:
-                    transfer.check_store(engine.s3, self.store)  # a store that cannot work: say why, now
+                    embedded.check_store(engine.s3, self.store)  # a store that cannot work: say why, now
                 except RunsyncError:
                     self.core.stop()
                     raise

@@ -151,8 +151,8 @@ def closed_endpoint() -> str:
                  id="wrong-secret"),
     pytest.param({"AWS_ACCESS_KEY_ID": "NOSUCHKEY"}, ["InvalidAccessKeyId", "fix: set AWS_ACCESS_KEY_ID"],
                  id="unknown-key"),
-    pytest.param({"AWS_ENDPOINT_URL_S3": "CLOSED"}, ["cannot reach the S3 endpoint CLOSED", "fix: check AWS_ENDPOINT_URL_S3"],
-                 id="unreachable-endpoint"),
+    pytest.param({"AWS_ENDPOINT_URL_S3": "CLOSED"},
+                 ["cannot reach the S3 endpoint CLOSED", "fix: check AWS_ENDPOINT_URL_S3"], id="unreachable-endpoint"),
 ])
 def test_init_names_a_store_it_cannot_use(tmp_path, s3_env, env, fragments):
     """Embedded: `init` checks the store before it returns; a script never runs for hours
