@@ -372,3 +372,22 @@ def test_a_large_diff_goes_through_the_sidecar(tmp_path, sidecars, s3_env):
     assert out.returncode == 0, out.stderr
     assert (clone / "big.txt").read_text() == big and (clone / "train.py").read_text() == "lr = 0.05\n"
     assert sc.terminate()[0] == 0
+
+
+def test_the_code_api_reads_only_patches_the_sdk_wrote(tmp_path, sidecars, s3_env):
+    """`/v1/code` reads a patch file only from the state dir's `code/`, by the SDK's own naming:
+    nothing else of the pod can be made to reach the store through it. The body of an SDK of
+    before (the patch as text, under 64 KiB) is still stored."""
+    sc = sidecars({}).start()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOKEN=hunter2")
+    info = {"commit": "0" * 40, "branch": "main", "remote": "", "dirty": True}
+    for name in (str(secret), "../../secret.txt", "code/diff-0123456789abcdef.patch"):
+        code, doc = sc._call("POST", "/code", {"git": info, "diff_file": name})
+        assert code >= 400 and "diff_file" in doc["error"], (name, code, doc)
+    assert stored(s3_env, run=sc.run) == (None, None)
+
+    code, doc = sc._call("POST", "/code", {"git": info, "diff": "--- a/x\n+++ b/x\n"})
+    assert code == 200, doc
+    assert stored(s3_env, run=sc.run) == (info, b"--- a/x\n+++ b/x\n")
+    assert sc.terminate()[0] == 0
