@@ -8,7 +8,8 @@ nothing itself:
                                                   names now go at once; {rules, names}
     POST /v1/flush    {timeout?}                  200 once all complete so far is durable; 504 if not in time
     POST /v1/prestop                              start the final flush (the pod is terminating)
-    POST /v1/code     {git, diff}                 store the run's code state (the SDK captured it)
+    POST /v1/code     {git, diff_file}            store the run's code state (the SDK captured it; the
+                                                  patch is a file it put in the state dir: any size, any bytes)
     POST /v1/restore  {name, run_path?, replace?} restore files of this run (or PROJECT/RUN) into the run dir
                       {root?}                     (or into `root`, a dir below it); `name` is a stored name, not a glob
 """

@@ -212,8 +212,10 @@ def restore_cmd(
     from . import restorer, sdk
 
     if code:
-        branch = _run(lambda: sdk.restore_code(keys.RunPath.parse(run).__str__(), ".", store=_store()))
-        out.print(f"created branch {branch} at the run's commit, with its diff applied")
+        made = _run(lambda: sdk.restore_code(keys.RunPath.parse(run).__str__(), ".", store=_store()))
+        applied = (f"with the recorded diff applied to {_files(len(made.files))}" if made.files
+                   else "the run recorded no uncommitted changes")
+        out.print(f"created branch {made.branch} at {made.commit[:12]}, {applied}", markup=False, highlight=False)
         return
 
     def go():

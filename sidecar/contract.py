@@ -71,6 +71,9 @@ of one pod share it. Default: the host name, which is the pod's name."""
 ENV_MEMORY_LIMIT = "RUNSYNC_MEMORY_LIMIT"
 """The container's memory limit in bytes (the downward API's `limits.memory`, which is the node's
 allocatable memory when no limit is set): the sidecar sizes its transfer buffers to fit in it."""
+ENV_IGNORE_GLOBS = "RUNSYNC_IGNORE_GLOBS"
+"""The SDK's embedded mode (not a pod): comma-separated globs never uploaded, as W&B's
+`WANDB_IGNORE_GLOBS` (in a pod the `runsync.dev/ignore` annotation says it)."""
 ENV_METRICS = "RUNSYNC_METRICS_ADDR"
 """HOST:PORT of the sidecar's /metrics, /healthz and /readyz."""
 ENV_SSE = "RUNSYNC_SSE"

@@ -41,7 +41,7 @@ class Engine:
     def __init__(self, run_dir: str | Path, layout: keys.Layout, s3, transfers: transfer.Transfers,
                  metrics: Metrics, settings: Settings = Settings(), annotations_file: str | None = None,
                  clock: Callable[[], float] = time.time, holder: str | None = None,
-                 skipped: unreadable.Unreadable | None = None):
+                 skipped: unreadable.Unreadable | None = None, base: config.RunConfig | None = None):
         self.root = os.path.abspath(run_dir)
         self.skipped = skipped or unreadable.Unreadable(self.root, metrics)
         """Files and dirs the sidecar may not read: named once, counted, never retried."""
@@ -52,7 +52,7 @@ class Engine:
         self.clock = clock
         self.inbox: queue.Queue = queue.Queue()
         self.state = statedir.StateDir(self.root)
-        self.rules = Rules(annotations_file, self.state)
+        self.rules = Rules(annotations_file, self.state, base)
         self.flushes = Flushes()
         self.sightings = Sightings(self.root, settings.settle, clock, self.flushes)
         self.books = Ledger(self.state.load_manifest(layout))
@@ -280,7 +280,8 @@ class Engine:
         elif r.kind == "status":
             r.reply.set_result(self.status())
         elif r.kind == "code":
-            self.worker.call(services.answer, r.reply, lambda: services.store_code(self.s3, self.layout, r.payload))
+            self.worker.call(services.answer, r.reply, lambda: services.store_code(
+                self.s3, self.layout, self.state, r.payload))
         elif r.kind == "restore":
             self.worker.call(services.answer, r.reply, lambda: services.restore(
                 self.s3, self.layout, self.root, self.rules.cfg.complete_markers, r.payload))

@@ -15,10 +15,12 @@ from .logs import log
 
 
 class Rules:
-    def __init__(self, annotations_file: str | None, state: statedir.StateDir):
+    def __init__(self, annotations_file: str | None, state: statedir.StateDir, base: config.RunConfig | None = None):
         self.annotations_file = annotations_file
         self.state = state
-        self.cfg = config.RunConfig()
+        self.cfg = base or config.RunConfig()
+        """The annotations' configuration; `base` until a file is read (the SDK's embedded mode
+        has no file: its ignore globs come in `base`)."""
         self.extra: tuple[config.SaveRule, ...] = state.load_rules()
         """Added through the API (`runsync.save`)."""
         self._text: str | None = None

@@ -29,7 +29,7 @@ import urllib.request
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import CollectorRegistry
 
-from . import api, contract, engine, keys, logs, messages, statedir, transfer, unreadable, watch
+from . import api, config, contract, engine, keys, logs, messages, statedir, transfer, unreadable, watch
 from .errors import InputError
 from .logs import log
 from .metrics import Metrics
@@ -97,7 +97,7 @@ class Wired:
 
 
 def wire(run_dir: str, layout: keys.Layout, settings: Settings, annotations: str | None,
-         holder: str, sizes: transfer.Settings = transfer.Settings()) -> Wired:
+         holder: str, sizes: transfer.Settings = transfer.Settings(), base: config.RunConfig | None = None) -> Wired:
     s3 = transfer.client()
     transfer.check_encryption(s3, layout)
     registry = CollectorRegistry()
@@ -107,7 +107,7 @@ def wire(run_dir: str, layout: keys.Layout, settings: Settings, annotations: str
     core: engine.Engine | None = None
     watcher = watch.Watcher(run_dir, lambda ev: core.post(ev), on_unwatchable=skipped.report)
     core = engine.Engine(run_dir, layout, s3, transfer.Transfers(s3, layout.store, sizes), metrics,
-                         settings, annotations_file=annotations, holder=holder, skipped=skipped)
+                         settings, annotations_file=annotations, holder=holder, skipped=skipped, base=base)
     thread = threading.Thread(target=_watch, args=(watcher,), name="watcher", daemon=True)
     thread.start()
     return Wired(core, watcher, registry, thread)
@@ -167,8 +167,9 @@ class Embedded:
     """The sidecar's engine in this process (the SDK outside a pod): started by `start`,
     flushed and stopped by `stop` (the SDK calls it at exit)."""
 
-    def __init__(self, run_dir: str, layout: keys.Layout, settings: Settings, holder: str):
-        self.wired = wire(run_dir, layout, settings, None, holder)
+    def __init__(self, run_dir: str, layout: keys.Layout, settings: Settings, holder: str,
+                 base: config.RunConfig | None = None):
+        self.wired = wire(run_dir, layout, settings, None, holder, base=base)
         self.thread = threading.Thread(target=self.wired.engine.loop, name="runsync-engine", daemon=True)
         self.thread.start()
 

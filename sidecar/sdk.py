@@ -28,7 +28,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from . import codestate, contract, globs, keys, saving
+from . import codestate, config, contract, embedded, globs, keys, saving
 from .errors import InputError, RunsyncError, SaveError  # noqa: F401 - SaveError is the SDK's
 
 
@@ -100,21 +100,31 @@ class _Pod:
         return self.call("/restore", {"name": name, "run_path": run_path, "replace": replace, "root": root})
 
     def code(self, state: codestate.CodeState) -> None:
-        self.call("/code", {"git": json.loads(state.info_json()), "diff": state.diff}, timeout=60)
+        from . import statedir
+
+        # The patch can be megabytes and any bytes: it goes through the shared run dir, not the API's body.
+        try:
+            name = statedir.StateDir(self.run.dir).put_code_patch(state.diff)
+        except OSError as err:
+            raise RunsyncError(f"cannot write the code patch under {self.run.dir}/{keys.STATE_DIR} ({err.strerror}); "
+                               "fix: make the run dir writable for the trainer, or runsync.init(code=False)") from None
+        self.call("/code", {"git": json.loads(state.info_json()), "diff_file": name}, timeout=60)
 
 
 class _Embedded:
     """The engine in this process (no sidecar): same behaviour, same objects in the store."""
 
-    def __init__(self, run: Run, store: keys.StoreURL, replica: str):
-        from . import runner
+    def __init__(self, run: Run, store: keys.StoreURL, replica: str, cfg: config.RunConfig):
+        from . import runner, transfer
         from .settings import Settings
 
         self.run = run
         self.store = store
         self.layout = keys.Layout(store, keys.RunPath.parse(run.path), replica)
+        embedded.setup_logging()
+        embedded.check_store(transfer.client(), store)
         self.core = runner.Embedded(run.dir, self.layout, Settings(settle=1.0),
-                                    holder=f"sdk@{socket.gethostname()}:{os.getpid()}")
+                                    holder=f"sdk@{socket.gethostname()}:{os.getpid()}", base=cfg)
         # The final flush needs the engine's thread pools, which concurrent.futures shuts down
         # before plain atexit handlers run; threading's own exit hooks run before that (it is
         # how concurrent.futures registers itself), so the flush goes there.
@@ -125,19 +135,17 @@ class _Embedded:
         return self.core.ask("save", rule)
 
     def flush(self, timeout: float) -> dict:
-        return self.core.flush(timeout)
+        return embedded.flush(self.core.flush, self.core.wired.engine.s3, self.store, timeout)
 
     def restore(self, name: str, run_path: str | None, replace: bool, root: str | None = None) -> dict:
         return self.core.ask("restore", {"name": name, "run_path": run_path, "replace": replace, "root": root}, 3600)
 
     def code(self, state: codestate.CodeState) -> None:
-        self.core.ask("code", {"git": json.loads(state.info_json()), "diff": state.diff})
+        self.core.ask("code", {"git": json.loads(state.info_json()), "diff": state.diff})  # bytes, in-process
 
     def finish(self, timeout: float = 120) -> None:
         """Wait until the store has been read (a finish right after `init` comes before it),
         then the final flush; raise unless a final manifest was committed."""
-        from . import transfer
-
         engine = self.core.wired.engine
         deadline = time.monotonic() + timeout
         checked = False
@@ -149,7 +157,7 @@ class _Embedded:
             if not checked:  # once: the committer's own load keeps retrying with backoff
                 checked = True
                 try:
-                    transfer.check_store(engine.s3, self.store)  # a store that cannot work: say why, now
+                    embedded.check_store(engine.s3, self.store)  # a store that cannot work: say why, now
                 except RunsyncError:
                     self.core.stop()
                     raise
@@ -168,14 +176,16 @@ class _Session:
 
 def init(dir: str | os.PathLike | None = None, run: str | None = None, store: str | None = None,
          project: str = contract.DEFAULT_PROJECT, replica: str = contract.DEFAULT_REPLICA,
-         code: bool = True) -> Run:
+         code: bool = True, ignore_globs: embedded.IgnoreGlobs = None) -> Run:
     """Start syncing. In a pod the sidecar already runs: this only records the code state.
     Elsewhere `dir`, `run` (`NAMESPACE/PROJECT/RUN`, or a name in `local/<project>/`) and `store`
-    (`s3://BUCKET/PREFIX`, or `RUNSYNC_STORE`) are required."""
+    (`s3://BUCKET/PREFIX`, or `RUNSYNC_STORE`) are required; `ignore_globs` (or
+    `RUNSYNC_IGNORE_GLOBS`, comma-separated) names files never uploaded, even when saved."""
     if _Session.backend is not None:
         return _Session.backend.run
     api = os.environ.get(contract.ENV_API)
     if api and os.environ.get(contract.ENV_DIR) and os.environ.get(contract.ENV_RUN_PATH):
+        embedded.refuse_ignore_in_pod(ignore_globs)
         the_run = Run(os.environ[contract.ENV_DIR], os.environ[contract.ENV_RUN_PATH])
         _Session.backend = _Pod(api, the_run)
     else:
@@ -185,11 +195,12 @@ def init(dir: str | os.PathLike | None = None, run: str | None = None, store: st
                              "e.g. runsync.init(dir='runs/7', run='me/bert/run-7', store='s3://bucket/prefix')")
         path = run if run.count("/") == 2 else f"local/{project}/{run}"
         keys.RunPath.parse(path)
+        cfg = config.RunConfig(ignore=embedded.ignore_globs(ignore_globs))
         Path(dir).mkdir(parents=True, exist_ok=True)
         the_run = Run(os.path.abspath(dir), path)
-        _Session.backend = _Embedded(the_run, keys.StoreURL.parse(store_url), replica)
+        _Session.backend = _Embedded(the_run, keys.StoreURL.parse(store_url), replica, cfg)
     if code:
-        state = codestate.capture(os.getcwd())
+        state = codestate.capture()
         if state is not None:
             _Session.backend.code(state)
     return the_run
@@ -296,8 +307,10 @@ def restore(name: str, run_path: str | None = None, replace: bool = False, root:
     return open(local, "rb")
 
 
-def restore_code(run_path: str, repo: str | os.PathLike = ".", s3=None, store: keys.StoreURL | None = None) -> str:
-    """`runsync restore RUN --code`: a branch at the run's commit with its diff applied."""
+def restore_code(run_path: str, repo: str | os.PathLike = ".", s3=None,
+                 store: keys.StoreURL | None = None) -> codestate.Recreated:
+    """`runsync restore RUN --code`: a branch at the run's commit with its diff applied (from the
+    root of the repository around `repo`)."""
     from . import transfer
 
     store = store or keys.StoreURL.parse(os.environ.get(contract.ENV_STORE, ""))

@@ -8,7 +8,7 @@ import json
 import os
 from collections.abc import Callable
 
-from . import globs, keys, restorer, transfer
+from . import globs, keys, restorer, statedir, transfer
 
 
 def answer(reply: concurrent.futures.Future, fn: Callable[[], dict]) -> None:
@@ -19,11 +19,18 @@ def answer(reply: concurrent.futures.Future, fn: Callable[[], dict]) -> None:
         reply.set_exception(err)
 
 
-def store_code(s3, layout: keys.Layout, payload: dict) -> dict:
-    """Store the run's code state (the SDK captured it; the trainer holds no credentials)."""
+def store_code(s3, layout: keys.Layout, state: statedir.StateDir, payload: dict) -> dict:
+    """Store the run's code state (the SDK captured it; the trainer holds no credentials). The
+    patch comes as bytes (embedded), as a file the SDK put in the state dir (`diff_file`, in a
+    pod), or as text (the body of an SDK of before)."""
+    diff = payload.get("diff") or b""
+    if payload.get("diff_file"):
+        diff = state.take_code_patch(str(payload["diff_file"]))
+    elif isinstance(diff, str):
+        diff = diff.encode()
     try:
         info = json.dumps(payload["git"], indent=1).encode()
-        for name, body in (("git.json", info), ("diff.patch", str(payload.get("diff", "")).encode())):
+        for name, body in (("git.json", info), ("diff.patch", diff)):
             s3.put_object(Bucket=layout.store.bucket, Key=layout.code_key(name), Body=body)
     except Exception as err:  # noqa: BLE001 - every failure becomes one StoreError
         raise transfer.describe(err, layout.store, s3) from None

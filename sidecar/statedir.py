@@ -5,21 +5,26 @@ restart and what restore-init tells the sidecar.
     manifest.json   the last manifest this replica committed, read before the store answers
     restore.json    restore-init's report (bytes, seconds, files), turned into metrics
     fence-N         the watcher's fences (watch.py)
+    code/diff-*.patch  a code-state patch the SDK hands to the sidecar (`/v1/code`), removed once stored
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 from pathlib import Path
 
 from . import config, keys, manifest
-from .errors import ConfigError, StoreError
+from .errors import ConfigError, InputError, StoreError
 from .logs import log
 
 RULES = "rules.json"
 MANIFEST = "manifest.json"
 RESTORE = "restore.json"
+CODE = "code"
+_CODE_PATCH = re.compile(r"diff-[0-9a-f]{16}\.patch")
 
 
 class StateDir:
@@ -62,6 +67,29 @@ class StateDir:
             return float(doc["bytes"]), float(doc["seconds"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
+
+
+    def put_code_patch(self, data: bytes) -> str:
+        """The SDK's side: `data` in a new file of the state dir; its name for `/v1/code`."""
+        folder = self.path / CODE
+        folder.mkdir(exist_ok=True)
+        name = f"diff-{secrets.token_hex(8)}.patch"  # one per call: ranks of one pod never collide
+        _write_atomic(folder / name, data)
+        return name
+
+    def take_code_patch(self, name: str) -> bytes:
+        """The sidecar's side: the patch the SDK put there, read and removed. Only such a file:
+        the API cannot be made to read anything else of the pod."""
+        if not _CODE_PATCH.fullmatch(name):
+            raise InputError(f"diff_file {name!r} is not a patch the SDK wrote (diff-<16 hex>.patch)")
+        path = self.path / CODE / name
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise InputError(f"cannot read the code patch {path} ({err.strerror}); fix: the trainer and the "
+                             "sidecar must share the run dir and be able to read each other's files") from None
+        path.unlink(missing_ok=True)
+        return data
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
