@@ -1,0 +1,184 @@
+"""`runsync gc` as a user runs it, against a real SeaweedFS: what goes, what stays, and that
+every restore of what is kept still works, also while a sidecar commits."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import pytest
+
+from harness import Store, restore_init, tree, wait_for
+from runsync import contract
+
+pytestmark = pytest.mark.s3
+
+RUN = "team-a/nlp/bert-1"
+
+
+def sync_versions(cli, root, versions: int) -> dict[int, bytes]:
+    """`runsync sync` of a run dir `versions` times, `last.pt` new each time: one manifest each."""
+    (root / "config.yaml").write_text("lr: 0.1\n")
+    content = {}
+    for i in range(1, versions + 1):
+        content[i] = os.urandom(50_000 + i)
+        (root / "last.pt").write_bytes(content[i])
+        result = cli("sync", str(root), "--run", RUN)
+        assert result.returncode == 0, result.stderr
+    return content
+
+
+def gc(cli, *args: str) -> dict:
+    result = cli("gc", *args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_gc_keeps_the_newest_manifests_and_what_they_name(cli, tmp_path, s3_env):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    content = sync_versions(cli, run_dir, 4)
+    store = Store(s3_env, run=RUN)
+    orphan = store.layout.replica_prefix + "files/half-sent.pt~0123456789abcdef"  # uploaded, never committed
+    store.client.put_object(Bucket=store.layout.store.bucket, Key=orphan, Body=b"x" * 1000)
+    before = set(store.keys())
+    version_key = {i: next(m.files["last.pt"].key for m in store.manifests() if m.seq == i) for i in content}
+
+    # Everything is younger than the default safety age (1 h): nothing goes.
+    assert gc(cli, RUN, "--keep", "2")["deleted"] == []
+
+    dry = gc(cli, RUN, "--keep", "2", "--min-age", "0s", "--dry-run")
+    going = {d["key"]: d["why"] for d in dry["deleted"]}
+    assert going == {
+        store.layout.manifest_key(1): "manifest 1: older than the newest 2 kept",
+        store.layout.manifest_key(2): "manifest 2: older than the newest 2 kept",
+        version_key[1]: "named only by dropped manifests 1",
+        version_key[2]: "named only by dropped manifests 2",
+        orphan: "named by no manifest (an upload never committed)",
+    }
+    assert dry["bytes"] == sum(d["size"] for d in dry["deleted"]) > 100_000
+    assert set(store.keys()) == before, "a dry run deletes nothing"
+    human = cli("gc", RUN, "--keep", "2", "--min-age", "0s", "--dry-run")
+    assert "would free" in human.stdout and "named only by dropped manifests 1" in human.stdout, human.stdout
+
+    done = gc(cli, RUN, "--keep", "2", "--min-age", "0s")
+    assert {d["key"] for d in done["deleted"]} == set(going) and done["bytes"] == dry["bytes"]
+    assert set(store.keys()) == before - set(going)
+
+    # The latest state restores, byte for byte, and so does each kept manifest's version.
+    dest = tmp_path / "restored"
+    result = cli("restore", RUN, "--to", str(dest))
+    assert result.returncode == 0, result.stderr
+    assert tree(dest) == {"config.yaml": b"lr: 0.1\n", "last.pt": content[4]}
+    kept = store.manifests()
+    assert [m.seq for m in kept] == [3, 4]
+    for m in kept:
+        assert store.read(m.files["last.pt"].key) == content[m.seq]
+
+    # A second run of gc finds nothing more.
+    assert gc(cli, RUN, "--keep", "2", "--min-age", "0s")["deleted"] == []
+
+
+def test_a_deleted_file_restores_by_name_while_a_kept_manifest_holds_it(sidecars, cli, tmp_path, s3_env):
+    sc = sidecars({contract.SAVE: "**:live"}, run=RUN).start()
+    (sc.run_dir / "notes.txt").write_text("first thoughts")
+    sc.flush()
+    (sc.run_dir / "notes.txt").unlink()
+    (sc.run_dir / "step.txt").write_text("1")
+    sc.flush()
+    (sc.run_dir / "step.txt").write_text("2")
+    sc.flush()
+    assert sc.terminate()[0] == 0
+    store = Store(s3_env, run=RUN)
+    manifests = store.manifests()
+    holding = max(m.seq for m in manifests if "notes.txt" in m.files)
+    latest = manifests[-1].seq
+    assert "notes.txt" not in manifests[-1].files
+
+    gc(cli, RUN, "--keep", str(latest - holding + 1), "--min-age", "0")
+    result = cli("restore", RUN, "notes.txt", "--to", str(tmp_path / "a"))
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "a") == {"notes.txt": b"first thoughts"}
+    assert f"restored from manifest {holding}" in result.stdout, result.stdout
+
+    done = gc(cli, RUN, "--keep", "1", "--min-age", "0")
+    assert any(d["why"].startswith("named only by dropped manifests") for d in done["deleted"])
+    result = cli("restore", RUN, "notes.txt", "--to", str(tmp_path / "b"))
+    assert not (tmp_path / "b" / "notes.txt").exists()
+    assert all("notes.txt" not in m.files for m in store.manifests())
+    result = cli("restore", RUN, "--to", str(tmp_path / "c"))
+    assert tree(tmp_path / "c") == {"step.txt": b"2"}
+
+
+def test_gc_of_a_namespace_expires_idle_runs_never_a_live_one(sidecars, cli, tmp_path, s3_env):
+    idle_dir = tmp_path / "idle"
+    idle_dir.mkdir()
+    (idle_dir / "a.txt").write_text("old")
+    assert cli("sync", str(idle_dir), "--run", "team-a/nlp/idle").returncode == 0
+    live = sidecars({contract.SAVE: "**:live"}, run="team-a/nlp/live").start()
+    (live.run_dir / "b.txt").write_text("new")
+    live.flush()
+    other = cli("sync", str(idle_dir), "--run", "team-b/nlp/idle")  # another namespace: out of scope
+    assert other.returncode == 0
+
+    # "Idle for 0.00002 days" (under 2 s): wait until gc says so, then let it act.
+    args = ("team-a", "--expire-days", "0.00002", "--min-age", "0", "--keep", "100")
+    dry = wait_for(lambda: (r := gc(cli, *args, "--dry-run")) and
+                   any(x["run"] == "team-a/nlp/idle" and x["expired"] for x in r["runs"]) and r,
+                   timeout=60, what="the idle run to expire")
+    assert {x["run"]: bool(x["expired"]) for x in dry["runs"]} == {"team-a/nlp/idle": True, "team-a/nlp/live": False}
+    done = gc(cli, *args)
+    expired = {d["key"] for d in done["deleted"]}
+    assert expired and all(k.startswith(f"runs/team-a/nlp/idle/") for k in expired)
+    assert not any(k.startswith("runs/team-a/nlp/idle/") for k in Store(s3_env).keys())
+
+    runs = json.loads(cli("runs", "--json").stdout)
+    # (SeaweedFS keeps a deleted run's empty folder, which `runs` shows as empty; S3 does not)
+    assert [r["run"] for r in runs if r["state"] != "empty"] == ["team-a/nlp/live", "team-b/nlp/idle"]
+    assert live.terminate()[0] == 0
+
+
+def test_gc_while_a_sidecar_commits_never_tears_a_manifest(sidecars, cli, tmp_path, s3_env):
+    sc = sidecars({contract.SAVE: "**:live"}, run=RUN).start()
+    stop = threading.Event()
+    deleted: list[dict] = []
+    failures: list[str] = []
+
+    def collect():
+        while not stop.is_set():
+            result = cli("gc", RUN, "--keep", "1", "--min-age", "0", "--json")
+            if result.returncode != 0:
+                failures.append(result.stderr)
+            else:
+                deleted.extend(json.loads(result.stdout)["deleted"])
+
+    collector = threading.Thread(target=collect)
+    collector.start()
+    try:
+        step = 0
+        last = b""
+        # Commit until gc has removed old versions underneath several times (or 60 s pass).
+        while step < 8 or sum("/files/last.pt~" in d["key"] for d in deleted) < 3:
+            step += 1
+            assert step < 400, f"gc deleted only {len(deleted)} objects"
+            last = os.urandom(100_000 + step)
+            (sc.run_dir / "last.pt.tmp").write_bytes(last)
+            os.replace(sc.run_dir / "last.pt.tmp", sc.run_dir / "last.pt")
+            (sc.run_dir / "step.txt").write_text(str(step))
+            sc.flush()
+    finally:
+        stop.set()
+        collector.join()
+    assert failures == []
+    assert sc.terminate()[0] == 0
+
+    store = Store(s3_env, run=RUN)
+    present = set(store.keys())
+    for m in store.manifests():
+        missing = [e.key for e in m.files.values() if e.key not in present]
+        assert missing == [], f"manifest {m.seq} names deleted objects"
+    fresh = tmp_path / "fresh"
+    result = restore_init(s3_env, fresh, {contract.SAVE: "**:live"}, tmp_path, run=RUN)
+    assert result.returncode == 0, result.stderr
+    assert tree(fresh) == {"last.pt": last, "step.txt": str(step).encode()}
