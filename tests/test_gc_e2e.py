@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import threading
 
 import pytest
@@ -182,3 +183,69 @@ def test_gc_while_a_sidecar_commits_never_tears_a_manifest(sidecars, cli, tmp_pa
     result = restore_init(s3_env, fresh, {contract.SAVE: "**:live"}, tmp_path, run=RUN)
     assert result.returncode == 0, result.stderr
     assert tree(fresh) == {"last.pt": last, "step.txt": str(step).encode()}
+
+
+def test_the_operator_keeps_a_gc_cronjob_per_store_whose_pod_collects(cli, s3_env, s3_server, bucket, tmp_path,
+                                                                      pod_root):
+    """A Store with retention gets a CronJob (through the real operator); its pod spec, run as a
+    kubelet would, collects the Store's namespace; a changed retention replaces it, none removes it."""
+    import kubernetes_validate
+
+    from runsync_testing.localkube import Operator, store as store_object
+    from runsync_testing.localpod import LocalPod
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    content = sync_versions(cli, run_dir, 3)
+    st = store_object("team-a", "default", bucket, s3_server.endpoint)
+    st["spec"]["retention"] = {"keepManifests": 1, "minAge": "0s"}
+    work = tmp_path / "operator"
+    work.mkdir()
+    op = Operator(work, [st])
+    try:
+        job = wait_for(lambda: op.stub.cronjobs.get(("team-a", "runsync-gc-default")), timeout=60,
+                       what="the operator to make the Store's gc CronJob")
+        for version in ("1.29", "1.33"):
+            kubernetes_validate.validate(job, version, strict=True)
+        assert job["metadata"]["ownerReferences"] == [{
+            "apiVersion": "runsync.dev/v1alpha1", "kind": "Store", "name": "default",
+            "uid": st["metadata"]["uid"], "controller": True}]
+        template = job["spec"]["jobTemplate"]["spec"]["template"]
+        (container,) = template["spec"]["containers"]
+        assert container["image"] == "registry.example/runsync:test"
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+        env = {e["name"]: e for e in container["env"]}
+        assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"] == {
+            "secretKeyRef": {"name": "s3-keys", "key": "AWS_SECRET_ACCESS_KEY"}}
+        assert s3_server.credentials.secret_key not in json.dumps(job), "keys are referenced, never copied"
+
+        pod = {"metadata": {"name": "runsync-gc-default-29000000-abcde", "namespace": "team-a"},
+               "spec": template["spec"]}
+        secrets = {"s3-keys": {"AWS_ACCESS_KEY_ID": s3_server.credentials.access_key,
+                               "AWS_SECRET_ACCESS_KEY": s3_server.credentials.secret_key}}
+        local = LocalPod(pod, pod_root / "gc", secrets)
+        ran = subprocess.run(local.argv(container), env=local.env(container), capture_output=True, text=True,
+                             timeout=120)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert "freed" in ran.stdout
+        store = Store(s3_env, run=RUN)
+        assert [m.seq for m in store.manifests()] == [3]
+        dest = tmp_path / "restored"
+        assert cli("restore", RUN, "--to", str(dest)).returncode == 0
+        assert tree(dest) == {"config.yaml": b"lr: 0.1\n", "last.pt": content[3]}
+
+        st["spec"]["retention"] = {"keepManifests": 2, "days": 30}
+        op.stub.set_store(st)
+        changed = wait_for(lambda: (j := op.stub.cronjobs.get(("team-a", "runsync-gc-default"))) and
+                           "--expire-days" in j["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+                           ["containers"][0]["args"] and j, timeout=60, what="the CronJob to follow the Store")
+        args = changed["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert args[args.index("gc"):] == ["gc", "team-a", "--keep", "2", "--min-age", "1h", "--expire-days", "30"]
+
+        del st["spec"]["retention"]
+        op.stub.set_store(st)
+        wait_for(lambda: ("team-a", "runsync-gc-default") not in op.stub.cronjobs, timeout=60,
+                 what="the CronJob to go with the Store's retention")
+    finally:
+        op.stop()
