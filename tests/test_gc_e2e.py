@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import threading
 
 import pytest
 
-from harness import Store, restore_init, tree, wait_for
+from harness import Store, restore_init, sha, tree, wait_for
 from runsync import contract
 
 pytestmark = pytest.mark.s3
@@ -142,6 +143,7 @@ def test_gc_of_a_namespace_expires_idle_runs_never_a_live_one(sidecars, cli, tmp
 
 def test_gc_while_a_sidecar_commits_never_tears_a_manifest(sidecars, cli, tmp_path, s3_env):
     sc = sidecars({contract.SAVE: "**:live"}, run=RUN).start()
+    store = Store(s3_env, run=RUN)
     stop = threading.Event()
     deleted: list[dict] = []
     failures: list[str] = []
@@ -158,23 +160,35 @@ def test_gc_while_a_sidecar_commits_never_tears_a_manifest(sidecars, cli, tmp_pa
     collector.start()
     try:
         step = 0
-        last = b""
-        # Commit until gc has removed old versions underneath several times (or 60 s pass).
-        while step < 8 or sum("/files/last.pt~" in d["key"] for d in deleted) < 3:
+        torn: list[tuple[int, str]] = []
+        # A DCP-style trainer: each step a dir of shards, `.metadata` last, the older one
+        # rotated away; the shards wait in the store for the marker's commit, gc runs meanwhile.
+        # Until gc has removed old checkpoints underneath several times (at most 200 steps).
+        while step < 6 or sum("/files/ckpt/" in d["key"] for d in deleted) < 8:
             step += 1
-            assert step < 400, f"gc deleted only {len(deleted)} objects"
-            last = os.urandom(100_000 + step)
-            (sc.run_dir / "last.pt.tmp").write_bytes(last)
-            os.replace(sc.run_dir / "last.pt.tmp", sc.run_dir / "last.pt")
+            assert step < 200, f"gc deleted only {len(deleted)} objects"
+            d = sc.run_dir / "ckpt" / f"step-{step}"
+            d.mkdir(parents=True)
+            for rank in range(4):
+                (d / f"__{rank}_0.distcp").write_bytes(os.urandom(1_000_000))
+            (d / ".metadata").write_bytes(f"step {step}".encode())
+            if step > 2:
+                shutil.rmtree(sc.run_dir / "ckpt" / f"step-{step - 2}")
             (sc.run_dir / "step.txt").write_text(str(step))
             sc.flush()
+            # What a restore would read now names only objects that are there (asked while it
+            # stays the latest: gc may drop it, rightly, once superseded).
+            latest = store.latest()
+            present = set(store.keys())
+            if latest is not None and store.latest().seq == latest.seq:
+                torn += [(latest.seq, e.key) for e in latest.files.values() if e.key not in present]
     finally:
         stop.set()
         collector.join()
     assert failures == []
+    assert torn == [], "the latest manifest named deleted objects"
     assert sc.terminate()[0] == 0
 
-    store = Store(s3_env, run=RUN)
     present = set(store.keys())
     for m in store.manifests():
         missing = [e.key for e in m.files.values() if e.key not in present]
@@ -182,7 +196,9 @@ def test_gc_while_a_sidecar_commits_never_tears_a_manifest(sidecars, cli, tmp_pa
     fresh = tmp_path / "fresh"
     result = restore_init(s3_env, fresh, {contract.SAVE: "**:live"}, tmp_path, run=RUN)
     assert result.returncode == 0, result.stderr
-    assert tree(fresh) == {"last.pt": last, "step.txt": str(step).encode()}
+    assert tree(fresh) == tree(sc.run_dir)
+    assert {p for p in tree(fresh) if p.endswith(".metadata")} == {
+        f"ckpt/step-{step - 1}/.metadata", f"ckpt/step-{step}/.metadata"}
 
 
 def test_the_operator_keeps_a_gc_cronjob_per_store_whose_pod_collects(cli, s3_env, s3_server, bucket, tmp_path,
@@ -249,3 +265,22 @@ def test_the_operator_keeps_a_gc_cronjob_per_store_whose_pod_collects(cli, s3_en
                  what="the CronJob to go with the Store's retention")
     finally:
         op.stop()
+
+
+def test_a_live_writers_uncommitted_upload_stays_until_the_writer_is_gone(sidecars, cli, s3_env):
+    """An object no manifest names yet may be committed any moment while its replica's lease
+    is held (a checkpoint dir waiting for its marker): it stays, however old; once the writer
+    has ended, it goes."""
+    sc = sidecars({contract.SAVE: "**:live"}, run=RUN).start()
+    (sc.run_dir / "a.txt").write_text("a")
+    sc.flush()
+    store = Store(s3_env, run=RUN)
+    pending = store.layout.replica_prefix + "files/ckpt/step-9/__0_0.distcp~0123456789abcdef"
+    store.client.put_object(Bucket=store.layout.store.bucket, Key=pending, Body=b"shard")
+    while_live = gc(cli, RUN, "--keep", "1", "--min-age", "0")
+    assert pending not in {d["key"] for d in while_live["deleted"]}
+    assert pending in store.keys()
+    assert sc.terminate()[0] == 0
+    after = gc(cli, RUN, "--keep", "1", "--min-age", "0")
+    assert {d["key"]: d["why"] for d in after["deleted"]}[pending] == "named by no manifest (an upload never committed)"
+    assert pending not in store.keys()
