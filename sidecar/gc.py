@@ -80,10 +80,15 @@ def run_paths(s3, store: keys.StoreURL, scope: str) -> list[keys.RunPath]:
 def gc(s3, store: keys.StoreURL, scope: str, policy: retention.Policy, dry_run: bool,
        now: float | None = None) -> Report:
     now = time.time() if now is None else now
-    results = [decide(s3, store, run, policy, now) for run in run_paths(s3, store, scope)]
-    if not dry_run:
-        for result in results:
+    results = []
+    for run in run_paths(s3, store, scope):
+        result = decide(s3, store, run, policy, now)
+        if not dry_run:
             apply(s3, store, result)
+        results.append(result)
+        log.info("would collect" if dry_run else "collected", extra={"fields": {
+            "run": str(run), "dry_run": dry_run, "objects": len(result.decision.drops),
+            "bytes": result.decision.bytes, "expired": result.expired, "problems": result.decision.problems}})
     return Report(dry_run, results)
 
 
@@ -96,7 +101,9 @@ def decide(s3, store: keys.StoreURL, run: keys.RunPath, policy: retention.Policy
     seen = {r.name: max((v.seq for v in r.versions), default=0) for r in replicas}
     why = retention.expired(listing, any(r.held for r in replicas), policy, now)
     if why is not None and not any(r.unreadable for r in replicas):
-        drops = [retention.Drop(o.key, o.size, why, "run") for o in listing]
+        manifests = tuple(r.manifests_prefix for r in replicas)  # these first, as always
+        drops = [retention.Drop(o.key, o.size, why, "manifest" if o.key.startswith(manifests) else "run")
+                 for o in listing]
         return RunResult(run, retention.Decision(drops=drops), why, newest, seen)
     decision = retention.Decision()
     for r in replicas:

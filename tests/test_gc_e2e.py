@@ -284,3 +284,35 @@ def test_a_live_writers_uncommitted_upload_stays_until_the_writer_is_gone(sideca
     after = gc(cli, RUN, "--keep", "1", "--min-age", "0")
     assert {d["key"]: d["why"] for d in after["deleted"]}[pending] == "named by no manifest (an upload never committed)"
     assert pending not in store.keys()
+
+
+def test_a_damaged_manifest_leaves_its_replica_alone_and_says_so(cli, tmp_path, s3_env):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    sync_versions(cli, run_dir, 3)
+    store = Store(s3_env, run=RUN)
+    damaged = store.layout.manifest_key(1)
+    store.client.put_object(Bucket=store.layout.store.bucket, Key=damaged, Body=b"{not json")
+    before = set(store.keys())
+    result = cli("gc", RUN, "--keep", "1", "--min-age", "0", "--json")
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["deleted"] == []
+    assert f"runsync: error: {RUN}: replica 0 left alone: manifest s3://{store.layout.store.bucket}/{damaged} " \
+           "is unreadable" in result.stderr and "fix:" in result.stderr, result.stderr
+    assert set(store.keys()) == before
+
+
+@pytest.mark.parametrize("args, message", [
+    pytest.param(["--min-age", "1w"], "--min-age: '1w' is not a duration; expected", id="min-age"),
+    pytest.param(["--keep", "0"], "--keep: 0 keeps no manifest", id="keep"),
+])
+def test_bad_options_exit_2_naming_the_value(cli, args, message):
+    result = cli("gc", RUN, *args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_a_bad_scope_exits_2(cli):
+    result = cli("gc", "team-a/nlp/bert-1/extra")
+    assert result.returncode == 2
+    assert "gc scope 'team-a/nlp/bert-1/extra' is not NAMESPACE, NAMESPACE/PROJECT or NAMESPACE/PROJECT/RUN" \
+        in result.stderr
