@@ -20,6 +20,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from rich.table import Table
 
 from . import catalog, config, contract, keys, logs, sync as syncing, transfer
+from . import retention  # gc's defaults
 from .errors import InputError, RunsyncError
 
 app = typer.Typer(
@@ -238,15 +239,15 @@ def restore_cmd(
 @app.command("gc")
 def gc_cmd(
     scope: Annotated[str, typer.Argument(help="NAMESPACE/PROJECT/RUN, NAMESPACE/PROJECT or NAMESPACE")],
-    keep: Annotated[int, typer.Option(help="Manifests kept per replica, newest first.")] = 3,
-    min_age: Annotated[str, typer.Option(help="Nothing younger goes (90s, 15m, 1h, 2d).")] = "1h",
+    keep: Annotated[int, typer.Option(help="Manifests kept per replica, newest first.")] = retention.DEFAULT_KEEP,
+    min_age: Annotated[str, typer.Option(help="Nothing younger goes (90s, 15m, 1h, 2d).")] = retention.DEFAULT_MIN_AGE,
     expire_days: Annotated[Optional[float], typer.Option(
         help="Delete whole runs idle (no write, no live writer) for this many days.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would go.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Delete old manifests and the objects only they name; restore of what is kept still works."""
-    from . import gc, retention
+    from . import gc
 
     def go():
         store = _store()

@@ -31,7 +31,7 @@ from .errors import InputError
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 DEFAULT_KEEP = 3
-DEFAULT_MIN_AGE = 3600.0
+DEFAULT_MIN_AGE = "1h"
 
 
 def parse_duration(text: str, what: str = "--min-age") -> float:
@@ -47,7 +47,7 @@ def parse_duration(text: str, what: str = "--min-age") -> float:
 class Policy:
     keep: int = DEFAULT_KEEP
     """Valid manifests kept per replica, newest first (at least 1: the latest state)."""
-    min_age: float = DEFAULT_MIN_AGE
+    min_age: float = parse_duration(DEFAULT_MIN_AGE)
     """Seconds: nothing younger goes, and no manifest superseded more recently."""
     expire_after: float | None = None
     """Seconds: a run idle this long (no lease held, no write) goes whole; None: never."""

@@ -135,3 +135,19 @@ def test_bad_durations_name_the_value_and_the_form(text):
 def test_keep_zero_is_refused():
     with pytest.raises(InputError, match="--keep: 0 keeps no manifest"):
         retention.Policy(keep=0)
+
+
+def test_the_store_crd_the_operator_and_the_cli_share_one_set_of_defaults():
+    from pathlib import Path
+
+    import yaml
+
+    from runsync_operator import gcjob
+
+    crd = yaml.safe_load((Path(__file__).parent.parent / "charts/runsync/crds/stores.runsync.dev.yaml").read_text())
+    fields = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "retention"]["properties"]
+    assert fields["keepManifests"]["default"] == gcjob.Retention.keep == retention.DEFAULT_KEEP
+    assert fields["minAge"]["default"] == gcjob.Retention.min_age == retention.DEFAULT_MIN_AGE
+    assert fields["schedule"]["default"] == gcjob.Retention.schedule
+    assert retention.Policy().min_age == 3600
