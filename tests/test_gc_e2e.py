@@ -14,7 +14,7 @@ import pytest
 from harness import Store, restore_init, sha, tree, wait_for
 from runsync import contract
 
-pytestmark = pytest.mark.s3
+pytestmark = [pytest.mark.s3, pytest.mark.slow]
 
 RUN = "team-a/nlp/bert-1"
 
