@@ -3,8 +3,9 @@ then delete it (or, with a dry run, only say so).
 
 Deletion order keeps every reader whole: dropped manifests first, then the objects only they
 named (a manifest never names a missing object, even when gc is cut short). Right before
-deleting a replica's objects, its manifests are listed again: anything a manifest committed
-since names stays.
+deleting a replica's objects, its manifests are listed again (anything a manifest committed
+since names stays) and its lease read again (a writer that took it since may commit an upload
+it found already stored: the uncommitted objects stay).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class RunResult:
     """The newest object's LastModified when gc looked."""
     seen: dict[str, int] = dataclasses.field(default_factory=dict)
     """replica -> the highest manifest number gc read."""
+    idle: tuple[str, ...] = ()
+    """Replicas whose lease no live writer held when gc looked."""
 
 
 @dataclasses.dataclass
@@ -99,12 +102,13 @@ def decide(s3, store: keys.StoreURL, run: keys.RunPath, policy: retention.Policy
     replicas = [_replica(s3, store, run, name, objs, now) for name, objs in _by_replica(listing, run_prefix).items()]
     newest = max((o.modified for o in listing), default=0.0)
     seen = {r.name: max((v.seq for v in r.versions), default=0) for r in replicas}
+    idle = tuple(r.name for r in replicas if not r.held)
     why = retention.expired(listing, any(r.held for r in replicas), policy, now)
     if why is not None and not any(r.unreadable for r in replicas):
         manifests = tuple(r.manifests_prefix for r in replicas)  # these first, as always
         drops = [retention.Drop(o.key, o.size, why, "manifest" if o.key.startswith(manifests) else "run")
                  for o in listing]
-        return RunResult(run, retention.Decision(drops=drops), why, newest, seen)
+        return RunResult(run, retention.Decision(drops=drops), why, newest, seen, idle)
     decision = retention.Decision()
     for r in replicas:
         d = retention.replica(r, policy, now)
@@ -113,7 +117,7 @@ def decide(s3, store: keys.StoreURL, run: keys.RunPath, policy: retention.Policy
         decision.kept_manifests += d.kept_manifests
         decision.kept_objects += d.kept_objects
         decision.kept_bytes += d.kept_bytes
-    return RunResult(run, decision, None, newest, seen)
+    return RunResult(run, decision, None, newest, seen, idle)
 
 
 def apply(s3, store: keys.StoreURL, result: RunResult) -> None:
@@ -128,10 +132,15 @@ def apply(s3, store: keys.StoreURL, result: RunResult) -> None:
             return
     manifests = [d.key for d in drops if d.kind == "manifest"]
     _delete(s3, bucket, manifests)
-    since = _named_since(s3, store, result.run, result.seen) if result.expired is None else set()
-    if since & {d.key for d in drops}:
-        result.decision.drops = drops = [d for d in drops if d.key not in since]
-        log.info("objects named by a manifest committed during gc stay", extra={"fields": {"run": str(result.run)}})
+    if result.expired is None:
+        since = _named_since(s3, store, result.run, result.seen)
+        # a writer that took a lease meanwhile may commit what it found already uploaded
+        woke = tuple(f"{run_prefix}{r}/" for r in result.idle if _held(s3, keys.Layout(store, result.run, r)))
+        stay = {d.key for d in drops if d.key in since or (d.kind == "uncommitted" and d.key.startswith(woke))}
+        if stay:
+            result.decision.drops = drops = [d for d in drops if d.key not in stay]
+            log.info("objects a writer may name since gc looked stay", extra={"fields": {
+                "run": str(result.run), "objects": len(stay)}})
     rest = [d.key for d in drops if d.kind != "manifest"]
     _delete(s3, bucket, [k for k in rest if not k.endswith("/lease.json")])
     _delete(s3, bucket, [k for k in rest if k.endswith("/lease.json")])
@@ -169,6 +178,14 @@ def _replica(s3, store, run, name, objects, now) -> retention.Replica:
         objects=tuple(objects), versions=versions, unreadable=tuple(problems),
         held=current is not None and current.alive(now),
     )
+
+
+def _held(s3, layout: keys.Layout) -> bool:
+    try:
+        current, _ = lease.read(s3, layout)
+    except StoreError:
+        return True  # unreadable now: assume a writer
+    return current is not None and current.alive(time.time())
 
 
 def _by_replica(listing: list[retention.Obj], run_prefix: str) -> dict[str, list[retention.Obj]]:

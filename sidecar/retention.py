@@ -100,7 +100,8 @@ class Drop:
     size: int
     why: str
     kind: str = "object"
-    """manifest | object | run (anything of a run that goes whole)"""
+    """manifest | object (named only by dropped manifests) | uncommitted (named by none) | run
+    (anything of a run that goes whole)"""
 
 
 @dataclasses.dataclass
@@ -165,7 +166,7 @@ def replica(r: Replica, policy: Policy, now: float) -> Decision:
             out.kept_objects += 1  # a live writer may commit it any moment (a dir waits for its marker)
             out.kept_bytes += o.size
         else:
-            out.drops.append(Drop(o.key, o.size, "named by no manifest (an upload never committed)"))
+            out.drops.append(Drop(o.key, o.size, "named by no manifest (an upload never committed)", "uncommitted"))
     return out
 
 

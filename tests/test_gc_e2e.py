@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -316,3 +317,23 @@ def test_a_bad_scope_exits_2(cli):
     assert result.returncode == 2
     assert "gc scope 'team-a/nlp/bert-1/extra' is not NAMESPACE, NAMESPACE/PROJECT or NAMESPACE/PROJECT/RUN" \
         in result.stderr
+
+
+def test_a_writer_that_takes_the_lease_while_gc_decides_keeps_what_it_found_uploaded(cli, tmp_path, s3_env):
+    """A restarted sidecar finds a file it sent before (HEAD) and commits it without sending it
+    again: gc, which saw no live writer when it looked, must not delete it in between."""
+    from runsync import gc as collector, lease, retention, transfer
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    sync_versions(cli, run_dir, 1)
+    store = Store(s3_env, run=RUN)
+    sent = store.layout.replica_prefix + "files/ckpt/step-9/__0_0.distcp~0123456789abcdef"
+    store.client.put_object(Bucket=store.layout.store.bucket, Key=sent, Body=b"shard")
+    s3 = transfer.client()
+    decided = collector.decide(s3, store.layout.store, store.layout.run, retention.Policy(keep=1, min_age=0),
+                               now=time.time())
+    assert [d.key for d in decided.decision.drops] == [sent]
+    lease.acquire(s3, store.layout, "pod-b", wait=0, max_seq=lambda: 1)  # the new pod starts now
+    collector.apply(s3, store.layout.store, decided)
+    assert decided.decision.drops == [] and sent in store.keys()
