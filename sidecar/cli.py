@@ -272,7 +272,8 @@ def gc_cmd(
             table.add_row(str(run), d.key[len(keys.Layout(_store(), run, "0").run_prefix):], _size(d.size), d.why)
         if report.drops:
             out.print(table)
-        out.print(f"{verb} {_size(report.bytes)} in {_files(len(report.drops))} of {len(report.runs)} runs")
+        n, runs = len(report.drops), len(report.runs)
+        out.print(f"{verb} {_size(report.bytes)}: {n} object{'s' * (n != 1)} of {runs} run{'s' * (runs != 1)}")
     for problem in report.problems:
         err.print(f"runsync: error: {problem}", markup=False, highlight=False)
     if report.problems:
