@@ -20,6 +20,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from rich.table import Table
 
 from . import catalog, config, contract, keys, logs, sync as syncing, transfer
+from . import retention  # gc's defaults
 from .errors import InputError, RunsyncError
 
 app = typer.Typer(
@@ -244,6 +245,50 @@ def restore_cmd(
         out.print(line, markup=False, highlight=False)
     for d in report.incomplete:
         out.print(f"skipped incomplete checkpoint {d}/ (no marker yet, or a replica's part missing)")
+
+
+@app.command("gc")
+def gc_cmd(
+    scope: Annotated[str, typer.Argument(help="NAMESPACE/PROJECT/RUN, NAMESPACE/PROJECT or NAMESPACE")],
+    keep: Annotated[int, typer.Option(help="Manifests kept per replica, newest first.")] = retention.DEFAULT_KEEP,
+    min_age: Annotated[str, typer.Option(help="Nothing younger goes (90s, 15m, 1h, 2d).")] = retention.DEFAULT_MIN_AGE,
+    expire_days: Annotated[Optional[float], typer.Option(
+        help="Delete whole runs idle (no write, no live writer) for this many days.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would go.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete old manifests and the objects only they name; restore of what is kept still works."""
+    from . import gc
+
+    def go():
+        store = _store()
+        policy = retention.Policy(keep, retention.parse_duration(min_age),
+                                  expire_days * 86400 if expire_days is not None else None)
+        s3 = transfer.client()
+        transfer.check_store(s3, store)
+        return _store_call(lambda: gc.gc(s3, store, scope, policy, dry_run), store, s3)
+    report = _run(go)
+    verb = "would free" if dry_run else "freed"
+    if as_json:
+        out.print_json(json.dumps({
+            "dry_run": dry_run, "bytes": report.bytes, "problems": report.problems,
+            "runs": [{"run": str(r.run), "expired": r.expired, "kept_manifests": r.decision.kept_manifests,
+                      "kept_objects": r.decision.kept_objects, "kept_bytes": r.decision.kept_bytes}
+                     for r in report.runs],
+            "deleted": [{"run": str(run), "key": d.key, "size": d.size, "why": d.why, "kind": d.kind}
+                        for run, d in report.drops]}))
+    else:
+        table = Table("run", "key", "size", "why", box=None, title="would go" if dry_run else "deleted")
+        for run, d in report.drops:
+            table.add_row(str(run), d.key[len(keys.Layout(_store(), run, "0").run_prefix):], _size(d.size), d.why)
+        if report.drops:
+            out.print(table)
+        n, runs = len(report.drops), len(report.runs)
+        out.print(f"{verb} {_size(report.bytes)}: {n} object{'s' * (n != 1)} of {runs} run{'s' * (runs != 1)}")
+    for problem in report.problems:
+        err.print(f"runsync: error: {problem}", markup=False, highlight=False)
+    if report.problems:
+        raise typer.Exit(1)
 
 
 @app.command("operator", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

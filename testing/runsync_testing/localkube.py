@@ -2,7 +2,8 @@
 
 - `ApiStub`: a tiny aiohttp server on loopback that answers API discovery and list/watch/patch
   of given Store objects: a patch (kopf's finalizer, the Ready status) is applied and sent to
-  the watchers, so kopf's index fills and its handlers run as in a cluster. Events are echoed
+  the watchers, so kopf's index fills and its handlers run as in a cluster. CronJobs (a
+  Store's gc schedule) are kept: create, get, replace, delete. Events are echoed
   and dropped. Every request is recorded (what RBAC must allow). No kube-apiserver can run here.
 - `Operator`: `runsync operator` (that is, `kopf run`) as a process, serving real HTTPS
   AdmissionReviews with a trustme certificate.
@@ -41,6 +42,8 @@ class ApiStub:
         """(namespace, name) → data of the Secrets Stores name, read by the health check."""
         self.stores = {(s["metadata"]["namespace"], s["metadata"]["name"]): s for s in stores}
         self.version = 1
+        self.cronjobs: dict[tuple[str, str], dict] = {}
+        """(namespace, name) → the CronJobs the operator made (create, get, replace, delete)."""
         for s in stores:
             s["metadata"].setdefault("resourceVersion", "1")
         self.port = ports.free_ports(1)[0]
@@ -81,6 +84,11 @@ class ApiStub:
         app.router.add_get("/api/v1/namespaces/{ns}/secrets/{name}", self._secret)
         app.router.add_patch(f"/apis/{GROUP_VERSION}/namespaces/{{ns}}/stores/{{name}}", self._patch_store)
         app.router.add_patch(f"/apis/{GROUP_VERSION}/namespaces/{{ns}}/stores/{{name}}/status", self._patch_store)
+        jobs = "/apis/batch/v1/namespaces/{ns}/cronjobs"
+        app.router.add_post(jobs, self._create_cronjob)
+        app.router.add_get(jobs + "/{name}", self._cronjob)
+        app.router.add_put(jobs + "/{name}", self._cronjob)
+        app.router.add_delete(jobs + "/{name}", self._cronjob)
         app.router.add_route("*", "/{tail:.*}", self._echo)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
@@ -142,6 +150,41 @@ class ApiStub:
         for queue in self._watches:
             queue.put_nowait({"type": "MODIFIED", "object": json.loads(json.dumps(obj))})
         return web.json_response(obj)
+
+    async def _create_cronjob(self, request: web.Request):
+        obj = json.loads(await request.read())
+        key = (request.match_info["ns"], obj["metadata"]["name"])
+        if key in self.cronjobs:
+            return web.json_response({"kind": "Status", "code": 409, "reason": "AlreadyExists"}, status=409)
+        self.version += 1
+        obj["metadata"].update(namespace=key[0], resourceVersion=str(self.version), uid=str(uuid.uuid4()))
+        self.cronjobs[key] = obj
+        return web.json_response(obj, status=201)
+
+    async def _cronjob(self, request: web.Request):
+        key = (request.match_info["ns"], request.match_info["name"])
+        if key not in self.cronjobs:
+            return web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)
+        if request.method == "DELETE":
+            del self.cronjobs[key]
+        elif request.method == "PUT":  # an unconditional update, as the apiserver allows for CronJobs
+            obj = json.loads(await request.read())
+            self.version += 1
+            obj["metadata"].update(namespace=key[0], resourceVersion=str(self.version),
+                                   uid=self.cronjobs[key]["metadata"]["uid"])
+            self.cronjobs[key] = obj
+        return web.json_response(self.cronjobs.get(key, {"kind": "Status", "status": "Success"}))
+
+    def set_store(self, obj: dict) -> None:
+        """Change a Store as `kubectl apply` would: its spec, then a MODIFIED event to the watchers."""
+        def change():
+            current = self.stores[(obj["metadata"]["namespace"], obj["metadata"]["name"])]
+            current["spec"] = json.loads(json.dumps(obj["spec"]))
+            self.version += 1
+            current["metadata"]["resourceVersion"] = str(self.version)
+            for queue in self._watches:
+                queue.put_nowait({"type": "MODIFIED", "object": json.loads(json.dumps(current))})
+        self.loop.call_soon_threadsafe(change)
 
     async def _echo(self, request: web.Request):
         body = await request.read()
