@@ -1,3 +1,3 @@
 """Everything `runsync operator` runs: importing this module registers every kopf handler."""
 
-from . import startup, stores, webhook  # noqa: F401 - imported for their handlers
+from . import images, startup, stores, webhook  # noqa: F401 - imported for their handlers

@@ -47,10 +47,13 @@ REPLICA = PREFIX + "replica"
 completion index, a StatefulSet pod's index, ...; `0` for a lone pod)."""
 STATUS = PREFIX + "status"
 """Set by the operator (`injected`); never set by users."""
+IMAGES = PREFIX + "images"
+"""Set by the operator once the kubelet reports the pod's imageIDs: JSON, container name →
+imageID (with its digest). The sidecar records it in the replica's metadata; never set by users."""
 
 ANNOTATIONS = (
     SAVE, IGNORE, RUN, PROJECT, RESTORE, RESTORE_FROM, RESTORE_STRICT, RESTORE_REPLICAS,
-    STORE, RUN_DIR, VOLUME, CONTAINERS, COMPLETE_MARKER, TEMP_NAMES, REPLICA, STATUS,
+    STORE, RUN_DIR, VOLUME, CONTAINERS, COMPLETE_MARKER, TEMP_NAMES, REPLICA, STATUS, IMAGES,
 )
 
 STATUS_INJECTED = "injected"
@@ -71,6 +74,11 @@ of one pod share it. Default: the host name, which is the pod's name."""
 ENV_MEMORY_LIMIT = "RUNSYNC_MEMORY_LIMIT"
 """The container's memory limit in bytes (the downward API's `limits.memory`, which is the node's
 allocatable memory when no limit is set): the sidecar sizes its transfer buffers to fit in it."""
+ENV_POD_NAME = "RUNSYNC_POD_NAME"
+ENV_POD_NAMESPACE = "RUNSYNC_POD_NAMESPACE"
+ENV_POD_UID = "RUNSYNC_POD_UID"
+ENV_NODE_NAME = "RUNSYNC_NODE_NAME"
+"""The pod's name, namespace, uid and node (downward API), recorded in the replica's metadata."""
 ENV_METRICS = "RUNSYNC_METRICS_ADDR"
 """HOST:PORT of the sidecar's /metrics, /healthz and /readyz."""
 

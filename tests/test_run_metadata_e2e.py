@@ -1,0 +1,179 @@
+"""Run metadata, as a user finds it in the bucket and through the CLI: each replica's
+`replica.json` (pod, node, images with digests, start, end, status, last commit) and the run's
+`run.json` (created, updated, ended, status, replicas, code state), written by the sidecar and by
+the SDK's embedded engine; `runsync runs` and `runsync ls` read them. Real SeaweedFS throughout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from harness import Store, wait_for
+from runsync import contract, keys, runmeta
+
+pytestmark = [pytest.mark.s3, pytest.mark.slow]
+
+RUN = "team-a/proj/run-1"
+POD = {contract.ENV_POD_NAME: "bert-0-x7k2p", contract.ENV_POD_NAMESPACE: "team-a",
+       contract.ENV_POD_UID: "5f0c7a1e-0000-4000-8000-000000000001", contract.ENV_NODE_NAME: "gpu-node-7"}
+IMAGES = {"trainer": "docker.io/library/python@sha256:" + "ab" * 32,
+          "runsync-sidecar": "ghcr.io/runsync/runsync@sha256:" + "cd" * 32}
+
+
+def doc(store: Store, key: str) -> dict | None:
+    try:
+        return json.loads(store.read(key))
+    except store.client.exceptions.NoSuchKey:
+        return None
+
+
+def run_json(store: Store) -> dict | None:
+    return doc(store, store.layout.run_metadata_key)
+
+
+def replica_json(store: Store, replica: str = "0") -> dict | None:
+    return doc(store, f"{store.layout.run_prefix}{replica}/replica.json")
+
+
+def test_the_sidecar_records_the_replica_and_the_run_from_start_to_end(sidecars, store):
+    sc = sidecars({contract.SAVE: "ckpt/*:live"}, extra_env=POD).start()
+    started = wait_for(lambda: run_json(store), timeout=30, what="run.json at start")
+    assert started["status"] == "running" and started["ended"] is None
+    assert started["replicas"]["0"]["status"] == "running" and started["replicas"]["0"]["pod"] == POD[
+        contract.ENV_POD_NAME]
+    me = replica_json(store)
+    assert me["pod"] == {"name": "bert-0-x7k2p", "namespace": "team-a", "uid": POD[contract.ENV_POD_UID],
+                         "node": "gpu-node-7"}
+    assert me["status"] == "running" and me["started"] == started["created"]
+
+    (sc.run_dir / "ckpt").mkdir()
+    (sc.run_dir / "ckpt" / "last.pt").write_bytes(b"w" * 1000)
+    sc.flush()
+    assert sc.terminate()[0] == 0
+    final = store.latest()
+    assert final.final
+    ended = run_json(store)
+    assert ended["status"] == "ended" and ended["ended"] >= ended["created"]
+    assert ended["replicas"]["0"] | {"seq": final.seq, "files": 1, "size": 1000, "status": "ended"} == \
+        ended["replicas"]["0"]
+    me = replica_json(store)
+    assert me["status"] == "ended" and me["ended"] == ended["ended"]
+    assert me["manifest"]["seq"] == final.seq and me["manifest"]["committed"] == final.created
+
+
+def test_image_digests_the_operator_annotated_reach_the_replica(sidecars, store):
+    """The operator annotates the pod once the kubelet reports imageIDs; the kubelet rewrites
+    the annotations file; the sidecar records them without a restart and without a commit."""
+    sc = sidecars({}, extra_env=POD).start()
+    wait_for(lambda: replica_json(store), timeout=30, what="replica.json at start")
+    assert replica_json(store)["images"] == {}
+    sc.set_annotations({contract.IMAGES: json.dumps(IMAGES)})
+    wait_for(lambda: replica_json(store)["images"] == IMAGES, timeout=30, what="the images in replica.json")
+    assert sc.terminate()[0] == 0
+    assert replica_json(store)["images"] == IMAGES
+    assert not [r for r in sc.log_records() if r.get("level") in ("warning", "error")
+                and "annotation" in json.dumps(r)], "the images annotation is not configuration"
+
+
+def test_replicas_of_one_run_never_lose_each_others_entries(sidecars, store, tmp_path):
+    """Three sidecars of one run start and end together: each has its own replica.json, and
+    run.json (conditional writes on its ETag) lists all three; ended once all three ended."""
+    made = []
+    for r in ("0", "1", "2"):
+        run_dir = tmp_path / f"rank-{r}"
+        run_dir.mkdir()
+        made.append(sidecars({}, run_dir=run_dir, replica=r, extra_env=POD))
+    for sc in made:
+        sc.start(wait=False)
+    wait_for(lambda: len((run_json(store) or {}).get("replicas", {})) == 3, timeout=60, what="3 replicas")
+    assert run_json(store)["status"] == "running"
+    results = {}
+    threads = [threading.Thread(target=lambda s=sc: results.setdefault(s.replica, s.terminate()[0])) for sc in made]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {"0": 0, "1": 0, "2": 0}
+    final = run_json(store)
+    assert {r: e["status"] for r, e in final["replicas"].items()} == {"0": "ended", "1": "ended", "2": "ended"}
+    assert final["status"] == "ended"
+    for r in ("0", "1", "2"):
+        assert replica_json(store, r)["status"] == "ended"
+
+
+def test_conditional_writes_keep_every_update_under_contention(store):
+    """24 writers update run.json at once (real SeaweedFS, If-Match on the ETag): none is lost."""
+    def one(i: int) -> None:
+        layout = keys.Layout(store.layout.store, store.layout.run, str(i))
+
+        def change(d: dict) -> dict:
+            d["replicas"][str(i)] = {"status": "ended", "ended": float(i), "started": 0.0}
+            return d
+        assert runmeta.update_run(store.client, layout, change, attempts=60) is not None
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    final = run_json(store)
+    assert sorted(final["replicas"], key=int) == [str(i) for i in range(24)]
+    assert final["status"] == "ended" and final["ended"] == 23.0
+
+
+EMBEDDED = textwrap.dedent('''
+    import sys, runsync
+    run = runsync.init(dir=sys.argv[1], run="team-a/proj/laptop", store=sys.argv[2])
+    with open(run.dir + "/result.json", "w") as f:
+        f.write("{}")
+    runsync.flush(timeout=60)
+    print("flushed", flush=True)
+    sys.stdin.readline()
+    runsync.finish()
+''')
+
+
+def git(cwd, *args):
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@x"})
+
+
+def test_the_sdks_embedded_engine_writes_run_json_with_the_code_state(tmp_path, s3_env):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / "train.py").write_text("print(1)\n")
+    git(repo, "add", "train.py")
+    git(repo, "commit", "-q", "-m", "one")
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSYNC_")}
+    env.update(s3_env)
+    proc = subprocess.Popen([sys.executable, "-c", EMBEDDED, str(tmp_path / "laptop"), s3_env["RUNSYNC_STORE"]],
+                            env=env, cwd=repo, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    store = Store(s3_env, run="team-a/proj/laptop")
+    try:
+        assert proc.stdout.readline().strip() == "flushed", proc.stderr.read()
+        running = wait_for(lambda: (d := run_json(store)) and d.get("code") and d, timeout=30,
+                           what="run.json with the code state")
+        assert running["status"] == "running"
+        assert running["code"]["commit"] == commit
+        assert running["code"]["patch"] == store.layout.code_key("diff.patch")
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    ended = run_json(store)
+    assert ended["status"] == "ended" and ended["replicas"]["0"]["files"] == 1
+    assert ended["code"]["commit"] == commit
+    me = replica_json(store)
+    assert me["writer"].startswith("sdk@") and me["status"] == "ended"
