@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import urllib.parse
 
 import pytest
 
@@ -177,3 +178,90 @@ def test_the_sdks_embedded_engine_writes_run_json_with_the_code_state(tmp_path, 
     assert ended["code"]["commit"] == commit
     me = replica_json(store)
     assert me["writer"].startswith("sdk@") and me["status"] == "ended"
+
+
+# ----------------------------------------------------------------------------- through the operator
+
+OP_NS, OP_BUCKET = "team-a", "runsync-meta"
+
+
+@pytest.fixture(scope="module")
+def operator(tmp_path_factory, s3_server):
+    from runsync_testing.localkube import Operator, store as store_object
+
+    op = Operator(tmp_path_factory.mktemp("operator"), [store_object(OP_NS, "default", OP_BUCKET, s3_server.endpoint)])
+    yield op
+    op.stop()
+
+
+def injected(operator, name: str) -> dict:
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": name, "namespace": OP_NS, "uid": "6b1e2c3d-0000-4000-8000-00000000000a",
+        "labels": {contract.INJECT_LABEL: "true"}, "annotations": {contract.RUN: "meta-run"}},
+        "spec": {"containers": [{"name": "trainer", "image": "python:3.11", "command": ["python", "train.py"],
+                                 "securityContext": {"runAsUser": 1000, "runAsGroup": 1000}}],
+                 "restartPolicy": "Never", "terminationGracePeriodSeconds": 60, "nodeName": "gpu-node-3"}}
+    patched, _ = operator.patched(pod)
+    return patched
+
+
+def started(pod: dict) -> dict:
+    """The pod as the kubelet reports it once its containers started: imageIDs with digests."""
+    ids = {"runsync-restore": IMAGES["runsync-sidecar"], "runsync-sidecar": IMAGES["runsync-sidecar"],
+           "trainer": IMAGES["trainer"]}
+    status = {"phase": "Running",
+              "initContainerStatuses": [{"name": c["name"], "image": c["image"], "imageID": ids[c["name"]]}
+                                        for c in pod["spec"]["initContainers"]],
+              "containerStatuses": [{"name": c["name"], "image": c["image"], "imageID": ids[c["name"]]}
+                                    for c in pod["spec"]["containers"]]}
+    return {**pod, "status": status}
+
+
+def test_the_operator_annotates_injected_pods_with_their_image_digests(operator, s3_server, s3_client, pod_root):
+    """The real operator watches injected pods (the API server filters them by label), patches
+    `runsync.dev/images` once the kubelet reports imageIDs; the kubelet rewrites the annotations
+    file, and the sidecar of that pod records pod, node and images in replica.json."""
+    if OP_BUCKET not in [b["Name"] for b in s3_client.list_buckets()["Buckets"]]:
+        s3_client.create_bucket(Bucket=OP_BUCKET)
+    from runsync_testing.localpod import LocalPod
+
+    patched = injected(operator, "meta-pod-aaaaa")
+    local = LocalPod(patched, pod_root / "meta", {"s3-keys": {
+        "AWS_ACCESS_KEY_ID": s3_server.credentials.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.credentials.secret_key}})
+    restore, sidecar = local.container("runsync-restore"), local.container("runsync-sidecar")
+    init = subprocess.run(local.argv(restore), env=local.env(restore), capture_output=True, text=True, timeout=120)
+    assert init.returncode == 0, init.stdout + init.stderr
+    side = subprocess.Popen(local.argv(sidecar), env=local.env(sidecar), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    env = local.env(sidecar)
+    store = Store({"AWS_ENDPOINT_URL_S3": s3_server.endpoint, "AWS_ACCESS_KEY_ID": s3_server.credentials.access_key,
+                   "AWS_SECRET_ACCESS_KEY": s3_server.credentials.secret_key,
+                   "RUNSYNC_STORE": env[contract.ENV_STORE]}, run=env[contract.ENV_RUN_PATH])
+    try:
+        first = wait_for(lambda: replica_json(store), timeout=60, what="replica.json at start")
+        assert first["pod"] == {"name": "meta-pod-aaaaa", "namespace": OP_NS,
+                                "uid": patched["metadata"]["uid"], "node": "gpu-node-3"}
+        assert first["images"] == {}
+
+        other = {**started(patched), "metadata": {**patched["metadata"], "name": "not-ours", "labels": {}}}
+        operator.stub.put_pod(other)  # not labelled: the API server never sends it to the operator
+        operator.stub.put_pod(started(patched))
+        key = (OP_NS, "meta-pod-aaaaa")
+        annotated = wait_for(lambda: operator.stub.pods[key]["metadata"]["annotations"].get(contract.IMAGES),
+                             timeout=60, what="the operator's runsync.dev/images")
+        assert json.loads(annotated) == {"runsync-restore": IMAGES["runsync-sidecar"],
+                                         "runsync-sidecar": IMAGES["runsync-sidecar"], "trainer": IMAGES["trainer"]}
+        assert contract.IMAGES not in operator.stub.pods[(OP_NS, "not-ours")]["metadata"].get("annotations", {})
+        watched = [p for m, p, _ in operator.stub.requests if m == "GET" and p.startswith("/api/v1/pods")]
+        assert watched and all(urllib.parse.parse_qs(urllib.parse.urlsplit(p).query).get("labelSelector") ==
+                               [f"{contract.INJECT_LABEL}=true"] for p in watched), watched
+
+        local.update_annotations(operator.stub.pods[key]["metadata"]["annotations"])  # the kubelet's part
+        wait_for(lambda: replica_json(store)["images"] == json.loads(annotated), timeout=60,
+                 what="the images in replica.json")
+        side.send_signal(15)
+        assert side.wait(60) == 0
+    finally:
+        if side.poll() is None:
+            side.kill()
+    assert replica_json(store)["status"] == "ended" and run_json(store)["status"] == "ended"
