@@ -265,3 +265,45 @@ def test_the_operator_annotates_injected_pods_with_their_image_digests(operator,
         if side.poll() is None:
             side.kill()
     assert replica_json(store)["status"] == "ended" and run_json(store)["status"] == "ended"
+
+
+# ----------------------------------------------------------------------------- runsync runs / ls
+
+def test_runs_and_ls_answer_from_run_json_and_older_runs_still_show(sidecars, store, cli, tmp_path):
+    sc = sidecars({}, extra_env=POD).start()
+    (sc.run_dir / "model.pt").write_bytes(b"m" * 2048)
+    sc.flush()
+    assert sc.terminate()[0] == 0
+    meta = run_json(store)
+    old_dir = tmp_path / "old"
+    old_dir.mkdir()
+    (old_dir / "a.txt").write_text("a")
+    assert cli("sync", str(old_dir), "--run", "team-a/proj/old-run").returncode == 0  # a run without run.json
+    assert run_json(Store(cli.env, run="team-a/proj/old-run")) is None
+
+    result = cli("runs", "team-a", "--json")
+    assert result.returncode == 0, result.stderr
+    found = {r["run"]: r for r in json.loads(result.stdout)}
+    assert found["team-a/proj/run-1"] == {
+        "run": "team-a/proj/run-1", "replicas": 1, "files": 1, "size": 2048, "state": "ended",
+        "started": meta["created"], "updated": meta["updated"], "ended": meta["ended"]}
+    old = found["team-a/proj/old-run"]
+    assert (old["state"], old["replicas"], old["files"], old["size"], old["started"]) == ("ended", 1, 1, 1, None)
+
+    table = cli("runs", "team-a/proj")
+    assert table.returncode == 0, table.stderr
+    header, *rows = table.stdout.splitlines()
+    assert header.split() == ["run", "replicas", "files", "size", "started", "(UTC)", "updated", "(UTC)", "ended",
+                              "(UTC)", "state"]
+    assert any(r.split()[0] == "team-a/proj/run-1" and r.split()[-1] == "ended" for r in rows), rows
+
+    listing = cli("ls", "team-a/proj/run-1")
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert lines[0].split()[:3] == ["run", "team-a/proj/run-1:", "ended"], lines
+    assert any(line.split()[:2] == ["replica", "0:"] and "bert-0-x7k2p" in line and "gpu-node-7" in line
+               for line in lines), lines
+    assert any("model.pt" in line for line in lines)
+    old_listing = cli("ls", "team-a/proj/old-run")
+    assert old_listing.returncode == 0 and "a.txt" in old_listing.stdout
+    assert "no run.json" in old_listing.stdout.splitlines()[0]
