@@ -3,6 +3,7 @@
     <prefix>/<namespace>/<project>/<run>/<replica>/files/<stored name>~<sha256[:16]>
     <prefix>/<namespace>/<project>/<run>/<replica>/manifests/<seq:012d>.json
     <prefix>/<namespace>/<project>/<run>/<replica>/lease.json
+    <prefix>/<namespace>/<project>/<run>/<replica>/replica.json
     <prefix>/<namespace>/<project>/<run>/run.json
     <prefix>/<namespace>/<project>/<run>/code/git.json, code/diff.patch
 
@@ -154,6 +155,11 @@ class Layout:
     @property
     def lease_key(self) -> str:
         return f"{self.replica_prefix}lease.json"
+
+    @property
+    def replica_metadata_key(self) -> str:
+        """The replica's own metadata (runmeta): pod, node, images, start, end, status."""
+        return f"{self.replica_prefix}replica.json"
 
     @property
     def run_metadata_key(self) -> str:

@@ -178,7 +178,18 @@ class Recorder:
     @_best_effort
     def started(self, latest) -> None:
         now = self.clock()
-        self.doc = {
+        self.doc = self._new(latest, now)
+        self._write(now, run_too=True, first=True)
+
+    @_best_effort
+    def once(self, m) -> None:
+        """A one-shot writer (`runsync sync`): started and ended, in one write of each object."""
+        now = self.clock()
+        self.doc = {**self._new(m, now), "status": ENDED, "ended": now}
+        self._write(now, run_too=True, first=True)
+
+    def _new(self, latest, now: float) -> dict:
+        return {
             "format": FORMAT, "run": str(self.layout.run), "replica": self.layout.replica, "status": RUNNING,
             "writer": self.facts.writer, "host": socket.gethostname(),
             "pod": {"name": self.facts.pod, "namespace": self.facts.namespace or self.layout.run.namespace,
@@ -186,7 +197,6 @@ class Recorder:
             "images": self.facts.images(), "started": now, "ended": None, "updated": now,
             "manifest": _manifest(latest),
         }
-        self._write(now, run_too=True, first=True)
 
     @_best_effort
     def committed(self, m) -> None:
@@ -244,7 +254,7 @@ class Recorder:
             return
         self._last = now
         self.doc["updated"] = now
-        key = f"{self.layout.replica_prefix}replica.json"
+        key = self.layout.replica_metadata_key
         condition = {} if first or self._etag is None else {"IfMatch": self._etag}
         try:
             put = self.s3.put_object(Bucket=self.layout.store.bucket, Key=key, ContentType="application/json",

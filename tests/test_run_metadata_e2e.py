@@ -278,8 +278,12 @@ def test_runs_and_ls_answer_from_run_json_and_older_runs_still_show(sidecars, st
     old_dir = tmp_path / "old"
     old_dir.mkdir()
     (old_dir / "a.txt").write_text("a")
-    assert cli("sync", str(old_dir), "--run", "team-a/proj/old-run").returncode == 0  # a run without run.json
-    assert run_json(Store(cli.env, run="team-a/proj/old-run")) is None
+    assert cli("sync", str(old_dir), "--run", "team-a/proj/old-run").returncode == 0
+    old_store = Store(cli.env, run="team-a/proj/old-run")
+    synced = run_json(old_store)  # runsync sync writes the metadata too: started and ended at once
+    assert synced["status"] == "ended" and synced["replicas"]["0"]["files"] == 1
+    old_store.client.delete_object(Bucket=old_store.layout.store.bucket, Key=old_store.layout.run_metadata_key)
+    # ...deleted: now it is a run written before run.json existed
 
     result = cli("runs", "team-a", "--json")
     assert result.returncode == 0, result.stderr
