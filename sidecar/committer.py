@@ -133,13 +133,13 @@ class Committer:
         """The final manifest, waited for (through the committer's thread: a heartbeat may be
         running); then the lease is released, so the next pod need not wait for it to expire."""
         m = self._thread.submit(self._commit, durable, names, removed, True).result(timeout=timeout)
+        if self.meta is not None:  # still under the lease: the next pod's metadata is never overwritten
+            self._wait(self._thread.submit(self.meta.ended, m), min(timeout, 5))
         try:
             self._thread.submit(self._release).result(timeout=timeout)
         except Exception as err:  # noqa: BLE001 - committed already; only the next pod's wait is longer
             log.warning("lease not released; the next pod waits for it to expire", extra={"fields": {
                 "error": str(err)}})
-        if self.meta is not None:
-            self._wait(self._thread.submit(self.meta.ended, m), timeout)
         return m
 
     @staticmethod

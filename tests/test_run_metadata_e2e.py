@@ -311,3 +311,64 @@ def test_runs_and_ls_answer_from_run_json_and_older_runs_still_show(sidecars, st
     old_listing = cli("ls", "team-a/proj/old-run")
     assert old_listing.returncode == 0 and "a.txt" in old_listing.stdout
     assert "no run.json" in old_listing.stdout.splitlines()[0]
+
+
+# ----------------------------------------------------------------------------- what it costs, who may write
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def writes(s3) -> list[str]:
+    """The keys of every PUT this client makes (botocore's events), as a list to inspect."""
+    seen: list[str] = []
+    s3.meta.events.register("provide-client-params.s3.PutObject", lambda params, **_: seen.append(params["Key"]))
+    return seen
+
+
+def test_commits_refresh_metadata_at_most_once_a_minute_and_run_json_once_for_all_replicas(store):
+    from runsync import manifest
+
+    clock = Clock()
+    put = writes(store.client)
+    recorders = [runmeta.Recorder(store.client, keys.Layout(store.layout.store, store.layout.run, r),
+                                  runmeta.Facts(writer=f"sidecar@pod-{r}"), clock=clock) for r in ("0", "1")]
+    for r in recorders:
+        r.started(None)
+    assert sorted(put) == sorted([store.layout.run_metadata_key] * 2 + [
+        f"{store.layout.run_prefix}{r}/replica.json" for r in ("0", "1")])
+    m = manifest.Manifest(run=RUN, replica="0", seq=7, created=clock.now, files={})
+    put.clear()
+    for _ in range(30):  # 30 commits within the minute: nothing written
+        clock.now += 1
+        for r in recorders:
+            r.committed(m)
+    assert put == []
+    clock.now += 31
+    for r in recorders:
+        r.committed(m)
+    # both replica.json files, but run.json once: the second replica found it fresh
+    assert sorted(put) == sorted([store.layout.run_metadata_key] + [
+        f"{store.layout.run_prefix}{r}/replica.json" for r in ("0", "1")])
+    assert run_json(store)["updated"] == clock.now
+    assert replica_json(store, "1")["manifest"]["seq"] == 7
+
+
+def test_a_failed_end_and_a_fenced_off_pod(store):
+    """A replica whose final manifest could not be committed makes the run `failed`; a pod that
+    lost its replica to a newer pod can no longer write that replica's metadata."""
+    layout = store.layout
+    old = runmeta.Recorder(store.client, layout, runmeta.Facts(writer="sidecar@old", pod="old"))
+    old.started(None)
+    new = runmeta.Recorder(store.client, layout, runmeta.Facts(writer="sidecar@new", pod="new"))
+    new.started(None)  # the new pod took the lease and wrote first
+    old.ended(None)    # the wedged old pod wakes up
+    assert replica_json(store)["pod"]["name"] == "new" and replica_json(store)["status"] == "running"
+    assert run_json(store)["replicas"]["0"]["pod"] == "new"
+    new.ended(None, failed="final manifest not committed: bucket gone")
+    assert replica_json(store)["status"] == "failed" and "bucket gone" in replica_json(store)["reason"]
+    assert run_json(store)["status"] == "failed"
