@@ -132,9 +132,11 @@ class Committer:
                      removed: set[str], timeout: float) -> manifest.Manifest:
         """The final manifest, waited for (through the committer's thread: a heartbeat may be
         running); then the lease is released, so the next pod need not wait for it to expire."""
+        started = time.monotonic()
         m = self._thread.submit(self._commit, durable, names, removed, True).result(timeout=timeout)
-        if self.meta is not None:  # still under the lease: the next pod's metadata is never overwritten
-            self._wait(self._thread.submit(self.meta.ended, m), min(timeout, 5))
+        left = timeout - (time.monotonic() - started)
+        if self.meta is not None and left > 2:  # under the lease: a next pod's metadata is never overwritten;
+            self._wait(self._thread.submit(self.meta.ended, m), min(left / 2, 5))  # never past the grace period
         try:
             self._thread.submit(self._release).result(timeout=timeout)
         except Exception as err:  # noqa: BLE001 - committed already; only the next pod's wait is longer
