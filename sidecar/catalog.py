@@ -9,6 +9,7 @@ them, and it has ended when every replica's latest manifest is final.
 from __future__ import annotations
 
 import dataclasses
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from . import keys, manifest, runmeta
@@ -57,8 +58,10 @@ PARALLEL = 16
 
 
 def metadata(s3, store: keys.StoreURL, run: keys.RunPath) -> dict | None:
-    """The run's run.json, or None for a run written before it existed."""
-    return runmeta.read_run(s3, store, run)[0]
+    """The run's run.json (a stale `running` entry checked against its replica.json), or None
+    for a run written before it existed."""
+    doc = runmeta.read_run(s3, store, run)[0]
+    return runmeta.settled(s3, store, run, doc, time.time()) if doc else None
 
 
 def _from_metadata(s3, store: keys.StoreURL, path: keys.RunPath) -> RunSummary | None:

@@ -116,11 +116,11 @@ def ls_cmd(
             "replica": r, "manifest": seq, "name": e.name, "size": e.size, "mtime": e.mtime_ns / 1e9,
             "sha256": e.sha256, "policy": e.policy, "key": e.key} for r, seq, e in rows]))
         return
+    for line in _metadata_header(run, meta) if meta or found else ():  # first, even before any file
+        out.print(line, markup=False, highlight=False)
     if not found:
         err.print(f"runsync: {run} has no committed files in {_State.store}", markup=False, highlight=False)
         return
-    for line in _metadata_header(run, meta):
-        out.print(line, markup=False, highlight=False)
     table = Table("replica", "name", "size", "modified (UTC)", "sha256", box=None)
     for r, _, e in rows:
         table.add_row(r, e.name, _size(e.size), _time(e.mtime_ns / 1e9), e.sha256[:16], style=None)

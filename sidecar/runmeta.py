@@ -39,6 +39,9 @@ FORMAT = 1
 REFRESH_SECONDS = 60.0
 """A commit refreshes the metadata at most this often (requests cost money)."""
 CAS_ATTEMPTS = 12
+STALE_SECONDS = 3 * REFRESH_SECONDS
+"""A `running` entry of run.json not updated for this long is checked against its replica.json
+(its end may have lost every race for run.json)."""
 RUNNING, ENDED, FAILED = "running", "ended", "failed"
 
 
@@ -126,6 +129,40 @@ def _run_status(replicas: Mapping[str, dict]) -> tuple[str, float | None]:
         return RUNNING, None
     ended = max((r.get("ended") or 0 for r in replicas.values()), default=0) or None
     return (FAILED if FAILED in states else ENDED), ended
+
+
+def settled(s3, store: keys.StoreURL, run: keys.RunPath, doc: dict, now: float) -> dict:
+    """run.json as readers should see it: each `running` entry not updated for `STALE_SECONDS`
+    is taken from that replica's own replica.json when it says more (one GET per such entry;
+    none for a run whose replicas all ended or refreshed lately). Nothing is written."""
+    replicas = doc.get("replicas")
+    if not isinstance(replicas, dict):
+        return doc
+    stale = [name for name, e in replicas.items() if isinstance(e, dict) and e.get("status") == RUNNING
+             and now - float(e.get("updated") or 0) >= STALE_SECONDS]
+    changed = False
+    for name in stale:
+        try:
+            obj = s3.get_object(Bucket=store.bucket, Key=keys.Layout(store, run, name).replica_metadata_key)
+            own = json.loads(obj["Body"].read())
+            if own.get("status") != RUNNING and float(own.get("updated") or 0) > float(replicas[name].get("updated") or 0):
+                replicas[name] = entry(own)
+                changed = True
+        except (ClientError, ValueError, TypeError, KeyError, AttributeError, keys.RunPathError):
+            continue  # no replica.json, or damaged: run.json's word stands
+    if changed:
+        doc["status"], doc["ended"] = _run_status(replicas)
+        doc["updated"] = max(float(e.get("updated") or 0) for e in replicas.values())
+    return doc
+
+
+def entry(replica: dict) -> dict:
+    """A replica.json → its small entry in run.json."""
+    m = replica.get("manifest") or {}
+    return {"status": replica["status"], "started": replica["started"], "ended": replica["ended"],
+            "updated": replica["updated"], "pod": (replica.get("pod") or {}).get("name"),
+            "node": (replica.get("pod") or {}).get("node"), "seq": m.get("seq"), "files": m.get("files", 0),
+            "size": m.get("size", 0)}
 
 
 def record_code(s3, layout: keys.Layout, git: Mapping[str, object], now: float | None = None) -> None:
@@ -273,15 +310,15 @@ class Recorder:
             return
         if run_too is False:
             return
-        entry = self._entry()
+        mine = entry(self.doc)
 
         def change(doc: dict) -> dict | None:
             replicas = doc.setdefault("replicas", {})
             if run_too is None and now - (doc.get("updated") or 0) < self.refresh \
-                    and replicas.get(self.layout.replica, {}).get("status") == entry["status"]:
+                    and replicas.get(self.layout.replica, {}).get("status") == mine["status"]:
                 return None  # fresh enough: another replica refreshed it within the minute
-            replicas[self.layout.replica] = entry
-            doc["created"] = min(doc.get("created") or entry["started"], entry["started"])
+            replicas[self.layout.replica] = mine
+            doc["created"] = min(doc.get("created") or mine["started"], mine["started"])
             doc["updated"] = max(doc.get("updated") or 0, now)
             return doc
         try:
@@ -289,13 +326,6 @@ class Recorder:
         except Exception as err:  # noqa: BLE001 - metadata never holds up files
             log.warning("run.json not written", extra={"fields": {"key": self.layout.run_metadata_key,
                                                                   "error": str(err)}})
-
-    def _entry(self) -> dict:
-        d = self.doc
-        m = d.get("manifest") or {}
-        return {"status": d["status"], "started": d["started"], "ended": d["ended"], "updated": d["updated"],
-                "pod": d["pod"]["name"], "node": d["pod"]["node"], "seq": m.get("seq"),
-                "files": m.get("files", 0), "size": m.get("size", 0)}
 
 
 def _manifest(m) -> dict:

@@ -372,3 +372,22 @@ def test_a_failed_end_and_a_fenced_off_pod(store):
     new.ended(None, failed="final manifest not committed: bucket gone")
     assert replica_json(store)["status"] == "failed" and "bucket gone" in replica_json(store)["reason"]
     assert run_json(store)["status"] == "failed"
+
+
+def test_an_end_that_lost_every_race_for_run_json_still_shows_through_its_replica(store, cli):
+    """Replica 1 ended (its replica.json says so) but its run.json update never landed (1,000
+    replicas ending at once): once its entry is stale, `runsync runs` and `ls` read replica.json."""
+    long_ago = Clock(__import__("time").time() - 3600)
+    made = [runmeta.Recorder(store.client, keys.Layout(store.layout.store, store.layout.run, r),
+                             runmeta.Facts(writer=f"sidecar@pod-{r}", pod=f"pod-{r}"), clock=long_ago) for r in "01"]
+    for r in made:
+        r.started(None)
+    made[0].ended(None)
+    lost = made[1]
+    lost.doc.update(status="ended", ended=long_ago.now + 5)
+    lost._write(long_ago.now + 5, run_too=False)  # replica.json only: every run.json attempt lost
+    assert run_json(store)["status"] == "running"
+
+    (found,) = json.loads(cli("runs", "team-a", "--json").stdout)
+    assert found["state"] == "ended" and found["ended"] == long_ago.now + 5
+    assert "run team-a/proj/run-1: ended" in cli("ls", RUN).stdout
