@@ -79,6 +79,10 @@ def runsync_env(cfg: config.RunConfig, values: Values, store: StoreSpec, run_pat
         {"name": contract.ENV_METRICS, "value": f"0.0.0.0:{values.metrics_port}"},
         {"name": contract.ENV_GRACE, "value": str(grace)},
         {"name": contract.ENV_HOLDER, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        # Who and where, for the run's metadata (replica.json); image digests come later (images.py).
+        *({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}} for name, path in (
+            (contract.ENV_POD_NAME, "metadata.name"), (contract.ENV_POD_NAMESPACE, "metadata.namespace"),
+            (contract.ENV_POD_UID, "metadata.uid"), (contract.ENV_NODE_NAME, "spec.nodeName"))),
         # Each container's own memory limit, in bytes: the sidecar sizes its buffers under it.
         {"name": contract.ENV_MEMORY_LIMIT, "valueFrom": {"resourceFieldRef": {"resource": "limits.memory"}}},
         *store_env(store),

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import kopf
 
+from runsync import contract
+
 from . import leader, readiness, servingcert, stores
 from .kubeclient import api_client
 from .metrics import METRICS
@@ -20,6 +22,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, stores_by_name: 
     memo.settings = values  # not `values`: Memo is a dict, and that name is taken
     settings.scanning.disabled = True          # the chart installs the CRD; no cluster-wide scans
     settings.admission.managed = None          # the chart owns the MutatingWebhookConfiguration
+    # Only injected pods are watched (images.py), filtered by the API server, not in the operator.
+    settings.watching.label_selectors["pods"] = f"{contract.INJECT_LABEL}=true"
     if values.tls_secret:
         _keep_serving_certificate(values, logger)
     settings.admission.server = kopf.WebhookServer(

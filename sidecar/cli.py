@@ -117,14 +117,17 @@ def ls_cmd(
         store, run_path = _store(), keys.RunPath.parse(run)
         s3 = transfer.client()
         transfer.check_store(s3, store)
-        return _store_call(lambda: catalog.files(s3, store, run_path), store, s3)
-    found = _run(go)
+        return _store_call(lambda: (catalog.metadata(s3, store, run_path), catalog.files(s3, store, run_path)),
+                           store, s3)
+    meta, found = _run(go)
     rows = [(replica, m.seq, e) for replica, m in found for e in sorted(m.files.values(), key=lambda e: e.name)]
     if as_json:
         out.print_json(json.dumps([{
             "replica": r, "manifest": seq, "name": e.name, "size": e.size, "mtime": e.mtime_ns / 1e9,
             "sha256": e.sha256, "policy": e.policy, "key": e.key} for r, seq, e in rows]))
         return
+    for line in _metadata_header(run, meta) if meta or found else ():  # first, even before any file
+        out.print(line, markup=False, highlight=False)
     if not found:
         err.print(f"runsync: {run} has no committed files in {_State.store}", markup=False, highlight=False)
         return
@@ -152,12 +155,13 @@ def runs_cmd(
     if as_json:
         out.print_json(json.dumps([{
             "run": str(r.path), "replicas": r.replicas, "files": r.files, "size": r.size,
-            "updated": r.updated, "state": r.state} for r in found]))
+            "started": r.started, "updated": r.updated, "ended": r.ended, "state": r.state} for r in found]))
         return
-    table = Table("run", "replicas", "files", "size", "updated (UTC)", "state", box=None)
+    table = Table("run", "replicas", "files", "size", "started (UTC)", "updated (UTC)", "ended (UTC)", "state",
+                  box=None)
     for r in found:
         table.add_row(str(r.path), str(r.replicas), str(r.files), _size(r.size),
-                      _time(r.updated) if r.updated else "-", r.state)
+                      *(_time(t) if t else "-" for t in (r.started, r.updated, r.ended)), r.state)
     out.print(table)
 
 
@@ -352,6 +356,23 @@ class _progress:
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def _metadata_header(run: str, meta: dict | None) -> list[str]:
+    """`runsync ls`'s first lines: the run's status, times, replicas and code state (run.json)."""
+    if not meta or not meta.get("replicas"):
+        return [f"run {run}: no run.json (written before run metadata, or by runsync sync); files below"]
+    when = lambda t: _time(t) if t else "-"  # noqa: E731
+    lines = [f"run {run}: {meta.get('status')}  started {when(meta.get('created'))}  "
+             f"updated {when(meta.get('updated'))}  ended {when(meta.get('ended'))}"]
+    for name, r in sorted(meta["replicas"].items()):
+        lines.append(f"replica {name}: {r.get('status')}  pod {r.get('pod') or '-'}  node {r.get('node') or '-'}  "
+                     f"manifest {r.get('seq') or '-'}  started {when(r.get('started'))}  ended {when(r.get('ended'))}")
+    code = meta.get("code") or {}
+    if code.get("commit"):
+        lines.append(f"code: {code['commit'][:12]}{' (dirty)' if code.get('dirty') else ''}  "
+                     f"patch {code.get('patch')}")
+    return lines
 
 
 def _files(n: int) -> str:

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from . import keys, lease, ledger, manifest, messages, statedir, transfer
+from . import keys, lease, ledger, manifest, messages, runmeta, statedir, transfer
 from .errors import StoreError
 from .logs import log
 from .metrics import Metrics
@@ -24,7 +24,8 @@ from .metrics import Metrics
 class Committer:
     def __init__(self, s3, layout: keys.Layout, transfers: transfer.Transfers, state: statedir.StateDir,
                  metrics: Metrics, post: Callable[[object], None], holder: str | None, lease_wait: float,
-                 interval: float = 1.0, backoff: transfer.Backoff = transfer.Backoff()):
+                 interval: float = 1.0, backoff: transfer.Backoff = transfer.Backoff(),
+                 meta: runmeta.Recorder | None = None):
         self.s3 = s3
         self.layout = layout
         self.transfers = transfers
@@ -37,6 +38,8 @@ class Committer:
         self.interval = interval
         """Staged files are batched into one manifest at most this often (unless a flush waits)."""
         self.backoff = backoff
+        self.meta = meta
+        """The replica's metadata (replica.json, run.json), written here: under the lease."""
         self.committing = False
         self._last_commit = 0.0
         self.writer = f"sidecar@{socket.gethostname()}:{os.getpid()}"
@@ -68,6 +71,8 @@ class Committer:
         if self.committing or self._fenced:
             return
         self.heartbeat(now)
+        if self.meta is not None and self.meta.images_due(now):
+            self._thread.submit(self.meta.refresh_images)
         if not books.to_commit() or (now - self._last_commit < self.interval and not flush_waiting):
             return
         self.committing = True
@@ -119,19 +124,32 @@ class Committer:
         except (StoreError, concurrent.futures.TimeoutError) as err:
             self.metrics.failures.labels(transfer.failure_kind(str(err))).inc()
             log.error("final manifest not committed", extra={"fields": {"error": str(err), "files_lost": len(names)}})
+            if self.meta is not None and not self._fenced:  # said in the run's metadata too, if it can be
+                self._wait(self._thread.submit(self.meta.ended, None, f"final manifest not committed: {err}"), 5)
         return None
 
     def commit_final(self, durable: manifest.Manifest | None, names: dict[str, manifest.FileEntry],
                      removed: set[str], timeout: float) -> manifest.Manifest:
         """The final manifest, waited for (through the committer's thread: a heartbeat may be
         running); then the lease is released, so the next pod need not wait for it to expire."""
+        started = time.monotonic()
         m = self._thread.submit(self._commit, durable, names, removed, True).result(timeout=timeout)
+        left = timeout - (time.monotonic() - started)
+        if self.meta is not None and left > 2:  # under the lease: a next pod's metadata is never overwritten;
+            self._wait(self._thread.submit(self.meta.ended, m), min(left / 2, 5))  # never past the grace period
         try:
             self._thread.submit(self._release).result(timeout=timeout)
         except Exception as err:  # noqa: BLE001 - committed already; only the next pod's wait is longer
             log.warning("lease not released; the next pod waits for it to expire", extra={"fields": {
                 "error": str(err)}})
         return m
+
+    @staticmethod
+    def _wait(future: concurrent.futures.Future, timeout: float) -> None:
+        try:
+            future.result(timeout=timeout)
+        except Exception as err:  # noqa: BLE001 - metadata never holds up the end
+            log.warning("run metadata not written at the end", extra={"fields": {"error": str(err)}})
 
     def shutdown(self) -> None:
         self._stopped.set()
@@ -151,6 +169,8 @@ class Committer:
                 latest = manifest.latest(self.s3, self.layout)
                 prior = latest is not None or self.transfers.any_stored(self.layout.replica_prefix + "files/")
                 self.post(messages.Loaded(latest, "", prior))
+                if self.meta is not None:
+                    self.meta.started(latest)
                 return
             except Exception as err:  # noqa: BLE001 - an outage: retried with backoff
                 msg = str(err) if isinstance(err, StoreError) else str(transfer.describe(err, self.layout.store, self.s3))
@@ -165,6 +185,8 @@ class Committer:
         try:
             result = self._commit(durable, names, removed, False)
             self.post(messages.Committed(result, "", names, removed, tokens))
+            if self.meta is not None:  # after the post: a flush never waits on metadata
+                self.meta.committed(result)
         except Exception as err:  # noqa: BLE001 - the loop retries
             self.post(messages.Committed(None, str(err) or type(err).__name__, names, removed, tokens))
 

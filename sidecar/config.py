@@ -131,7 +131,7 @@ def parse(annotations: Mapping[str, str]) -> RunConfig:
             raise ConfigError(key, f"value {value!r} is not a string", "annotation values are strings")
         reader = _READERS.get(key)
         if reader is None:
-            if key == contract.STATUS:
+            if key in (contract.STATUS, contract.IMAGES):  # the operator's, not configuration
                 continue
             close = difflib.get_close_matches(key, contract.ANNOTATIONS, n=1)
             hint = f"did you mean {close[0]}?" if close else "known: " + ", ".join(contract.ANNOTATIONS)

@@ -47,10 +47,13 @@ REPLICA = PREFIX + "replica"
 completion index, a StatefulSet pod's index, ...; `0` for a lone pod)."""
 STATUS = PREFIX + "status"
 """Set by the operator (`injected`); never set by users."""
+IMAGES = PREFIX + "images"
+"""Set by the operator once the kubelet reports the pod's imageIDs: JSON, container name →
+imageID (with its digest). The sidecar records it in the replica's metadata; never set by users."""
 
 ANNOTATIONS = (
     SAVE, IGNORE, RUN, PROJECT, RESTORE, RESTORE_FROM, RESTORE_STRICT, RESTORE_REPLICAS,
-    STORE, RUN_DIR, VOLUME, CONTAINERS, COMPLETE_MARKER, TEMP_NAMES, REPLICA, STATUS,
+    STORE, RUN_DIR, VOLUME, CONTAINERS, COMPLETE_MARKER, TEMP_NAMES, REPLICA, STATUS, IMAGES,
 )
 
 STATUS_INJECTED = "injected"
@@ -74,6 +77,11 @@ allocatable memory when no limit is set): the sidecar sizes its transfer buffers
 ENV_IGNORE_GLOBS = "RUNSYNC_IGNORE_GLOBS"
 """The SDK's embedded mode (not a pod): comma-separated globs never uploaded, as W&B's
 `WANDB_IGNORE_GLOBS` (in a pod the `runsync.dev/ignore` annotation says it)."""
+ENV_POD_NAME = "RUNSYNC_POD_NAME"
+ENV_POD_NAMESPACE = "RUNSYNC_POD_NAMESPACE"
+ENV_POD_UID = "RUNSYNC_POD_UID"
+ENV_NODE_NAME = "RUNSYNC_NODE_NAME"
+"""The pod's name, namespace, uid and node (downward API), recorded in the replica's metadata."""
 ENV_METRICS = "RUNSYNC_METRICS_ADDR"
 """HOST:PORT of the sidecar's /metrics, /healthz and /readyz."""
 ENV_SSE = "RUNSYNC_SSE"

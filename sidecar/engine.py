@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import config, keys, lease, manifest, plan, services, statedir, status, tasks, transfer, unreadable, watch
+from . import config, keys, lease, manifest, plan, runmeta, services, statedir, status, tasks, transfer, unreadable, watch
 from .committer import Committer
 from .ending import Ending
 from .errors import InputError
@@ -41,7 +41,8 @@ class Engine:
     def __init__(self, run_dir: str | Path, layout: keys.Layout, s3, transfers: transfer.Transfers,
                  metrics: Metrics, settings: Settings = Settings(), annotations_file: str | None = None,
                  clock: Callable[[], float] = time.time, holder: str | None = None,
-                 skipped: unreadable.Unreadable | None = None, base: config.RunConfig | None = None):
+                 skipped: unreadable.Unreadable | None = None, base: config.RunConfig | None = None,
+                 facts: runmeta.Facts | None = None):
         self.root = os.path.abspath(run_dir)
         self.skipped = skipped or unreadable.Unreadable(self.root, metrics)
         """Files and dirs the sidecar may not read: named once, counted, never retried."""
@@ -62,7 +63,8 @@ class Engine:
                                self.flushes, self.books, self.rules, metrics, clock)
         self.transfers = transfers
         self.committer = Committer(s3, layout, transfers, self.state, metrics, self.post,
-                                   holder, settings.grace + lease.DEFAULT_TTL, settings.commit_interval, backoff)
+                                   holder, settings.grace + lease.DEFAULT_TTL, settings.commit_interval, backoff,
+                                   meta=runmeta.Recorder(s3, layout, facts) if facts else None)
 
         self.loaded = False
         self.rules.mark(self.books.durable)

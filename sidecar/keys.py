@@ -5,6 +5,7 @@
     <prefix>/<namespace>/<project>/<run>/<replica>/lease.json
     <prefix>/<namespace>/<project>/<run>/<replica>/sse-check      (empty; encryption.check)
     <prefix>/<namespace>/.sse-check                              (empty; the operator's Store check)
+    <prefix>/<namespace>/<project>/<run>/<replica>/replica.json
     <prefix>/<namespace>/<project>/<run>/run.json
     <prefix>/<namespace>/<project>/<run>/code/git.json, code/diff.patch
 
@@ -169,6 +170,9 @@ class Layout:
     def sse_check_key(self) -> str:
         """The object a writer puts and HEADs at start to see its server-side encryption applied."""
         return f"{self.replica_prefix}sse-check"
+    def replica_metadata_key(self) -> str:
+        """The replica's own metadata (runmeta): pod, node, images, start, end, status."""
+        return f"{self.replica_prefix}replica.json"
 
     @property
     def run_metadata_key(self) -> str:

@@ -29,7 +29,7 @@ import urllib.request
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import CollectorRegistry
 
-from . import api, config, contract, engine, keys, logs, messages, statedir, transfer, unreadable, watch
+from . import api, config, contract, engine, keys, logs, messages, runmeta, statedir, transfer, unreadable, watch
 from .errors import InputError
 from .logs import log
 from .metrics import Metrics
@@ -97,7 +97,8 @@ class Wired:
 
 
 def wire(run_dir: str, layout: keys.Layout, settings: Settings, annotations: str | None,
-         holder: str, sizes: transfer.Settings = transfer.Settings(), base: config.RunConfig | None = None) -> Wired:
+         holder: str, sizes: transfer.Settings = transfer.Settings(), base: config.RunConfig | None = None,
+         facts: runmeta.Facts | None = None) -> Wired:
     s3 = transfer.client()
     transfer.check_encryption(s3, layout)
     registry = CollectorRegistry()
@@ -107,7 +108,8 @@ def wire(run_dir: str, layout: keys.Layout, settings: Settings, annotations: str
     core: engine.Engine | None = None
     watcher = watch.Watcher(run_dir, lambda ev: core.post(ev), on_unwatchable=skipped.report)
     core = engine.Engine(run_dir, layout, s3, transfer.Transfers(s3, layout.store, sizes), metrics,
-                         settings, annotations_file=annotations, holder=holder, skipped=skipped, base=base)
+                         settings, annotations_file=annotations, holder=holder, skipped=skipped, base=base,
+                         facts=facts or runmeta.Facts(writer=holder, annotations=annotations))
     thread = threading.Thread(target=_watch, args=(watcher,), name="watcher", daemon=True)
     thread.start()
     return Wired(core, watcher, registry, thread)
@@ -139,7 +141,7 @@ def run(settings: Settings | None = None, env=os.environ) -> int:
     settings = dataclasses.replace(settings or Settings(), grace=pod.grace)
     sizes = transfer.Settings().within(pod.memory_limit)  # the kubelet kills the container over its limit
     wired = wire(pod.run_dir, keys.Layout(pod.store, pod.run, pod.replica), settings, pod.annotations, pod.holder,
-                 sizes)
+                 sizes, runmeta.Facts.from_env(env, writer=f"sidecar@{pod.holder}"))
     core = wired.engine
     api_server = api.serve_api(pod.api, core.post, wired.watcher.fence)
     metrics_server = api.serve_metrics(

@@ -8,7 +8,7 @@ import json
 import os
 from collections.abc import Callable
 
-from . import globs, keys, restorer, statedir, transfer
+from . import globs, keys, restorer, runmeta, statedir, transfer
 
 
 def answer(reply: concurrent.futures.Future, fn: Callable[[], dict]) -> None:
@@ -34,6 +34,7 @@ def store_code(s3, layout: keys.Layout, state: statedir.StateDir, payload: dict)
             s3.put_object(Bucket=layout.store.bucket, Key=layout.code_key(name), Body=body)
     except Exception as err:  # noqa: BLE001 - every failure becomes one StoreError
         raise transfer.describe(err, layout.store, s3) from None
+    runmeta.record_code(s3, layout, payload["git"])  # run.json names the commit and the patch's key
     return {"stored": True}
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import config, globs, keys, lease, manifest, plan, transfer, watch
+from . import config, globs, keys, lease, manifest, plan, runmeta, transfer, watch
 from .errors import StoreError
 from .logs import log
 
@@ -156,6 +156,7 @@ def _commit(s3, layout, durable, changes) -> manifest.Manifest:
                          take_live=False)
     committed = manifest.commit_next(s3, layout, durable, changes, final=True, writer=holder,
                                      epoch=held.lease.epoch)
+    runmeta.Recorder(s3, layout, runmeta.Facts(writer=holder)).once(committed)  # under the lease
     lease.renew(s3, layout, held, state="released")
     return committed
 

@@ -281,7 +281,8 @@ def test_operator_runs_restricted_and_rbac_is_least_privilege(helm):
     needed = {("runsync.dev", "stores", v) for v in ("get", "list", "watch", "patch")} | \
         {("runsync.dev", "stores/status", "get"), ("runsync.dev", "stores/status", "patch"),
          ("", "events", "create"), ("events.k8s.io", "events", "create")} | \
-        {("batch", "cronjobs", v) for v in ("get", "create", "update", "delete")}  # each Store's gc CronJob
+        {("batch", "cronjobs", v) for v in ("get", "create", "update", "delete")} | \
+        {("", "pods", v) for v in ("list", "watch", "patch")}  # gc CronJobs; injected pods' image digests
     assert granted == needed
     no_secrets = render(helm, ["--set", "storeHealth.readSecrets=false"])
     (role,) = [r for r in by_kind(no_secrets, "ClusterRole") if r["metadata"]["name"] == "rs-runsync"]

@@ -128,11 +128,12 @@ def test_invalid(annotation, value, fragments):
 
 def test_every_annotation_has_a_table_row():
     covered = {row[0] for row in VALID} | {row[0] for row in INVALID}
-    assert set(contract.ANNOTATIONS) - {contract.STATUS} <= covered
+    assert set(contract.ANNOTATIONS) - {contract.STATUS, contract.IMAGES} <= covered
 
 
 def test_status_marker_and_foreign_annotations_are_ignored():
-    cfg = config.parse({contract.STATUS: "injected", "example.com/x": "../..", "runsync.dev": "x"})
+    cfg = config.parse({contract.STATUS: "injected", "example.com/x": "../..", "runsync.dev": "x",
+                        contract.IMAGES: '{"trainer": "python@sha256:ab"}'})  # the operator's, not configuration
     assert cfg == config.RunConfig()
 
 

@@ -2,8 +2,9 @@
 
 - `ApiStub`: a tiny aiohttp server on loopback that answers API discovery and list/watch/patch
   of given Store objects: a patch (kopf's finalizer, the Ready status) is applied and sent to
-  the watchers, so kopf's index fills and its handlers run as in a cluster. CronJobs (a
-  Store's gc schedule) are kept: create, get, replace, delete. Events are echoed
+  the watchers, so kopf's index fills and its handlers run as in a cluster. Pods the same way
+  (`put_pod` plays the kubelet reporting a pod's status; the label selector is honoured). CronJobs
+  (a Store's gc schedule) are kept: create, get, replace, delete. Events are echoed
   and dropped. Every request is recorded (what RBAC must allow). No kube-apiserver can run here.
 - `Operator`: `runsync operator` (that is, `kopf run`) as a process, serving real HTTPS
   AdmissionReviews with a trustme certificate.
@@ -49,7 +50,9 @@ class ApiStub:
         self.port = ports.free_ports(1)[0]
         self.loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
-        self._watches: set[asyncio.Queue] = set()
+        self._watches: dict[str, set[asyncio.Queue]] = {"stores": set(), "pods": set()}
+        self.pods: dict[tuple[str, str], dict] = {}
+        """(namespace, name) → Pod, as `put_pod` left it and the operator patched it."""
         self.requests: list[tuple[str, str, str]] = []
         """(method, path, body) of every request the operator made: what its RBAC must allow."""
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -81,6 +84,8 @@ class ApiStub:
             "kind": "APIResourceList", "groupVersion": GROUP_VERSION,
             "resources": [_res("stores", "Store", True), _res("stores/status", "Store", True)]}))
         app.router.add_get(f"/apis/{GROUP_VERSION}/stores", self._stores)
+        app.router.add_get("/api/v1/pods", self._pods)
+        app.router.add_patch("/api/v1/namespaces/{ns}/pods/{name}", self._patch_pod)
         app.router.add_get("/api/v1/namespaces/{ns}/secrets/{name}", self._secret)
         app.router.add_patch(f"/apis/{GROUP_VERSION}/namespaces/{{ns}}/stores/{{name}}", self._patch_store)
         app.router.add_patch(f"/apis/{GROUP_VERSION}/namespaces/{{ns}}/stores/{{name}}/status", self._patch_store)
@@ -95,11 +100,21 @@ class ApiStub:
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
     async def _stores(self, request: web.Request):
+        return await self._collection(request, "stores", list(self.stores.values()), GROUP_VERSION, "StoreList")
+
+    async def _pods(self, request: web.Request):
+        selector = dict(p.split("=", 1) for p in request.query.get("labelSelector", "").split(",") if "=" in p)
+        chosen = [p for p in self.pods.values() if _selected(p, selector)]
+        return await self._collection(request, "pods", chosen, "v1", "PodList", selector)
+
+    async def _collection(self, request: web.Request, what: str, items: list[dict], api_version: str, kind: str,
+                          selector: dict[str, str] | None = None):
         if request.query.get("watch") in ("true", "1"):
             response = web.StreamResponse()
             await response.prepare(request)
             queue: asyncio.Queue = asyncio.Queue()
-            self._watches.add(queue)
+            queue.selector = selector or {}
+            self._watches[what].add(queue)
             try:
                 deadline = self.loop.time() + float(request.query.get("timeoutSeconds", "60"))
                 while (left := deadline - self.loop.time()) > 0:
@@ -113,11 +128,40 @@ class ApiStub:
             except (asyncio.CancelledError, ConnectionResetError):
                 pass
             finally:
-                self._watches.discard(queue)
+                self._watches[what].discard(queue)
             return response
-        return web.json_response({"apiVersion": GROUP_VERSION, "kind": "StoreList",
-                                  "metadata": {"resourceVersion": str(self.version)},
-                                  "items": list(self.stores.values())})
+        return web.json_response({"apiVersion": api_version, "kind": kind,
+                                  "metadata": {"resourceVersion": str(self.version)}, "items": items})
+
+    def _send(self, what: str, kind: str, obj: dict) -> None:
+        for queue in self._watches[what]:
+            if _selected(obj, queue.selector):
+                queue.put_nowait({"type": kind, "object": json.loads(json.dumps(obj))})
+
+    def put_pod(self, pod: dict) -> None:
+        """Add or replace a pod (its status as a kubelet reports it); watchers see it."""
+        async def put() -> None:
+            key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
+            kind = "MODIFIED" if key in self.pods else "ADDED"
+            self.version += 1
+            obj = json.loads(json.dumps(pod))
+            obj["metadata"]["resourceVersion"] = str(self.version)
+            obj["metadata"].setdefault("uid", str(uuid.uuid4()))
+            self.pods[key] = obj
+            self._send("pods", kind, obj)
+        asyncio.run_coroutine_threadsafe(put(), self.loop).result(10)
+
+    async def _patch_pod(self, request: web.Request):
+        obj = self.pods.get((request.match_info["ns"], request.match_info["name"]))
+        if obj is None:
+            return web.json_response({"kind": "Status", "code": 404}, status=404)
+        patched = _merge(obj, json.loads(await request.read() or b"{}"))
+        self.version += 1
+        patched["metadata"]["resourceVersion"] = str(self.version)
+        obj.clear()
+        obj.update(patched)
+        self._send("pods", "MODIFIED", obj)
+        return web.json_response(obj)
 
     async def _secret(self, request: web.Request):
         data = self.secrets.get((request.match_info["ns"], request.match_info["name"]))
@@ -147,8 +191,7 @@ class ApiStub:
         patched["metadata"]["resourceVersion"] = str(self.version)
         obj.clear()
         obj.update(patched)
-        for queue in self._watches:
-            queue.put_nowait({"type": "MODIFIED", "object": json.loads(json.dumps(obj))})
+        self._send("stores", "MODIFIED", obj)
         return web.json_response(obj)
 
     async def _create_cronjob(self, request: web.Request):
@@ -182,8 +225,7 @@ class ApiStub:
             current["spec"] = json.loads(json.dumps(obj["spec"]))
             self.version += 1
             current["metadata"]["resourceVersion"] = str(self.version)
-            for queue in self._watches:
-                queue.put_nowait({"type": "MODIFIED", "object": json.loads(json.dumps(current))})
+            self._send("stores", "MODIFIED", current)
         self.loop.call_soon_threadsafe(change)
 
     async def _echo(self, request: web.Request):
@@ -205,7 +247,7 @@ class ApiStub:
         return path
 
     async def _shutdown(self) -> None:
-        for queue in list(self._watches):  # end the watch streams, then the server
+        for queue in [q for qs in self._watches.values() for q in qs]:  # end the watch streams, then the server
             queue.put_nowait(None)
         if self._runner is not None:
             await self._runner.cleanup()
@@ -230,6 +272,11 @@ def _merge(target, patch):
         else:
             out[k] = _merge(out.get(k), v)
     return out
+
+
+def _selected(obj: dict, selector: dict[str, str] | None) -> bool:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in (selector or {}).items())
 
 
 def _res(name: str, kind: str, namespaced: bool) -> dict:

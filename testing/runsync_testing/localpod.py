@@ -61,10 +61,26 @@ class LocalPod:
                 kubelet.apply_fs_group(local, pod_sc["fsGroup"], pod_sc.get("fsGroupChangePolicy", "Always"))
             self.paths[v["name"]] = str(local)
         self.secrets = secrets
+        meta = patched["metadata"]
+        self.fields = {"metadata.name": meta["name"], "metadata.namespace": meta.get("namespace", "default"),
+                       "metadata.uid": meta.get("uid") or "00000000-0000-4000-8000-000000000000",
+                       "spec.nodeName": spec.get("nodeName") or "local-node"}
+        """The downward API's fieldRefs, as the kubelet resolves them (this machine is the node)."""
         self.ports: dict[str, str] = {}
         """A pod has its own network namespace, so its fixed loopback ports never clash with
         another pod's; here every pod shares the host's: each `127.0.0.1:PORT` in the pod's env
         is mapped to a free port of its own, the same in all of its containers."""
+
+    def update_annotations(self, annotations: dict[str, str]) -> None:
+        """The pod's annotations changed (`kubectl annotate`, the operator): the kubelet rewrites
+        the downward-API file, swapped in atomically."""
+        for v in self.pod["spec"]["volumes"]:
+            for item in (v.get("downwardAPI") or {}).get("items", ()):
+                path = Path(self.paths[v["name"]]) / item["path"]
+                tmp = path.with_name(f".{path.name}.tmp")
+                tmp.write_text(downward.format_annotations_file(annotations))
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, path)
 
     def _port(self, value: str) -> str:
         host, sep, port = value.rpartition(":")
@@ -99,8 +115,8 @@ class LocalPod:
             elif "secretKeyRef" in e["valueFrom"]:
                 ref = e["valueFrom"]["secretKeyRef"]
                 env[e["name"]] = self.secrets[ref["name"]][ref["key"]]
-            elif e["valueFrom"].get("fieldRef", {}).get("fieldPath") == "metadata.name":
-                env[e["name"]] = self.pod["metadata"]["name"]
+            elif e["valueFrom"].get("fieldRef", {}).get("fieldPath") in self.fields:
+                env[e["name"]] = self.fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
             elif e["valueFrom"].get("resourceFieldRef", {}).get("resource") == "limits.memory":
                 # as the kubelet: the limit in bytes, else the node's allocatable memory
                 limit = ((container.get("resources") or {}).get("limits") or {}).get("memory")

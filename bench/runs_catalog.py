@@ -1,0 +1,104 @@
+"""`runsync runs NS` over many runs: from run.json (one GET per run) against the manifests path
+that runs written before run.json still take (a LIST of replicas, a LIST of manifests, GETs and a
+parse of the latest manifest per replica).
+
+    .venv/bin/python bench/runs_catalog.py [--runs 1000] [--files 50]
+
+One local SeaweedFS; namespace `legacy` holds N runs with manifests only, namespace `meta` the
+same N runs with their run.json too. Each is listed three times, in this process (requests
+counted through botocore's events) and as the CLI (`runsync runs NS`, start-up included);
+medians are printed as a Markdown table. A number of one machine, not an assertion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import boto3
+
+from runsync import catalog, keys, manifest, runmeta, transfer
+from runsync_testing import locals3
+
+RUNSYNC = str(Path(sys.executable).with_name("runsync"))
+
+
+def populate(s3, store: keys.StoreURL, namespace: str, runs: int, files: int, with_meta: bool) -> None:
+    def one(i: int) -> None:
+        layout = keys.Layout(store, keys.RunPath(namespace, "proj", f"run-{i:05d}"), "0")
+        entries = [manifest.FileEntry(f"ckpt/shard-{j}.pt", layout.file_key(f"ckpt/shard-{j}.pt", f"{j:064x}"),
+                                      1 << 20, 0, f"{j:064x}", "live") for j in range(files)]
+        m = manifest.commit(s3, layout, None, entries, final=True, writer="bench", seq=1)
+        if with_meta:
+            recorder = runmeta.Recorder(s3, layout, runmeta.Facts(writer="bench"))
+            recorder.started(m)
+            recorder.ended(m)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(one, range(runs)))
+
+
+def in_process(s3, store: keys.StoreURL, namespace: str) -> tuple[float, dict[str, int], int]:
+    counts: collections.Counter = collections.Counter()
+    handler = lambda model, **_: counts.update([model.name])  # noqa: E731
+    s3.meta.events.register("before-call.s3", handler)
+    try:
+        started = time.perf_counter()
+        found = catalog.runs(s3, store, namespace)
+        return time.perf_counter() - started, dict(counts), len(found)
+    finally:
+        s3.meta.events.unregister("before-call.s3", handler)
+
+
+def cli(env: dict[str, str], namespace: str) -> float:
+    started = time.perf_counter()
+    subprocess.run([RUNSYNC, "runs", namespace, "--json"], env=env, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--files", type=int, default=50, help="files in each run's manifest")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    server = locals3.start()
+    try:
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNSYNC_"))},
+               **server.env(), "RUNSYNC_STORE": "s3://bench-runs/runs"}
+        os.environ.update(server.env())
+        boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
+                     aws_access_key_id=server.credentials.access_key,
+                     aws_secret_access_key=server.credentials.secret_key).create_bucket(Bucket="bench-runs")
+        s3 = transfer.client()
+        store = keys.StoreURL.parse(env["RUNSYNC_STORE"])
+        started = time.perf_counter()
+        populate(s3, store, "legacy", args.runs, args.files, with_meta=False)
+        populate(s3, store, "meta", args.runs, args.files, with_meta=True)
+        print(f"populated 2 x {args.runs} runs in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        rows = []
+        for namespace, label in (("legacy", "manifests (before run.json)"), ("meta", "run.json")):
+            timings = [in_process(s3, store, namespace) for _ in range(args.repeat)]
+            seconds = statistics.median(t for t, _, _ in timings)
+            requests = timings[0][1]
+            assert all(n == args.runs for _, _, n in timings), timings
+            cli_seconds = statistics.median(cli(env, namespace) for _ in range(args.repeat))
+            per_run = sum(requests.values()) / args.runs
+            rows.append(f"| {label} | {args.runs} | {seconds:.2f} | {cli_seconds:.2f} | {per_run:.2f} | "
+                        + ", ".join(f"{k} {v}" for k, v in sorted(requests.items())) + " |")
+        print("| source | runs | in process (s, median) | `runsync runs` CLI (s, median) | requests per run | requests |")
+        print("|---|---|---|---|---|---|")
+        print("\n".join(rows))
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
