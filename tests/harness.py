@@ -176,6 +176,13 @@ class Store:
         return sorted(out, key=lambda m: m.seq)
 
 
+def git(cwd, *args: str) -> str:
+    """Run git in `cwd` as a test author; its stdout, stripped."""
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@x"}
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, env=env).stdout.decode().strip()
+
+
 def wait_for(predicate, timeout: float = 20, interval: float = 0.1, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

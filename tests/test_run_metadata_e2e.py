@@ -15,7 +15,7 @@ import urllib.parse
 
 import pytest
 
-from harness import Store, wait_for
+from harness import Store, git, wait_for
 from runsync import contract, keys, runmeta
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
@@ -138,12 +138,6 @@ EMBEDDED = textwrap.dedent('''
     sys.stdin.readline()
     runsync.finish()
 ''')
-
-
-def git(cwd, *args):
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
-                        "GIT_COMMITTER_EMAIL": "t@x"})
 
 
 def test_the_sdks_embedded_engine_writes_run_json_with_the_code_state(tmp_path, s3_env):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Store, wait_for
+from harness import Store, git, wait_for
 from runsync import contract
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
@@ -137,12 +137,6 @@ def test_save_outside_the_run_dir(sidecars, store, tmp_path):
     assert store.read(store.files()["cfg/model.yaml"].key) == b"layers: 12"
     assert lines[1].startswith("live refused:") and "outside the run dir" in lines[1] and "policy='now'" in lines[1]
     assert lines[2].startswith("end refused:")
-
-
-def git(cwd, *args):
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
-                        "GIT_COMMITTER_EMAIL": "t@x"})
 
 
 def test_code_state_round_trip(tmp_path, s3_env):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Store
+from harness import Store, git
 from runsync import contract
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
@@ -40,12 +40,6 @@ INIT = textwrap.dedent('''
     runsync.finish()
     print("finished")
 ''')
-
-
-def git(cwd, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@x"}
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, env=env).stdout.decode().strip()
 
 
 def make_repo(path: Path, remote: str | None = None) -> Path:
