@@ -159,12 +159,16 @@ def replica(r: Replica, policy: Policy, now: float) -> Decision:
         if o.key in named or young(o.key):
             out.kept_objects += 1
             out.kept_bytes += o.size
+        elif r.held:
+            # A live writer may commit any of its objects at any moment: an upload not committed yet
+            # (a dir waits for its marker), or an old version it finds stored again (same name, same
+            # content: format 1 reuses it after a HEAD, so min-age cannot protect it). They go once
+            # the writer is gone.
+            out.kept_objects += 1
+            out.kept_bytes += o.size
         elif o.key in only_in:
             seqs = ", ".join(str(s) for s in sorted(only_in[o.key]))
             out.drops.append(Drop(o.key, o.size, f"named only by dropped manifests {seqs}"))
-        elif r.held:
-            out.kept_objects += 1  # a live writer may commit it any moment (a dir waits for its marker)
-            out.kept_bytes += o.size
         else:
             out.drops.append(Drop(o.key, o.size, "named by no manifest (an upload never committed)", "uncommitted"))
     return out

@@ -54,12 +54,14 @@ CASES = [
         {"files/orphan~1": "named by no manifest"},
         id="orphans-by-age"),
     pytest.param(
-        # a live writer's replica: its never-committed uploads stay, however old
+        # a live writer's replica: old manifests go; its objects stay, however old: its
+        # never-committed uploads, and the versions only dropped manifests named (it may find one
+        # stored again, same name and content, and commit it any moment)
         replica([m(1, OLD), m(2, OLD), obj("files/a~1", OLD), obj("files/a~2", OLD), obj("files/shard~1", OLD)],
                 [version(1, "a~1"), version(2, "a~2")], held=True),
         retention.Policy(keep=1, min_age=HOUR),
-        {"manifests/000000000001.json": "older than the newest 1", "files/a~1": "only by dropped manifests 1"},
-        id="held-lease-keeps-uncommitted"),
+        {"manifests/000000000001.json": "older than the newest 1"},
+        id="held-lease-keeps-its-objects"),
     pytest.param(
         # a fenced-off writer's manifest (below the newest valid) is never read: it goes
         replica([m(1, OLD), m(2, OLD), m(3, OLD), obj("files/a~1", OLD), obj("files/z~9", OLD)],
