@@ -361,7 +361,7 @@ class _progress:
 def _metadata_header(run: str, meta: dict | None) -> list[str]:
     """`runsync ls`'s first lines: the run's status, times, replicas and code state (run.json)."""
     if not meta or not meta.get("replicas"):
-        return [f"run {run}: no run.json (written before run metadata, or by runsync sync); files below"]
+        return [f"run {run}: no run.json entries (a run written before run metadata); files below"]
     when = lambda t: _time(t) if t else "-"  # noqa: E731
     lines = [f"run {run}: {meta.get('status')}  started {when(meta.get('created'))}  "
              f"updated {when(meta.get('updated'))}  ended {when(meta.get('ended'))}"]

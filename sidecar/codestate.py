@@ -148,7 +148,8 @@ def _check_patch(root: Path, state: CodeState, branch: str) -> tuple[str, ...]:
         saved.write_bytes(state.diff)
         error = " ".join(check.stderr.decode(errors="replace").split())
         raise RunsyncError(f"the recorded diff does not apply on commit {state.commit[:12]} ({error}); nothing was "
-                           f"changed; fix: apply what applies with: cd {root} && git apply --reject {saved}")
+                           f"changed; fix: apply what applies on that commit with: cd {root} && git checkout -b {branch} "
+                           f"{state.commit[:12]} && git apply --reject {saved}")
     stat = _run(root, "apply", "--numstat", "-", data=state.diff)  # added, deleted, path per file
     return tuple(line.split("\t", 2)[2] for line in stat.stdout.decode(errors="replace").splitlines()
                  if line.count("\t") >= 2)

@@ -176,7 +176,12 @@ def history(client, layout: keys.Layout) -> Iterator[Manifest]:
     current, _ = lease.read(client, layout)
     for seq in sorted(seqs(client, layout), reverse=True):
         key = layout.manifest_key(seq)
-        body = client.get_object(Bucket=layout.store.bucket, Key=key)["Body"].read()
+        try:
+            body = client.get_object(Bucket=layout.store.bucket, Key=key)["Body"].read()
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                continue  # listed, then dropped by `runsync gc` (an old manifest): walk on
+            raise
         m = Manifest.from_json(body, layout, f"s3://{layout.store.bucket}/{key}")
         if current is None or m.epoch == current.owner_of(seq):
             yield m

@@ -40,7 +40,8 @@ def resolve(name: str, run, run_path: str | None, root: str | None) -> tuple[str
     return name, run_path, Path(os.path.abspath(root if root is not None else run.dir))
 
 
-def restore(name: str, run_path: str, dest: str, replace: bool, store: keys.StoreURL | None = None) -> dict:
+def restore(name: str, run_path: str, dest: str, replace: bool, store: keys.StoreURL | None = None,
+            replica: str = contract.DEFAULT_REPLICA) -> dict:
     """Restore the stored name `name` of `run_path` (`NAMESPACE/PROJECT/RUN`) into `dest`; the
     result of services.restore (`files` is empty when the run never committed that name)."""
     if store is None:
@@ -49,6 +50,6 @@ def restore(name: str, run_path: str, dest: str, replace: bool, store: keys.Stor
             raise InputError(f"runsync.restore({name!r}, run_path={run_path!r}) needs a store: set "
                              f"{contract.ENV_STORE}=s3://BUCKET/PREFIX (and the AWS variables), or call runsync.init first")
         store = keys.StoreURL.parse(text)
-    layout = keys.Layout(store, keys.RunPath.parse(run_path), contract.DEFAULT_REPLICA)
+    layout = keys.Layout(store, keys.RunPath.parse(run_path), replica)
     return services.restore(transfer.client(), layout, dest, config.RunConfig().complete_markers,
                             {"name": name, "replace": replace})

@@ -297,7 +297,8 @@ def restore(name: str, run_path: str | None = None, replace: bool = False, root:
                          "pass a root under runsync.run.dir")
     else:  # embedded: this process holds the credentials, so it writes anywhere
         namespace, _, own = backend.run.path.partition("/")
-        result = restore_here.restore(name, f"{namespace}/{run_path or own}", str(base), replace, store=backend.store)
+        result = restore_here.restore(name, f"{namespace}/{run_path or own}", str(base), replace, store=backend.store,
+                                      replica=backend.layout.replica)
     if not result.get("files"):
         raise RestoreNotFound(f"{name!r} is not among the committed files of {result.get('run', run_path)}")
     for line in result.get("looked_back", ()):  # say which manifest an older version came from

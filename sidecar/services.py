@@ -34,6 +34,8 @@ def store_code(s3, layout: keys.Layout, state: statedir.StateDir, payload: dict)
             s3.put_object(Bucket=layout.store.bucket, Key=layout.code_key(name), Body=body)
     except Exception as err:  # noqa: BLE001 - every failure becomes one StoreError
         raise transfer.describe(err, layout.store, s3) from None
+    if payload.get("diff_file"):
+        state.drop_code_patch(str(payload["diff_file"]))  # only once stored: a store error keeps it for a retry
     runmeta.record_code(s3, layout, payload["git"])  # run.json names the commit and the patch's key
     return {"stored": True}
 

@@ -78,8 +78,8 @@ class StateDir:
         return name
 
     def take_code_patch(self, name: str) -> bytes:
-        """The sidecar's side: the patch the SDK put there, read and removed. Only such a file:
-        the API cannot be made to read anything else of the pod."""
+        """The sidecar's side: the patch the SDK put there (removed by `drop_code_patch` once
+        stored). Only such a file: the API cannot be made to read anything else of the pod."""
         if not _CODE_PATCH.fullmatch(name):
             raise InputError(f"diff_file {name!r} is not a patch the SDK wrote (diff-<16 hex>.patch)")
         path = self.path / CODE / name
@@ -88,8 +88,11 @@ class StateDir:
         except OSError as err:
             raise InputError(f"cannot read the code patch {path} ({err.strerror}); fix: the trainer and the "
                              "sidecar must share the run dir and be able to read each other's files") from None
-        path.unlink(missing_ok=True)
         return data
+
+    def drop_code_patch(self, name: str) -> None:
+        if _CODE_PATCH.fullmatch(name):
+            (self.path / CODE / name).unlink(missing_ok=True)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
