@@ -12,13 +12,16 @@
   includes making (or reusing) its S3 client;
 - with `--profile`, cProfile's top lines of one restore-init (py-spy is not installed here).
 
-Medians of `--repeat` runs. `--save` writes the numbers as JSON; `--compare` prints them beside
-an earlier `--save` (before/after). No test asserts a time; tests/test_bench.py only runs it.
+Medians of `--repeat` runs. `--before TREE` (a checkout of an older commit, e.g. `git worktree
+add .before main`) measures that code too, each run of it next to a run of this one, so both
+see the same load: the table is then before/after. `--save` writes the numbers as JSON. No
+test asserts a time.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -27,12 +30,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import uuid
 from pathlib import Path
 
 import boto3
 
-from runsync import contract, keys, sync, transfer
+from runsync import contract, transfer
 from runsync_testing import locals3
 
 BIN = Path(sys.executable).parent
@@ -48,7 +52,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--size", type=int, default=CHECKPOINT, help="bytes of the checkpoint")
     ap.add_argument("--save", type=Path, help="write the results as JSON here")
-    ap.add_argument("--compare", type=Path, help="a --save of an earlier run: print before/after")
+    ap.add_argument("--before", type=Path, help="a checkout of the code to compare with (its repo root)")
     ap.add_argument("--profile", action="store_true", help="also cProfile one restore-init")
     args = ap.parse_args(argv)
 
@@ -61,18 +65,45 @@ def main(argv=None) -> int:
                      aws_secret_access_key=server.credentials.secret_key).create_bucket(Bucket=bucket)
         env[contract.ENV_STORE] = f"s3://{bucket}/runs"
         with tempfile.TemporaryDirectory(prefix="bench-startup-") as work:
-            results = run_all(Path(work), env, args)
+            trees = [Code("after")]
+            if args.before:
+                trees.insert(0, Code.checkout("before", args.before, Path(work) / "before"))
+            results = run_all(Path(work), env, args, trees)
     finally:
         server.stop()
-    results["load_average"] = [round(x, 2) for x in os.getloadavg()]
-    results["cores"] = os.cpu_count()
-    print(report(results, json.loads(args.compare.read_text()) if args.compare else None))
+    print(report(results))
     if args.save:
         args.save.write_text(json.dumps(results, indent=1) + "\n")
     return 0
 
 
-def run_all(work: Path, env: dict[str, str], args) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Code:
+    """The runsync to run: this environment's, or an older checkout put first on PYTHONPATH."""
+
+    label: str
+    path: str = ""
+    """A dir holding `runsync` (a link to the checkout's sidecar/); empty: the installed one."""
+    entry: str = "runsync.launch:main"
+
+    @classmethod
+    def checkout(cls, label: str, root: Path, work: Path) -> "Code":
+        work.mkdir(parents=True)
+        (work / "runsync").symlink_to(root.resolve() / "sidecar")
+        entry = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]["runsync"]
+        return cls(label, str(work), entry)
+
+    def command(self, *args: str, python: tuple[str, ...] = ()) -> list[str]:
+        """`runsync ARGS` as the console script runs it (its entry point), under `python`'s flags."""
+        module, func = self.entry.split(":")
+        script = f"import sys; from {module} import {func} as f; sys.argv[0] = 'runsync'; sys.exit(f())"
+        return [sys.executable, *python, "-c", script, *args]
+
+    def env(self, env: dict[str, str]) -> dict[str, str]:
+        return {**env, "PYTHONPATH": self.path} if self.path else env
+
+
+def run_all(work: Path, env: dict[str, str], args, trees: list["Code"]) -> dict:
     src = work / "src"
     (src / "checkpoints").mkdir(parents=True)
     data = os.urandom(args.size)
@@ -82,19 +113,24 @@ def run_all(work: Path, env: dict[str, str], args) -> dict:
     if up.returncode:
         raise RuntimeError(f"runsync sync failed: {up.stderr}")
 
-    first, total = [], []
+    first: dict[str, list[float]] = {c.label: [] for c in trees}
+    total: dict[str, list[float]] = {c.label: [] for c in trees}
     for i in range(args.repeat):
-        f, t = restore_init(work / f"pod{i}", env, digest)
-        first.append(f)
-        total.append(t)
-    results = {
-        "size": args.size, "repeat": args.repeat,
-        "first_request_s": _stats(first), "restore_s": _stats(total),
-        "imports": imports(work / "imports", env),
-        "sync_call_s": sync_calls(work, env, args.repeat),
-    }
-    if args.profile:
-        results["profile"] = profile(work / "profile", env)
+        for code in trees:  # interleaved: before and after see the same load
+            f, t = restore_init(code, work / f"pod-{code.label}-{i}", env, digest)
+            first[code.label].append(f)
+            total[code.label].append(t)
+    results: dict = {"size": args.size, "repeat": args.repeat, "codes": [c.label for c in trees]}
+    for code in trees:
+        results[code.label] = {
+            "first_request_s": _stats(first[code.label]), "restore_s": _stats(total[code.label]),
+            "imports": imports(code, work / f"imports-{code.label}", env),
+            "sync_call_s": sync_calls(code, work / f"synced-{code.label}", env, args.repeat),
+        }
+        if args.profile:
+            results[code.label]["profile"] = profile(code, work / f"profile-{code.label}", env)
+    results["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    results["cores"] = os.cpu_count()
     return results
 
 
@@ -109,12 +145,12 @@ def _pod_env(run_dir: Path, env: dict[str, str], **more: str) -> dict[str, str]:
                               contract.ENV_HOLDER: "bench-startup"}, **more)  # same holder: the lease is ours, no wait
 
 
-def restore_init(run_dir: Path, env: dict[str, str], digest: str) -> tuple[float, float]:
+def restore_init(code: Code, run_dir: Path, env: dict[str, str], digest: str) -> tuple[float, float]:
     """(start → first request, start → exit) of one `runsync restore-init`, in seconds."""
     probe = run_dir.with_suffix(".probe")
-    pod_env = _pod_env(run_dir, env, **{transfer.BENCH_PROBE: str(probe)})
+    pod_env = code.env(_pod_env(run_dir, env, **{transfer.BENCH_PROBE: str(probe)}))
     t0 = time.time()
-    done = subprocess.run([RUNSYNC, "restore-init"], env=pod_env, capture_output=True, text=True)
+    done = subprocess.run(code.command("restore-init"), env=pod_env, capture_output=True, text=True)
     t1 = time.time()
     if done.returncode:
         raise RuntimeError(f"restore-init exited {done.returncode}: {done.stderr}{done.stdout}")
@@ -124,10 +160,10 @@ def restore_init(run_dir: Path, env: dict[str, str], digest: str) -> tuple[float
     return float(probe.read_text().split()[0]) - t0, t1 - t0
 
 
-def imports(run_dir: Path, env: dict[str, str]) -> dict:
+def imports(code: Code, run_dir: Path, env: dict[str, str]) -> dict:
     """What restore-init imports: its top-level packages by cumulative µs, and the heavy ones present."""
-    done = subprocess.run([sys.executable, "-X", "importtime", RUNSYNC, "restore-init"],
-                          env=_pod_env(run_dir, env), capture_output=True, text=True)
+    done = subprocess.run(code.command("restore-init", python=("-X", "importtime")),
+                          env=code.env(_pod_env(run_dir, env)), capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"restore-init exited {done.returncode}: {done.stderr[-2000:]}")
     top: dict[str, int] = {}
@@ -144,34 +180,37 @@ def imports(run_dir: Path, env: dict[str, str]) -> dict:
             "heavy_loaded": sorted(p for p in HEAVY if p in loaded)}
 
 
-def sync_calls(work: Path, env: dict[str, str], repeat: int) -> dict:
-    """Seconds per `sync()` call of one changed 1 KiB file, in this process (client included)."""
-    run_dir = work / "synced"
+SYNC_CALLS = """
+import json, sys, time
+from pathlib import Path
+from runsync import keys, sync
+run_dir, store, repeat = Path(sys.argv[1]), keys.StoreURL.parse(sys.argv[2]), int(sys.argv[3])
+times = []
+for i in range(repeat + 1):
+    (run_dir / "metrics.json").write_text(json.dumps({"step": i, "pad": "x" * 1000}))
+    t0 = time.perf_counter()
+    sync.sync(run_dir, store, keys.RunPath.parse("bench/p/sync-" + sys.argv[4]))
+    times.append(time.perf_counter() - t0)
+print(json.dumps(times))
+"""
+
+
+def sync_calls(code: Code, run_dir: Path, env: dict[str, str], repeat: int) -> dict:
+    """Seconds per `sync()` call of one changed 1 KiB file, in one process (its S3 client included);
+    the first call, which also imports and loads botocore's models, is reported apart."""
     run_dir.mkdir()
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        store = keys.StoreURL.parse(env[contract.ENV_STORE])
-        run = keys.RunPath.parse("bench/p/sync")
-        times = []
-        for i in range(repeat + 1):  # the first call also loads botocore's models: not counted
-            (run_dir / "metrics.json").write_text(json.dumps({"step": i, "pad": "x" * 1000}))
-            t0 = time.perf_counter()
-            sync.sync(run_dir, store, run)
-            times.append(time.perf_counter() - t0)
-        return {**_stats(times[1:]), "first": round(times[0], 3)}
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    done = subprocess.run([sys.executable, "-c", SYNC_CALLS, str(run_dir), env[contract.ENV_STORE], str(repeat),
+                           code.label], env=code.env(_clean_env(env)), capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"sync() calls failed: {done.stderr[-2000:]}")
+    times = json.loads(done.stdout.splitlines()[-1])
+    return {**_stats(times[1:]), "first": round(times[0], 3)}
 
 
-def profile(run_dir: Path, env: dict[str, str], lines: int = 18) -> list[str]:
+def profile(code: Code, run_dir: Path, env: dict[str, str], lines: int = 18) -> list[str]:
     out = run_dir.with_suffix(".prof")
-    done = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(out), RUNSYNC, "restore-init"],
-                          env=_pod_env(run_dir, env), capture_output=True, text=True)
+    done = subprocess.run(code.command("restore-init", python=("-m", "cProfile", "-o", str(out))),
+                          env=code.env(_pod_env(run_dir, env)), capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"restore-init under cProfile exited {done.returncode}: {done.stderr[-2000:]}")
     import io
@@ -188,26 +227,30 @@ def _stats(xs: list[float]) -> dict:
     return {"median": round(statistics.median(xs), 3), "min": round(min(xs), 3), "max": round(max(xs), 3)}
 
 
-def report(now: dict, before: dict | None) -> str:
+def report(r: dict) -> str:
+    codes = r["codes"]
     rows = [
-        (f"restore-init: start → first S3 request (s, median of {now['repeat']})",
-         lambda r: r["first_request_s"]["median"]),
-        (f"restore-init: start → {r_mb(now)} MB restored, exit (s, median)", lambda r: r["restore_s"]["median"]),
-        ("restore-init: imports, top level (ms, -X importtime)", lambda r: round(r["imports"]["total_us"] / 1000)),
-        ("restore-init imports " + "/".join(HEAVY), lambda r: ", ".join(r["imports"]["heavy_loaded"]) or "none"),
-        ("sync() of one small file, 2nd call on (s, median)", lambda r: r["sync_call_s"]["median"]),
-        ("load average (1, 5, 15 min)", lambda r: " ".join(map(str, r["load_average"]))),
+        (f"restore-init: start → first S3 request (s, median of {r['repeat']})",
+         lambda c: c["first_request_s"]["median"]),
+        (f"restore-init: start → {round(r['size'] / 1e6)} MB restored, exit (s, median)",
+         lambda c: c["restore_s"]["median"]),
+        ("restore-init: imports, top level (ms, -X importtime, one run)",
+         lambda c: round(c["imports"]["total_us"] / 1000)),
+        ("restore-init imports " + "/".join(HEAVY), lambda c: ", ".join(c["imports"]["heavy_loaded"]) or "none"),
+        (f"sync() of one small file, calls 2 to {r['repeat'] + 1} in one process (s, median)",
+         lambda c: c["sync_call_s"]["median"]),
+        ("sync(): its first call in a process (s)", lambda c: c["sync_call_s"]["first"]),
     ]
-    head = ["| | before | after |", "|---|---|---|"] if before else ["| | value |", "|---|---|"]
-    body = [f"| {name} | {get(before)} | {get(now)} |" if before else f"| {name} | {get(now)} |" for name, get in rows]
-    heaviest = ["", "heaviest top-level imports of restore-init (ms, cumulative): " +
-                ", ".join(f"{n} {us / 1000:.0f}" for n, us in now["imports"]["heaviest"])]
-    prof = ["", "cProfile of one restore-init (cumulative):", *now["profile"]] if now.get("profile") else []
-    return "\n".join(head + body + heaviest + prof)
-
-
-def r_mb(r: dict) -> int:
-    return round(r["size"] / 1e6)
+    lines = ["| | " + " | ".join(codes) + " |", "|---|" + "---|" * len(codes)]
+    lines += [f"| {name} | " + " | ".join(str(get(r[c])) for c in codes) + " |" for name, get in rows]
+    lines += ["", f"load average (1, 5, 15 min) at the end: {' '.join(map(str, r['load_average']))}; "
+              f"{r['cores']} cores"]
+    for c in codes:
+        lines += ["", f"{c}: heaviest top-level imports of restore-init (ms, cumulative): " +
+                  ", ".join(f"{n} {us / 1000:.0f}" for n, us in r[c]["imports"]["heaviest"])]
+        if r[c].get("profile"):
+            lines += ["", f"{c}: cProfile of one restore-init (cumulative):", *r[c]["profile"]]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,87 @@
+"""What the pod's own command lines load (issue 17): restore-init gates the trainer's start, and
+the sidecar idles beside it for the whole run. A list of modules, not a timing: Python's
+`-X importtime` (PYTHONPROFILEIMPORTTIME) names every module a process imported."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from harness import RUNSYNC, Sidecar, sha, wait_for
+from runsync import contract
+
+pytestmark = [pytest.mark.s3]
+
+INTERACTIVE = ("rich", "typer", "click", "pydantic", "kopf", "kubernetes")
+"""The CLI's and the operator's packages: neither in-pod role needs one."""
+
+
+def loaded(stderr: str) -> set[str]:
+    """The top-level packages a process imported, from its `-X importtime` lines."""
+    return {line.split("|")[2].strip().split(".")[0] for line in stderr.splitlines()
+            if line.startswith("import time:") and "cumulative" not in line}
+
+
+def test_restore_init_restores_without_the_interactive_cli(cli, tmp_path, s3_env):
+    src = tmp_path / "src"
+    (src / "checkpoints").mkdir(parents=True)
+    data = os.urandom(3 * 1024 * 1024)
+    (src / "checkpoints" / "last.pt").write_bytes(data)
+    assert cli("sync", str(src), "--run", "team-a/proj/run-1").returncode == 0
+
+    run_dir = tmp_path / "pod"
+    run_dir.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNSYNC_"))}
+    env.update(s3_env, PYTHONPROFILEIMPORTTIME="1", **{
+        contract.ENV_DIR: str(run_dir), contract.ENV_RUN_PATH: "team-a/proj/run-1", contract.ENV_HOLDER: "pod-a"})
+    # As the operator's pod runs it: `runsync restore-init`, no options.
+    done = subprocess.run([RUNSYNC, "restore-init"], env=env, capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sha((run_dir / "checkpoints" / "last.pt").read_bytes()) == sha(data)
+    imported = loaded(done.stderr)
+    assert "boto3" in imported and "runsync" in imported  # the list is real
+    assert sorted(imported & {*INTERACTIVE, "prometheus_client"}) == []
+
+
+def test_restore_init_errors_keep_their_line_and_exit_code(tmp_path, s3_env):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNSYNC_"))}
+    env.update(s3_env, **{contract.ENV_DIR: str(tmp_path / "missing"), contract.ENV_RUN_PATH: "team-a/proj/run-1"})
+    done = subprocess.run([RUNSYNC, "restore-init"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"runsync: error: {contract.ENV_DIR}={str(tmp_path / 'missing')!r} is not a "
+                                   "directory; mount the run dir there")
+
+
+def test_the_idle_sidecar_runs_without_the_interactive_cli(tmp_path, s3_env):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("hello")
+    car = Sidecar(run_dir, s3_env, {contract.SAVE: "**:live"}, tmp_path, extra_env={"PYTHONPROFILEIMPORTTIME": "1"})
+    # As the operator's pod runs it: `runsync sidecar`, no options (the harness passes some).
+    car.proc = subprocess.Popen([RUNSYNC, "sidecar"], env=car.env, stdout=open(car.log_path, "ab"),
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        def ready() -> bool:
+            assert car.proc.poll() is None, car.logs()[-3000:]
+            try:
+                return bool(car.status().get("loaded"))
+            except OSError:
+                return False
+        wait_for(ready, timeout=120, what="the sidecar's API")
+        assert car.flush(timeout=60)["durable"]
+        code, _ = car.terminate()
+    finally:
+        car.stop()
+    assert code == 0, car.logs()[-3000:]
+    imported = loaded(car.logs())
+    assert {"boto3", "prometheus_client"} <= imported  # the list is real; metrics are the sidecar's
+    assert sorted(imported & set(INTERACTIVE)) == []
+
+
+def test_interactive_commands_still_go_through_the_cli(cli):
+    done = cli("restore-init", "--help")
+    assert done.returncode == 0
+    assert "Restore the run's files into the run dir" in done.stdout
