@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -85,3 +86,34 @@ def test_interactive_commands_still_go_through_the_cli(cli):
     done = cli("restore-init", "--help")
     assert done.returncode == 0
     assert "Restore the run's files into the run dir" in done.stdout
+
+
+SYNC_THRICE = """
+import sys
+from pathlib import Path
+from runsync import keys, sync
+
+reads = []
+sys.addaudithook(lambda event, args: event == "open" and "service-2.json" in str(args[0]) and reads.append(args[0]))
+run_dir, store = Path(sys.argv[1]), keys.StoreURL.parse(sys.argv[2])
+for step in range(3):
+    (run_dir / "metrics.json").write_text(str(step))
+    report = sync.sync(run_dir, store, keys.RunPath.parse("team-a/proj/script"))
+    print(report.committed.seq, len(report.uploaded))
+print(len(reads))
+"""
+
+
+def test_sync_called_again_in_one_process_reuses_its_s3_client(tmp_path, s3_env):
+    """A script that calls sync() in a loop (the SDK's use): botocore's S3 model, which every new
+    session parses again, is read from disk once."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNSYNC_"))}
+    env.update(s3_env)
+    done = subprocess.run([sys.executable, "-c", SYNC_THRICE, str(run_dir), s3_env[contract.ENV_STORE]],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    *commits, reads = done.stdout.split("\n")[:-1]
+    assert commits == ["1 1", "2 1", "3 1"]  # three syncs, each a new manifest with the changed file
+    assert reads == "1"
