@@ -93,10 +93,13 @@ class Code:
         entry = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]["runsync"]
         return cls(label, str(work), entry)
 
-    def command(self, *args: str, python: tuple[str, ...] = ()) -> list[str]:
-        """`runsync ARGS` as the console script runs it (its entry point), under `python`'s flags."""
+    def command(self, *args: str, python: tuple[str, ...] = (), profile: str = "") -> list[str]:
+        """`runsync ARGS` as the console script runs it (its entry point), under `python`'s flags;
+        with `profile`, under cProfile, its stats written to that file."""
         module, func = self.entry.split(":")
         script = f"import sys; from {module} import {func} as f; sys.argv[0] = 'runsync'; sys.exit(f())"
+        if profile:
+            script = f"import cProfile; cProfile.run({script!r}, {profile!r})"
         return [sys.executable, *python, "-c", script, *args]
 
     def env(self, env: dict[str, str]) -> dict[str, str]:
@@ -209,7 +212,7 @@ def sync_calls(code: Code, run_dir: Path, env: dict[str, str], repeat: int) -> d
 
 def profile(code: Code, run_dir: Path, env: dict[str, str], lines: int = 18) -> list[str]:
     out = run_dir.with_suffix(".prof")
-    done = subprocess.run(code.command("restore-init", python=("-m", "cProfile", "-o", str(out))),
+    done = subprocess.run(code.command("restore-init", profile=str(out)),
                           env=code.env(_pod_env(run_dir, env)), capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"restore-init under cProfile exited {done.returncode}: {done.stderr[-2000:]}")
