@@ -8,6 +8,8 @@
   exit with the file restored and checked;
 - what that process imports (`-X importtime`): its heaviest top-level packages, and whether
   rich, typer, kopf, prometheus_client or awscrt are among them;
+- the floor under it: a process that only imports boto3 and s3transfer, makes a client and
+  lists the bucket, timed the same way;
 - `sync()` in one process, called again and again: seconds per call of a one-file sync, which
   includes making (or reusing) its S3 client;
 - with `--profile`, cProfile's top lines of one restore-init (py-spy is not installed here).
@@ -36,7 +38,7 @@ from pathlib import Path
 
 import boto3
 
-from runsync import contract, transfer
+from runsync import contract, keys, transfer
 from runsync_testing import locals3
 
 BIN = Path(sys.executable).parent
@@ -118,12 +120,15 @@ def run_all(work: Path, env: dict[str, str], args, trees: list["Code"]) -> dict:
 
     first: dict[str, list[float]] = {c.label: [] for c in trees}
     total: dict[str, list[float]] = {c.label: [] for c in trees}
+    floor = []
     for i in range(args.repeat):
         for code in trees:  # interleaved: before and after see the same load
             f, t = restore_init(code, work / f"pod-{code.label}-{i}", env, digest)
             first[code.label].append(f)
             total[code.label].append(t)
-    results: dict = {"size": args.size, "repeat": args.repeat, "codes": [c.label for c in trees]}
+        floor.append(boto3_alone(env))
+    results: dict = {"size": args.size, "repeat": args.repeat, "codes": [c.label for c in trees],
+                     "boto3_first_request_s": _stats(floor)}
     for code in trees:
         results[code.label] = {
             "first_request_s": _stats(first[code.label]), "restore_s": _stats(total[code.label]),
@@ -161,6 +166,25 @@ def restore_init(code: Code, run_dir: Path, env: dict[str, str], digest: str) ->
     if hashlib.sha256(restored.read_bytes()).hexdigest() != digest:
         raise RuntimeError(f"{restored} is not the checkpoint uploaded")
     return float(probe.read_text().split()[0]) - t0, t1 - t0
+
+
+BOTO3_ALONE = """
+import os, time
+import boto3, s3transfer.manager
+s3 = boto3.session.Session().client("s3", region_name=os.environ["AWS_REGION"])
+print(repr(time.time()))
+s3.list_objects_v2(Bucket=os.environ["BUCKET"], MaxKeys=1)
+"""
+
+
+def boto3_alone(env: dict[str, str]) -> float:
+    """Start → first request of a process that only imports boto3 and s3transfer, makes a client
+    and lists the bucket: the floor under restore-init's start-up."""
+    bucket = keys.StoreURL.parse(env[contract.ENV_STORE]).bucket
+    t0 = time.time()
+    done = subprocess.run([sys.executable, "-c", BOTO3_ALONE], env=_clean_env(env, BUCKET=bucket),
+                          capture_output=True, text=True, check=True)
+    return float(done.stdout.split()[0]) - t0
 
 
 def imports(code: Code, run_dir: Path, env: dict[str, str]) -> dict:
@@ -237,6 +261,8 @@ def report(r: dict) -> str:
          lambda c: c["first_request_s"]["median"]),
         (f"restore-init: start → {round(r['size'] / 1e6)} MB restored, exit (s, median)",
          lambda c: c["restore_s"]["median"]),
+        ("the floor: a process that imports boto3 + s3transfer, makes a client, lists (s, median)",
+         lambda c: r["boto3_first_request_s"]["median"]),
         ("restore-init: imports, top level (ms, -X importtime, one run)",
          lambda c: round(c["imports"]["total_us"] / 1000)),
         ("restore-init imports " + "/".join(HEAVY), lambda c: ", ".join(c["imports"]["heavy_loaded"]) or "none"),

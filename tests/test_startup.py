@@ -4,9 +4,11 @@ the sidecar idles beside it for the whole run. A list of modules, not a timing: 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -91,6 +93,7 @@ def test_interactive_commands_still_go_through_the_cli(cli):
 SYNC_THRICE = """
 import sys
 from pathlib import Path
+from pathlib import Path
 from runsync import keys, sync
 
 reads = []
@@ -117,3 +120,14 @@ def test_sync_called_again_in_one_process_reuses_its_s3_client(tmp_path, s3_env)
     *commits, reads = done.stdout.split("\n")[:-1]
     assert commits == ["1 1", "2 1", "3 1"]  # three syncs, each a new manifest with the changed file
     assert reads == "1"
+
+
+def test_the_startup_bench_runs(tmp_path):
+    """bench/startup.py, tiny, so it cannot rot (its numbers are in bench/README.md, not asserted)."""
+    bench = Path(__file__).resolve().parent.parent / "bench" / "startup.py"
+    done = subprocess.run([sys.executable, str(bench), "--repeat", "1", "--size", "1000",
+                           "--save", str(tmp_path / "out.json")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| restore-init: start → first S3 request" in done.stdout
+    saved = json.loads((tmp_path / "out.json").read_text())
+    assert not {"rich", "typer", "prometheus_client"} & set(saved["after"]["imports"]["heavy_loaded"])
