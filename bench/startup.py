@@ -10,6 +10,7 @@
   rich, typer, kopf, prometheus_client or awscrt are among them;
 - the floor under it: a process that only imports boto3 and s3transfer, makes a client and
   lists the bucket, timed the same way;
+- the RSS of an idle `runsync sidecar` (as the operator runs it) once it is ready;
 - `sync()` in one process, called again and again: seconds per call of a one-file sync, which
   includes making (or reusing) its S3 client;
 - with `--profile`, cProfile's top lines of one restore-init (py-spy is not installed here).
@@ -33,13 +34,14 @@ import sys
 import tempfile
 import time
 import tomllib
+import urllib.request
 import uuid
 from pathlib import Path
 
 import boto3
 
 from runsync import contract, keys, transfer
-from runsync_testing import locals3
+from runsync_testing import locals3, ports
 
 BIN = Path(sys.executable).parent
 RUNSYNC = str(BIN / "runsync")
@@ -134,6 +136,8 @@ def run_all(work: Path, env: dict[str, str], args, trees: list["Code"]) -> dict:
             "first_request_s": _stats(first[code.label]), "restore_s": _stats(total[code.label]),
             "imports": imports(code, work / f"imports-{code.label}", env),
             "sync_call_s": sync_calls(code, work / f"synced-{code.label}", env, args.repeat),
+            "idle_sidecar_mib": _stats([idle_sidecar_rss(code, work / f"sidecar-{code.label}-{i}", env)
+                                        for i in range(3)]),
         }
         if args.profile:
             results[code.label]["profile"] = profile(code, work / f"profile-{code.label}", env)
@@ -185,6 +189,34 @@ def boto3_alone(env: dict[str, str]) -> float:
     done = subprocess.run([sys.executable, "-c", BOTO3_ALONE], env=_clean_env(env, BUCKET=bucket),
                           capture_output=True, text=True, check=True)
     return float(done.stdout.split()[0]) - t0
+
+
+def idle_sidecar_rss(code: Code, run_dir: Path, env: dict[str, str]) -> float:
+    """MiB resident of `runsync sidecar` (as the operator runs it) once ready, idle, run dir empty."""
+    annotations = run_dir.with_suffix(".annotations")
+    annotations.write_text('runsync.dev/save="**:live"\n')
+    api, metrics = ports.free_ports(2)
+    pod_env = code.env(_pod_env(run_dir, env, **{
+        contract.ENV_ANNOTATIONS: str(annotations), contract.ENV_API: f"127.0.0.1:{api}",
+        contract.ENV_METRICS: f"127.0.0.1:{metrics}", contract.ENV_GRACE: "5"}))
+    log = run_dir.with_suffix(".log")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(code.command("sidecar"), env=pod_env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        while True:  # a poll for readiness, not a timing
+            if proc.poll() is not None:
+                raise RuntimeError(f"the sidecar exited {proc.returncode}: {log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/readyz", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.1)
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) / 1024
+    finally:
+        proc.terminate()
+        proc.wait(60)
 
 
 def imports(code: Code, run_dir: Path, env: dict[str, str]) -> dict:
@@ -269,6 +301,7 @@ def report(r: dict) -> str:
         (f"sync() of one small file, calls 2 to {r['repeat'] + 1} in one process (s, median)",
          lambda c: c["sync_call_s"]["median"]),
         ("sync(): its first call in a process (s)", lambda c: c["sync_call_s"]["first"]),
+        ("the idle sidecar's RSS once ready (MiB, median of 3)", lambda c: round(c["idle_sidecar_mib"]["median"], 1)),
     ]
     lines = ["| | " + " | ".join(codes) + " |", "|---|" + "---|" * len(codes)]
     lines += [f"| {name} | " + " | ".join(str(get(r[c])) for c in codes) + " |" for name, get in rows]
