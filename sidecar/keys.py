@@ -170,6 +170,8 @@ class Layout:
     def sse_check_key(self) -> str:
         """The object a writer puts and HEADs at start to see its server-side encryption applied."""
         return f"{self.replica_prefix}sse-check"
+
+    @property
     def replica_metadata_key(self) -> str:
         """The replica's own metadata (runmeta): pod, node, images, start, end, status."""
         return f"{self.replica_prefix}replica.json"

@@ -151,7 +151,7 @@ def run(settings: Settings | None = None, env=os.environ) -> int:
     settings = dataclasses.replace(settings or Settings(), grace=pod.grace)
     sizes = transfer.Settings().within(pod.memory_limit)  # the kubelet kills the container over its limit
     wired = wire(pod.run_dir, keys.Layout(pod.store, pod.run, pod.replica), settings, pod.annotations, pod.holder,
-                 sizes, runmeta.Facts.from_env(env, writer=f"sidecar@{pod.holder}"))
+                 sizes, facts=runmeta.Facts.from_env(env, writer=f"sidecar@{pod.holder}"))
     core = wired.engine
     api_server = api.serve_api(pod.api, core.post, wired.watcher.fence)
     metrics_server = api.serve_metrics(
