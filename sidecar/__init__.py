@@ -11,14 +11,19 @@ This package is the sidecar, restore-init, the CLI and the SDK:
 In a pod the sidecar does the work (see sdk.py); elsewhere call `runsync.init(...)` first.
 """
 
-from .sdk import finish, flush, init, restore, save  # noqa: F401 - the SDK's public calls
-
 __version__ = "0.1.0"
+_SDK = ("finish", "flush", "init", "restore", "save")
+"""The SDK's public calls, loaded on first use: `runsync restore-init` and the sidecar import
+this package too, and need none of sdk.py."""
 
 
 def __getattr__(name: str):
-    if name == "run":
+    if name in _SDK or name == "run":
         from . import sdk
 
-        return sdk.__getattr__("run")
+        return sdk.__getattr__("run") if name == "run" else getattr(sdk, name)
     raise AttributeError(name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_SDK, "run"])

@@ -22,12 +22,14 @@ import ipaddress
 import json
 import threading
 from collections.abc import Callable
-
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from typing import TYPE_CHECKING
 
 from . import contract
 from .errors import InputError, RunsyncError
 from .messages import Request
+
+if TYPE_CHECKING:  # restore-init reads parse_addr only; serve_metrics loads prometheus_client
+    from prometheus_client import CollectorRegistry
 
 MAX_BODY = 64 * 1024
 
@@ -157,6 +159,8 @@ def serve_api(addr: tuple[str, int], post: Callable, fence: Callable[[], int]) -
 
 def serve_metrics(addr: tuple[str, int], registry: CollectorRegistry, alive: Callable[[], bool],
                   ready: Callable[[], bool]) -> _Server:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
     def metrics(h: _Handler) -> None:
         h._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
 

@@ -23,17 +23,20 @@ import socket
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
-from prometheus_client import CollectorRegistry
 
-from . import api, config, contract, engine, keys, logs, messages, runmeta, statedir, transfer, unreadable, watch
+from . import api, config, contract, keys, logs, statedir, transfer
 from .errors import InputError
 from .logs import log
-from .metrics import Metrics
 from .settings import Settings
+
+if TYPE_CHECKING:  # restore-init needs none of the sidecar's machinery: wire() loads it
+    from prometheus_client import CollectorRegistry
+
+    from . import engine, runmeta, watch
+    from .metrics import Metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +102,11 @@ class Wired:
 def wire(run_dir: str, layout: keys.Layout, settings: Settings, annotations: str | None,
          holder: str, sizes: transfer.Settings = transfer.Settings(), base: config.RunConfig | None = None,
          facts: runmeta.Facts | None = None) -> Wired:
+    from prometheus_client import CollectorRegistry
+
+    from . import engine, runmeta, unreadable, watch
+    from .metrics import Metrics
+
     s3 = transfer.client()
     transfer.check_encryption(s3, layout)
     registry = CollectorRegistry()
@@ -135,6 +143,8 @@ dir) and files (0664), so a trainer of another UID in the pod's fsGroup can use 
 
 
 def run(settings: Settings | None = None, env=os.environ) -> int:
+    from . import runmeta
+
     pod = PodEnv.read(env)
     os.umask(SHARED_UMASK)
     logs.setup(sys.stdout)
@@ -178,6 +188,8 @@ class Embedded:
     def ask(self, kind: str, payload: dict, timeout: float = 600):
         import concurrent.futures
 
+        from . import messages
+
         reply: concurrent.futures.Future = concurrent.futures.Future()
         self.wired.engine.post(messages.Request(kind, payload, reply))
         return reply.result(timeout=timeout)
@@ -187,6 +199,8 @@ class Embedded:
 
     def stop(self, timeout: float = 120) -> None:
         if self.thread.is_alive():
+            from . import messages
+
             self.wired.engine.post(messages.Request("terminate", {}))
             self.thread.join(timeout)
         self.wired.watcher.stop()
@@ -201,6 +215,9 @@ def _restore_metrics(run_dir: str, metrics: Metrics) -> None:
 
 def pre_stop(env=os.environ, timeout: float = 10.0) -> str:
     """The preStop hook: tell the running sidecar that the pod is terminating."""
+    import urllib.error
+    import urllib.request
+
     host, port = api.parse_addr(env.get(contract.ENV_API) or contract.DEFAULT_API, contract.ENV_API, True)
     url = f"http://{host}:{port}{contract.API_PREFIX}/prestop"
     request = urllib.request.Request(url, data=b"{}", method="POST",

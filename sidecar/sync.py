@@ -52,7 +52,7 @@ def sync(
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise StoreError(f"run dir {str(run_dir)!r} is not a directory; fix: pass an existing directory")
-    s3 = transfer.client(settings)
+    s3 = transfer.shared(settings)  # the CLI calls this once, the SDK and scripts again and again
     transfer.check_store(s3, store)
     transfer.check_encryption(s3, keys.Layout(store, run, replica))
     try:

@@ -8,12 +8,14 @@ module as a `StoreError` whose message names the store, the problem and the fix.
 from __future__ import annotations
 
 import base64
+import collections
 import concurrent.futures
 import dataclasses
 import hashlib
 import os
 import random
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -72,8 +74,9 @@ def endpoint_override() -> str | None:
 
 
 def client(settings: Settings = Settings()):
-    """An S3 client from the standard AWS environment; every object it writes is encrypted as
-    RUNSYNC_SSE says (encryption.py)."""
+    """A new S3 client from the standard AWS environment; every object it writes is encrypted as
+    RUNSYNC_SSE says (encryption.py). A caller may register its own events on it; `shared()`
+    hands out one client per process instead."""
     endpoint = endpoint_override()
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or contract.DEFAULT_REGION
     config = botocore.config.Config(
@@ -84,9 +87,61 @@ def client(settings: Settings = Settings()):
         # S3-compatible servers on an IP or a plain host name need path-style URLs.
         s3={"addressing_style": "path" if endpoint else "auto"},
     )
-    s3 = boto3.session.Session().client("s3", region_name=region, config=config)
+    environment = _environment()
+    with _lock:  # a boto3 Session is not thread-safe; its clients are
+        session = _sessions.pop(environment, None) or boto3.session.Session()
+        _sessions[environment] = session  # the newest last: the oldest is dropped first
+        while len(_sessions) > _KEEP:
+            _sessions.popitem(last=False)
+        s3 = session.client("s3", region_name=region, config=config)
     encryption.install(s3.meta.events, encryption.from_env())
+    if os.environ.get(BENCH_PROBE):
+        s3.meta.events.register("before-send.s3", _note_first_request)
     return s3
+
+
+def shared(settings: Settings = Settings()):
+    """This process's one S3 client for `settings` and the current AWS environment: made on first
+    use, then reused by every caller and thread (boto3's clients are thread-safe). A new client
+    costs 10-30 ms, a new session 0.15-0.2 s more (bench/startup.py). Register no events on it."""
+    key = (settings, _environment())
+    with _lock:
+        s3 = _clients.get(key)
+    if s3 is None:
+        s3 = client(settings)
+        with _lock:
+            s3 = _clients.setdefault(key, s3)
+            while len(_clients) > _KEEP:
+                _clients.pop(next(iter(_clients)))
+    return s3
+
+
+def _environment() -> tuple[tuple[str, str], ...]:
+    """What a session and its clients are made from: credentials, profile, region, endpoint
+    (AWS_*, BOTO_*) and the encryption of writes (RUNSYNC_SSE*). Another value, another client."""
+    return tuple(sorted((k, v) for k, v in os.environ.items()
+                        if k.startswith(("AWS_", "BOTO_", contract.ENV_SSE)) or k == BENCH_PROBE))
+
+
+_lock = threading.Lock()
+_sessions: collections.OrderedDict = collections.OrderedDict()
+"""One boto3 Session per environment: botocore's loader keeps the S3 model it parsed (about
+0.15 s of JSON) per session, and a session resolves its credentials once."""
+_clients: dict = {}
+_KEEP = 8
+"""Environments remembered; a long test session sees a few (wrong keys, a KMS server)."""
+
+BENCH_PROBE = "RUNSYNC_BENCH_FIRST_REQUEST"
+"""A file bench/startup.py names: the wall-clock time of this process's first S3 request is
+appended to it (start-up measured without a profiler's overhead). Unset everywhere else."""
+_first_sent = threading.Event()
+
+
+def _note_first_request(**_) -> None:
+    if not _first_sent.is_set():
+        _first_sent.set()
+        with open(os.environ[BENCH_PROBE], "a") as f:
+            f.write(f"{time.time()!r}\n")
 
 
 def masked(key_id: str) -> str:
