@@ -31,7 +31,7 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import config, globs, keys, manifest, plan, transfer
+from . import config, discovery, globs, keys, manifest, plan, transfer
 from .errors import RunsyncError
 from .logs import log
 
@@ -67,7 +67,7 @@ class RestoreReport:
 def latest_manifests(s3, store: keys.StoreURL, run: keys.RunPath, replica: str,
                      all_replicas: bool) -> dict[str, manifest.Manifest]:
     """The latest committed manifest of the replica (or of every replica)."""
-    return manifest.latest_by_replica(s3, store, run, None if all_replicas else replica)
+    return discovery.latest_by_replica(s3, store, run, None if all_replicas else replica)
 
 
 def restore(
@@ -83,14 +83,18 @@ def restore(
     must_match: bool = False,
     settings: transfer.Settings = transfer.Settings(),
     hooks: transfer.Hooks = transfer.Hooks(),
+    manifests: dict[str, manifest.Manifest] | None = None,
 ) -> RestoreReport:
+    """Restore the latest manifests of `run` (`manifests`, when the caller has read them
+    already with `latest_manifests`: restore-init does, to choose the source) into `dest`."""
     started = time.monotonic()
     if markers is None:  # the defaults of SPEC.md; an empty tuple would make no dir a checkpoint
         markers = config.RunConfig().complete_markers
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     try:
-        manifests = latest_manifests(s3, store, run, replica, all_replicas)
+        if manifests is None:
+            manifests = latest_manifests(s3, store, run, replica, all_replicas)
     except (ClientError, BotoCoreError) as err:
         raise transfer.describe(err, store, s3) from None
     report = RestoreReport(manifests={r: m.seq for r, m in manifests.items()})

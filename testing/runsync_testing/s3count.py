@@ -1,7 +1,7 @@
 """Count the S3 requests of a `runsync` process by kind (GetObject, ListObjectsV2, ...).
 
 The product has no counter: `environ(counts_file, workdir)` gives a child process a
-`sitecustomize` (on PYTHONPATH) that, only when `RUNSYNC_TESTING_S3_COUNTS` is set, registers a
+`sitecustomize` (on PYTHONPATH) that, only when `S3COUNT_FILE` is set, registers a
 botocore `before-call.s3` hook on every botocore session and writes the counts as JSON to that
 file at exit. Bench and tests read them with `read`. A count is not a timing: tests may assert it.
 """
@@ -15,7 +15,8 @@ import os
 import threading
 from pathlib import Path
 
-ENV = "RUNSYNC_TESTING_S3_COUNTS"
+ENV = "S3COUNT_FILE"
+"""Not RUNSYNC_*: the test harness passes the environment on without those."""
 _SITECUSTOMIZE = "from runsync_testing import s3count\ns3count.install()\n"
 
 
