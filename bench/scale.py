@@ -9,13 +9,16 @@ file, then its shard of a DCP checkpoint (`ckpt/step-100/__<r>_0.distcp`, replic
 restore-init` as a process with the environment the operator sets, `--repeat` times into empty
 run dirs. Its S3 requests are counted by kind inside that process (runsync_testing.s3count: a
 botocore hook the bench's sitecustomize installs; the product has none); wall time and peak RSS
-come from the process. Every restore is checked to hold all 2R + 1 files. Prints a Markdown
-table; a number of one machine, not an assertion.
+come from the process; `restore` is the seconds its "restore done" log reports (discovery and
+downloads). Every restore is checked to hold all 2R + 1 files. The discovery alone (the latest
+manifest of every replica) is also timed in this process. Prints a Markdown table; a number of
+one machine, not an assertion.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import json
 import os
@@ -29,7 +32,7 @@ from pathlib import Path
 
 import boto3
 
-from runsync import contract, keys, lease, manifest, transfer
+from runsync import contract, keys, lease, manifest, restorer, transfer
 from runsync_testing import downward, locals3, s3count
 
 RUNSYNC = str(Path(sys.executable).with_name("runsync"))
@@ -90,6 +93,21 @@ def restore_init(base_env: dict[str, str], run: keys.RunPath, work: Path, label:
             "requests": s3count.read(counts)}
 
 
+def discover(s3, store: keys.StoreURL, run: keys.RunPath, replicas: int) -> tuple[float, int]:
+    """restore-init's discovery alone, in this process: seconds and S3 requests."""
+    counts = collections.Counter()
+    handler = lambda model, **_: counts.update([model.name])  # noqa: E731
+    s3.meta.events.register("before-call.s3", handler)
+    try:
+        started = time.perf_counter()
+        found = restorer.latest_manifests(s3, store, run, "0", all_replicas=True)
+        seconds = time.perf_counter() - started
+    finally:
+        s3.meta.events.unregister("before-call.s3", handler)
+    assert len(found) == replicas, (replicas, sorted(found))
+    return seconds, sum(counts.values())
+
+
 def release(s3, layout: keys.Layout) -> None:
     """What the pod's sidecar does at its end: the next pod then takes the lease without waiting."""
     current, etag = lease.read(s3, layout)
@@ -123,15 +141,18 @@ def main() -> None:
                     release(s3, keys.Layout(store, run, "0"))
                 for res in results:
                     assert res["files"] == 2 * r + 1, (r, res)
+                found = [discover(s3, store, run, r) for _ in range(args.repeat)]
                 requests = results[-1]["requests"]
                 total = sum(requests.values())
                 rows.append(f"| {r} | {total} | " + ", ".join(f"{k} {v}" for k, v in sorted(requests.items()))
                             + f" | {statistics.median(x['wall'] for x in results):.2f}"
                             + f" | {statistics.median(x['restore_s'] or 0 for x in results):.2f}"
-                            + f" | {max(x['rss_mib'] for x in results):.0f} |")
+                            + f" | {max(x['rss_mib'] for x in results):.0f}"
+                            + f" | {statistics.median(t for t, _ in found):.2f} | {found[0][1]} |")
                 print(rows[-1], file=sys.stderr)
-        print("| R | requests | by kind | wall (s, median) | restore (s, median) | peak RSS (MiB) |")
-        print("|---|---|---|---|---|---|")
+        print("| R | requests | by kind | wall (s, median) | restore (s, median) | peak RSS (MiB) "
+              "| discovery alone (s, median) | its requests |")
+        print("|---|---|---|---|---|---|---|---|")
         print("\n".join(rows))
     finally:
         server.stop()
