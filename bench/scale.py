@@ -10,7 +10,8 @@ restore-init` as a process with the environment the operator sets, `--repeat` ti
 run dirs. Its S3 requests are counted by kind inside that process (runsync_testing.s3count: a
 botocore hook the bench's sitecustomize installs; the product has none); wall time and peak RSS
 come from the process; `restore` is the seconds its "restore done" log reports (discovery and
-downloads). Every restore is checked to hold all 2R + 1 files. The discovery alone (the latest
+downloads). `--latency-ms` adds a round trip to every request (loopback has none; a remote
+store has 10-50 ms), which is where a serial chain of requests shows. Every restore is checked to hold all 2R + 1 files. The discovery alone (the latest
 manifest of every replica) is also timed in this process. Prints a Markdown table; a number of
 one machine, not an assertion.
 """
@@ -68,12 +69,12 @@ def populate(s3, store: keys.StoreURL, run: keys.RunPath, replicas: int) -> None
         list(pool.map(lambda r: write_replica(s3, keys.Layout(store, run, str(r))), range(replicas)))
 
 
-def restore_init(base_env: dict[str, str], run: keys.RunPath, work: Path, label: str) -> dict:
+def restore_init(base_env: dict[str, str], run: keys.RunPath, work: Path, label: str, latency_ms: float) -> dict:
     run_dir, counts = work / f"dir-{label}", work / f"counts-{label}.json"
     run_dir.mkdir()
     annotations = work / f"annotations-{label}"
     annotations.write_text(downward.format_annotations_file({contract.RESTORE_REPLICAS: "all"}))
-    env = {**base_env, **s3count.environ(counts, work),
+    env = {**base_env, **s3count.environ(counts, work, latency_ms),
            contract.ENV_DIR: str(run_dir), contract.ENV_RUN_PATH: str(run), contract.ENV_REPLICA: "0",
            contract.ENV_ANNOTATIONS: str(annotations), contract.ENV_HOLDER: f"pod-{label}",
            contract.ENV_GRACE: "5"}
@@ -88,22 +89,27 @@ def restore_init(base_env: dict[str, str], run: keys.RunPath, work: Path, label:
         raise SystemExit(f"restore-init failed: {output[-2000:]} {(work / f'err-{label}').read_text()[-2000:]}")
     done = [json.loads(line) for line in output.splitlines() if '"restore done"' in line]
     files = [p for p in run_dir.rglob("*") if p.is_file() and keys.STATE_DIR not in p.parts]
-    return {"wall": wall, "rss_mib": usage.ru_maxrss / 1024,
+    return {"wall": wall, "rss_mib": usage.ru_maxrss / 1024, "cpu": usage.ru_utime + usage.ru_stime,
             "restore_s": done[0].get("seconds") if done else None, "files": len(files),
             "requests": s3count.read(counts)}
 
 
-def discover(s3, store: keys.StoreURL, run: keys.RunPath, replicas: int) -> tuple[float, int]:
+def discover(s3, store: keys.StoreURL, run: keys.RunPath, replicas: int, latency_ms: float) -> tuple[float, int]:
     """restore-init's discovery alone, in this process: seconds and S3 requests."""
     counts = collections.Counter()
     handler = lambda model, **_: counts.update([model.name])  # noqa: E731
+    delay = s3count.add_latency(latency_ms)
     s3.meta.events.register("before-call.s3", handler)
+    if delay:
+        s3.meta.events.register("before-send.s3", delay)
     try:
         started = time.perf_counter()
         found = restorer.latest_manifests(s3, store, run, "0", all_replicas=True)
         seconds = time.perf_counter() - started
     finally:
         s3.meta.events.unregister("before-call.s3", handler)
+        if delay:
+            s3.meta.events.unregister("before-send.s3", delay)
     assert len(found) == replicas, (replicas, sorted(found))
     return seconds, sum(counts.values())
 
@@ -118,6 +124,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replicas", default="1,8,32,128", help="comma-separated replica counts")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--latency-ms", type=float, default=0,
+                        help="added before each S3 request of restore-init and of the discovery: a remote store's round trip")
     args = parser.parse_args()
     sizes = [int(r) for r in args.replicas.split(",")]
     server = locals3.start()
@@ -137,22 +145,24 @@ def main() -> None:
                 populate(s3, store, run, r)
                 results = []
                 for i in range(args.repeat):
-                    results.append(restore_init(base_env, run, Path(tmp), f"{r}-{i}"))
+                    results.append(restore_init(base_env, run, Path(tmp), f"{r}-{i}", args.latency_ms))
                     release(s3, keys.Layout(store, run, "0"))
                 for res in results:
                     assert res["files"] == 2 * r + 1, (r, res)
-                found = [discover(s3, store, run, r) for _ in range(args.repeat)]
+                found = [discover(s3, store, run, r, args.latency_ms) for _ in range(args.repeat)]
                 requests = results[-1]["requests"]
                 total = sum(requests.values())
                 rows.append(f"| {r} | {total} | " + ", ".join(f"{k} {v}" for k, v in sorted(requests.items()))
                             + f" | {statistics.median(x['wall'] for x in results):.2f}"
                             + f" | {statistics.median(x['restore_s'] or 0 for x in results):.2f}"
+                            + f" | {statistics.median(x['cpu'] for x in results):.2f}"
                             + f" | {max(x['rss_mib'] for x in results):.0f}"
                             + f" | {statistics.median(t for t, _ in found):.2f} | {found[0][1]} |")
                 print(rows[-1], file=sys.stderr)
-        print("| R | requests | by kind | wall (s, median) | restore (s, median) | peak RSS (MiB) "
+        print(f"latency added per request: {args.latency_ms:g} ms")
+        print("| R | requests | by kind | wall (s, median) | restore (s, median) | CPU (s, median) | peak RSS (MiB) "
               "| discovery alone (s, median) | its requests |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         print("\n".join(rows))
     finally:
         server.stop()
