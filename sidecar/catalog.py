@@ -12,7 +12,7 @@ import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from . import keys, manifest, runmeta
+from . import discovery, keys, manifest, runmeta
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +32,7 @@ class RunSummary:
 
 def files(s3, store: keys.StoreURL, run: keys.RunPath) -> list[tuple[str, manifest.Manifest]]:
     """(replica, latest manifest) of every replica of the run that committed one."""
-    return list(manifest.latest_by_replica(s3, store, run).items())
+    return list(discovery.latest_by_replica(s3, store, run).items())
 
 
 def runs(s3, store: keys.StoreURL, namespace: str | None = None, project: str | None = None) -> list[RunSummary]:

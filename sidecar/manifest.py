@@ -174,7 +174,12 @@ def history(client, layout: keys.Layout) -> Iterator[Manifest]:
     from . import lease
 
     current, _ = lease.read(client, layout)
-    for seq in sorted(seqs(client, layout), reverse=True):
+    return walk(client, layout, current, seqs(client, layout))
+
+
+def walk(client, layout: keys.Layout, current, numbers: Iterable[int]) -> Iterator[Manifest]:
+    """`history` from a lease and manifest numbers already read (discovery reads them in parallel)."""
+    for seq in sorted(numbers, reverse=True):
         key = layout.manifest_key(seq)
         try:
             body = client.get_object(Bucket=layout.store.bucket, Key=key)["Body"].read()
@@ -245,21 +250,6 @@ def replicas(client, store: keys.StoreURL, run: keys.RunPath) -> list[str]:
     """The replicas of a run that have stored anything."""
     prefix = keys.Layout(store, run, "0").run_prefix
     return [p[len(prefix):-1] for p in list_prefixes(client, store.bucket, prefix)]
-
-
-def latest_by_replica(client, store: keys.StoreURL, run: keys.RunPath,
-                      only: str | None = None) -> dict[str, Manifest]:
-    """The latest valid manifest of each replica of the run (or of replica `only`) that has one."""
-    found = {}
-    for replica in ([only] if only is not None else replicas(client, store, run)):
-        try:
-            layout = keys.Layout(store, run, replica)
-        except keys.RunPathError:
-            continue  # not a replica runsync wrote
-        m = latest(client, layout)
-        if m is not None:
-            found[replica] = m
-    return found
 
 
 def list_prefixes(client, bucket: str, prefix: str) -> list[str]:

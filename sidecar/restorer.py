@@ -31,7 +31,7 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import config, globs, keys, manifest, plan, transfer
+from . import config, discovery, globs, keys, manifest, plan, transfer
 from .errors import RunsyncError
 from .logs import log
 
@@ -67,7 +67,7 @@ class RestoreReport:
 def latest_manifests(s3, store: keys.StoreURL, run: keys.RunPath, replica: str,
                      all_replicas: bool) -> dict[str, manifest.Manifest]:
     """The latest committed manifest of the replica (or of every replica)."""
-    return manifest.latest_by_replica(s3, store, run, None if all_replicas else replica)
+    return discovery.latest_by_replica(s3, store, run, None if all_replicas else replica)
 
 
 def restore(
@@ -83,14 +83,18 @@ def restore(
     must_match: bool = False,
     settings: transfer.Settings = transfer.Settings(),
     hooks: transfer.Hooks = transfer.Hooks(),
+    manifests: dict[str, manifest.Manifest] | None = None,
 ) -> RestoreReport:
+    """Restore the latest manifests of `run` (`manifests`, when the caller has read them
+    already with `latest_manifests`: restore-init does, to choose the source) into `dest`."""
     started = time.monotonic()
     if markers is None:  # the defaults of SPEC.md; an empty tuple would make no dir a checkpoint
         markers = config.RunConfig().complete_markers
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     try:
-        manifests = latest_manifests(s3, store, run, replica, all_replicas)
+        if manifests is None:
+            manifests = latest_manifests(s3, store, run, replica, all_replicas)
     except (ClientError, BotoCoreError) as err:
         raise transfer.describe(err, store, s3) from None
     report = RestoreReport(manifests={r: m.seq for r, m in manifests.items()})
@@ -132,9 +136,12 @@ def restore(
         unit = [(n, wanted[n]) for n in names if n in wanted]
         if unit:
             units.append(unit)
+    # Units wait on `pool`, their files download on `files` (16 at once, as before, within the
+    # client's 20 connections); a unit waits only on files, never on another unit.
     with transfer.Transfers(s3, store, settings) as transfers, \
-            concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="restore") as pool:
-        results = list(pool.map(lambda unit: _restore_unit(transfers, dest, unit, hooks), units))
+            concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="restore") as pool, \
+            concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="restore-unit") as files:
+        results = list(pool.map(lambda unit: _restore_unit(transfers, dest, unit, hooks, files), units))
     failures = [err for err in results if err is not None]
     for unit, err in zip(units, results):
         if err is None:
@@ -162,28 +169,42 @@ def _newest_holding(s3, store: keys.StoreURL, run: keys.RunPath, latest: dict[st
     return found
 
 
-def _restore_unit(transfers: transfer.Transfers, dest: Path,
-                  unit: list[tuple[str, manifest.FileEntry]], hooks: transfer.Hooks) -> str | None:
-    """Download every file of a unit to temp names; rename them into place only if all are good."""
+def _restore_unit(transfers: transfer.Transfers, dest: Path, unit: list[tuple[str, manifest.FileEntry]],
+                  hooks: transfer.Hooks, files: concurrent.futures.Executor | None = None) -> str | None:
+    """Download every file of a unit to temp names; rename them into place only if all are good.
+    The files download on `files`, in parallel: a checkpoint dir (one shard per replica under
+    restore-replicas: all) one after another would be a chain of R GETs."""
     temps: list[tuple[Path, Path, manifest.FileEntry]] = []
+    futures: list[concurrent.futures.Future] = []
+    current = unit[0][0]
     try:
         for name, entry in unit:
             target = _target(dest, name)
             _make_parents(dest, target)
-            tmp = target.with_name(f".{target.name[:100]}.runsync-{uuid.uuid4().hex[:8]}")
-            temps.append((tmp, target, entry))
+            temps.append((target.with_name(f".{target.name[:100]}.runsync-{uuid.uuid4().hex[:8]}"), target, entry))
+
+        def fetch(tmp: Path, entry: manifest.FileEntry) -> None:
             transfers.download(entry.key, tmp, entry.sha256, hooks.on_bytes, size=entry.size)
             os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
+
+        if files is not None:
+            futures = [files.submit(fetch, tmp, entry) for tmp, _, entry in temps]
+            for (current, _), future in zip(unit, futures):
+                future.result()
+        else:
+            for (current, _), (tmp, _, entry) in zip(unit, temps):
+                fetch(tmp, entry)
         for tmp, target, _ in temps:  # markers come last in a unit
             os.replace(tmp, target)
         return None
     except OSError as err:
         if err.errno == errno.ENOSPC:
             return f"disk full while restoring into {dest}: {unit[0][0]!r} and the rest of its unit were not written; free space and retry"
-        return f"{unit[len(temps) - 1][0] if temps else unit[0][0]!r}: {err}"
+        return f"{current!r}: {err}"
     except RunsyncError as err:
         return str(err)
     finally:
+        concurrent.futures.wait(futures)  # a download still running would leave its temp file behind
         for tmp, _, _ in temps:
             try:
                 tmp.unlink()

@@ -260,13 +260,15 @@ def _restore_init(pod: PodEnv, s3) -> int:
         return 0
     source = pod.run
     all_replicas = cfg.restore_replicas == "all"
-    found = restorer.latest_manifests(s3, pod.store, pod.run, pod.replica, all_replicas)
+    started = time.monotonic()
+    found = restorer.latest_manifests(s3, pod.store, pod.run, pod.replica, all_replicas)  # read once, reused
     if not found and cfg.restore_from is not None:
         source = keys.RunPath(pod.run.namespace, cfg.restore_from.project, cfg.restore_from.run)
         log.info("warm start", extra={"fields": {"restore_from": str(source)}})
     report = restorer.restore(
         s3, pod.store, source, pod.run_dir, replica=pod.replica, all_replicas=all_replicas,
-        patterns=cfg.restore.globs, markers=cfg.complete_markers)
+        patterns=cfg.restore.globs, markers=cfg.complete_markers, manifests=found if source == pod.run else None)
+    report.seconds = time.monotonic() - started  # the discovery above is part of the restore
     restorer.log_report(report, str(source))
     statedir.StateDir(pod.run_dir).write_restore_report(report.bytes, report.seconds, len(report.written))
     if report.empty and cfg.restore_strict:

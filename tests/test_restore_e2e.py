@@ -144,3 +144,67 @@ def test_a_fenced_off_writer_cannot_commit(tmp_path, s3_env, store):
         assert store.latest().seq == taken.seq
     finally:
         old.stop()
+
+
+def _write_replicas(s3, layout_of, replicas: int, missing: int) -> None:
+    """What `replicas` sidecars leave, by the product's lease and manifest code: each commits its
+    log and its shard of ckpt/step-100 (replica 0 the marker), then of ckpt/step-200 (all but
+    `missing`), and releases its lease."""
+    from runsync import lease, manifest
+
+    def one(r: int) -> None:
+        layout = layout_of(str(r))
+        held = lease.acquire(s3, layout, f"trainer-{r}", wait=0, max_seq=lambda: manifest.max_seq(s3, layout))
+        previous = None
+        for step in (100, 200):
+            files = {f"logs/rank-{r}.txt": f"rank {r} step {step}".encode()}
+            if step == 100 or r != missing:
+                files[f"ckpt/step-{step}/__{r}_0.distcp"] = os.urandom(512)
+            if r == 0:
+                files[f"ckpt/step-{step}/.metadata"] = b"dcp metadata"
+            entries = []
+            for name, data in files.items():
+                key = layout.file_key(name, sha(data))
+                s3.put_object(Bucket=layout.store.bucket, Key=key, Body=data)
+                entries.append(manifest.FileEntry(name, key, len(data), time.time_ns(), sha(data), "live"))
+            previous = manifest.commit_next(s3, layout, previous, entries, final=step == 200,
+                                            writer=f"sidecar@trainer-{r}", epoch=held.lease.epoch)
+        lease.renew(s3, layout, held, state="released")
+
+    for r in range(replicas):
+        one(r)
+
+
+def test_restore_all_reads_each_replica_once(tmp_path, s3_env, store, monkeypatch):
+    """restore-replicas: all over 16 replicas: one LIST of the run (every replica's manifest
+    numbers), then per replica a GET of its lease and one of its latest manifest (format 1 needs
+    both), then the files; and every promise kept: a checkpoint with a replica's part missing is
+    not restored, and a manifest committed by a fenced-off writer is ignored."""
+    from runsync import keys, lease, manifest
+    from runsync_testing import s3count
+
+    replicas, run = 16, keys.RunPath.parse("team-a/proj/wide")
+    layout_of = lambda r: keys.Layout(store.layout.store, run, r)  # noqa: E731
+    _write_replicas(store.client, layout_of, replicas, missing=5)
+    fenced = layout_of("3")  # a new writer took replica 3 over; the old one (epoch 1) commits anyway
+    lease.acquire(store.client, fenced, "trainer-3b", wait=0, max_seq=lambda: manifest.max_seq(store.client, fenced))
+    old = manifest.latest(store.client, fenced)
+    manifest.commit(store.client, fenced, old, [], final=True, writer="sidecar@trainer-3", epoch=old.epoch,
+                    removed=["logs/rank-3.txt"], seq=old.seq + 1)
+    counts = tmp_path / "counts.json"
+    for name, value in s3count.environ(counts, tmp_path).items():
+        monkeypatch.setenv(name, value)
+
+    result = restore_init(s3_env, tmp_path / "dir", {contract.RESTORE_REPLICAS: "all"}, tmp_path,
+                          run=str(run), holder="pod-new", grace=0.5)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    restored = tree(tmp_path / "dir")
+    assert {n for n in restored if n.startswith("logs/")} == {f"logs/rank-{r}.txt" for r in range(replicas)}
+    assert {n for n in restored if n.startswith("ckpt/")} == \
+        {f"ckpt/step-100/__{r}_0.distcp" for r in range(replicas)} | {"ckpt/step-100/.metadata"}
+    files = len(restored)  # one GET each
+    requests = s3count.read(counts)
+    # check_store's LIST; the own lease: GET, LIST (max_seq), PUT; the LIST of the run.
+    assert requests == {"ListObjectsV2": 1 + 1 + 1,
+                        "GetObject": 1 + 2 * replicas + 1 + files, "PutObject": 1}, requests  # +1: the fenced-off one

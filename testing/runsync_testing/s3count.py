@@ -1,0 +1,76 @@
+"""Count the S3 requests of a `runsync` process by kind (GetObject, ListObjectsV2, ...).
+
+The product has no counter: `environ(counts_file, workdir)` gives a child process a
+`sitecustomize` (on PYTHONPATH) that, only when `S3COUNT_FILE` is set, registers a
+botocore `before-call.s3` hook on every botocore session and writes the counts as JSON to that
+file at exit. Bench and tests read them with `read`. A count is not a timing: tests may assert it.
+
+`S3COUNT_LATENCY_MS` (bench only) adds that many milliseconds before each request is sent: the
+round trip to a remote store, which loopback SeaweedFS does not have (a sleep releases the GIL,
+as a network wait does).
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import json
+import os
+import threading
+from pathlib import Path
+
+LATENCY_ENV = "S3COUNT_LATENCY_MS"
+ENV = "S3COUNT_FILE"
+"""Not RUNSYNC_*: the test harness passes the environment on without those."""
+_SITECUSTOMIZE = "from runsync_testing import s3count\ns3count.install()\n"
+
+
+def environ(counts_file: Path, workdir: Path, latency_ms: float = 0) -> dict[str, str]:
+    """The variables that make a child Python process count its S3 requests into `counts_file`
+    (and wait `latency_ms` before sending each)."""
+    site = Path(workdir) / "s3count-site"
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+    path = os.environ.get("PYTHONPATH")
+    return {ENV: str(counts_file), LATENCY_ENV: str(latency_ms),
+            "PYTHONPATH": f"{site}{os.pathsep}{path}" if path else str(site)}
+
+
+def install() -> None:
+    """Called by the generated sitecustomize at interpreter start-up; a no-op unless asked."""
+    target = os.environ.get(ENV)
+    if not target:
+        return
+    import botocore.session
+
+    counts: collections.Counter = collections.Counter()
+    lock = threading.Lock()
+
+    def count(model, **_):
+        with lock:
+            counts[model.name] += 1
+
+    original = botocore.session.Session.__init__
+    delay = add_latency(float(os.environ.get(LATENCY_ENV) or 0))
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.register("before-call.s3", count)  # clients copy their session's handlers
+        if delay:
+            self.register("before-send.s3", delay)
+
+    botocore.session.Session.__init__ = init
+    atexit.register(lambda: Path(target).write_text(json.dumps(dict(counts), sort_keys=True)))
+
+
+def add_latency(ms: float):
+    """A `before-send.s3` handler that waits `ms` (None for 0): each retry waits again, as it would."""
+    if not ms:
+        return None
+    import time
+
+    return lambda **_: time.sleep(ms / 1000)
+
+
+def read(counts_file: Path) -> dict[str, int]:
+    return json.loads(Path(counts_file).read_text())
