@@ -164,8 +164,9 @@ def test_gc_while_a_sidecar_commits_never_tears_a_manifest(sidecars, cli, tmp_pa
         torn: list[tuple[int, str]] = []
         # A DCP-style trainer: each step a dir of shards, `.metadata` last, the older one
         # rotated away; the shards wait in the store for the marker's commit, gc runs meanwhile.
-        # Until gc has removed old checkpoints underneath several times (at most 200 steps).
-        while step < 6 or sum("/files/ckpt/" in d["key"] for d in deleted) < 8:
+        # Until gc has dropped old manifests underneath several times (at most 200 steps); the
+        # writer's objects stay while it lives (it may commit an old version found stored again).
+        while step < 6 or sum("/manifests/" in d["key"] for d in deleted) < 8:
             step += 1
             assert step < 200, f"gc deleted only {len(deleted)} objects"
             d = sc.run_dir / "ckpt" / f"step-{step}"
@@ -188,8 +189,13 @@ def test_gc_while_a_sidecar_commits_never_tears_a_manifest(sidecars, cli, tmp_pa
         collector.join()
     assert failures == []
     assert torn == [], "the latest manifest named deleted objects"
+    assert [d["key"] for d in deleted if "/files/" in d["key"]] == [], "a live writer's objects went"
     assert sc.terminate()[0] == 0
 
+    # The writer is gone: the checkpoints only dropped manifests named go now.
+    after = cli("gc", RUN, "--keep", "1", "--min-age", "0", "--json")
+    assert after.returncode == 0, after.stderr
+    assert sum("/files/ckpt/" in d["key"] for d in json.loads(after.stdout)["deleted"]) >= 8
     present = set(store.keys())
     for m in store.manifests():
         missing = [e.key for e in m.files.values() if e.key not in present]
