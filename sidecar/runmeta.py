@@ -97,11 +97,17 @@ def read_run(s3, store: keys.StoreURL, run: keys.RunPath) -> tuple[dict | None, 
 
 
 def update_run(s3, layout: keys.Layout, change: Callable[[dict], dict | None], attempts: int = CAS_ATTEMPTS,
-               sleep: Callable[[float], None] = time.sleep) -> dict | None:
+               sleep: Callable[[float], None] = time.sleep, deadline: float | None = None,
+               clock: Callable[[], float] = time.monotonic) -> dict | None:
     """Apply `change` (run.json → the new run.json, or None when nothing needs writing) as a
-    conditional write; on a 412 read again and retry, up to `attempts` times with jitter.
+    conditional write; on a 412 read again and retry, up to `attempts` times with jitter, and
+    no attempt after `deadline` (a `clock()` time: the end's lease release must not wait).
     Returns what is stored now (None when every attempt lost the race)."""
+    tried = 0
     for attempt in range(attempts):
+        if attempt and deadline is not None and clock() >= deadline:
+            break
+        tried += 1
         doc, etag = read_run(s3, layout.store, layout.run)
         base = doc or {"format": FORMAT, "run": str(layout.run), "replicas": {}}
         new = change(json.loads(json.dumps(base)))
@@ -116,9 +122,11 @@ def update_run(s3, layout: keys.Layout, change: Callable[[dict], dict | None], a
         except ClientError as err:
             if not _precondition_failed(err):
                 raise
-        sleep(random.uniform(0, min(2.0, 0.05 * 2 ** attempt)))  # another replica wrote in between
+        pause = random.uniform(0, min(2.0, 0.05 * 2 ** attempt))  # another replica wrote in between
+        sleep(pause if deadline is None else max(0.0, min(pause, deadline - clock())))
     log.warning("run.json not updated: other replicas kept writing it", extra={"fields": {
-        "run": str(layout.run), "replica": layout.replica, "attempts": attempts}})
+        "run": str(layout.run), "replica": layout.replica, "attempts": tried,
+        "deadline_passed": tried < attempts}})
     return None
 
 
@@ -271,8 +279,9 @@ class Recorder:
             self._write(self.clock(), run_too=False)
 
     @_best_effort
-    def ended(self, m, failed: str | None = None) -> None:
-        """The final manifest (or None and why it failed): the replica's last word."""
+    def ended(self, m, failed: str | None = None, deadline: float | None = None) -> None:
+        """The final manifest (or None and why it failed): the replica's last word. run.json's
+        update stops retrying at `deadline` (time.monotonic): the lease release waits behind it."""
         if self.doc is None:
             return
         now = self.clock()
@@ -281,11 +290,11 @@ class Recorder:
             self.doc["manifest"] = _manifest(m)
         if failed:
             self.doc["reason"] = failed
-        self._write(now, run_too=True)
+        self._write(now, run_too=True, deadline=deadline)
 
     # ---------------------------------------------------------------- writes
 
-    def _write(self, now: float, run_too: bool | None, first: bool = False) -> None:
+    def _write(self, now: float, run_too: bool | None, first: bool = False, deadline: float | None = None) -> None:
         """replica.json; then run.json when `run_too` (None: only when its `updated` is stale)."""
         if self._fenced:
             return
@@ -322,7 +331,7 @@ class Recorder:
             doc["updated"] = max(doc.get("updated") or 0, now)
             return doc
         try:
-            update_run(self.s3, self.layout, change)
+            update_run(self.s3, self.layout, change, deadline=deadline)
         except Exception as err:  # noqa: BLE001 - metadata never holds up files
             log.warning("run.json not written", extra={"fields": {"key": self.layout.run_metadata_key,
                                                                   "error": str(err)}})
