@@ -387,36 +387,46 @@ def test_an_end_that_lost_every_race_for_run_json_still_shows_through_its_replic
     assert "run team-a/proj/run-1: ended" in cli("ls", RUN).stdout
 
 
-def test_an_end_racing_many_replicas_for_run_json_still_releases_the_lease_in_the_grace_period(sidecars, store):
-    """1,000 replicas ending at once keep run.json's ETag moving (here: writers in a loop, each
-    write a new ETag): the sidecar's end, whose run.json update loses race after race, still
-    exits within its grace period (the kubelet kills it then) and releases its lease, so the
-    next pod need not wait for it to expire. run.json is best effort; the lease is not."""
+CONTENDER = textwrap.dedent('''
+    # Replicas ending at once, as fast as one process can: run.json rewritten in a loop by 4
+    # threads, each write a new ETag. Prints "busy" once it is, runs until stdin closes.
+    import json, sys, threading, boto3
+    bucket, key, me = sys.argv[1:4]
+    s3 = boto3.client("s3")
+    def write(t):
+        n = 0
+        while True:
+            n += 1
+            doc = {"format": 1, "run": "x", "replicas": {f"{me}-{t}": {"status": "running", "n": n}}}
+            s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(doc).encode())
+            if n == 5 and t == 0:
+                print("busy", flush=True)
+    for t in range(4):
+        threading.Thread(target=write, args=(t,), daemon=True).start()
+    sys.stdin.read()
+''')
+
+
+def test_an_end_racing_many_replicas_for_run_json_still_releases_the_lease_in_the_grace_period(sidecars, store,
+                                                                                                    s3_env):
+    """1,000 replicas ending at once keep run.json's ETag moving (here: writer processes in a
+    loop): the sidecar's end, whose run.json update loses race after race, still exits within
+    its grace period (the kubelet kills it then) and releases its lease, so the next pod need
+    not wait for it to expire. run.json is best effort; the lease is not."""
     from runsync import lease
 
-    grace = 6.0
+    grace = 8.0
     sc = sidecars({contract.SAVE: "*.pt:live"}, grace=grace, extra_env=POD).start()
     wait_for(lambda: (run_json(store) or {}).get("replicas", {}).get("0"), timeout=30, what="run.json at start")
     (sc.run_dir / "last.pt").write_bytes(b"w" * 1000)
     sc.flush()
-    stop = threading.Event()
-    wrote = []
-
-    def contend(i: int) -> None:
-        layout = keys.Layout(store.layout.store, store.layout.run, f"other-{i}")
-        s3 = store.client  # boto3 clients are thread-safe
-
-        def change(d: dict) -> dict:
-            d["replicas"][f"other-{i}"] = {"status": "running", "started": 0.0, "updated": len(wrote)}
-            return d
-        while not stop.is_set():
-            if runmeta.update_run(s3, layout, change, attempts=1, sleep=lambda _: None) is not None:
-                wrote.append(i)
-    writers = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
-    for t in writers:
-        t.start()
+    env = {**os.environ, **s3_env}
+    others = [subprocess.Popen([sys.executable, "-c", CONTENDER, store.layout.store.bucket,
+                                store.layout.run_metadata_key, f"other-{i}"], env=env, text=True,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE) for i in range(3)]
     try:
-        wait_for(lambda: len(wrote) >= 20, timeout=60, what="run.json's ETag moving")
+        for p in others:
+            assert p.stdout.readline().strip() == "busy"
         sc.proc.send_signal(15)
         try:
             code = sc.proc.wait(timeout=grace)
@@ -424,9 +434,9 @@ def test_an_end_racing_many_replicas_for_run_json_still_releases_the_lease_in_th
             sc.kill()  # what the kubelet does when the grace period is over
             code = None
     finally:
-        stop.set()
-        for t in writers:
-            t.join()
+        for p in others:
+            p.kill()
+            p.wait()
     held, _ = lease.read(store.client, store.layout)
     assert held.state == "released", f"lease {held.state} (sidecar exit code {code}): the next pod waits for it"
     assert code == 0
