@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 
 from botocore.exceptions import ClientError
 
-from . import config, contract, keys
+from . import config, contract, keys, lease
 from .logs import log
 
 FORMAT = 1
@@ -120,7 +120,7 @@ def update_run(s3, layout: keys.Layout, change: Callable[[dict], dict | None], a
                           Body=json.dumps(new, indent=1, sort_keys=True).encode(), **condition)
             return new
         except ClientError as err:
-            if not _precondition_failed(err):
+            if not lease.precondition_failed(err):
                 raise
         pause = random.uniform(0, min(2.0, 0.05 * 2 ** attempt))  # another replica wrote in between
         sleep(pause if deadline is None else max(0.0, min(pause, deadline - clock())))
@@ -307,7 +307,7 @@ class Recorder:
                                      Body=json.dumps(self.doc, indent=1, sort_keys=True).encode(), **condition)
             self._etag = put["ETag"]
         except ClientError as err:
-            if _precondition_failed(err):
+            if lease.precondition_failed(err):
                 self._fenced = True  # another pod took this replica: its metadata is its own
                 log.warning("replica.json written by another pod; this one stops writing metadata",
                             extra={"fields": {"key": key}})
@@ -342,7 +342,3 @@ def _manifest(m) -> dict:
         return {"seq": None, "committed": None, "files": 0, "size": 0}
     return {"seq": m.seq, "committed": m.created, "files": len(m.files), "size": m.size}
 
-
-def _precondition_failed(err: ClientError) -> bool:
-    return err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412") or \
-        err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412
