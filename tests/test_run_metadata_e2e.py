@@ -423,7 +423,7 @@ def test_an_end_racing_many_replicas_for_run_json_still_releases_the_lease_in_th
     env = {**os.environ, **s3_env}
     others = [subprocess.Popen([sys.executable, "-c", CONTENDER, store.layout.store.bucket,
                                 store.layout.run_metadata_key, f"other-{i}"], env=env, text=True,
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE) for i in range(3)]
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE) for i in range(6)]
     try:
         for p in others:
             assert p.stdout.readline().strip() == "busy"
