@@ -112,6 +112,7 @@ class Committer:
     def final(self, durable: manifest.Manifest | None, names: dict[str, manifest.FileEntry], removed: set[str],
               loaded: bool, timeout: float) -> manifest.Manifest | None:
         """The final manifest, waited for; None (and logged) when it cannot be committed."""
+        end = time.monotonic() + timeout
         try:
             if self._fenced:
                 log.error("fenced off: the final manifest is not committed (another pod holds the lease)",
@@ -121,11 +122,18 @@ class Committer:
                           extra={"fields": {"files_not_committed": len(names)}})
             else:
                 return self.commit_final(durable, names, removed, timeout)
-        except (StoreError, concurrent.futures.TimeoutError) as err:
+        except concurrent.futures.TimeoutError as err:
+            # Still running, and it may yet commit: run.json must not say `failed` after it did.
+            self.metrics.failures.labels(transfer.failure_kind(str(err))).inc()
+            log.error("final manifest not committed", extra={"fields": {
+                "error": f"no answer within {timeout:.1f} s", "files_lost": len(names)}})
+        except StoreError as err:
             self.metrics.failures.labels(transfer.failure_kind(str(err))).inc()
             log.error("final manifest not committed", extra={"fields": {"error": str(err), "files_lost": len(names)}})
-            if self.meta is not None and not self._fenced:  # said in the run's metadata too, if it can be
-                self._wait(self._thread.submit(self.meta.ended, None, f"final manifest not committed: {err}"), 5)
+            left = end - time.monotonic()
+            if self.meta is not None and not self._fenced and left > 1:  # said in the metadata too, if time allows
+                self._wait(self._thread.submit(self.meta.ended, None, f"final manifest not committed: {err}",
+                                               time.monotonic() + left / 2), left / 2)
         return None
 
     def commit_final(self, durable: manifest.Manifest | None, names: dict[str, manifest.FileEntry],
@@ -135,10 +143,11 @@ class Committer:
         started = time.monotonic()
         m = self._thread.submit(self._commit, durable, names, removed, True).result(timeout=timeout)
         left = timeout - (time.monotonic() - started)
-        if self.meta is not None and left > 2:  # under the lease: a next pod's metadata is never overwritten;
-            self._wait(self._thread.submit(self.meta.ended, m), min(left / 2, 5))  # never past the grace period
+        if self.meta is not None and left > 2:  # under the lease: a next pod's metadata is never overwritten
+            budget = min(left / 2, 5)  # run.json's retries stop then, so the release queued behind never waits
+            self._wait(self._thread.submit(self.meta.ended, m, None, time.monotonic() + budget), budget)
         try:
-            self._thread.submit(self._release).result(timeout=timeout)
+            self._thread.submit(self._release).result(timeout=max(0.1, timeout - (time.monotonic() - started)))
         except Exception as err:  # noqa: BLE001 - committed already; only the next pod's wait is longer
             log.warning("lease not released; the next pod waits for it to expire", extra={"fields": {
                 "error": str(err)}})

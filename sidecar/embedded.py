@@ -6,7 +6,8 @@ engine runs in the process, and how a store that fails reaches the script.
 - The store is checked once at `init`: wrong keys or an unreachable endpoint raise there,
   naming the cause and the fix, instead of a script training for hours against nothing.
 - A `flush` that is not durable yet checks the store every `CHECK_EVERY` seconds: a store
-  that broke mid-run raises at once, not when the flush's timeout runs out.
+  that broke mid-run raises at once, not when the flush's timeout runs out. It waits on the one
+  fence taken when it was called throughout.
 - Ignore globs come from `init(ignore_globs=...)`, else `RUNSYNC_IGNORE_GLOBS` (W&B's setting and
   `WANDB_IGNORE_GLOBS`); in a pod the `runsync.dev/ignore` annotation says it, so the SDK there
   refuses them rather than silently upload what the script meant to keep out.
@@ -66,13 +67,16 @@ def check_store(s3, store: keys.StoreURL) -> None:
         raise
 
 
-def flush(wait: Callable[[float], dict], s3, store: keys.StoreURL, timeout: float) -> dict:
-    """`wait(seconds)` (the engine's flush) until durable or `timeout`; in between, a store that
-    cannot be used raises (`check_store`)."""
+def flush(fence: Callable[[], int], wait: Callable[[float, int], dict], s3, store: keys.StoreURL,
+          timeout: float) -> dict:
+    """`wait(seconds, fence)` (the engine's flush) until durable or `timeout`; in between, a store
+    that cannot be used raises (`check_store`). One fence, taken now: a flush waits for what was
+    written before it was called, never for what the trainer writes while it waits."""
     deadline = time.monotonic() + timeout
+    n = fence()
     while True:
         left = deadline - time.monotonic()
-        result = wait(max(0.1, min(left, CHECK_EVERY)))
+        result = wait(max(0.1, min(left, CHECK_EVERY)), n)
         if result.get("durable") or left <= CHECK_EVERY:
             return result
         check_store(s3, store)

@@ -274,7 +274,7 @@ class Engine:
                 r.reply.set_exception(err)
                 return
             r.reply.set_result({"rules": self.rules.docs(), "names": sorted(name for _, name in named)})
-            self._rescan()
+            # No rescan: `named` is every file the new rule changes (a rescan would start each first).
             for relpath, _ in named:  # W&B forces what save() names: a `now` file sent before goes again
                 self._ready(relpath, now, forced=True)
         elif r.kind == "flush":

@@ -139,7 +139,7 @@ def acquire(
                                 ContentType="application/json", **conditions)
             return Held(new, put["ETag"])
         except ClientError as err:
-            if _precondition_failed(err):
+            if precondition_failed(err):
                 continue  # someone changed it meanwhile: look again
             raise
 
@@ -152,7 +152,7 @@ def renew(s3, layout: keys.Layout, held: Held, clock: Callable[[], float] = time
         put = s3.put_object(Bucket=layout.store.bucket, Key=layout.lease_key, Body=new.to_json(),
                             ContentType="application/json", IfMatch=held.etag)
     except ClientError as err:
-        if _precondition_failed(err):
+        if precondition_failed(err):
             current, _ = read(s3, layout)
             who = f"{current.holder} (epoch {current.epoch})" if current else "nobody"
             raise LeaseLost(f"the lease of {layout.run} replica {layout.replica} was taken by {who}; "
@@ -163,6 +163,8 @@ def renew(s3, layout: keys.Layout, held: Held, clock: Callable[[], float] = time
     return Held(new, put["ETag"])
 
 
-def _precondition_failed(err: ClientError) -> bool:
+def precondition_failed(err: ClientError) -> bool:
+    """A conditional write (If-Match, If-None-Match) lost: someone else wrote first. SeaweedFS and
+    S3 spell it differently; the lease and run.json (runmeta) both ask here."""
     return err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412") or \
         err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412

@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 
 from botocore.exceptions import ClientError
 
-from . import config, contract, keys
+from . import config, contract, keys, lease
 from .logs import log
 
 FORMAT = 1
@@ -97,11 +97,17 @@ def read_run(s3, store: keys.StoreURL, run: keys.RunPath) -> tuple[dict | None, 
 
 
 def update_run(s3, layout: keys.Layout, change: Callable[[dict], dict | None], attempts: int = CAS_ATTEMPTS,
-               sleep: Callable[[float], None] = time.sleep) -> dict | None:
+               sleep: Callable[[float], None] = time.sleep, deadline: float | None = None,
+               clock: Callable[[], float] = time.monotonic) -> dict | None:
     """Apply `change` (run.json → the new run.json, or None when nothing needs writing) as a
-    conditional write; on a 412 read again and retry, up to `attempts` times with jitter.
+    conditional write; on a 412 read again and retry, up to `attempts` times with jitter, and
+    no attempt after `deadline` (a `clock()` time: the end's lease release must not wait).
     Returns what is stored now (None when every attempt lost the race)."""
+    tried = 0
     for attempt in range(attempts):
+        if attempt and deadline is not None and clock() >= deadline:
+            break
+        tried += 1
         doc, etag = read_run(s3, layout.store, layout.run)
         base = doc or {"format": FORMAT, "run": str(layout.run), "replicas": {}}
         new = change(json.loads(json.dumps(base)))
@@ -114,11 +120,13 @@ def update_run(s3, layout: keys.Layout, change: Callable[[dict], dict | None], a
                           Body=json.dumps(new, indent=1, sort_keys=True).encode(), **condition)
             return new
         except ClientError as err:
-            if not _precondition_failed(err):
+            if not lease.precondition_failed(err):
                 raise
-        sleep(random.uniform(0, min(2.0, 0.05 * 2 ** attempt)))  # another replica wrote in between
+        pause = random.uniform(0, min(2.0, 0.05 * 2 ** attempt))  # another replica wrote in between
+        sleep(pause if deadline is None else max(0.0, min(pause, deadline - clock())))
     log.warning("run.json not updated: other replicas kept writing it", extra={"fields": {
-        "run": str(layout.run), "replica": layout.replica, "attempts": attempts}})
+        "run": str(layout.run), "replica": layout.replica, "attempts": tried,
+        "deadline_passed": tried < attempts}})
     return None
 
 
@@ -271,8 +279,9 @@ class Recorder:
             self._write(self.clock(), run_too=False)
 
     @_best_effort
-    def ended(self, m, failed: str | None = None) -> None:
-        """The final manifest (or None and why it failed): the replica's last word."""
+    def ended(self, m, failed: str | None = None, deadline: float | None = None) -> None:
+        """The final manifest (or None and why it failed): the replica's last word. run.json's
+        update stops retrying at `deadline` (time.monotonic): the lease release waits behind it."""
         if self.doc is None:
             return
         now = self.clock()
@@ -281,11 +290,11 @@ class Recorder:
             self.doc["manifest"] = _manifest(m)
         if failed:
             self.doc["reason"] = failed
-        self._write(now, run_too=True)
+        self._write(now, run_too=True, deadline=deadline)
 
     # ---------------------------------------------------------------- writes
 
-    def _write(self, now: float, run_too: bool | None, first: bool = False) -> None:
+    def _write(self, now: float, run_too: bool | None, first: bool = False, deadline: float | None = None) -> None:
         """replica.json; then run.json when `run_too` (None: only when its `updated` is stale)."""
         if self._fenced:
             return
@@ -298,7 +307,7 @@ class Recorder:
                                      Body=json.dumps(self.doc, indent=1, sort_keys=True).encode(), **condition)
             self._etag = put["ETag"]
         except ClientError as err:
-            if _precondition_failed(err):
+            if lease.precondition_failed(err):
                 self._fenced = True  # another pod took this replica: its metadata is its own
                 log.warning("replica.json written by another pod; this one stops writing metadata",
                             extra={"fields": {"key": key}})
@@ -322,7 +331,7 @@ class Recorder:
             doc["updated"] = max(doc.get("updated") or 0, now)
             return doc
         try:
-            update_run(self.s3, self.layout, change)
+            update_run(self.s3, self.layout, change, deadline=deadline)
         except Exception as err:  # noqa: BLE001 - metadata never holds up files
             log.warning("run.json not written", extra={"fields": {"key": self.layout.run_metadata_key,
                                                                   "error": str(err)}})
@@ -333,7 +342,3 @@ def _manifest(m) -> dict:
         return {"seq": None, "committed": None, "files": 0, "size": 0}
     return {"seq": m.seq, "committed": m.created, "files": len(m.files), "size": m.size}
 
-
-def _precondition_failed(err: ClientError) -> bool:
-    return err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412") or \
-        err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412

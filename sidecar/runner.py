@@ -194,8 +194,13 @@ class Embedded:
         self.wired.engine.post(messages.Request(kind, payload, reply))
         return reply.result(timeout=timeout)
 
-    def flush(self, timeout: float) -> dict:
-        return self.ask("flush", {"fence": self.wired.watcher.fence(), "timeout": timeout}, timeout + 10)
+    def fence(self) -> int:
+        """A fence of the watcher: a flush waits for the events before it (`flush(fence=)`)."""
+        return self.wired.watcher.fence()
+
+    def flush(self, timeout: float, fence: int | None = None) -> dict:
+        """Wait up to `timeout` for what was written before `fence` (a new one if None)."""
+        return self.ask("flush", {"fence": self.fence() if fence is None else fence, "timeout": timeout}, timeout + 10)
 
     def stop(self, timeout: float = 120) -> None:
         if self.thread.is_alive():

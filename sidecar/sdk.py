@@ -135,7 +135,7 @@ class _Embedded:
         return self.core.ask("save", rule)
 
     def flush(self, timeout: float) -> dict:
-        return embedded.flush(self.core.flush, self.core.wired.engine.s3, self.store, timeout)
+        return embedded.flush(self.core.fence, self.core.flush, self.core.wired.engine.s3, self.store, timeout)
 
     def restore(self, name: str, run_path: str | None, replace: bool, root: str | None = None) -> dict:
         return self.core.ask("restore", {"name": name, "run_path": run_path, "replace": replace, "root": root}, 3600)

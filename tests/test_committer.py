@@ -80,3 +80,34 @@ def test_a_new_pod_takes_the_lease_and_the_old_committer_is_fenced_for_good(make
     assert manifest.latest(transfer.client(), layout).seq == final.seq
     held, _ = lease.read(transfer.client(), layout)
     assert held.holder == "pod-b" and held.state == "released"   # the next pod need not wait
+
+
+def test_a_final_commit_that_answers_late_is_never_recorded_as_failed(s3_env, layout, tmp_path):
+    """The final commit waits behind a slow task on the committer's thread (a heartbeat against
+    a slow store) past its timeout, then commits: the run's metadata must not say `failed` for
+    a replica whose final manifest is in the store."""
+    import json
+    import threading
+
+    from runsync import runmeta
+
+    s3 = transfer.client()
+    inbox: queue.Queue = queue.Queue()
+    c = Committer(s3, layout, transfer.Transfers(s3, layout.store), statedir.StateDir(tmp_path / "pod-a"),
+                  Metrics(CollectorRegistry()), inbox.put, "pod-a", 30.0,
+                  meta=runmeta.Recorder(s3, layout, runmeta.Facts(writer="sidecar@pod-a")))
+    try:
+        c.load()
+        assert isinstance(inbox.get(timeout=60), messages.Loaded)
+        slow = threading.Event()
+        c._thread.submit(slow.wait)  # the committer's one thread, busy
+        assert c.final(None, {"a.txt": entry(layout, "a.txt")}, set(), True, timeout=0.5) is None
+        slow.set()
+        c._thread.submit(lambda: None).result(timeout=60)  # everything queued before has run
+        latest = manifest.latest(s3, layout)
+        assert latest is not None and latest.final  # it did commit, late
+        replica = json.loads(s3.get_object(Bucket=layout.store.bucket, Key=layout.replica_metadata_key)["Body"].read())
+        run, _ = runmeta.read_run(s3, layout.store, layout.run)
+        assert replica["status"] != "failed" and run["status"] != "failed", (replica, run)
+    finally:
+        c.shutdown()

@@ -385,3 +385,82 @@ def test_an_end_that_lost_every_race_for_run_json_still_shows_through_its_replic
     (found,) = json.loads(cli("runs", "team-a", "--json").stdout)
     assert found["state"] == "ended" and found["ended"] == long_ago.now + 5
     assert "run team-a/proj/run-1: ended" in cli("ls", RUN).stdout
+
+
+CONTENDER = textwrap.dedent('''
+    # Replicas ending at once, as fast as one process can: run.json rewritten in a loop by 4
+    # threads, each write a new ETag. Prints "busy" once it is, runs until stdin closes.
+    import json, sys, threading, boto3
+    bucket, key, me = sys.argv[1:4]
+    s3 = boto3.client("s3")
+    def write(t):
+        n = 0
+        while True:
+            n += 1
+            doc = {"format": 1, "run": "x", "replicas": {f"{me}-{t}": {"status": "running", "n": n}}}
+            s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(doc).encode())
+            if n == 5 and t == 0:
+                print("busy", flush=True)
+    for t in range(4):
+        threading.Thread(target=write, args=(t,), daemon=True).start()
+    sys.stdin.read()
+''')
+
+
+def test_an_end_racing_many_replicas_for_run_json_still_releases_the_lease_in_the_grace_period(sidecars, store,
+                                                                                                    s3_env):
+    """1,000 replicas ending at once keep run.json's ETag moving (here: writer processes in a
+    loop): the sidecar's end, whose run.json update loses race after race, still exits within
+    its grace period (the kubelet kills it then) and releases its lease, so the next pod need
+    not wait for it to expire. run.json is best effort; the lease is not."""
+    from runsync import lease
+
+    grace = 8.0
+    sc = sidecars({contract.SAVE: "*.pt:live"}, grace=grace, extra_env=POD).start()
+    wait_for(lambda: (run_json(store) or {}).get("replicas", {}).get("0"), timeout=30, what="run.json at start")
+    (sc.run_dir / "last.pt").write_bytes(b"w" * 1000)
+    sc.flush()
+    env = {**os.environ, **s3_env}
+    others = [subprocess.Popen([sys.executable, "-c", CONTENDER, store.layout.store.bucket,
+                                store.layout.run_metadata_key, f"other-{i}"], env=env, text=True,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE) for i in range(6)]
+    try:
+        for p in others:
+            assert p.stdout.readline().strip() == "busy"
+        sc.proc.send_signal(15)
+        try:
+            code = sc.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            sc.kill()  # what the kubelet does when the grace period is over
+            code = None
+    finally:
+        for p in others:
+            p.kill()
+            p.wait()
+    held, _ = lease.read(store.client, store.layout)
+    assert held.state == "released", f"lease {held.state} (sidecar exit code {code}): the next pod waits for it"
+    assert code == 0
+    assert store.latest().final
+    assert replica_json(store)["status"] == "ended"  # run.json's entry is best effort; replica.json is its own
+
+
+def test_run_json_retries_stop_at_their_deadline(store):
+    """The end's run.json update loses every race (another replica writes between its read and
+    its write: a real 412 each time): it stops retrying at its deadline, not after all 12
+    attempts (~15 s), since the lease release waits behind it on the committer's thread."""
+    clock = Clock(0.0)
+    other = keys.Layout(store.layout.store, store.layout.run, "1")
+    put = writes(store.client)
+
+    def change(doc: dict) -> dict:
+        runmeta.update_run(store.client, other, lambda d: {**d, "updated": clock.now})  # wins the race
+        doc["replicas"]["0"] = {"status": "ended", "started": 0.0, "ended": clock.now}
+        return doc
+
+    def sleep(seconds: float) -> None:
+        assert seconds <= 3.0 - clock.now, "slept past the deadline"
+        clock.now += max(seconds, 1.0)  # each lost round costs at least a second here
+    assert runmeta.update_run(store.client, store.layout, change, sleep=sleep, deadline=3.0, clock=clock) is None
+    mine = [k for k in put if k == store.layout.run_metadata_key]
+    assert len(mine) == 2 * 3, put  # three rounds (at 0, 1 and 2 s), each the other's write and ours
+    assert "0" not in run_json(store)["replicas"]

@@ -229,3 +229,60 @@ def test_finish_right_after_init_commits_what_was_written(tmp_path, s3_env):
                             env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode != 0 and "finished" not in result.stdout
     assert "no-such-bucket" in result.stderr, result.stderr
+
+
+
+def test_embedded_flush_takes_one_fence_however_long_it_waits(tmp_path, s3_env, monkeypatch):
+    """Embedded: a flush waits for what was written before it was called: it asks the watcher
+    for one fence (a `.runsync/fence-N` file) and waits on it, however many times it checks the
+    store meanwhile; a fence per check would make it wait for what the trainer wrote later."""
+    import threading
+
+    import inotify_simple
+
+    import runsync
+    from runsync import embedded, sdk
+
+    monkeypatch.setattr(embedded, "CHECK_EVERY", 0.3)  # many store checks in one flush
+    checks = []
+    check_store = embedded.check_store
+    monkeypatch.setattr(embedded, "check_store", lambda *a: (checks.append(1), check_store(*a)))
+    run_dir = tmp_path / "run"
+    (run_dir / ".runsync").mkdir(parents=True)
+    stop = threading.Event()
+
+    def keep_writing() -> None:  # a log the trainer writes and never closes while it runs
+        with open(run_dir / "a.log", "w") as f:
+            while not stop.wait(0.05):
+                f.write("step\n")
+                f.flush()
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    fences = inotify_simple.INotify()
+    fences.add_watch(str(run_dir / ".runsync"), inotify_simple.flags.CREATE)
+    try:
+        runsync.init(dir=str(run_dir), run="team-a/proj/busy", store=s3_env["RUNSYNC_STORE"], code=False)
+        checks.clear()  # init's own check
+        # the start-up rescan saw a.log changing: a flush now waits until it is complete
+        wait_for(lambda: "a.log" in str(sdk._backend().core.ask("status", {})["pending"]), what="a.log pending")
+        result = {}
+
+        def flush():
+            try:
+                result.update(seq=runsync.flush(timeout=120))
+            except Exception as err:  # noqa: BLE001 - shown by the assertion below
+                result.update(err=err)
+        flusher = threading.Thread(target=flush)
+        flusher.start()
+        wait_for(lambda: len(checks) >= 3 or result, timeout=60, what="three store checks in one flush")
+        assert not result, result
+        stop.set()  # a.log complete: all the flush waited for
+        flusher.join(150)
+        assert "seq" in result, result  # durable: no TimeoutError
+        created = [e.name for e in fences.read(timeout=0) if e.name.startswith("fence-")]
+        assert len(created) == 1, f"one flush asked for {len(created)} fences: {created}"
+    finally:
+        stop.set()
+        writer.join()
+        fences.close()
+        runsync.finish()

@@ -210,6 +210,24 @@ def test_sdk_save_api_adds_a_glob(sidecars, store):
     assert "results/acc.csv" in store.files()
 
 
+def test_save_over_existing_files_reads_and_sends_each_once(sidecars, store):
+    """save() names files the trainer wrote a while ago (no rule named them: owed to the end):
+    each is read and sent once, not once by a rescan and again by the save's own send."""
+    sc = sidecars({}).start()
+    (sc.run_dir / "results").mkdir()
+    for i in range(3):
+        path = sc.run_dir / f"results/r{i}.csv"
+        path.write_text(f"{i}" * 100)
+        os.utime(path, (time.time() - 3600,) * 2)  # older than settle: a rescan takes it as complete
+    sc.flush()
+    code, doc = sc.save("results/*.csv")
+    assert code == 200 and doc["names"] == ["results/r0.csv", "results/r1.csv", "results/r2.csv"]
+    sc.flush()
+    assert sorted(uploaded_files(sc.log_records())) == ["results/r0.csv", "results/r1.csv", "results/r2.csv"]
+    assert sc.metric("runsync_uploaded_files_total", policy="live") == 3
+    assert sc.metric("runsync_skipped_bytes_total", reason="unchanged") == 0, "a file was read twice"
+
+
 def test_sigterm_during_a_1gib_live_upload_exits_in_time_consistently(sidecars, store):
     grace = 8.0
     sc = sidecars({SAVE: "**:live"}, grace=grace).start()
