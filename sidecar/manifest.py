@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from botocore.exceptions import ClientError
 
-from . import config, keys
+from . import config, keys, lease
 from .errors import StoreError
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -171,8 +171,6 @@ def history(client, layout: keys.Layout) -> Iterator[Manifest]:
     `restore(name)` walks back through them: a file the trainer deleted, and whose deletion was
     committed, is still in the manifests before that one (W&B restores whatever was saved).
     """
-    from . import lease
-
     current, _ = lease.read(client, layout)
     return walk(client, layout, current, seqs(client, layout))
 
@@ -239,7 +237,7 @@ def commit(
             ChecksumSHA256=base64.b64encode(hashlib.sha256(body).digest()).decode(),
         )
     except ClientError as err:
-        if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+        if lease.precondition_failed(err):
             raise CommitConflict(f"manifest {manifest.seq} of {layout.run} replica "
                                  f"{layout.replica} was committed by another writer") from None
         raise

@@ -50,7 +50,7 @@ def resolve(glob_str: str | bytes | os.PathLike, base_path: str | os.PathLike | 
         raise SaveError(f"save policy {policy!r} is not supported; expected live, now or end")
     root = PurePath(os.path.abspath(run_dir))
     pattern = PurePath(os.path.abspath(glob_str))  # also folds `..` away, as W&B does
-    inside = _within(pattern, root)
+    inside = pattern.is_relative_to(root)
     if base_path is not None:
         base = PurePath(os.path.abspath(base_path))
     elif inside:
@@ -70,7 +70,7 @@ def resolve(glob_str: str | bytes | os.PathLike, base_path: str | os.PathLike | 
 
 
 def _rule(glob_str: str, pattern: PurePath, base: PurePath, root: PurePath, policy: str, literal: bool) -> Saving:
-    if not _within(base, root):
+    if not base.is_relative_to(root):
         raise SaveError(f"base_path {str(base)!r} is outside the run dir {root}; pass one inside it, or none")
     relative = PurePosixPath(*pattern.parts[len(root.parts):]).as_posix()
     rule = {"glob": globs.escape(relative) if literal else relative, "policy": policy}
@@ -118,7 +118,3 @@ def _validate(glob_str: str, pattern: PurePath, base: PurePath) -> None:
     if pattern.parts[len(base.parts)] == "*":
         raise SaveError(f"save({glob_str!r}): Glob may not start with '*' relative to the base path "
                         f"{str(base)!r}; fix: pass a base_path below the '*', or name that directory")
-
-
-def _within(path: PurePath, root: PurePath) -> bool:
-    return path.parts[:len(root.parts)] == root.parts
