@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from botocore.exceptions import ClientError
 
-from . import config, keys, lease
+from . import checksums, config, keys, lease
 from .errors import StoreError
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -40,6 +40,10 @@ class FileEntry:
     mtime_ns: int
     sha256: str
     policy: str = "end"
+    part_size: int = 0
+    """Format 2: the size of each part `crc64nvme` checks (checksums.py); 0 in format 1."""
+    crc64nvme: tuple[str, ...] = ()
+    """Format 2: one CRC64NVME per part, so a download checks each part as it lands."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +76,7 @@ class Manifest:
             "final": self.final,
             "writer": self.writer,
             "epoch": self.epoch,
-            "files": [dataclasses.asdict(f) for f in sorted(self.files.values(), key=lambda f: f.name)],
+            "files": [_entry_doc(f) for f in sorted(self.files.values(), key=lambda f: f.name)],
             "checkpoints": {d: list(names) for d, names in sorted(self.checkpoints.items())},
         }
         return json.dumps(doc, indent=1, ensure_ascii=False).encode()
@@ -89,13 +93,15 @@ class Manifest:
                 entry = FileEntry(
                     name=str(raw["name"]), key=str(raw["key"]), size=int(raw["size"]),
                     mtime_ns=int(raw["mtime_ns"]), sha256=str(raw["sha256"]),
-                    policy=str(raw.get("policy", "end")),
+                    policy=str(raw.get("policy", "end")), part_size=int(raw.get("part_size", 0)),
+                    crc64nvme=tuple(str(c) for c in raw.get("crc64nvme", ())),
                 )
                 keys.check_stored_name(entry.name)
                 if not entry.key.startswith(layout.replica_prefix + "files/"):
                     raise ValueError(f"file {entry.name!r} points outside the replica: {entry.key!r}")
                 if not _SHA256.fullmatch(entry.sha256) or entry.size < 0:
                     raise ValueError(f"file {entry.name!r} has a bad checksum or size")
+                _check_parts(entry)
                 files[entry.name] = entry
             checkpoints = {}
             for d, names in dict(doc.get("checkpoints") or {}).items():
@@ -114,6 +120,25 @@ class Manifest:
                              f"runsync format {keys.FORMAT} or is damaged; fix: move that object aside "
                              "(the run then restores from the manifest before it), or restore it from "
                              "the bucket's versioning") from None
+
+
+def _entry_doc(f: FileEntry) -> dict:
+    doc = dataclasses.asdict(f)
+    if not f.part_size:  # format 1 entries stay as they were
+        del doc["part_size"], doc["crc64nvme"]
+    else:
+        doc["crc64nvme"] = list(f.crc64nvme)
+    return doc
+
+
+def _check_parts(entry: FileEntry) -> None:
+    if not entry.part_size and not entry.crc64nvme:
+        return
+    if entry.part_size <= 0 or len(entry.crc64nvme) != checksums.part_count(entry.size, entry.part_size):
+        raise ValueError(f"file {entry.name!r} has {len(entry.crc64nvme)} part checksums for "
+                         f"{entry.size} bytes in parts of {entry.part_size}")
+    for crc in entry.crc64nvme:
+        checksums.decode(crc)
 
 
 def settle(previous: Manifest | None, changes: list[FileEntry], removed: set[str],

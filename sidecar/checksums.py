@@ -1,0 +1,73 @@
+"""Per-part CRC64NVME: how storage format 2 checks every part of a file as it moves.
+
+A format-2 manifest entry records `part_size` and one CRC64NVME per part (base64 of the 8
+big-endian bytes, as S3's `x-amz-checksum-crc64nvme` header spells it). A download fetches parts
+in parallel and checks each one as it lands, so no second pass over the file is needed; the
+entry's SHA-256 stays the whole-file digest of what was committed. CRC64NVME is computed by the
+AWS CRT in native code (about 5x SHA-256's speed here), and S3 checks the same algorithm itself.
+Parts of an entry: consecutive, from offset 0, each `part_size` bytes but the last (shorter,
+never empty); an empty file has no part.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import os
+
+MiB = 1024 * 1024
+PART_SIZE = 16 * MiB
+"""The default part size (the multipart chunk size of uploads)."""
+
+
+@functools.cache
+def _crc():
+    from awscrt import checksums  # 60 ms of imports: only when a part is checked
+
+    return checksums
+
+
+def crc64nvme(data: bytes | memoryview, previous: int = 0) -> int:
+    return _crc().crc64nvme(data, previous)
+
+
+def encode(crc: int) -> str:
+    return base64.b64encode(crc.to_bytes(8, "big")).decode()
+
+
+def decode(text: str) -> int:
+    raw = base64.b64decode(text, validate=True)
+    if len(raw) != 8:
+        raise ValueError(f"a CRC64NVME is 8 bytes, got {len(raw)}")
+    return int.from_bytes(raw, "big")
+
+
+def combine(first: int, second: int, second_len: int) -> int:
+    """The CRC64NVME of two consecutive pieces (S3's full-object checksum from part checksums)."""
+    return _crc().combine_crc64nvme(first, second, second_len)
+
+
+def part_count(size: int, part_size: int) -> int:
+    return 0 if size == 0 else -(-size // part_size)
+
+
+def part_range(index: int, size: int, part_size: int) -> tuple[int, int]:
+    """(offset, length) of part `index` of a `size`-byte file."""
+    offset = index * part_size
+    return offset, min(part_size, size - offset)
+
+
+def of_fd(fd: int, size: int, part_size: int = PART_SIZE, block: int = 4 * MiB) -> tuple[str, ...]:
+    """The part CRCs of the first `size` bytes of `fd`, read with pread (the offset is untouched)."""
+    crcs = []
+    for i in range(part_count(size, part_size)):
+        offset, length = part_range(i, size, part_size)
+        crc, done = 0, 0
+        while done < length:
+            chunk = os.pread(fd, min(block, length - done), offset + done)
+            if not chunk:
+                raise EOFError(f"file shorter than {size} bytes")
+            crc = crc64nvme(chunk, crc)
+            done += len(chunk)
+        crcs.append(encode(crc))
+    return tuple(crcs)
