@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import contract
-from .errors import InputError, StoreError
+from .errors import InputError, StoreError, StoreUnreachable
 from .logs import log
 
 AES256 = "AES256"
@@ -106,7 +106,7 @@ def check(s3, bucket: str, key: str, encryption: Encryption, where: str) -> None
         raise StoreError(f"{where}: the S3 server at {endpoint} refused a write with server-side encryption "
                          f"{encryption} ({error.get('Code')}: {error.get('Message')}); {fix}") from None
     except BotoCoreError as err:
-        raise StoreError(f"{where}: cannot check server-side encryption {encryption} at {endpoint} "
+        raise StoreUnreachable(f"{where}: cannot check server-side encryption {encryption} at {endpoint} "
                          f"({type(err).__name__}: {err}); fix: check AWS_ENDPOINT_URL_S3 and that the "
                          "server is up") from None
     applied = head.get("ServerSideEncryption")

@@ -29,6 +29,10 @@ class StoreError(RunsyncError):
     """The S3 store cannot be used as asked: bad URL, credentials, bucket, endpoint."""
 
 
+class StoreUnreachable(StoreError):
+    """The store did not answer (no connection, a timeout): waiting may cure it; a refusal won't."""
+
+
 class RunPathError(InputError):
     """A malformed run path (`NAMESPACE/PROJECT/RUN`), replica or stored name."""
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import api, config, contract, keys, logs, statedir, transfer
-from .errors import InputError
+from .errors import InputError, StoreUnreachable
 from .logs import log
 from .settings import Settings
 
@@ -108,7 +108,7 @@ def wire(run_dir: str, layout: keys.Layout, settings: Settings, annotations: str
     from .metrics import Metrics
 
     s3 = transfer.client()
-    transfer.check_encryption(s3, layout)
+    _check_encryption_when_reachable(s3, layout)
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     _restore_metrics(run_dir, metrics)
@@ -121,6 +121,22 @@ def wire(run_dir: str, layout: keys.Layout, settings: Settings, annotations: str
     thread = threading.Thread(target=_watch, args=(watcher,), name="watcher", daemon=True)
     thread.start()
     return Wired(core, watcher, registry, thread)
+
+
+def _check_encryption_when_reachable(s3, layout: keys.Layout) -> None:
+    """The sidecar starts beside a trainer that is already running: a store that does not answer
+    yet is waited for (a crash loop would only add the kubelet's back-off), while a store that
+    refuses the encryption asked for stops the sidecar at once (nothing is written unchecked)."""
+    backoff, attempt = transfer.Backoff(), 0
+    while True:
+        try:
+            return transfer.check_encryption(s3, layout)
+        except StoreUnreachable as err:
+            attempt += 1
+            delay = backoff.delay(attempt)
+            log.warning("cannot check server-side encryption yet; retrying", extra={"fields": {
+                "error": str(err), "retry_in_s": round(delay, 2)}})
+            time.sleep(delay)
 
 
 def _watch(watcher: watch.Watcher) -> None:

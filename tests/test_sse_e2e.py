@@ -310,3 +310,45 @@ def test_a_mode_the_server_cannot_apply_is_a_clear_condition_and_the_pod_does_no
         assert "server-side encryption aws:kms" in out and "fix:" in out, out
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=operator.buckets["nokms"]).get("Contents", ())]
     assert not [k for k in keys if "/files/" in k or "/manifests/" in k or k.endswith("lease.json")], keys
+
+
+# ------------------------------------------------ a brief outage at the sidecar's start
+
+def test_a_sidecar_that_starts_during_an_outage_waits_for_the_store_then_encrypts(tmp_path):
+    """The sidecar's start-up encryption check is retried while the store cannot be reached (a
+    refusal stays fatal): it must not crash-loop through a blip, nor start writing unchecked."""
+    from harness import Sidecar
+
+    server = locals3.start(workdir=tmp_path / "s3")
+    try:
+        bucket = new_bucket(client_of(server))
+        env = {**server.env(), "RUNSYNC_STORE": f"s3://{bucket}/x", contract.ENV_SSE: "AES256"}
+        run_dir = tmp_path / "run"
+        run_dir.mkdir()
+        (run_dir / "model.pt").write_bytes(b"m" * 5000)
+        server.stop(keep_data=True)
+        sc = Sidecar(run_dir, env, {contract.SAVE: "**:live"}, tmp_path).start(wait=False)
+        try:
+            deadline = time.monotonic() + 120  # a poll: the retry is logged, the process lives on
+            while "cannot check server-side encryption yet" not in sc.logs():
+                assert sc.proc.poll() is None, sc.logs()[-3000:]
+                assert time.monotonic() < deadline, sc.logs()[-3000:]
+                time.sleep(0.1)
+            server.restart()
+            while True:  # then it comes up as usual
+                try:
+                    if sc.status().get("loaded"):
+                        break
+                except OSError:
+                    pass
+                assert sc.proc.poll() is None and time.monotonic() < deadline + 60, sc.logs()[-3000:]
+                time.sleep(0.1)
+            sc.flush(timeout=120)
+            stored = encryption_of_every_object(client_of(server), bucket)
+            assert any(k.endswith("/sse-check") for k in stored), stored
+            assert any("model.pt" in k or "/objects/" in k for k in stored), stored
+            assert {k: v[0] for k, v in stored.items()} == {k: "AES256" for k in stored}
+        finally:
+            sc.stop()
+    finally:
+        server.stop()
