@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 
-from runsync import contract
+from runsync import contract, retention
 
 from . import containers
 from .stores import GROUP, VERSION, StoreSpec
@@ -26,10 +26,10 @@ _MAX_NAME = 52  # a CronJob's name: its Jobs append 11 characters to it
 
 @dataclasses.dataclass(frozen=True)
 class Retention:
-    """A Store's `spec.retention`; the defaults are the CRD's."""
+    """A Store's `spec.retention`; the defaults are the CRD's, which are `runsync gc`'s."""
 
-    keep: int = 3
-    min_age: str = "1h"
+    keep: int = retention.DEFAULT_KEEP
+    min_age: str = retention.DEFAULT_MIN_AGE
     days: int | None = None
     schedule: str = "17 3 * * *"
 

@@ -153,3 +153,15 @@ def test_the_store_crd_the_operator_and_the_cli_share_one_set_of_defaults():
     assert fields["minAge"]["default"] == gcjob.Retention.min_age == retention.DEFAULT_MIN_AGE
     assert fields["schedule"]["default"] == gcjob.Retention.schedule
     assert retention.Policy().min_age == 3600
+
+
+def test_the_store_crds_retention_defaults_are_runsync_gcs():
+    """One default in three places (the CRD, the operator's CronJob, `runsync gc`): they agree."""
+    import yaml
+    from pathlib import Path
+
+    crd = yaml.safe_load((Path(__file__).parents[1] / "charts/runsync/crds/stores.runsync.dev.yaml").read_text())
+    props = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    defaults = props["retention"]["properties"]
+    assert defaults["keepManifests"]["default"] == retention.DEFAULT_KEEP
+    assert defaults["minAge"]["default"] == retention.DEFAULT_MIN_AGE
