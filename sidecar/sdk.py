@@ -183,11 +183,9 @@ def init(dir: str | os.PathLike | None = None, run: str | None = None, store: st
     `RUNSYNC_IGNORE_GLOBS`, comma-separated) names files never uploaded, even when saved."""
     if _Session.backend is not None:
         return _Session.backend.run
-    api = os.environ.get(contract.ENV_API)
-    if api and os.environ.get(contract.ENV_DIR) and os.environ.get(contract.ENV_RUN_PATH):
+    if (pod := _pod_here()) is not None:
         embedded.refuse_ignore_in_pod(ignore_globs)
-        the_run = Run(os.environ[contract.ENV_DIR], os.environ[contract.ENV_RUN_PATH])
-        _Session.backend = _Pod(api, the_run)
+        _Session.backend, the_run = pod, pod.run
     else:
         store_url = store or os.environ.get(contract.ENV_STORE)
         if not (dir and run and store_url):
@@ -204,6 +202,14 @@ def init(dir: str | os.PathLike | None = None, run: str | None = None, store: st
         if state is not None:
             _Session.backend.code(state)
     return the_run
+
+
+def _pod_here() -> _Pod | None:
+    """This pod's sidecar, when the SDK runs in an injected pod."""
+    api = os.environ.get(contract.ENV_API)
+    if api and os.environ.get(contract.ENV_DIR) and os.environ.get(contract.ENV_RUN_PATH):
+        return _Pod(api, Run(os.environ[contract.ENV_DIR], os.environ[contract.ENV_RUN_PATH]))
+    return None
 
 
 def _backend() -> _Pod | _Embedded:
@@ -279,9 +285,8 @@ def restore(name: str, run_path: str | None = None, replace: bool = False, root:
     RUNSYNC_STORE and the AWS variables. `RestoreNotFound` if the run never committed `name`."""
     from . import restore_here
 
-    backend = _Session.backend
-    if backend is None and os.environ.get(contract.ENV_API):
-        backend = _backend()  # in a pod the sidecar is there without init
+    # In a pod the sidecar is there without init; init itself (and its code state) is left to the trainer.
+    backend = _Session.backend or _pod_here()
     name, run_path, base = restore_here.resolve(name, backend.run if backend else None, run_path, root)
     local = base / name
     if local.is_file() and not replace:

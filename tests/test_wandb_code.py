@@ -368,6 +368,32 @@ def test_a_large_diff_goes_through_the_sidecar(tmp_path, sidecars, s3_env):
     assert sc.terminate()[0] == 0
 
 
+def test_restore_before_init_in_a_pod_leaves_the_code_state_to_init(tmp_path, sidecars, s3_env):
+    """`runsync.restore` before `init` in a pod reaches the sidecar without starting the run: it
+    records no code state of its own, and the `init(code=...)` after it decides, as W&B's does."""
+    sc = sidecars({contract.SAVE: "**:live"}).start()
+    (sc.run_dir / "ckpt.pt").write_bytes(b"c" * 100)
+    sc.flush()
+    (sc.run_dir / "ckpt.pt").unlink()
+    repo = make_repo(tmp_path / "repo")
+    (repo / "train.py").write_text("lr = 0.5\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNSYNC_", "GIT_"))}
+    env.update({contract.ENV_DIR: sc.env[contract.ENV_DIR], contract.ENV_RUN_PATH: sc.run,
+                contract.ENV_API: sc.env[contract.ENV_API]})
+    script = "import runsync, sys; f = runsync.restore('ckpt.pt'); print(len(f.read()))"
+    result = subprocess.run([sys.executable, "-c", script], cwd=repo, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "100", result.stderr
+    assert stored(s3_env, run=sc.run) == (None, None)              # restore alone records no code
+    script = "import runsync; runsync.restore('ckpt.pt'); runsync.init(); print('ok')"
+    result = subprocess.run([sys.executable, "-c", script], cwd=repo, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+    info, diff = stored(s3_env, run=sc.run)
+    assert info["commit"] == _head(repo) and diff == _diff(repo)    # and init after it still does
+    assert sc.terminate()[0] == 0
+
+
 def test_the_code_api_reads_only_patches_the_sdk_wrote(tmp_path, sidecars, s3_env):
     """`/v1/code` reads a patch file only from the state dir's `code/`, by the SDK's own naming:
     nothing else of the pod can be made to reach the store through it. The body of an SDK of
