@@ -1,5 +1,6 @@
 """The whole benchmark, one SeaweedFS, one run: throughput and CPU against the peers,
-close-to-durable latency, the idle sidecar and admission latency. `bench/run` sets it up.
+close-to-durable latency, the idle sidecar, admission latency and checkpoints against
+s3torchconnector (bench/checkpoint.py; `--tools` name `s3torchconnector`). `bench/run` sets it up.
 
 Writes into --out: samples.csv (every run), summary.csv (medians and ratios), results.md (the
 tables and the machine), chart.png.
@@ -23,6 +24,7 @@ import boto3
 from runsync_testing import locals3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import checkpoint  # noqa: E402
 import latency  # noqa: E402
 import report  # noqa: E402
 import standing  # noqa: E402
@@ -79,16 +81,8 @@ def throughput(server, env, s3, sets, chosen, repeat, tmp, log) -> list[dict]:
                         raise RuntimeError(f"{tool.name} restored {got} (files, bytes) of {name}, want {(count, nbytes)}")
                 finally:
                     shutil.rmtree(dest, ignore_errors=True)
-                    drop_bucket(s3, bucket)  # SeaweedFS frees a bucket's volumes at once
+                    tools.drop_bucket(s3, bucket)  # SeaweedFS frees a bucket's volumes at once
     return rows
-
-
-def drop_bucket(s3, bucket: str) -> None:
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-        if keys:
-            s3.delete_objects(Bucket=bucket, Delete={"Objects": keys})
-    s3.delete_bucket(Bucket=bucket)
 
 
 def machine() -> str:
@@ -112,12 +106,17 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     chosen = [t for t in tools.ALL if t.available() and (not args.tools or t.name in args.tools.split(","))]
     missing = [t.name for t in tools.ALL if not t.available()]
+    torch_peer = checkpoint.available()
+    if not torch_peer:
+        missing.append(checkpoint.NAME)
+    torch_peer = torch_peer and (not args.tools or checkpoint.NAME in args.tools.split(","))
     started = time.time()
 
     def log(msg: str) -> None:
         print(f"[{time.time() - started:7.1f}s] {msg}", flush=True)
 
-    log(f"tools: {', '.join(t.name for t in chosen)}" + (f"; not installed: {', '.join(missing)}" if missing else ""))
+    running = [t.name for t in chosen] + ([checkpoint.NAME] if torch_peer else [])
+    log(f"tools: {', '.join(running)}" + (f"; not installed: {', '.join(missing)}" if missing else ""))
     tmp = Path(tempfile.mkdtemp(prefix="runsync-bench-"))
     server = locals3.start()
     try:
@@ -135,15 +134,18 @@ def main() -> None:
         for size, count in ((MiB, 3 if smoke else 50), (4 * MiB if smoke else 1024 * MiB, 3 if smoke else 10)):
             lat.append(latency.close_to_durable(env, "bench-latency", size, args.latency_count or count))
             log(f"close-to-durable {json.dumps(lat[-1])}")
-        drop_bucket(s3, "bench-latency")
+        tools.drop_bucket(s3, "bench-latency")
         s3.create_bucket(Bucket="bench-idle")
         idle = standing.idle(server, args.idle_files or (300 if smoke else 100_000), 3 if smoke else 60, "bench-idle")
         log(f"idle sidecar {json.dumps(idle)}")
         admission = standing.admission(server, 50, 25 if smoke else 500)
         log(f"admission {json.dumps(admission)}")
+        ckpt_rows = (checkpoint.measure(s3, env, checkpoint.SMOKE if smoke else checkpoint.FULL, repeat, log)
+                     if torch_peer else [])
+        ckpt = checkpoint.summarise(ckpt_rows)
 
-        report.write_csv(args.out / "samples.csv", rows)
-        report.write_csv(args.out / "summary.csv", summary)
+        report.write_csv(args.out / "samples.csv", rows + ckpt_rows)
+        report.write_csv(args.out / "summary.csv", summary + ckpt)
         report.chart(args.out / "chart.png", summary)
         doc = "\n\n".join([
             f"# runsync benchmark{' (smoke)' if smoke else ''}",
@@ -157,7 +159,9 @@ def main() -> None:
                 f"{x['overhead_p50_ms']} |" for x in lat),
             "## Idle sidecar\n\n```\n" + json.dumps(idle, indent=1) + "\n```",
             "## Admission\n\n```\n" + json.dumps(admission, indent=1) + "\n```\n",
-        ])
+        ] + (["## Checkpoints against s3torchconnector\n\nsave: the connector's writer vs the trainer's local "
+              "save + `runsync.flush()`; load: the connector's reader vs restore-init (a fresh process) + local "
+              "load.\n\n" + checkpoint.markdown(ckpt) + "\n"] if ckpt else []))
         (args.out / "results.md").write_text(doc)
         print(doc)
     finally:

@@ -1,28 +1,36 @@
-"""`runsync restore-init` with `runsync.dev/restore-replicas: all` over runs of R replicas.
+"""runsync at scale (issue 18): four curves, each with S3 requests by kind, wall time, CPU and RSS
+of the runsync process a user or a pod runs, before and after.
 
-    .venv/bin/python bench/scale.py --replicas 1,8,32,128 [--repeat 3]
+    bench/run --scale R,M,F,N [--R 1,8,32,128] [--M 10,100,1000] [--F 1000,10000,50000]
+              [--N 10,100,1000] [--repeat 3] [--before DIR] [--latency-ms 0] [--out FILE]
 
-One local SeaweedFS. For each R a run is written as R sidecars leave it (the product's own
-lease and manifest code: take the lease, upload, commit, release): every replica commits its log
-file, then its shard of a DCP checkpoint (`ckpt/step-100/__<r>_0.distcp`, replica 0 adds the
-`.metadata` marker) and a final manifest. Then a new pod of replica 0 runs `runsync
-restore-init` as a process with the environment the operator sets, `--repeat` times into empty
-run dirs. Its S3 requests are counted by kind inside that process (runsync_testing.s3count: a
-botocore hook the bench's sitecustomize installs; the product has none); wall time and peak RSS
-come from the process; `restore` is the seconds its "restore done" log reports (discovery and
-downloads). `--latency-ms` adds a round trip to every request (loopback has none; a remote
-store has 10-50 ms), which is where a serial chain of requests shows. Every restore is checked to hold all 2R + 1 files. The discovery alone (the latest
-manifest of every replica) is also timed in this process. Prints a Markdown table; a number of
-one machine, not an assertion.
+- R: restore-init with `runsync.dev/restore-replicas: all` over a run of R replicas (each left by
+  a `runsync sync --replica r` of its log file and its shard of a DCP checkpoint; replica 0 adds
+  the `.metadata` marker). Every restore is checked to hold all 2R + 1 files.
+- M: one more commit, a `runsync sync` of one changed file, on a replica with M manifests in its
+  history (written by the SDK's embedded engine: M x change a file, `runsync.flush()`): requests,
+  wall, bytes PUT.
+- F: F small (4 KiB) files: a first `sync`, a no-op `sync`, a `sync` after one changed file (its
+  bytes PUT: the 4 KiB file and the manifest record), restore-init into an empty dir: wall, client
+  CPU ms per file, peak RSS, requests.
+- N: `runsync runs NS --json` over N runs (written as bench/runs_catalog.py writes them).
+
+Only public interfaces run here (the CLI, the SDK, restore-init as a process), so the bench keeps
+working while the format changes. Requests are counted inside each process by kind
+(runsync_testing.s3count, which the bench's sitecustomize installs; the product has no counter);
+CPU and peak RSS come from wait4. `--before DIR` (a checkout of older code, e.g. `git worktree
+add .before 0cd8527`) runs the same steps with that code, each repeat next to this code's, so both
+see the same load; each tree writes its own data. `--latency-ms` adds a round trip to every
+request of the measured processes (loopback has none; a remote store has 10-50 ms). Prints a
+Markdown table per curve and writes them to --out. Numbers of one machine, not assertions.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
-import hashlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,139 +41,261 @@ from pathlib import Path
 
 import boto3
 
-from runsync import contract, keys, lease, manifest, restorer, transfer
+from runsync import contract, keys, transfer
 from runsync_testing import downward, locals3, s3count
 
-RUNSYNC = str(Path(sys.executable).with_name("runsync"))
-BUCKET = "bench-scale"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import runs_catalog  # noqa: E402
+from startup import Code  # noqa: E402  (the tree to run: this one, or --before's checkout)
+
+HERE = Path(__file__).resolve().parent
 SHARD_BYTES = 4096
+SMALL_FILE = 4096
+DEFAULTS = {"R": "1,8,32,128", "M": "10,100,1000", "F": "1000,10000,50000", "N": "10,100,1000"}
 
 
-def write_replica(s3, layout: keys.Layout) -> None:
-    """What one replica's sidecar leaves: two commits under its lease, then the lease released."""
-    held = lease.acquire(s3, layout, f"trainer-{layout.replica}", wait=0,
-                         max_seq=lambda: manifest.max_seq(s3, layout))
-    r = int(layout.replica)
-    commits = [{f"logs/rank-{r:04d}.txt": f"rank {r} step 100\n".encode()},
-               {f"ckpt/step-100/__{r}_0.distcp": os.urandom(SHARD_BYTES)}]
-    if r == 0:
-        commits[1]["ckpt/step-100/.metadata"] = b"dcp metadata"
-    previous = None
-    for i, files in enumerate(commits):
-        entries = []
-        for name, data in files.items():
-            digest = hashlib.sha256(data).hexdigest()
-            key = layout.file_key(name, digest)
-            s3.put_object(Bucket=layout.store.bucket, Key=key, Body=data)
-            entries.append(manifest.FileEntry(name, key, len(data), time.time_ns(), digest, "live"))
-        previous = manifest.commit_next(s3, layout, previous, entries, final=i == len(commits) - 1,
-                                        writer=f"sidecar@trainer-{r}", epoch=held.lease.epoch)
-        held = lease.renew(s3, layout, held)
-    lease.renew(s3, layout, held, state="released")  # the final flush's last step
+class Bench:
+    """One SeaweedFS, one bucket per tree, the processes run and measured."""
 
+    def __init__(self, server, work: Path, latency_ms: float):
+        self.work = work
+        self.latency_ms = latency_ms
+        self.base = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNSYNC_"))},
+                     **server.env()}
+        self.s3 = boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
+                               aws_access_key_id=server.credentials.access_key,
+                               aws_secret_access_key=server.credentials.secret_key)
+        self.serial = 0
 
-def populate(s3, store: keys.StoreURL, run: keys.RunPath, replicas: int) -> None:
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda r: write_replica(s3, keys.Layout(store, run, str(r))), range(replicas)))
+    def store(self, code: Code) -> str:
+        bucket = f"scale-{code.label}"
+        if bucket not in {b["Name"] for b in self.s3.list_buckets().get("Buckets", [])}:
+            self.s3.create_bucket(Bucket=bucket)
+        return f"s3://{bucket}/runs"
 
+    def env(self, code: Code, **extra: str) -> dict[str, str]:
+        return code.env({**self.base, contract.ENV_STORE: self.store(code), **extra})
 
-def restore_init(base_env: dict[str, str], run: keys.RunPath, work: Path, label: str, latency_ms: float) -> dict:
-    run_dir, counts = work / f"dir-{label}", work / f"counts-{label}.json"
-    run_dir.mkdir()
-    annotations = work / f"annotations-{label}"
-    annotations.write_text(downward.format_annotations_file({contract.RESTORE_REPLICAS: "all"}))
-    env = {**base_env, **s3count.environ(counts, work, latency_ms),
-           contract.ENV_DIR: str(run_dir), contract.ENV_RUN_PATH: str(run), contract.ENV_REPLICA: "0",
-           contract.ENV_ANNOTATIONS: str(annotations), contract.ENV_HOLDER: f"pod-{label}",
-           contract.ENV_GRACE: "5"}
-    started = time.perf_counter()
-    with open(work / f"out-{label}", "wb") as out, open(work / f"err-{label}", "wb") as err:
-        child = subprocess.Popen([RUNSYNC, "restore-init"], env=env, stdout=out, stderr=err)
-        _, status, usage = os.wait4(child.pid, 0)  # the child's own peak RSS
-    child.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - started
-    output = (work / f"out-{label}").read_text()
-    if child.returncode:
-        raise SystemExit(f"restore-init failed: {output[-2000:]} {(work / f'err-{label}').read_text()[-2000:]}")
-    done = [json.loads(line) for line in output.splitlines() if '"restore done"' in line]
-    files = [p for p in run_dir.rglob("*") if p.is_file() and keys.STATE_DIR not in p.parts]
-    return {"wall": wall, "rss_mib": usage.ru_maxrss / 1024, "cpu": usage.ru_utime + usage.ru_stime,
-            "restore_s": done[0].get("seconds") if done else None, "files": len(files),
-            "requests": s3count.read(counts)}
-
-
-def discover(s3, store: keys.StoreURL, run: keys.RunPath, replicas: int, latency_ms: float) -> tuple[float, int]:
-    """restore-init's discovery alone, in this process: seconds and S3 requests."""
-    counts = collections.Counter()
-    handler = lambda model, **_: counts.update([model.name])  # noqa: E731
-    delay = s3count.add_latency(latency_ms)
-    s3.meta.events.register("before-call.s3", handler)
-    if delay:
-        s3.meta.events.register("before-send.s3", delay)
-    try:
+    def run(self, code: Code, args: list[str], env: dict[str, str], counted: bool = True) -> dict:
+        """`runsync ARGS` (or `python ARGS` when args[0] is a .py file) as a process of `code`:
+        wall s, cpu s, peak rss MiB, requests and bytes sent by kind."""
+        self.serial += 1
+        counts = self.work / f"counts-{self.serial}.json"
+        if counted:
+            site = s3count.environ(counts, self.work, self.latency_ms)
+            env = {**env, **site, "PYTHONPATH": os.pathsep.join(
+                p for p in (site["PYTHONPATH"], env.get("PYTHONPATH")) if p)}
+        argv = [sys.executable, *args] if args[0].endswith(".py") else code.command(*args)
+        out, err = self.work / f"out-{self.serial}", self.work / f"err-{self.serial}"
         started = time.perf_counter()
-        found = restorer.latest_manifests(s3, store, run, "0", all_replicas=True)
-        seconds = time.perf_counter() - started
-    finally:
-        s3.meta.events.unregister("before-call.s3", handler)
-        if delay:
-            s3.meta.events.unregister("before-send.s3", delay)
-    assert len(found) == replicas, (replicas, sorted(found))
-    return seconds, sum(counts.values())
+        with open(out, "wb") as o, open(err, "wb") as e:
+            child = subprocess.Popen(argv, env=env, stdout=o, stderr=e, stdin=subprocess.DEVNULL)
+            _, status, usage = os.wait4(child.pid, 0)  # the child's own CPU and peak RSS
+        wall = time.perf_counter() - started
+        if os.waitstatus_to_exitcode(status):
+            raise SystemExit(f"{' '.join(args)} ({code.label}) failed: {out.read_text()[-2000:]} "
+                             f"{err.read_text()[-2000:]}")
+        return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_mib": usage.ru_maxrss / 1024,
+                "requests": s3count.read(counts) if counted else {},
+                "sent": s3count.read_bytes(counts) if counted else {}, "out": out.read_text()}
+
+    def restore_init(self, code: Code, run: str, run_dir: Path, annotations: dict[str, str]) -> dict:
+        run_dir.mkdir(parents=True)
+        ann = run_dir.parent / f"{run_dir.name}.annotations"
+        ann.write_text(downward.format_annotations_file(annotations))
+        self.serial += 1
+        result = self.run(code, ["restore-init"], self.env(
+            code, **{contract.ENV_DIR: str(run_dir), contract.ENV_RUN_PATH: run, contract.ENV_REPLICA: "0",
+                     contract.ENV_ANNOTATIONS: str(ann), contract.ENV_HOLDER: f"pod-{self.serial}",
+                     contract.ENV_GRACE: "5"}))
+        result["files"] = sum(1 for p in run_dir.rglob("*") if p.is_file() and keys.STATE_DIR not in p.parts)
+        return result
+
+    def sync(self, code: Code, src: Path, run: str, replica: str = "0", counted: bool = True) -> dict:
+        return self.run(code, ["sync", str(src), "--run", run, "--replica", replica], self.env(code), counted)
 
 
-def release(s3, layout: keys.Layout) -> None:
-    """What the pod's sidecar does at its end: the next pod then takes the lease without waiting."""
-    current, etag = lease.read(s3, layout)
-    lease.renew(s3, layout, lease.Held(current, etag), state="released")
+def small_files(root: Path, count: int, size: int = SMALL_FILE) -> None:
+    for i in range(count):
+        d = root / f"d{i // 1000:03d}"  # 1,000 a dir, as a dataset cache lays them out
+        if i % 1000 == 0:
+            d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:06d}.bin").write_bytes(os.urandom(size))
 
 
-def main() -> None:
+def requests_cell(r: dict) -> str:
+    return f"{sum(r.values())} ({', '.join(f'{k} {v}' for k, v in sorted(r.items()))})"
+
+
+def med(results: list[dict], key: str) -> float:
+    return statistics.median(x[key] for x in results)
+
+
+# -- the curves: each returns Markdown table rows, one per (size, tree)
+
+def curve_r(bench: Bench, trees: list[Code], sizes: list[int], repeat: int) -> tuple[str, list[str]]:
+    head = "| R | code | requests (by kind) | wall s (median) | CPU s | peak RSS MiB | files |"
+    rows = []
+    for r in sizes:
+        run = f"team-a/scale/r{r}"
+        for code in trees:
+            def leave(rep: int, code=code) -> None:  # what replica `rep`'s sidecar leaves
+                src = bench.work / f"r{r}-{code.label}-{rep}"
+                (src / "logs").mkdir(parents=True)
+                (src / "logs" / f"rank-{rep:04d}.txt").write_text(f"rank {rep} step 100\n")
+                (src / "ckpt" / "step-100").mkdir(parents=True)
+                (src / "ckpt" / "step-100" / f"__{rep}_0.distcp").write_bytes(os.urandom(SHARD_BYTES))
+                if rep == 0:
+                    (src / "ckpt" / "step-100" / ".metadata").write_bytes(b"dcp metadata")
+                bench.sync(code, src, run, str(rep), counted=False)
+                shutil.rmtree(src)
+            with ThreadPoolExecutor(4) as pool:
+                list(pool.map(leave, range(r)))
+        results = {c.label: [] for c in trees}
+        for i in range(repeat):
+            for code in trees:  # interleaved: before and after see the same load
+                res = bench.restore_init(code, run, bench.work / f"pod-r{r}-{code.label}-{i}",
+                                         {contract.RESTORE_REPLICAS: "all"})
+                if res["files"] != 2 * r + 1:
+                    raise SystemExit(f"R={r} ({code.label}): restore-init put {res['files']} files, want {2 * r + 1}")
+                results[code.label].append(res)
+        for code in trees:
+            rs = results[code.label]
+            rows.append(f"| {r} | {code.label} | {requests_cell(rs[-1]['requests'])} | {med(rs, 'wall'):.2f} | "
+                        f"{med(rs, 'cpu'):.2f} | {max(x['rss_mib'] for x in rs):.0f} | {rs[-1]['files']} |")
+            print(rows[-1], file=sys.stderr, flush=True)
+    return head, rows
+
+
+def curve_m(bench: Bench, trees: list[Code], sizes: list[int], repeat: int) -> tuple[str, list[str]]:
+    head = "| M | code | requests (by kind) | wall s (median) | CPU s | bytes PUT |"
+    rows = []
+    for m in sizes:
+        results = {c.label: [] for c in trees}
+        for code in trees:
+            src = bench.work / f"m{m}-{code.label}"
+            bench.run(code, [str(HERE / "scale_history.py"), str(src), f"team-a/scale/m{m}", str(m)],
+                      bench.env(code), counted=False)
+        for i in range(repeat):
+            for code in trees:
+                src = bench.work / f"m{m}-{code.label}"
+                (src / "step.txt").write_text(f"after the history, commit {i}\n")
+                results[code.label].append(bench.sync(code, src, f"team-a/scale/m{m}"))
+        for code in trees:
+            rs = results[code.label]
+            rows.append(f"| {m} | {code.label} | {requests_cell(rs[-1]['requests'])} | {med(rs, 'wall'):.2f} | "
+                        f"{med(rs, 'cpu'):.2f} | {sum(rs[-1]['sent'].values())} |")
+            print(rows[-1], file=sys.stderr, flush=True)
+    return head, rows
+
+
+def curve_f(bench: Bench, trees: list[Code], sizes: list[int], repeat: int) -> tuple[str, list[str]]:
+    head = ("| F | code | step | requests (by kind) | wall s | client CPU ms / file | peak RSS MiB "
+            "| bytes PUT |")
+    rows = []
+    for f in sizes:
+        for i in range(repeat):
+            for code in trees:
+                src, run = bench.work / f"f{f}-{code.label}-{i}", f"team-a/scale/f{f}-{i}"
+                small_files(src, f)
+                changed = next((src / "d000").iterdir())
+                steps = [("first sync", bench.sync(code, src, run)), ("no-op sync", bench.sync(code, src, run))]
+                changed.write_bytes(os.urandom(SMALL_FILE))
+                steps.append(("sync of 1 changed", bench.sync(code, src, run)))
+                pod = bench.work / f"pod-f{f}-{code.label}-{i}"
+                steps.append(("restore-init", bench.restore_init(code, run, pod, {contract.SAVE: "**:live"})))
+                if steps[-1][1]["files"] != f:
+                    raise SystemExit(f"F={f} ({code.label}): restore-init put {steps[-1][1]['files']} files, want {f}")
+                shutil.rmtree(src)
+                shutil.rmtree(pod)
+                if i == repeat - 1:  # one repeat's rows; the earlier ones warm the same path
+                    for name, res in steps:
+                        rows.append(f"| {f} | {code.label} | {name} | {requests_cell(res['requests'])} | "
+                                    f"{res['wall']:.2f} | {1000 * res['cpu'] / f:.2f} | {res['rss_mib']:.0f} | "
+                                    f"{sum(res['sent'].values())} |")
+                        print(rows[-1], file=sys.stderr, flush=True)
+    return head, rows
+
+
+def curve_n(bench: Bench, trees: list[Code], sizes: list[int], repeat: int) -> tuple[str, list[str]]:
+    head = "| N runs | code | requests (by kind) | requests / run | wall s (median) | CPU s | peak RSS MiB |"
+    rows = []
+    s3 = transfer.client()
+    for n in sizes:
+        results = {c.label: [] for c in trees}
+        for code in trees:
+            runs_catalog.populate(s3, keys.StoreURL.parse(bench.store(code)), f"n{n}", n, 50, with_meta=True)
+        for i in range(repeat):
+            for code in trees:
+                res = bench.run(code, ["runs", f"n{n}", "--json"], bench.env(code))
+                if len(json.loads(res["out"])) != n:
+                    raise SystemExit(f"N={n} ({code.label}): `runsync runs` listed {len(json.loads(res['out']))} runs")
+                results[code.label].append(res)
+        for code in trees:
+            rs = results[code.label]
+            req = rs[-1]["requests"]
+            rows.append(f"| {n} | {code.label} | {requests_cell(req)} | {sum(req.values()) / n:.2f} | "
+                        f"{med(rs, 'wall'):.2f} | {med(rs, 'cpu'):.2f} | {max(x['rss_mib'] for x in rs):.0f} |")
+            print(rows[-1], file=sys.stderr, flush=True)
+    return head, rows
+
+
+CURVES = {"R": ("Restore every replica: restore-init, `restore-replicas: all`", curve_r),
+          "M": ("History: one more commit on a replica with M manifests", curve_m),
+          "F": ("Many small files (4 KiB each)", curve_f),
+          "N": ("`runsync runs NS` over N runs", curve_n)}
+
+
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--replicas", default="1,8,32,128", help="comma-separated replica counts")
+    parser.add_argument("--scale", default="R,M,F,N", help="the curves to run, comma-separated")
+    for name, default in DEFAULTS.items():
+        parser.add_argument(f"--{name}", default=default, help=f"comma-separated sizes of curve {name}")
+    parser.add_argument("--replicas", help="the same as --R (kept for older command lines)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--before", type=Path, help="a checkout of the code to compare with (its repo root)")
     parser.add_argument("--latency-ms", type=float, default=0,
-                        help="added before each S3 request of restore-init and of the discovery: a remote store's round trip")
-    args = parser.parse_args()
-    sizes = [int(r) for r in args.replicas.split(",")]
+                        help="added before each S3 request of the measured processes: a remote store's round trip")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "scale.md")
+    args = parser.parse_args(argv)
+    chosen = [c.strip().upper() for c in args.scale.split(",") if c.strip()]
+    unknown = [c for c in chosen if c not in CURVES]
+    if unknown:
+        raise SystemExit(f"bench/scale.py: unknown curve(s) {','.join(unknown)} in --scale {args.scale!r}; "
+                         f"fix: pick from {','.join(CURVES)}")
+    if args.replicas:
+        args.R = args.replicas
+    started = time.time()
     server = locals3.start()
+    os.environ.update(server.env())  # curve N writes its runs in this process
+    sections = []
     try:
-        base_env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNSYNC_"))},
-                    **server.env(), contract.ENV_STORE: f"s3://{BUCKET}/runs"}
-        os.environ.update(server.env())
-        boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
-                     aws_access_key_id=server.credentials.access_key,
-                     aws_secret_access_key=server.credentials.secret_key).create_bucket(Bucket=BUCKET)
-        s3 = transfer.client()
-        store = keys.StoreURL.parse(base_env[contract.ENV_STORE])
-        rows = []
         with tempfile.TemporaryDirectory(prefix="runsync-scale-") as tmp:
-            for r in sizes:
-                run = keys.RunPath("team-a", "scale", f"r{r}")
-                populate(s3, store, run, r)
-                results = []
-                for i in range(args.repeat):
-                    results.append(restore_init(base_env, run, Path(tmp), f"{r}-{i}", args.latency_ms))
-                    release(s3, keys.Layout(store, run, "0"))
-                for res in results:
-                    assert res["files"] == 2 * r + 1, (r, res)
-                found = [discover(s3, store, run, r, args.latency_ms) for _ in range(args.repeat)]
-                requests = results[-1]["requests"]
-                total = sum(requests.values())
-                rows.append(f"| {r} | {total} | " + ", ".join(f"{k} {v}" for k, v in sorted(requests.items()))
-                            + f" | {statistics.median(x['wall'] for x in results):.2f}"
-                            + f" | {statistics.median(x['restore_s'] or 0 for x in results):.2f}"
-                            + f" | {statistics.median(x['cpu'] for x in results):.2f}"
-                            + f" | {max(x['rss_mib'] for x in results):.0f}"
-                            + f" | {statistics.median(t for t, _ in found):.2f} | {found[0][1]} |")
-                print(rows[-1], file=sys.stderr)
-        print(f"latency added per request: {args.latency_ms:g} ms")
-        print("| R | requests | by kind | wall (s, median) | restore (s, median) | CPU (s, median) | peak RSS (MiB) "
-              "| discovery alone (s, median) | its requests |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        print("\n".join(rows))
+            trees = [Code("after")]
+            if args.before:
+                trees.insert(0, Code.checkout("before", args.before, Path(tmp) / "before-tree"))
+            bench = Bench(server, Path(tmp), args.latency_ms)
+            for name in chosen:
+                title, curve = CURVES[name]
+                sizes = [int(x) for x in getattr(args, name).split(",")]
+                t0 = time.time()
+                head, rows = curve(bench, trees, sizes, args.repeat)
+                sep = "|" + "---|" * (head.count("|") - 1)
+                sections.append(f"## {name}: {title}\n\n{round(time.time() - t0)} s.\n\n"
+                                + "\n".join([head, sep, *rows]))
     finally:
         server.stop()
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    doc = "\n\n".join([
+        "# runsync at scale",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} cores, load average {load} "
+        f"at the end; one SeaweedFS on loopback; latency added per request {args.latency_ms:g} ms; "
+        f"repeats {args.repeat}; {round(time.time() - started)} s in all. Requests and bytes PUT are of the "
+        f"last repeat, counted in the measured process.",
+        *sections]) + "\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(doc)
+    print(doc)
 
 
 if __name__ == "__main__":

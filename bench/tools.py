@@ -215,3 +215,12 @@ def proc_rss(pid: int) -> int:
 
 ALL = [RunsyncCLI(), RunsyncPod(), S5cmd(), Rclone(), AwsCli(), Boto3("tm"), Boto3("crt")]
 RUNSYNC = {"runsync sync/restore", "runsync sidecar/restore-init"}
+
+
+def drop_bucket(s3, bucket: str) -> None:
+    """Empty and delete a bucket: SeaweedFS frees a bucket's volumes at once."""
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+    s3.delete_bucket(Bucket=bucket)

@@ -37,3 +37,44 @@ def test_bench_smoke_writes_table_csv_and_chart(tmp_path):
     # the latency rows carry measured numbers, not blanks
     rows = [line for line in md.splitlines() if line.startswith("| 1 | 3 |")]
     assert rows and all(float(x) > 0 for x in rows[0].strip("|").split("|")[2:5]), md
+
+
+@pytest.mark.slow
+def test_bench_checkpoint_peer_times_both_formats_against_s3torchconnector(tmp_path):
+    pytest.importorskip("s3torchconnector.dcp", reason="the bench extra installs s3torchconnector[dcp]")
+    out = tmp_path / "results"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "main.py"), "--smoke", "--out", str(out),
+                           "--tools", "s3torchconnector"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with open(out / "summary.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("vs_connector") or "s3torchconnector" in r["tool"]]
+    cells = {(r["direction"], r["tool"]) for r in rows}
+    assert cells == {(d, t) for d in ("save", "load") for t in (
+        "s3torchconnector S3Checkpoint", "runsync torch.save + flush", "s3torchconnector DCP", "runsync DCP + flush")}
+    for r in rows:
+        assert float(r["seconds"]) > 0, r
+        if r["tool"].startswith("runsync"):
+            assert float(r["vs_connector"]) > 0, r
+    assert "Checkpoints against s3torchconnector" in (out / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_bench_scale_prints_every_curve_with_requests_by_kind(tmp_path):
+    out = tmp_path / "scale.md"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "scale.py"), "--scale", "R,M,F,N", "--R", "2",
+                           "--M", "3", "--F", "20", "--N", "3", "--repeat", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    md = out.read_text()
+    sections = {part[0]: part for part in md.split("\n## ")[1:]}
+    assert set(sections) == set("RMFN"), md
+
+    def rows(curve: str) -> list[list[str]]:  # this code's rows, cells stripped
+        return [[c.strip() for c in line.strip("|").split("|")] for line in sections[curve].splitlines()
+                if line.startswith("| ") and "| after |" in line]
+
+    assert rows("R")[0][-1] == "5", md  # R=2: both logs, both shards and the marker restored
+    assert "PutObject" in rows("M")[0][2] and int(rows("M")[0][-1]) > 0, md  # a commit writes
+    assert [r[2] for r in rows("F")] == ["first sync", "no-op sync", "sync of 1 changed", "restore-init"], md
+    assert "PutObject" not in rows("F")[1][3], md  # a no-op sync writes nothing
+    assert "GetObject" in rows("N")[0][2], md

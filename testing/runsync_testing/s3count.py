@@ -4,6 +4,7 @@ The product has no counter: `environ(counts_file, workdir)` gives a child proces
 `sitecustomize` (on PYTHONPATH) that, only when `S3COUNT_FILE` is set, registers a
 botocore `before-call.s3` hook on every botocore session and writes the counts as JSON to that
 file at exit. Bench and tests read them with `read`. A count is not a timing: tests may assert it.
+The bytes each kind sent (request bodies: what a PUT wrote) go beside it, read with `read_bytes`.
 
 `S3COUNT_LATENCY_MS` (bench only) adds that many milliseconds before each request is sent: the
 round trip to a remote store, which loopback SeaweedFS does not have (a sleep releases the GIL,
@@ -44,11 +45,17 @@ def install() -> None:
     import botocore.session
 
     counts: collections.Counter = collections.Counter()
+    sent: collections.Counter = collections.Counter()
     lock = threading.Lock()
 
     def count(model, **_):
         with lock:
             counts[model.name] += 1
+
+    def measure(request, event_name, **_):  # event_name: before-send.s3.<Kind>
+        size = int(request.headers.get("Content-Length") or 0)  # a retry sends (and counts) again
+        with lock:
+            sent[event_name.rsplit(".", 1)[-1]] += size
 
     original = botocore.session.Session.__init__
     delay = add_latency(float(os.environ.get(LATENCY_ENV) or 0))
@@ -56,11 +63,16 @@ def install() -> None:
     def init(self, *args, **kwargs):
         original(self, *args, **kwargs)
         self.register("before-call.s3", count)  # clients copy their session's handlers
+        self.register("before-send.s3", measure)
         if delay:
             self.register("before-send.s3", delay)
 
     botocore.session.Session.__init__ = init
-    atexit.register(lambda: Path(target).write_text(json.dumps(dict(counts), sort_keys=True)))
+    def write() -> None:
+        Path(target).write_text(json.dumps(dict(counts), sort_keys=True))
+        _bytes_file(target).write_text(json.dumps(dict(sent), sort_keys=True))
+
+    atexit.register(write)
 
 
 def add_latency(ms: float):
@@ -74,3 +86,12 @@ def add_latency(ms: float):
 
 def read(counts_file: Path) -> dict[str, int]:
     return json.loads(Path(counts_file).read_text())
+
+
+def read_bytes(counts_file: Path) -> dict[str, int]:
+    """Bytes of request bodies sent, by kind (PutObject, UploadPart, ...)."""
+    return json.loads(_bytes_file(counts_file).read_text())
+
+
+def _bytes_file(counts_file) -> Path:
+    return Path(f"{counts_file}.bytes")
