@@ -41,7 +41,6 @@ def test_bench_smoke_writes_table_csv_and_chart(tmp_path):
 
 @pytest.mark.slow
 def test_bench_checkpoint_peer_times_both_formats_against_s3torchconnector(tmp_path):
-    pytest.importorskip("s3torchconnector.dcp", reason="the bench extra installs s3torchconnector[dcp]")
     out = tmp_path / "results"
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "main.py"), "--smoke", "--out", str(out),
                            "--tools", "s3torchconnector"], capture_output=True, text=True, timeout=600)
