@@ -3,7 +3,8 @@
 A manifest names each file's stored name, object key, size, modification time, SHA-256 and
 policy. It is written only after every file it names is durable, under the next sequence
 number and with `If-None-Match: *`, so two writers can never both commit the same number (the
-loser gets `CommitConflict` and must re-read). The latest manifest is the highest number.
+loser gets `CommitConflict` and must re-read). The latest manifest is the highest number; after
+each commit `head.json` names it, so readers and the next writer need no LIST (head.py).
 
 A manifest read from the store is untrusted input: names that escape the run dir and keys
 outside the replica's own `files/` are refused.
@@ -21,7 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from botocore.exceptions import ClientError
 
-from . import checksums, config, keys, lease
+from . import checksums, config, head, keys, lease
 from .errors import StoreError
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -197,22 +198,42 @@ def history(client, layout: keys.Layout) -> Iterator[Manifest]:
     committed, is still in the manifests before that one (W&B restores whatever was saved).
     """
     current, _ = lease.read(client, layout)
-    return walk(client, layout, current, seqs(client, layout))
+    top = head.latest_seq(client, layout)
+    if top is None:  # no head: format 1
+        return walk(client, layout, current, seqs(client, layout))
+    return _walk_down(client, layout, current, top)
 
 
 def walk(client, layout: keys.Layout, current, numbers: Iterable[int]) -> Iterator[Manifest]:
     """`history` from a lease and manifest numbers already read (discovery reads them in parallel)."""
     for seq in sorted(numbers, reverse=True):
-        key = layout.manifest_key(seq)
-        try:
-            body = client.get_object(Bucket=layout.store.bucket, Key=key)["Body"].read()
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                continue  # listed, then dropped by `runsync gc` (an old manifest): walk on
-            raise
-        m = Manifest.from_json(body, layout, f"s3://{layout.store.bucket}/{key}")
+        m = _read(client, layout, seq)
+        if m is not None and (current is None or m.epoch == current.owner_of(seq)):
+            yield m
+
+
+def _walk_down(client, layout: keys.Layout, current, top: int) -> Iterator[Manifest]:
+    """From the head down without a LIST; below a number `runsync gc` removed, the numbers
+    left are listed once (gc leaves holes, and walking them one GET each would not end soon)."""
+    for seq in range(top, 0, -1):
+        m = _read(client, layout, seq)
+        if m is None:
+            yield from walk(client, layout, current, [s for s in seqs(client, layout) if s < seq])
+            return
         if current is None or m.epoch == current.owner_of(seq):
             yield m
+
+
+def _read(client, layout: keys.Layout, seq: int) -> Manifest | None:
+    """Manifest `seq`, or None if it is not there (dropped by `runsync gc`)."""
+    key = layout.manifest_key(seq)
+    try:
+        body = client.get_object(Bucket=layout.store.bucket, Key=key)["Body"].read()
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise
+    return Manifest.from_json(body, layout, f"s3://{layout.store.bucket}/{key}")
 
 
 def seqs(client, layout: keys.Layout) -> list[int]:
@@ -226,9 +247,16 @@ def seqs(client, layout: keys.Layout) -> list[int]:
     return found
 
 
+def known_seqs(client, layout: keys.Layout) -> Iterable[int]:
+    """The replica's manifest numbers: from its head down (no LIST), or listed when it has none."""
+    top = head.latest_seq(client, layout)
+    return seqs(client, layout) if top is None else range(top, 0, -1)
+
+
 def max_seq(client, layout: keys.Layout) -> int:
     """The highest manifest number written, valid or not (0 if none)."""
-    return max(seqs(client, layout), default=0)
+    top = head.latest_seq(client, layout)
+    return max(seqs(client, layout), default=0) if top is None else top
 
 
 def commit(
@@ -266,6 +294,7 @@ def commit(
             raise CommitConflict(f"manifest {manifest.seq} of {layout.run} replica "
                                  f"{layout.replica} was committed by another writer") from None
         raise
+    head.write(client, layout, manifest.seq, epoch)
     return manifest
 
 
