@@ -62,6 +62,18 @@ class Manifest:
     checkpoints: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     """Checkpoint dir → the names committed with its marker: a restore places the dir only
     when the manifest holds exactly these (absent in manifests written before: not checked)."""
+    base: int = 0
+    """Format 2 (records.py): the number of the base it is read from (its own, for a base); 0:
+    format 1, a whole manifest per commit."""
+    chain: int = 0
+    """Format 2: deltas since the base, this one included (0 for a base)."""
+    chain_entries: int = 0
+    """Format 2: entries and removals those deltas carry."""
+    base_count: int = 0
+    """Format 2: entries in the base."""
+    requires: tuple[str, ...] = ()
+    """Format 2: the other keys it is read from (its base's record and chunks, the deltas
+    between): what `runsync gc` keeps with it."""
 
     @property
     def size(self) -> int:
@@ -77,7 +89,7 @@ class Manifest:
             "final": self.final,
             "writer": self.writer,
             "epoch": self.epoch,
-            "files": [_entry_doc(f) for f in sorted(self.files.values(), key=lambda f: f.name)],
+            "files": [entry_doc(f) for f in sorted(self.files.values(), key=lambda f: f.name)],
             "checkpoints": {d: list(names) for d, names in sorted(self.checkpoints.items())},
         }
         return json.dumps(doc, indent=1, ensure_ascii=False).encode()
@@ -89,41 +101,52 @@ class Manifest:
             doc = json.loads(data)
             if doc.get("format") != keys.FORMAT:
                 raise ValueError(f"format {doc.get('format')!r} is not {keys.FORMAT}")
-            files: dict[str, FileEntry] = {}
-            for raw in doc["files"]:
-                entry = FileEntry(
-                    name=str(raw["name"]), key=str(raw["key"]), size=int(raw["size"]),
-                    mtime_ns=int(raw["mtime_ns"]), sha256=str(raw["sha256"]),
-                    policy=str(raw.get("policy", "end")), part_size=int(raw.get("part_size", 0)),
-                    crc64nvme=tuple(str(c) for c in raw.get("crc64nvme", ())),
-                )
-                keys.check_stored_name(entry.name)
-                if not entry.key.startswith(layout.replica_prefix + "files/"):
-                    raise ValueError(f"file {entry.name!r} points outside the replica: {entry.key!r}")
-                if not _SHA256.fullmatch(entry.sha256) or entry.size < 0:
-                    raise ValueError(f"file {entry.name!r} has a bad checksum or size")
-                _check_parts(entry)
-                files[entry.name] = entry
-            checkpoints = {}
-            for d, names in dict(doc.get("checkpoints") or {}).items():
-                keys.check_stored_name(str(d))
-                if not isinstance(names, list) or not all(isinstance(n, str) and n.startswith(f"{d}/") for n in names):
-                    raise ValueError(f"checkpoint {d!r} lists names outside it")
-                checkpoints[str(d)] = tuple(names)
+            files = {e.name: e for e in (entry_from_doc(raw, layout) for raw in doc["files"])}
+            checkpoints = checkpoints_from_doc(doc.get("checkpoints"))
             return cls(
                 run=str(doc["run"]), replica=str(doc["replica"]), seq=int(doc["seq"]),
                 created=float(doc["created"]), files=files, final=bool(doc.get("final", False)),
                 writer=str(doc.get("writer", "")), epoch=int(doc.get("epoch", 0)), checkpoints=checkpoints,
             )
         except (ValueError, KeyError, TypeError) as err:
-            # Never guessed around: restoring an older manifest in silence would hide the damage.
-            raise StoreError(f"manifest {source} is unreadable ({err}); it was not written by "
-                             f"runsync format {keys.FORMAT} or is damaged; fix: move that object aside "
-                             "(the run then restores from the manifest before it), or restore it from "
-                             "the bucket's versioning") from None
+            raise unreadable(source, err) from None
 
 
-def _entry_doc(f: FileEntry) -> dict:
+def unreadable(source: str, err: Exception) -> StoreError:
+    # Never guessed around: restoring an older manifest in silence would hide the damage.
+    return StoreError(f"manifest {source} is unreadable ({err}); it was not written by runsync "
+                      "format 1 or 2 or is damaged; fix: move that object aside (the run then restores "
+                      "from the manifest before it), or restore it from the bucket's versioning")
+
+
+def entry_from_doc(raw: dict, layout: keys.Layout) -> FileEntry:
+    """One stored entry, checked (ValueError, KeyError or TypeError if unusable)."""
+    entry = FileEntry(
+        name=str(raw["name"]), key=str(raw["key"]), size=int(raw["size"]),
+        mtime_ns=int(raw["mtime_ns"]), sha256=str(raw["sha256"]),
+        policy=str(raw.get("policy", "end")), part_size=int(raw.get("part_size", 0)),
+        crc64nvme=tuple(str(c) for c in raw.get("crc64nvme", ())),
+    )
+    keys.check_stored_name(entry.name)
+    if not entry.key.startswith(layout.replica_prefix + "files/"):
+        raise ValueError(f"file {entry.name!r} points outside the replica: {entry.key!r}")
+    if not _SHA256.fullmatch(entry.sha256) or entry.size < 0:
+        raise ValueError(f"file {entry.name!r} has a bad checksum or size")
+    _check_parts(entry)
+    return entry
+
+
+def checkpoints_from_doc(raw) -> dict[str, tuple[str, ...]]:
+    checkpoints = {}
+    for d, names in dict(raw or {}).items():
+        keys.check_stored_name(str(d))
+        if not isinstance(names, list) or not all(isinstance(n, str) and n.startswith(f"{d}/") for n in names):
+            raise ValueError(f"checkpoint {d!r} lists names outside it")
+        checkpoints[str(d)] = tuple(names)
+    return checkpoints
+
+
+def entry_doc(f: FileEntry) -> dict:
     doc = dataclasses.asdict(f)
     if not f.part_size:  # format 1 entries stay as they were
         del doc["part_size"], doc["crc64nvme"]
@@ -207,8 +230,8 @@ def history(client, layout: keys.Layout) -> Iterator[Manifest]:
 def walk(client, layout: keys.Layout, current, numbers: Iterable[int]) -> Iterator[Manifest]:
     """`history` from a lease and manifest numbers already read (discovery reads them in parallel)."""
     for seq in sorted(numbers, reverse=True):
-        m = _read(client, layout, seq)
-        if m is not None and (current is None or m.epoch == current.owner_of(seq)):
+        m = read(client, layout, seq, current)
+        if isinstance(m, Manifest):
             yield m
 
 
@@ -216,24 +239,24 @@ def _walk_down(client, layout: keys.Layout, current, top: int) -> Iterator[Manif
     """From the head down without a LIST; below a number `runsync gc` removed, the numbers
     left are listed once (gc leaves holes, and walking them one GET each would not end soon)."""
     for seq in range(top, 0, -1):
-        m = _read(client, layout, seq)
+        m = read(client, layout, seq, current)
         if m is None:
             yield from walk(client, layout, current, [s for s in seqs(client, layout) if s < seq])
             return
-        if current is None or m.epoch == current.owner_of(seq):
+        if isinstance(m, Manifest):
             yield m
 
 
-def _read(client, layout: keys.Layout, seq: int) -> Manifest | None:
-    """Manifest `seq`, or None if it is not there (dropped by `runsync gc`)."""
-    key = layout.manifest_key(seq)
-    try:
-        body = client.get_object(Bucket=layout.store.bucket, Key=key)["Body"].read()
-    except ClientError as err:
-        if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            return None
-        raise
-    return Manifest.from_json(body, layout, f"s3://{layout.store.bucket}/{key}")
+FENCED = "fenced"
+"""`read`'s answer for a manifest a fenced-off writer committed: skipped unread."""
+
+
+def read(client, layout: keys.Layout, seq: int, current=None) -> Manifest | str | None:
+    """Manifest `seq` (format 1 or 2), None if it is not there (dropped by `runsync gc`), or
+    FENCED if `current` (the lease) says another epoch owned its number."""
+    from . import records  # records builds on this module's types; a lazy import breaks the cycle
+
+    return records.read(client, layout, seq, None if current is None else current.owner_of(seq))
 
 
 def seqs(client, layout: keys.Layout) -> list[int]:
@@ -281,7 +304,9 @@ def commit(
         created=time.time() if now is None else now, files=files, final=final, writer=writer, epoch=epoch,
         checkpoints=checkpoints,
     )
-    body = manifest.to_json()
+    from . import records
+
+    manifest, body = records.prepare(client, layout, previous, manifest)
     key = layout.manifest_key(manifest.seq)
     try:
         client.put_object(
