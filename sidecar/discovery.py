@@ -13,8 +13,8 @@ LIST), its lease (which epoch owned the highest number: fencing, lease.py) and t
 2R + 1 requests and three round trips, whatever R, while the run's manifest keys fit in one
 LIST page (1,000 keys). Replicas past the end of that page cost a LIST of their own (and the
 run's replicas a delimiter "/" LIST), in parallel with the lease reads: 3R + 2 at worst, as
-format 1 forces. Storage format 2 (docs/format-2.md) replaces the LIST and the lease GET by one
-GET of `head.json` per replica.
+format 1 forces. A replica with a `head.json` (head.py) needs no LIST of its own: a GET of
+the head and a HEAD of the number after it instead, however long its history.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def latest_by_replica(s3, store: keys.StoreURL, run: keys.RunPath,
         # Leases and manifest numbers do not depend on each other: all go out at once.
         leases = {layout: pool.submit(lease.read, s3, layout) for layout, (_, has_lease) in listed.items() if has_lease}
         leases.update((layout, pool.submit(lease.read, s3, layout)) for layout in unlisted)
-        numbers = {layout: pool.submit(manifest.seqs, s3, layout) for layout in unlisted}
+        numbers = {layout: pool.submit(manifest.known_seqs, s3, layout) for layout in unlisted}
 
         def latest(layout: keys.Layout) -> manifest.Manifest | None:
             current = leases[layout].result()[0] if layout in leases else None

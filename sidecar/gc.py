@@ -14,7 +14,6 @@ import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from botocore.exceptions import ClientError
 
 from . import keys, lease, manifest, retention
 from .errors import InputError, StoreError
@@ -158,16 +157,13 @@ def _replica(s3, store, run, name, objects, now) -> retention.Replica:
     def read(item):
         seq, key = item
         try:
-            body = s3.get_object(Bucket=store.bucket, Key=key)["Body"].read()
-            m = manifest.Manifest.from_json(body, layout, f"s3://{store.bucket}/{key}")
+            m = manifest.read(s3, layout, seq)
         except StoreError as err:
             return str(err)
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return None  # deleted meanwhile (another gc): nothing to judge
-            raise
+        if m is None:
+            return None  # deleted meanwhile (another gc): nothing to judge
         valid = current is None or m.epoch == current.owner_of(seq)
-        return retention.Version(seq, key, valid, names(m))
+        return retention.Version(seq, key, valid, names(m), frozenset(m.requires))
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         read_back = list(pool.map(read, seqs))
@@ -213,10 +209,8 @@ def _named_since(s3, store, run, seen: dict[str, int]) -> set[str]:
     for name, last in seen.items():
         layout = keys.Layout(store, run, name)
         for seq in manifest.seqs(s3, layout):
-            if seq > last:
-                key = layout.manifest_key(seq)
-                body = s3.get_object(Bucket=store.bucket, Key=key)["Body"].read()
-                named |= names(manifest.Manifest.from_json(body, layout, f"s3://{store.bucket}/{key}"))
+            if seq > last and (m := manifest.read(s3, layout, seq)) is not None:
+                named |= names(m) | m.requires
     return named
 
 

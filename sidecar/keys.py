@@ -3,6 +3,7 @@
     <prefix>/<namespace>/<project>/<run>/<replica>/files/<stored name>~<sha256[:16]>
     <prefix>/<namespace>/<project>/<run>/<replica>/manifests/<seq:012d>.json
     <prefix>/<namespace>/<project>/<run>/<replica>/lease.json
+    <prefix>/<namespace>/<project>/<run>/<replica>/head.json      (the latest commit; head.py)
     <prefix>/<namespace>/<project>/<run>/<replica>/sse-check      (empty; encryption.check)
     <prefix>/<namespace>/.sse-check                              (empty; the operator's Store check)
     <prefix>/<namespace>/<project>/<run>/<replica>/replica.json
@@ -165,6 +166,11 @@ class Layout:
     @property
     def lease_key(self) -> str:
         return f"{self.replica_prefix}lease.json"
+
+    @property
+    def head_key(self) -> str:
+        """The replica's latest commit, a hint (head.py)."""
+        return f"{self.replica_prefix}head.json"
 
     @property
     def sse_check_key(self) -> str:

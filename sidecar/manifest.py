@@ -3,7 +3,8 @@
 A manifest names each file's stored name, object key, size, modification time, SHA-256 and
 policy. It is written only after every file it names is durable, under the next sequence
 number and with `If-None-Match: *`, so two writers can never both commit the same number (the
-loser gets `CommitConflict` and must re-read). The latest manifest is the highest number.
+loser gets `CommitConflict` and must re-read). The latest manifest is the highest number; after
+each commit `head.json` names it, so readers and the next writer need no LIST (head.py).
 
 A manifest read from the store is untrusted input: names that escape the run dir and keys
 outside the replica's own `files/` are refused.
@@ -21,7 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from botocore.exceptions import ClientError
 
-from . import checksums, config, keys, lease
+from . import checksums, config, head, keys, lease
 from .errors import StoreError
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -61,6 +62,18 @@ class Manifest:
     checkpoints: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     """Checkpoint dir → the names committed with its marker: a restore places the dir only
     when the manifest holds exactly these (absent in manifests written before: not checked)."""
+    base: int = 0
+    """Format 2 (records.py): the number of the base it is read from (its own, for a base); 0:
+    format 1, a whole manifest per commit."""
+    chain: int = 0
+    """Format 2: deltas since the base, this one included (0 for a base)."""
+    chain_entries: int = 0
+    """Format 2: entries and removals those deltas carry."""
+    base_count: int = 0
+    """Format 2: entries in the base."""
+    requires: tuple[str, ...] = ()
+    """Format 2: the other keys it is read from (its base's record and chunks, the deltas
+    between): what `runsync gc` keeps with it."""
 
     @property
     def size(self) -> int:
@@ -76,7 +89,7 @@ class Manifest:
             "final": self.final,
             "writer": self.writer,
             "epoch": self.epoch,
-            "files": [_entry_doc(f) for f in sorted(self.files.values(), key=lambda f: f.name)],
+            "files": [entry_doc(f) for f in sorted(self.files.values(), key=lambda f: f.name)],
             "checkpoints": {d: list(names) for d, names in sorted(self.checkpoints.items())},
         }
         return json.dumps(doc, indent=1, ensure_ascii=False).encode()
@@ -88,41 +101,52 @@ class Manifest:
             doc = json.loads(data)
             if doc.get("format") != keys.FORMAT:
                 raise ValueError(f"format {doc.get('format')!r} is not {keys.FORMAT}")
-            files: dict[str, FileEntry] = {}
-            for raw in doc["files"]:
-                entry = FileEntry(
-                    name=str(raw["name"]), key=str(raw["key"]), size=int(raw["size"]),
-                    mtime_ns=int(raw["mtime_ns"]), sha256=str(raw["sha256"]),
-                    policy=str(raw.get("policy", "end")), part_size=int(raw.get("part_size", 0)),
-                    crc64nvme=tuple(str(c) for c in raw.get("crc64nvme", ())),
-                )
-                keys.check_stored_name(entry.name)
-                if not entry.key.startswith(layout.replica_prefix + "files/"):
-                    raise ValueError(f"file {entry.name!r} points outside the replica: {entry.key!r}")
-                if not _SHA256.fullmatch(entry.sha256) or entry.size < 0:
-                    raise ValueError(f"file {entry.name!r} has a bad checksum or size")
-                _check_parts(entry)
-                files[entry.name] = entry
-            checkpoints = {}
-            for d, names in dict(doc.get("checkpoints") or {}).items():
-                keys.check_stored_name(str(d))
-                if not isinstance(names, list) or not all(isinstance(n, str) and n.startswith(f"{d}/") for n in names):
-                    raise ValueError(f"checkpoint {d!r} lists names outside it")
-                checkpoints[str(d)] = tuple(names)
+            files = {e.name: e for e in (entry_from_doc(raw, layout) for raw in doc["files"])}
+            checkpoints = checkpoints_from_doc(doc.get("checkpoints"))
             return cls(
                 run=str(doc["run"]), replica=str(doc["replica"]), seq=int(doc["seq"]),
                 created=float(doc["created"]), files=files, final=bool(doc.get("final", False)),
                 writer=str(doc.get("writer", "")), epoch=int(doc.get("epoch", 0)), checkpoints=checkpoints,
             )
         except (ValueError, KeyError, TypeError) as err:
-            # Never guessed around: restoring an older manifest in silence would hide the damage.
-            raise StoreError(f"manifest {source} is unreadable ({err}); it was not written by "
-                             f"runsync format {keys.FORMAT} or is damaged; fix: move that object aside "
-                             "(the run then restores from the manifest before it), or restore it from "
-                             "the bucket's versioning") from None
+            raise unreadable(source, err) from None
 
 
-def _entry_doc(f: FileEntry) -> dict:
+def unreadable(source: str, err: Exception) -> StoreError:
+    # Never guessed around: restoring an older manifest in silence would hide the damage.
+    return StoreError(f"manifest {source} is unreadable ({err}); it was not written by runsync "
+                      "format 1 or 2 or is damaged; fix: move that object aside (the run then restores "
+                      "from the manifest before it), or restore it from the bucket's versioning")
+
+
+def entry_from_doc(raw: dict, layout: keys.Layout) -> FileEntry:
+    """One stored entry, checked (ValueError, KeyError or TypeError if unusable)."""
+    entry = FileEntry(
+        name=str(raw["name"]), key=str(raw["key"]), size=int(raw["size"]),
+        mtime_ns=int(raw["mtime_ns"]), sha256=str(raw["sha256"]),
+        policy=str(raw.get("policy", "end")), part_size=int(raw.get("part_size", 0)),
+        crc64nvme=tuple(str(c) for c in raw.get("crc64nvme", ())),
+    )
+    keys.check_stored_name(entry.name)
+    if not entry.key.startswith(layout.replica_prefix + "files/"):
+        raise ValueError(f"file {entry.name!r} points outside the replica: {entry.key!r}")
+    if not _SHA256.fullmatch(entry.sha256) or entry.size < 0:
+        raise ValueError(f"file {entry.name!r} has a bad checksum or size")
+    _check_parts(entry)
+    return entry
+
+
+def checkpoints_from_doc(raw) -> dict[str, tuple[str, ...]]:
+    checkpoints = {}
+    for d, names in dict(raw or {}).items():
+        keys.check_stored_name(str(d))
+        if not isinstance(names, list) or not all(isinstance(n, str) and n.startswith(f"{d}/") for n in names):
+            raise ValueError(f"checkpoint {d!r} lists names outside it")
+        checkpoints[str(d)] = tuple(names)
+    return checkpoints
+
+
+def entry_doc(f: FileEntry) -> dict:
     doc = dataclasses.asdict(f)
     if not f.part_size:  # format 1 entries stay as they were
         del doc["part_size"], doc["crc64nvme"]
@@ -197,22 +221,42 @@ def history(client, layout: keys.Layout) -> Iterator[Manifest]:
     committed, is still in the manifests before that one (W&B restores whatever was saved).
     """
     current, _ = lease.read(client, layout)
-    return walk(client, layout, current, seqs(client, layout))
+    top = head.latest_seq(client, layout)
+    if top is None:  # no head: format 1
+        return walk(client, layout, current, seqs(client, layout))
+    return _walk_down(client, layout, current, top)
 
 
 def walk(client, layout: keys.Layout, current, numbers: Iterable[int]) -> Iterator[Manifest]:
     """`history` from a lease and manifest numbers already read (discovery reads them in parallel)."""
     for seq in sorted(numbers, reverse=True):
-        key = layout.manifest_key(seq)
-        try:
-            body = client.get_object(Bucket=layout.store.bucket, Key=key)["Body"].read()
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                continue  # listed, then dropped by `runsync gc` (an old manifest): walk on
-            raise
-        m = Manifest.from_json(body, layout, f"s3://{layout.store.bucket}/{key}")
-        if current is None or m.epoch == current.owner_of(seq):
+        m = read(client, layout, seq, current)
+        if isinstance(m, Manifest):
             yield m
+
+
+def _walk_down(client, layout: keys.Layout, current, top: int) -> Iterator[Manifest]:
+    """From the head down without a LIST; below a number `runsync gc` removed, the numbers
+    left are listed once (gc leaves holes, and walking them one GET each would not end soon)."""
+    for seq in range(top, 0, -1):
+        m = read(client, layout, seq, current)
+        if m is None:
+            yield from walk(client, layout, current, [s for s in seqs(client, layout) if s < seq])
+            return
+        if isinstance(m, Manifest):
+            yield m
+
+
+FENCED = "fenced"
+"""`read`'s answer for a manifest a fenced-off writer committed: skipped unread."""
+
+
+def read(client, layout: keys.Layout, seq: int, current=None) -> Manifest | str | None:
+    """Manifest `seq` (format 1 or 2), None if it is not there (dropped by `runsync gc`), or
+    FENCED if `current` (the lease) says another epoch owned its number."""
+    from . import records  # records builds on this module's types; a lazy import breaks the cycle
+
+    return records.read(client, layout, seq, None if current is None else current.owner_of(seq))
 
 
 def seqs(client, layout: keys.Layout) -> list[int]:
@@ -226,9 +270,16 @@ def seqs(client, layout: keys.Layout) -> list[int]:
     return found
 
 
+def known_seqs(client, layout: keys.Layout) -> Iterable[int]:
+    """The replica's manifest numbers: from its head down (no LIST), or listed when it has none."""
+    top = head.latest_seq(client, layout)
+    return seqs(client, layout) if top is None else range(top, 0, -1)
+
+
 def max_seq(client, layout: keys.Layout) -> int:
     """The highest manifest number written, valid or not (0 if none)."""
-    return max(seqs(client, layout), default=0)
+    top = head.latest_seq(client, layout)
+    return max(seqs(client, layout), default=0) if top is None else top
 
 
 def commit(
@@ -253,7 +304,9 @@ def commit(
         created=time.time() if now is None else now, files=files, final=final, writer=writer, epoch=epoch,
         checkpoints=checkpoints,
     )
-    body = manifest.to_json()
+    from . import records
+
+    manifest, body = records.prepare(client, layout, previous, manifest)
     key = layout.manifest_key(manifest.seq)
     try:
         client.put_object(
@@ -266,6 +319,7 @@ def commit(
             raise CommitConflict(f"manifest {manifest.seq} of {layout.run} replica "
                                  f"{layout.replica} was committed by another writer") from None
         raise
+    head.write(client, layout, manifest.seq, epoch)
     return manifest
 
 

@@ -78,6 +78,9 @@ class Version:
     """Written by the lease epoch that owned its number (lease.py); readers skip the others."""
     names: frozenset[str]
     """The object keys it names."""
+    requires: frozenset[str] = frozenset()
+    """Format 2: the keys under manifests/ it is read from (its base's record and chunks, the
+    deltas between): kept while it is, so a kept commit's chain never breaks."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,12 +149,20 @@ def replica(r: Replica, policy: Policy, now: float) -> Decision:
             dropped.append((v, f"manifest {v.seq}: written by a fenced-off writer, never read"))
         if v.valid:
             superseded_at = modified.get(v.key, now)
+    required = frozenset().union(*(v.requires for v in kept))
+    dropped = [(v, why) for v, why in dropped if v.key not in required]  # a kept delta's base or chain
+    kept += [v for v in r.versions if v.key in required and v not in kept]
     named = frozenset().union(*(v.names for v in kept))
     only_in: dict[str, list[int]] = {}
     for v, _ in dropped:
         for key in v.names - named:
             only_in.setdefault(key, []).append(v.seq)
     out.drops.extend(Drop(v.key, sizes.get(v.key, 0), why, "manifest") for v, why in dropped)
+    versions = {v.key for v in r.versions}
+    for o in r.objects:  # a base's chunks go with the last commit read from them
+        if (o.key.startswith(r.manifests_prefix) and o.key not in versions and o.key not in required
+                and any(o.key in v.requires for v, _ in dropped) and not young(o.key)):
+            out.drops.append(Drop(o.key, o.size, "a chunk of a dropped base", "manifest"))
     out.kept_manifests = len(kept)
     for o in r.objects:
         if not o.key.startswith(r.files_prefix):

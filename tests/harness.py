@@ -172,7 +172,7 @@ class Store:
         for key in self.keys():
             seq = self.layout.manifest_seq(key)
             if seq is not None:
-                out.append(manifest.Manifest.from_json(self.read(key), self.layout, key))
+                out.append(manifest.read(self.client, self.layout, seq))  # either format
         return sorted(out, key=lambda m: m.seq)
 
 

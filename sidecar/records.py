@@ -1,0 +1,175 @@
+"""Format-2 commit records: the storage under `Manifest` (docs/pending/format-2.md).
+
+A commit is still ONE key, `manifests/<seq:012d>.json`, PUT with If-None-Match (two writers can
+never commit one number, whatever they write) and its writer's epoch (fencing, lease.py). Its
+body is `{"format": 2, "kind": "base" | "delta", ...}`:
+
+- a base names its whole listing in chunks (chunks.py), written before the record (a listing
+  of at most `SMALL` entries is written in the record itself);
+- a delta names the entries changed and the names removed since `prev` (the writer's previous
+  commit, usually seq - 1) and the `base` the chain starts from.
+
+So a commit after one changed file PUTs a record of O(changed) bytes. A new base comes every
+`BASE_EVERY` deltas, when the deltas since the base outgrow a quarter of it (and `DELTA_FLOOR`),
+or on the first commit after a format-1 manifest: a reader fetches at most the base's chunks and
+`BASE_EVERY` small records, those in parallel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+
+from botocore.exceptions import ClientError
+
+from . import chunks, keys
+from .manifest import FENCED, FileEntry, Manifest, checkpoints_from_doc, entry_doc, entry_from_doc, unreadable
+
+FORMAT = 2
+BASE_EVERY = 64
+DELTA_FLOOR = 1000
+"""Deltas carrying fewer entries than this never force a base: a small run would otherwise
+write a base (a record and a chunk) on every commit."""
+SMALL = 100
+"""A listing of at most this many entries is written whole in the record, as format 1 did (one
+PUT of at most ~25 KB): a delta would save nothing, and every commit stays self-contained (a
+reader needs one GET; gc keeps no chain for it)."""
+_READERS = 8
+
+
+def prepare(client, layout: keys.Layout, previous: Manifest | None, m: Manifest) -> tuple[Manifest, bytes]:
+    """The record body committing `m` (its files settled) on top of `previous`; a base's chunks
+    are written here, before the record that names them."""
+    common = {"format": FORMAT, "run": m.run, "replica": m.replica, "seq": m.seq, "created": m.created,
+              "final": m.final, "writer": m.writer, "epoch": m.epoch}
+    if previous is not None and previous.base and len(m.files) > SMALL:
+        changed = [e for name, e in m.files.items() if previous.files.get(name) != e]
+        removed = [name for name in previous.files if name not in m.files]
+        carried = previous.chain_entries + len(changed) + len(removed)
+        if previous.chain < BASE_EVERY and carried <= max(previous.base_count // 4, DELTA_FLOOR):
+            m = dataclasses.replace(m, base=previous.base, chain=previous.chain + 1, chain_entries=carried,
+                                    base_count=previous.base_count)
+            doc = {**common, "kind": "delta", "base": m.base, "prev": previous.seq, "chain": m.chain,
+                   "chain_entries": carried, "base_count": m.base_count,
+                   "files": [entry_doc(e) for e in sorted(changed, key=lambda e: e.name)],
+                   "removed": sorted(removed),
+                   "checkpoints": {d: list(n) for d, n in sorted(m.checkpoints.items())
+                                   if previous.checkpoints.get(d) != n},
+                   "checkpoints_removed": sorted(d for d in previous.checkpoints if d not in m.checkpoints)}
+            return m, _dump(doc)
+    docs = (entry_doc(m.files[n]) for n in sorted(m.files))
+    inline = len(m.files) <= SMALL
+    written = [] if inline else chunks.write(client, layout.store.bucket, f"{layout.manifests_prefix}{m.seq:012d}.base/",
+                                             secrets.token_hex(4), docs)
+    m = dataclasses.replace(m, base=m.seq, chain=0, chain_entries=0, base_count=len(m.files),
+                            requires=tuple(k for k, _ in written))
+    doc = {**common, "kind": "base", "count": len(m.files), "chunks": written,
+           "checkpoints": {d: list(n) for d, n in sorted(m.checkpoints.items())}}
+    if inline:
+        doc["files"] = list(docs)
+    return m, _dump(doc)
+
+
+def read(client, layout: keys.Layout, seq: int, owner: int | None = None) -> Manifest | str | None:
+    """Commit `seq` of either format, resolved to its whole listing; None if it is not there;
+    FENCED, unresolved, if `owner` is given and another epoch wrote it."""
+    body = _get(client, layout, seq)
+    if body is None:
+        return None
+    source = f"s3://{layout.store.bucket}/{layout.manifest_key(seq)}"
+    try:
+        doc = json.loads(body)
+    except ValueError as err:
+        raise unreadable(source, err) from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        m = Manifest.from_json(body, layout, source)
+        return FENCED if owner is not None and m.epoch != owner else m
+    if owner is not None and doc.get("epoch") != owner:
+        return FENCED  # its chain is never fetched
+    try:
+        return _resolve(client, layout, seq, doc)
+    except (ValueError, KeyError, TypeError) as err:
+        raise unreadable(source, err) from None
+
+
+def _resolve(client, layout: keys.Layout, seq: int, doc: dict) -> Manifest:
+    if int(doc["seq"]) != seq:
+        raise ValueError(f"record says seq {doc['seq']}")
+    if doc["kind"] == "base":
+        files, requires = _base_files(client, layout, doc)
+        return _manifest(doc, files, checkpoints_from_doc(doc["checkpoints"]), seq, requires)
+    if doc["kind"] != "delta":
+        raise ValueError(f"kind {doc['kind']!r} is neither base nor delta")
+    base = int(doc["base"])
+    fetched = _fetch(client, layout, range(base, seq))
+    chain, current = [doc], doc
+    while int(current["prev"]) != base:  # back along prev, which skips fenced-off numbers
+        prev = int(current["prev"])
+        current = fetched.get(prev) if base < prev < int(current["seq"]) else None
+        if current is None or current.get("kind") != "delta" or int(current["base"]) != base:
+            raise ValueError(f"delta chain to base {base} is broken at {prev} (gc removed it, or it is damaged)")
+        chain.append(current)
+    base_doc = fetched.get(base)
+    if base_doc is None or base_doc.get("kind") != "base":
+        raise ValueError(f"its base {base} is missing")
+    files, requires = _base_files(client, layout, base_doc)
+    checkpoints = checkpoints_from_doc(base_doc["checkpoints"])
+    for delta in reversed(chain):
+        for name in delta["removed"]:
+            files.pop(str(name), None)
+        files.update((e.name, e) for e in (entry_from_doc(raw, layout) for raw in delta["files"]))
+        for d in delta["checkpoints_removed"]:
+            checkpoints.pop(str(d), None)
+        checkpoints.update(checkpoints_from_doc(delta["checkpoints"]))
+    requires += [layout.manifest_key(int(d["seq"])) for d in chain[1:]] + [layout.manifest_key(base)]
+    return _manifest(doc, files, checkpoints, base, requires)
+
+
+def _manifest(doc: dict, files: dict[str, FileEntry], checkpoints, base: int, requires: list[str]) -> Manifest:
+    delta = doc["kind"] == "delta"
+    return Manifest(
+        run=str(doc["run"]), replica=str(doc["replica"]), seq=int(doc["seq"]), created=float(doc["created"]),
+        files=files, final=bool(doc.get("final", False)), writer=str(doc.get("writer", "")),
+        epoch=int(doc.get("epoch", 0)), checkpoints=checkpoints, base=base,
+        chain=int(doc["chain"]) if delta else 0, chain_entries=int(doc["chain_entries"]) if delta else 0,
+        base_count=int(doc["base_count"]) if delta else int(doc["count"]), requires=tuple(requires))
+
+
+def _base_files(client, layout: keys.Layout, doc: dict) -> tuple[dict[str, FileEntry], list[str]]:
+    files = {e.name: e for e in (entry_from_doc(raw, layout) for raw in doc.get("files", ()))}  # a small one
+    prefix = f"{layout.manifests_prefix}{int(doc['seq']):012d}.base/"
+    for key, sha in doc["chunks"]:
+        if not str(key).startswith(prefix):
+            raise ValueError(f"chunk {key!r} is outside its base")
+        for raw in chunks.read(client, layout.store.bucket, str(key), str(sha)):
+            entry = entry_from_doc(raw, layout)
+            files[entry.name] = entry
+    if len(files) != int(doc["count"]):
+        raise ValueError(f"base has {len(files)} entries, its record says {doc['count']}")
+    return files, [str(k) for k, _ in doc["chunks"]]
+
+
+def _fetch(client, layout: keys.Layout, seqs: range) -> dict[int, dict]:
+    """The records numbered `seqs` that are there, read in parallel (format 2 only)."""
+    def one(seq: int):
+        body = _get(client, layout, seq)
+        doc = json.loads(body) if body is not None else None
+        return seq, doc if isinstance(doc, dict) and doc.get("format") == FORMAT else None
+
+    with ThreadPoolExecutor(max(1, min(_READERS, len(seqs))), thread_name_prefix="records") as pool:
+        return {seq: doc for seq, doc in pool.map(one, seqs) if doc is not None}
+
+
+def _get(client, layout: keys.Layout, seq: int) -> bytes | None:
+    try:
+        return client.get_object(Bucket=layout.store.bucket, Key=layout.manifest_key(seq))["Body"].read()
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None  # dropped by `runsync gc`, or never written
+        raise
+
+
+def _dump(doc: dict) -> bytes:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()

@@ -1,0 +1,216 @@
+"""A replica's history against a real SeaweedFS, from the outside (`runsync sync`, `ls`, `restore`):
+a commit costs the same whatever the history behind it (no LIST of the manifests per commit:
+`head.json` names the latest), and a head that lags behind a commit, or no head at all (format 1),
+still gives the latest commit."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from runsync import keys, lease, manifest
+from runsync_testing import s3count
+
+pytestmark = pytest.mark.s3
+
+RUN = "team-a/proj/long"
+
+
+def _history(store, commits: int) -> keys.Layout:
+    """`commits` commits of one file each, by the product's lease and manifest code, lease released."""
+    s3, layout = store.client, keys.Layout(store.layout.store, keys.RunPath.parse(RUN), "0")
+    held = lease.acquire(s3, layout, "trainer", wait=0, max_seq=lambda: manifest.max_seq(s3, layout))
+    previous = None
+    for i in range(commits):
+        key = layout.file_key(f"step-{i}.txt", f"{i:064x}")
+        s3.put_object(Bucket=layout.store.bucket, Key=key, Body=b"x")
+        entry = manifest.FileEntry(f"step-{i}.txt", key, 1, time.time_ns(), f"{i:064x}", "live")
+        previous = manifest.commit_next(s3, layout, previous, [entry], final=False, writer="trainer",
+                                        epoch=held.lease.epoch)
+    lease.renew(s3, layout, held, state="released")
+    return layout
+
+
+def test_a_commit_after_300_commits_sends_no_list_of_the_history(tmp_path, cli, store, monkeypatch):
+    layout = _history(store, 300)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("one more commit")
+    counts = tmp_path / "counts.json"
+    result = cli("sync", str(run_dir), "--run", RUN, env={**cli.env, **s3count.environ(counts, tmp_path)})
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert manifest.latest(store.client, layout).seq == 301
+    requests = s3count.read(counts)
+    # The one LIST is check_store's (can these credentials list the bucket), once per process.
+    assert requests.get("ListObjectsV2", 0) == 1, requests
+
+
+def _ls(cli) -> set[str]:
+    result = cli("ls", RUN)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return {name for name in (f"step-{i}.txt" for i in range(5)) if name in result.stdout}
+
+
+def test_a_head_that_lags_behind_a_commit_still_gives_the_latest(cli, store):
+    layout = _history(store, 3)
+    s3, bucket = store.client, layout.store.bucket
+    head_key = layout.replica_prefix + "head.json"
+    stale = s3.get_object(Bucket=bucket, Key=head_key)["Body"].read()
+    _history_more(store, layout, 2)  # commits 4 and 5; then the head goes back, as if never written
+    s3.put_object(Bucket=bucket, Key=head_key, Body=stale)
+
+    assert _ls(cli) == {f"step-{i}.txt" for i in range(5)}
+
+
+def test_a_replica_without_a_head_is_read_as_before(cli, store):
+    """Format 1 replicas have no head.json: their manifests are listed."""
+    layout = _history(store, 4)
+    store.client.delete_object(Bucket=layout.store.bucket, Key=layout.replica_prefix + "head.json")
+
+    assert _ls(cli) == {f"step-{i}.txt" for i in range(4)}
+
+
+def _history_more(store, layout: keys.Layout, commits: int) -> None:
+    s3 = store.client
+    held = lease.acquire(s3, layout, "trainer-2", wait=0, max_seq=lambda: manifest.max_seq(s3, layout))
+    previous = manifest.latest(s3, layout)
+    for i in range(previous.seq, previous.seq + commits):
+        key = layout.file_key(f"step-{i}.txt", f"{i:064x}")
+        s3.put_object(Bucket=layout.store.bucket, Key=key, Body=b"x")
+        entry = manifest.FileEntry(f"step-{i}.txt", key, 1, time.time_ns(), f"{i:064x}", "live")
+        previous = manifest.commit_next(s3, layout, previous, [entry], final=False, writer="trainer-2",
+                                        epoch=held.lease.epoch)
+    lease.renew(s3, layout, held, state="released")
+
+
+# ---------------------------------------------------------------- format 2: bases and deltas
+
+def _records(store, layout: keys.Layout) -> dict[int, dict]:
+    """The commit records as stored, by number."""
+    import json
+
+    return {seq: json.loads(store.read(key)) for key in store.keys() if (seq := layout.manifest_seq(key)) is not None}
+
+
+def _commit_files(store, layout: keys.Layout, steps: list[tuple[dict[str, bytes], list[str]]]) -> None:
+    """One commit per step (files written, names removed), by the product's lease and manifest code."""
+    import hashlib
+
+    s3 = store.client
+    held = lease.acquire(s3, layout, "trainer", wait=0, max_seq=lambda: manifest.max_seq(s3, layout))
+    previous = manifest.latest(s3, layout)
+    for written, removed in steps:
+        entries = []
+        for name, data in written.items():
+            digest = hashlib.sha256(data).hexdigest()
+            key = layout.file_key(name, digest)
+            s3.put_object(Bucket=layout.store.bucket, Key=key, Body=data)
+            entries.append(manifest.FileEntry(name, key, len(data), time.time_ns(), digest, "live"))
+        previous = manifest.commit_next(s3, layout, previous, entries, final=False, writer="trainer",
+                                        epoch=held.lease.epoch, removed=removed)
+    lease.renew(s3, layout, held, state="released")
+
+
+def _ten_commits(store, monkeypatch) -> tuple[keys.Layout, dict[str, bytes]]:
+    """Ten commits that write, rewrite and remove files, a base every 4 deltas; the files of the last."""
+    from runsync import records
+
+    monkeypatch.setattr(records, "BASE_EVERY", 4)
+    monkeypatch.setattr(records, "SMALL", 0)  # these few files as a large listing is written: chunks and deltas
+    layout = keys.Layout(store.layout.store, keys.RunPath.parse(RUN), "0")
+    expected: dict[str, bytes] = {}
+    steps = []
+    for i in range(10):
+        written = {f"step-{i}.txt": f"step {i}".encode(), "latest.txt": f"latest {i}".encode()}
+        removed = [f"step-{i - 3}.txt"] if i >= 3 else []
+        expected.update(written)
+        for name in removed:
+            expected.pop(name)
+        steps.append((written, removed))
+    _commit_files(store, layout, steps)
+    return layout, expected
+
+
+def test_commits_leave_deltas_and_periodic_bases_and_restore_gives_the_latest(tmp_path, cli, store, monkeypatch):
+    from harness import tree
+
+    layout, expected = _ten_commits(store, monkeypatch)
+
+    kinds = {seq: r["kind"] for seq, r in _records(store, layout).items()}
+    assert kinds == {1: "base", 2: "delta", 3: "delta", 4: "delta", 5: "delta",
+                     6: "base", 7: "delta", 8: "delta", 9: "delta", 10: "delta"}
+    result = cli("restore", RUN, "--to", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert tree(tmp_path / "out") == expected
+    listing = cli("ls", RUN)
+    assert listing.returncode == 0, listing.stderr
+    assert {n for n in (f"step-{i}.txt" for i in range(10)) if n in listing.stdout} == \
+        {n for n in expected if n.startswith("step-")}
+    by_name = cli("restore", RUN, "step-2.txt", "--to", str(tmp_path / "old"))  # removed at commit 6: history
+    assert by_name.returncode == 0, by_name.stdout + by_name.stderr
+    assert (tmp_path / "old/step-2.txt").read_bytes() == b"step 2"
+
+
+def test_a_commit_after_one_changed_file_in_5000_writes_a_small_record(tmp_path, cli, store):
+    run_dir = tmp_path / "run"
+    (run_dir / "data").mkdir(parents=True)
+    for i in range(5000):
+        (run_dir / "data" / f"{i:05d}.txt").write_text(f"file {i}")
+    assert cli("sync", str(run_dir), "--run", RUN).returncode == 0
+    (run_dir / "data/00042.txt").write_text("changed")
+    result = cli("sync", str(run_dir), "--run", RUN)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    layout = keys.Layout(store.layout.store, keys.RunPath.parse(RUN), "0")
+    records = _records(store, layout)
+    assert records[1]["kind"] == "base" and records[2]["kind"] == "delta"
+    size = store.client.head_object(Bucket=layout.store.bucket, Key=layout.manifest_key(2))["ContentLength"]
+    assert size < 2048, size  # one entry, not 5,000
+    assert not [k for k in store.keys() if k.startswith(layout.manifests_prefix + "000000000002.base/")]
+    assert manifest.latest(store.client, layout).files["data/00042.txt"].size == len("changed")
+
+
+def test_a_format_1_run_restores_and_continues_in_format_2(tmp_path, cli, store):
+    import hashlib
+
+    from harness import tree
+
+    s3, layout = store.client, keys.Layout(store.layout.store, keys.RunPath.parse(RUN), "0")
+    entries = {}
+    for name in ("a.txt", "b.txt"):
+        data, digest = name.encode(), hashlib.sha256(name.encode()).hexdigest()
+        key = layout.file_key(name, digest)
+        s3.put_object(Bucket=layout.store.bucket, Key=key, Body=data)
+        entries[name] = manifest.FileEntry(name, key, len(data), 1, digest)
+    old = manifest.Manifest(str(layout.run), "0", 1, time.time(), entries, final=True, writer="format-1")
+    s3.put_object(Bucket=layout.store.bucket, Key=layout.manifest_key(1), Body=old.to_json())  # as format 1 wrote it
+    assert b'"format": 1' in old.to_json()
+
+    first = cli("restore", RUN, "--to", str(tmp_path / "first"))
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert tree(tmp_path / "first") == {"a.txt": b"a.txt", "b.txt": b"b.txt"}
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "c.txt").write_text("c")
+    assert cli("sync", str(run_dir), "--run", RUN).returncode == 0
+    assert _records(store, layout)[2]["format"] == 2 and _records(store, layout)[2]["kind"] == "base"
+    after = cli("restore", RUN, "--to", str(tmp_path / "after"))
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert tree(tmp_path / "after") == {"a.txt": b"a.txt", "b.txt": b"b.txt", "c.txt": b"c"}
+
+
+def test_gc_keeps_the_chain_a_kept_commit_needs(tmp_path, cli, store, monkeypatch):
+    from harness import tree
+
+    layout, expected = _ten_commits(store, monkeypatch)
+    result = cli("gc", RUN, "--keep", "1", "--min-age", "0")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    left = _records(store, layout)
+    assert sorted(left) == [6, 7, 8, 9, 10]  # the latest, its base and the deltas between
+    assert not [k for k in store.keys() if k.startswith(layout.manifests_prefix + "000000000001.base/")]
+    restored = cli("restore", RUN, "--to", str(tmp_path / "out"))
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert tree(tmp_path / "out") == expected
