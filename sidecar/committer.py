@@ -24,7 +24,8 @@ from .metrics import Metrics
 
 IDLE_AFTER = lease.DEFAULT_TTL / 3
 """Quiet this long before the lease says idle: a file saved every few seconds keeps the lease
-active with a heartbeat or two instead of an idle/active pair of PUTs per save."""
+active instead of an idle/active pair of PUTs per save. Not renewed meanwhile: the heartbeat
+was at most ttl/3 old when quiet began, so it stays fresh until the idle mark."""
 
 
 class Committer:
@@ -119,10 +120,9 @@ class Committer:
             state, every = "active", (0.0 if self._idle else lease.DEFAULT_TTL / 3)
         else:
             self._quiet_since = now if self._quiet_since is None else self._quiet_since
-            if self._idle or now - self._quiet_since >= IDLE_AFTER:
-                state, every = "idle", (lease.IDLE_TTL / 2 if self._idle else 0.0)
-            else:
-                state, every = "active", lease.DEFAULT_TTL / 3
+            if not self._idle and now - self._quiet_since < IDLE_AFTER:
+                return  # the last heartbeat (<= ttl/3 old when quiet began) outlives IDLE_AFTER
+            state, every = "idle", (lease.IDLE_TTL / 2 if self._idle else 0.0)
         if now - self._last_heartbeat < every:
             return
         self._idle = state == "idle"
