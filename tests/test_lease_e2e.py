@@ -4,6 +4,8 @@ request at all, and a successor takes an idle replica over at once while fencing
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 
 import pytest
@@ -77,5 +79,33 @@ def test_a_successor_takes_an_idle_replica_at_once_and_fences_the_old_writer(tmp
                  what="the old writer to say it was fenced")
         assert "b.txt" not in store.files()
         assert store.latest().seq == committed.seq
+    finally:
+        old.stop()
+
+
+def test_the_lease_beats_through_a_final_flush_longer_than_its_ttl(tmp_path, s3_env, s3_client, store):
+    """Every request of the old pod waits 4 s (a slow store): its final flush (create, parts,
+    complete, commit) takes longer than the lease's 15 s ttl. The new pod still waits for it and
+    restores the `end` file, because the heartbeat goes on through the final flush."""
+    old_dir = tmp_path / "old"
+    old_dir.mkdir()
+    slow = s3count.environ(tmp_path / "counts.json", tmp_path, latency_ms=4000)
+    old = Sidecar(old_dir, s3_env, {contract.SAVE: "final/*:end"}, tmp_path, grace=120,
+                  extra_env={contract.ENV_HOLDER: "pod-a", "RUNSYNC_CRT": "0", **slow}).start()
+    try:
+        (old_dir / "final").mkdir()
+        data = os.urandom(48 * 1024 * 1024)
+        (old_dir / "final/model.pt").write_bytes(data)  # only uploaded at the end
+        old.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: any(r.get("msg") == "final flush" for r in old.log_records()), timeout=60,
+                 what="the old pod to begin its final flush")
+        wait_for(lambda: lease_of(s3_client, s3_env).state == "active", timeout=60,
+                 what="the old pod's lease to say it is busy")
+        result = restore_init(s3_env, tmp_path / "new", {}, tmp_path, holder="pod-b", grace=120, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert old.proc.wait(120) == 0
+        assert sha((tmp_path / "new/final/model.pt").read_bytes()) == sha(data)
+        assert any(json.loads(line).get("msg") == "waiting for the previous pod to finish its final flush"
+                   for line in result.stdout.splitlines() if line.startswith("{"))
     finally:
         old.stop()
