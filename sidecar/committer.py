@@ -4,8 +4,9 @@ It is the only owner of the lease (`held`) and of `fenced`: taking the lease and
 latest manifest at start (`load`), the heartbeat, each commit and the final one run here in
 order, so a heartbeat never races a commit. The heartbeat follows the work (`pace`): `active`
 every ttl/3 while busy, `idle` (long ttl) once quiet for IDLE_AFTER, and `active` again as soon
-as work comes (queued ahead of its commit), so an idle replica costs two lease PUTs an hour. Results go back to the engine's loop as messages
-(`Loaded`, `Committed`); the loop owns what is staged and durable, and asks `due` each tick.
+as work comes (queued ahead of its commit), so an idle replica costs two lease PUTs an hour.
+Results go back to the engine's loop as messages (`Loaded`, `Committed`); the loop owns what is
+staged and durable, and asks `due` each tick.
 """
 
 from __future__ import annotations
@@ -249,8 +250,8 @@ class Committer:
         try:
             self._held = lease.renew(self.s3, self.layout, self._held, state=state)
             if state == "idle":
-                log.info("idle: the lease says so (a successor takes over at once); renewed rarely until the next change",
-                         extra={"fields": {"epoch": self._held.lease.epoch, "renew_every_s": lease.IDLE_TTL / 2}})
+                log.info("idle: the lease says so (a successor takes over at once)", extra={"fields": {
+                    "epoch": self._held.lease.epoch, "renewed_every_s": lease.IDLE_TTL / 2}})
         except lease.LeaseLost as err:
             self._fenced = True
             self.post(messages.Committed(None, str(err), {}, set(), []))

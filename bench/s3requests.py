@@ -1,6 +1,6 @@
 """S3 requests by kind of one real sidecar: per idle replica-hour and per checkpoint (issue 17).
 
-    .venv/bin/python bench/requests.py [--window 60] [--before .before]
+    .venv/bin/python bench/s3requests.py [--window 60] [--before .before]
 
 One local SeaweedFS; per code tree (`--before TREE`: an older checkout, e.g. `git worktree add
 .before 0cd8527`, run next to this one) a sidecar process on a run dir with `**:live`, its S3
@@ -139,11 +139,10 @@ def report(results: dict[str, dict], window: float) -> str:
     row("idle: per replica-hour (scaled, + scheduled renewals)",
         [f"**{total(r['idle_hour']):.0f}** ({show({k: round(v) for k, v in r['idle_hour'].items()})})"
          for r in results.values()])
+    cell = lambda d: f"{total(d):g} ({show(d)})"  # noqa: E731
     for name in ("1 MiB", "256 MiB"):
-        row(f"checkpoint {name}: until durable", [f"{total(r[name]['until_durable']):g} ({show(r[name]['until_durable'])})"
-                                                  for r in results.values()])
-        row(f"checkpoint {name}: then until idle", [f"{total(r[name]['until_idle']):g} ({show(r[name]['until_idle'])})"
-                                                    for r in results.values()])
+        row(f"checkpoint {name}: until durable", [cell(r[name]["until_durable"]) for r in results.values()])
+        row(f"checkpoint {name}: then until idle", [cell(r[name]["until_idle"]) for r in results.values()])
     return "\n".join(lines)
 
 
