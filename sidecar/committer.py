@@ -57,6 +57,8 @@ class Committer:
         self._idle = False
         """What the lease says (or will, once the queued renewal runs): idle or active."""
         self._quiet_since: float | None = None
+        self._beat_failed = False
+        """The last renewal met an outage: the next comes after ttl/3, even when idle."""
         self._stopped = threading.Event()
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="commit")
         self.slowest = 0.0
@@ -124,8 +126,11 @@ class Committer:
             if not self._idle and now - self._quiet_since < IDLE_AFTER:
                 return  # the last heartbeat (<= ttl/3 old when quiet began) outlives IDLE_AFTER
             state, every = "idle", (lease.IDLE_TTL / 2 if self._idle else 0.0)
+        if self._beat_failed:
+            every = min(every, lease.DEFAULT_TTL / 3)
         if now - self._last_heartbeat < every:
             return
+        self._beat_failed = False
         self._idle = state == "idle"
         self._last_heartbeat = now
         self._thread.submit(self._heartbeat, state)
@@ -256,6 +261,7 @@ class Committer:
             self._fenced = True
             self.post(messages.Committed(None, str(err), {}, set(), []))
         except Exception as err:  # noqa: BLE001 - an outage: the next renewal tries again
+            self._beat_failed = True
             log.warning("lease heartbeat failed", extra={"fields": {"error": str(err)}})
 
     def _release(self) -> None:
