@@ -2,8 +2,11 @@
 
 It is the only owner of the lease (`held`) and of `fenced`: taking the lease and reading the
 latest manifest at start (`load`), the heartbeat, each commit and the final one run here in
-order, so a heartbeat never races a commit. Results go back to the engine's loop as messages
-(`Loaded`, `Committed`); the loop owns what is staged and durable, and asks `due` each tick.
+order, so a heartbeat never races a commit. The heartbeat follows the work (`pace`): `active`
+every ttl/3 while busy, `idle` (long ttl) once quiet for IDLE_AFTER, and `active` again as soon
+as work comes (queued ahead of its commit), so an idle replica costs two lease PUTs an hour.
+Results go back to the engine's loop as messages (`Loaded`, `Committed`); the loop owns what is
+staged and durable, and asks `due` each tick.
 """
 
 from __future__ import annotations
@@ -19,6 +22,11 @@ from . import keys, lease, ledger, manifest, messages, runmeta, statedir, transf
 from .errors import StoreError
 from .logs import log
 from .metrics import Metrics
+
+IDLE_AFTER = lease.DEFAULT_TTL / 3
+"""Quiet this long before the lease says idle: a file saved every few seconds keeps the lease
+active instead of an idle/active pair of PUTs per save. Not renewed meanwhile: the heartbeat
+was at most ttl/3 old when quiet began, so it stays fresh until the idle mark."""
 
 
 class Committer:
@@ -46,6 +54,11 @@ class Committer:
         self._held: lease.Held | None = None
         self._fenced = False
         self._last_heartbeat = 0.0
+        self._idle = False
+        """What the lease says (or will, once the queued renewal runs): idle or active."""
+        self._quiet_since: float | None = None
+        self._beat_failed = False
+        """The last renewal met an outage: the next comes after ttl/3, even when idle."""
         self._stopped = threading.Event()
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="commit")
         self.slowest = 0.0
@@ -65,12 +78,13 @@ class Committer:
 
     # ------------------------------------------------------------------ on the loop's thread
 
-    def due(self, now: float, books: ledger.Ledger, flush_waiting: bool) -> None:
-        """Renew the lease when due; start the next commit when there is something to commit
-        and it is time (at once while a flush waits)."""
+    def due(self, now: float, books: ledger.Ledger, flush_waiting: bool, busy: bool = True) -> None:
+        """Renew the lease when due (`busy`: uploads in flight or waiting, files seen changing);
+        start the next commit when there is something to commit and it is time (at once while
+        a flush waits)."""
         if self.committing or self._fenced:
             return
-        self.heartbeat(now)
+        self.pace(now, busy or flush_waiting or bool(books.to_commit()))
         if self.meta is not None and self.meta.images_due(now):
             self._thread.submit(self.meta.refresh_images)
         if not books.to_commit() or (now - self._last_commit < self.interval and not flush_waiting):
@@ -98,11 +112,28 @@ class Committer:
         retried until it works. Posts `Loaded`."""
         self._thread.submit(self._load)
 
-    def heartbeat(self, now: float) -> None:
-        """Renew the lease every ttl/3, so a restarting pod waits for us rather than taking it."""
-        if self._held is not None and now - self._last_heartbeat >= lease.DEFAULT_TTL / 3:
-            self._last_heartbeat = now
-            self._thread.submit(self._heartbeat)
+    def pace(self, now: float, busy: bool) -> None:
+        """The heartbeat, by the work: while busy `active` every ttl/3 (a successor waits for
+        what we owe); quiet for IDLE_AFTER, `idle` (a successor takes over at once), renewed
+        every IDLE_TTL/2; busy again, `active` at once, ahead of the commit it leads to."""
+        if self._held is None or self._fenced:
+            return
+        if busy:
+            self._quiet_since = None
+            state, every = "active", (0.0 if self._idle else lease.DEFAULT_TTL / 3)
+        else:
+            self._quiet_since = now if self._quiet_since is None else self._quiet_since
+            if not self._idle and now - self._quiet_since < IDLE_AFTER:
+                return  # the last heartbeat (<= ttl/3 old when quiet began) outlives IDLE_AFTER
+            state, every = "idle", (lease.IDLE_TTL / 2 if self._idle else 0.0)
+        if self._beat_failed:
+            every = min(every, lease.DEFAULT_TTL / 3)
+        if now - self._last_heartbeat < every:
+            return
+        self._beat_failed = False
+        self._idle = state == "idle"
+        self._last_heartbeat = now
+        self._thread.submit(self._heartbeat, state)
 
     def commit(self, durable: manifest.Manifest | None, names: dict[str, manifest.FileEntry],
                removed: set[str], tokens: list[tuple[str, int, float]]) -> None:
@@ -218,13 +249,19 @@ class Committer:
         self.state.cache_manifest(m)
         return m
 
-    def _heartbeat(self) -> None:
+    def _heartbeat(self, state: str = "active") -> None:
+        if self._held is None or self._held.lease.state == "released":
+            return  # released at the end: a late heartbeat must not take it back
         try:
-            self._held = lease.renew(self.s3, self.layout, self._held)
+            self._held = lease.renew(self.s3, self.layout, self._held, state=state)
+            if state == "idle":
+                log.info("idle: the lease says so (a successor takes over at once)", extra={"fields": {
+                    "epoch": self._held.lease.epoch, "renewed_every_s": lease.IDLE_TTL / 2}})
         except lease.LeaseLost as err:
             self._fenced = True
             self.post(messages.Committed(None, str(err), {}, set(), []))
         except Exception as err:  # noqa: BLE001 - an outage: the next renewal tries again
+            self._beat_failed = True
             log.warning("lease heartbeat failed", extra={"fields": {"error": str(err)}})
 
     def _release(self) -> None:

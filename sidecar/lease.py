@@ -6,10 +6,14 @@ conditional PUT (`If-None-Match: *` to create, `If-Match: <etag>` to change), so
 can never both believe they hold it.
 
     restore-init of a new pod       acquire(wait): while the old holder is active and its
-                                    heartbeat fresh (it is flushing), wait, bounded; then take
-                                    the lease with epoch + 1, from the highest manifest number
-    sidecar                         acquire (same holder: no wait), renew before each commit
-                                    and every ttl/3; a lost lease stops all commits
+                                    heartbeat fresh (it is flushing), wait, bounded; an idle
+                                    holder owes nothing: taken at once. Then take the lease
+                                    with epoch + 1, from the highest manifest number
+    sidecar                         acquire (same holder: no wait), renew before each commit;
+                                    while busy (uploads, commits owed, a flush, the end) every
+                                    ttl/3; when idle, once as `idle` with IDLE_TTL, then every
+                                    IDLE_TTL/2; back to `active` before the next upload or
+                                    commit. A lost lease stops all commits
     final flush                     commit the final manifest, then release
 
 Fencing: a manifest records the epoch of its writer. The epoch that owns number `seq` is
@@ -30,6 +34,10 @@ from . import keys
 from .errors import StoreError
 
 DEFAULT_TTL = 15.0
+"""An active holder's heartbeat is fresh this long: a successor waits for it (its final flush)."""
+IDLE_TTL = 3600.0
+"""An idle holder's: `alive` (gc, `runs`, status) still means a live writer, renewed every
+IDLE_TTL/2, so an idle replica writes its lease twice an hour, not 720 times."""
 
 
 class LeaseLost(StoreError):
@@ -46,7 +54,7 @@ class Lease:
     epoch: int
     heartbeat: float
     state: str = "active"
-    """active | released"""
+    """active (busy: a successor waits) | idle (owes nothing: taken at once) | released"""
     ttl: float = DEFAULT_TTL
     epochs: tuple[tuple[int, int], ...] = ()
     """(epoch, the highest manifest number when it took over)."""
@@ -60,7 +68,7 @@ class Lease:
         return owner
 
     def alive(self, now: float) -> bool:
-        return self.state == "active" and now - self.heartbeat < self.ttl
+        return self.state in ("active", "idle") and now - self.heartbeat < self.ttl
 
     def to_json(self) -> bytes:
         doc = dataclasses.asdict(self)
@@ -118,18 +126,19 @@ def acquire(
     while True:
         lease, etag = read(s3, layout)
         now = clock()
-        if lease is not None and lease.holder == holder and lease.state == "active":
+        step = decide(lease, holder, now, deadline, take_live)
+        if step == "keep":
             return renew(s3, layout, Held(lease, etag))
-        if lease is not None and lease.alive(now) and now < deadline:
+        if step == "wait":
             if not waited:
                 on_wait(lease)
                 waited = True
             sleep(min(0.5, max(0.05, deadline - now)))
             continue
-        if lease is not None and lease.alive(now) and not take_live:
+        if step == "busy":
             raise LeaseBusy(f"{layout.run} replica {layout.replica} is being written by {lease.holder} "
-                            f"(heartbeat {now - lease.heartbeat:.0f} s ago); fix: wait until it ends, "
-                            "or use another run or --replica")
+                            f"(heartbeat {now - lease.heartbeat:.0f} s ago, {lease.state}); fix: wait until "
+                            "it ends, or use another run or --replica")
         epoch = (lease.epoch if lease else 0) + 1
         history = (lease.epochs if lease else ()) + ((epoch, max_seq()),)
         new = Lease(holder=holder, epoch=epoch, heartbeat=now, ttl=ttl, epochs=history[-50:])
@@ -144,10 +153,27 @@ def acquire(
             raise
 
 
+def decide(lease: Lease | None, holder: str, now: float, deadline: float, take_live: bool) -> str:
+    """What a would-be writer does on finding `lease`: keep (it is ours), wait (an active
+    holder with a fresh heartbeat is flushing; until `deadline`), busy (a live holder and
+    `take_live` is off), or take (with the next epoch)."""
+    if lease is None:
+        return "take"
+    if lease.holder == holder and lease.state in ("active", "idle"):
+        return "keep"
+    if not lease.alive(now):
+        return "take"
+    if lease.state == "active" and now < deadline:
+        return "wait"
+    return "take" if take_live else "busy"
+
+
 def renew(s3, layout: keys.Layout, held: Held, clock: Callable[[], float] = time.time,
           state: str = "active") -> Held:
-    """Refresh the heartbeat (or release, with `state="released"`); `LeaseLost` if taken."""
-    new = dataclasses.replace(held.lease, heartbeat=clock(), state=state)
+    """Refresh the heartbeat as `active` (busy), `idle` (with IDLE_TTL) or `released`;
+    `LeaseLost` if taken."""
+    ttl = IDLE_TTL if state == "idle" else DEFAULT_TTL
+    new = dataclasses.replace(held.lease, heartbeat=clock(), state=state, ttl=ttl)
     try:
         put = s3.put_object(Bucket=layout.store.bucket, Key=layout.lease_key, Body=new.to_json(),
                             ContentType="application/json", IfMatch=held.etag)

@@ -31,6 +31,10 @@ class Sightings:
     def __contains__(self, relpath: str) -> bool:
         return relpath in self._seen
 
+    def __len__(self) -> int:
+        """Files and checkpoint dirs seen changing and not yet complete (the sidecar is busy)."""
+        return len(self._seen) + len(self._quiet)
+
     def add(self, relpath: str, stat: Stat | None = None) -> None:
         if stat is None:
             stat = self._stat(relpath)

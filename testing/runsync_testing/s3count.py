@@ -6,6 +6,9 @@ botocore `before-call.s3` hook on every botocore session and writes the counts a
 file at exit. Bench and tests read them with `read`. A count is not a timing: tests may assert it.
 The bytes each kind sent (request bodies: what a PUT wrote) go beside it, read with `read_bytes`.
 
+`S3COUNT_LIVE=1` (`environ(..., live=True)`) also rewrites the file after every request, so a
+test can read the counts of a process that is still running (an idle sidecar over a window).
+
 `S3COUNT_LATENCY_MS` (bench only) adds that many milliseconds before each request is sent: the
 round trip to a remote store, which loopback SeaweedFS does not have (a sleep releases the GIL,
 as a network wait does).
@@ -21,19 +24,20 @@ import threading
 from pathlib import Path
 
 LATENCY_ENV = "S3COUNT_LATENCY_MS"
+LIVE_ENV = "S3COUNT_LIVE"
 ENV = "S3COUNT_FILE"
 """Not RUNSYNC_*: the test harness passes the environment on without those."""
 _SITECUSTOMIZE = "from runsync_testing import s3count\ns3count.install()\n"
 
 
-def environ(counts_file: Path, workdir: Path, latency_ms: float = 0) -> dict[str, str]:
+def environ(counts_file: Path, workdir: Path, latency_ms: float = 0, live: bool = False) -> dict[str, str]:
     """The variables that make a child Python process count its S3 requests into `counts_file`
-    (and wait `latency_ms` before sending each)."""
+    (and wait `latency_ms` before sending each; with `live`, written after each request too)."""
     site = Path(workdir) / "s3count-site"
     site.mkdir(parents=True, exist_ok=True)
     (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
     path = os.environ.get("PYTHONPATH")
-    return {ENV: str(counts_file), LATENCY_ENV: str(latency_ms),
+    return {ENV: str(counts_file), LATENCY_ENV: str(latency_ms), LIVE_ENV: "1" if live else "",
             "PYTHONPATH": f"{site}{os.pathsep}{path}" if path else str(site)}
 
 
@@ -48,9 +52,20 @@ def install() -> None:
     sent: collections.Counter = collections.Counter()
     lock = threading.Lock()
 
+    live = bool(os.environ.get(LIVE_ENV))
+
+    def write() -> None:
+        with lock:  # one writer at a time, so the newest counts land last
+            part = Path(f"{target}.{os.getpid()}.part")
+            part.write_text(json.dumps(dict(counts), sort_keys=True))
+            part.replace(target)  # a reader never sees half a file
+            _bytes_file(target).write_text(json.dumps(dict(sent), sort_keys=True))
+
     def count(model, **_):
         with lock:
             counts[model.name] += 1
+        if live:
+            write()
 
     def measure(request, event_name, **_):  # event_name: before-send.s3.<Kind>
         size = int(request.headers.get("Content-Length") or 0)  # a retry sends (and counts) again
@@ -68,10 +83,6 @@ def install() -> None:
             self.register("before-send.s3", delay)
 
     botocore.session.Session.__init__ = init
-    def write() -> None:
-        Path(target).write_text(json.dumps(dict(counts), sort_keys=True))
-        _bytes_file(target).write_text(json.dumps(dict(sent), sort_keys=True))
-
     atexit.register(write)
 
 
