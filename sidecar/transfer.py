@@ -83,7 +83,7 @@ def client(settings: Settings = Settings()):
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
         retries={"mode": "standard", "max_attempts": settings.max_attempts},
-        max_pool_connections=max(settings.max_concurrency * 2, 10),
+        max_pool_connections=max(settings.max_concurrency * 2, 2 * fetch.WORKERS, 10),  # restore: files + ranges
         # S3-compatible servers on an IP or a plain host name need path-style URLs.
         s3={"addressing_style": "path" if endpoint else "auto"},
     )
