@@ -43,7 +43,7 @@ def commit_format_2(s3, store: keys.StoreURL, src: str, dst: str) -> None:
     entries = []
     for e in latest.files.values():
         data = s3.get_object(Bucket=store.bucket, Key=e.key)["Body"].read()
-        crcs, crc = [], None
+        crcs = []
         for i in range(checksums.part_count(e.size, checksums.PART_SIZE)):
             off, n = checksums.part_range(i, e.size, checksums.PART_SIZE)
             crcs.append(checksums.encode(checksums.crc64nvme(memoryview(data)[off:off + n])))
@@ -51,7 +51,7 @@ def commit_format_2(s3, store: keys.StoreURL, src: str, dst: str) -> None:
         s3.copy_object(Bucket=store.bucket, Key=key, CopySource={"Bucket": store.bucket, "Key": e.key})
         entries.append(manifest.FileEntry(e.name, key, e.size, e.mtime_ns, e.sha256, e.policy,
                                           checksums.PART_SIZE if e.size else 0, tuple(crcs)))
-        del data, crc
+        del data
     manifest.commit(s3, layout, None, entries, final=True, writer="bench")
 
 

@@ -11,7 +11,6 @@ import base64
 import collections
 import concurrent.futures
 import dataclasses
-import hashlib
 import os
 import random
 import threading
@@ -23,7 +22,7 @@ import boto3
 import botocore.config
 from botocore.exceptions import (
     BotoCoreError, ClientError, ConnectionError as BotoConnectionError, NoCredentialsError,
-    NoRegionError, PartialCredentialsError, ReadTimeoutError, ResponseStreamingError,
+    NoRegionError, PartialCredentialsError,
 )
 from s3transfer.exceptions import CancelledError
 from s3transfer.manager import TransferConfig, TransferManager
