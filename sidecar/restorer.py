@@ -184,7 +184,7 @@ def _restore_unit(transfers: transfer.Transfers, dest: Path, unit: list[tuple[st
             temps.append((target.with_name(f".{target.name[:100]}.runsync-{uuid.uuid4().hex[:8]}"), target, entry))
 
         def fetch(tmp: Path, entry: manifest.FileEntry) -> None:
-            transfers.download(entry.key, tmp, entry.sha256, hooks.on_bytes, size=entry.size)
+            transfers.fetch(entry, tmp, hooks.on_bytes)  # verified into `tmp`: renamed once, below
             os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
 
         if files is not None:

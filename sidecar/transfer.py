@@ -11,7 +11,6 @@ import base64
 import collections
 import concurrent.futures
 import dataclasses
-import hashlib
 import os
 import random
 import threading
@@ -23,13 +22,13 @@ import boto3
 import botocore.config
 from botocore.exceptions import (
     BotoCoreError, ClientError, ConnectionError as BotoConnectionError, NoCredentialsError,
-    NoRegionError, PartialCredentialsError, ReadTimeoutError, ResponseStreamingError,
+    NoRegionError, PartialCredentialsError,
 )
 from s3transfer.exceptions import CancelledError
 from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
-from . import contract, crt, encryption, keys, progress
+from . import contract, crt, encryption, fetch, keys, progress
 from .hashing import _FD_PATH, Digest, FileChanged, NotRegular, hash_file, open_regular  # noqa: F401 - callers' names
 from .errors import StoreError
 
@@ -83,7 +82,7 @@ def client(settings: Settings = Settings()):
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
         retries={"mode": "standard", "max_attempts": settings.max_attempts},
-        max_pool_connections=max(settings.max_concurrency * 2, 10),
+        max_pool_connections=max(settings.max_concurrency * 2, 2 * fetch.WORKERS, 10),  # restore: files + ranges
         # S3-compatible servers on an IP or a plain host name need path-style URLs.
         s3={"addressing_style": "path" if endpoint else "auto"},
     )
@@ -269,16 +268,6 @@ class _Progress(BaseSubscriber):
         self._on_bytes(bytes_transferred)
 
 
-class _KnownSize(BaseSubscriber):
-    """Tells s3transfer the object's size, which spares it a HeadObject per download."""
-
-    def __init__(self, size: int):
-        self._size = size
-
-    def on_queued(self, future, **kwargs):
-        future.meta.provide_transfer_size(self._size)
-
-
 class Transfers:
     """A transfer manager bound to one store; use as a context manager."""
 
@@ -298,6 +287,8 @@ class Transfers:
             max_request_concurrency=settings.max_concurrency,
         ))
         self._crt = None  # built on the first multipart upload, if the CRT is installed
+        self._fetcher = None  # built on the first download, with its pool of ranged GETs
+        self._parts = None
         self._use_crt = settings.crt and crt.available()
         # Files under the multipart threshold go as one request each, from this pool: the
         # transfer manager's futures and queues cost more CPU per small file than the request.
@@ -309,6 +300,8 @@ class Transfers:
 
     def __exit__(self, *exc) -> None:
         self._small.shutdown(wait=True, cancel_futures=exc[0] is not None)
+        if self._parts is not None:
+            self._parts.shutdown(wait=True, cancel_futures=exc[0] is not None)
         self._manager.shutdown(cancel=exc[0] is not None)
         if self._crt is not None:
             self._crt.shutdown(cancel=exc[0] is not None)
@@ -454,44 +447,30 @@ class Transfers:
                 raise
             raise describe(err, self.store, self.s3) from None
 
+    def fetch(self, want, tmp: Path, on_bytes: Callable[[int], None] = lambda n: None) -> None:
+        """Download `want` (a `manifest.FileEntry` or a `fetch.Want`) into the new file `tmp`,
+        every byte verified (fetch.py); the caller places it. On any failure `tmp` is gone."""
+        with self._lock:
+            if self._fetcher is None:
+                self._parts = concurrent.futures.ThreadPoolExecutor(fetch.WORKERS, thread_name_prefix="s3-range")
+                self._fetcher = fetch.Fetcher(self.s3, self.store.bucket, self.settings.multipart_threshold,
+                                              self.settings.max_attempts, self._parts)
+        try:
+            self._fetcher.fetch(want, tmp, on_bytes)
+        except (ClientError, BotoCoreError) as err:
+            raise StoreError(f"{want.name} not restored: {describe(err, self.store, self.s3)}") from None
+
     def download(self, key: str, dest: str | Path, sha256: str,
                  on_bytes: Callable[[int], None] = lambda n: None, size: int | None = None) -> None:
-        """Download `key` to `dest` through a temp file, verified against `sha256`, then renamed.
-        With `size` (known from the manifest) no HeadObject is sent first, and an object under
-        the multipart threshold comes in one GET, hashed as it is written (no second read)."""
+        """Download `key` (format 1: checked against `sha256`) to `dest` through a temp file."""
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.runsync-part")
-        try:
-            if size is not None and size < self.settings.multipart_threshold:
-                got = self._get(key, tmp, on_bytes)
-            else:
-                subscribers = [_Progress(on_bytes)] + ([_KnownSize(size)] if size is not None else [])
-                self._manager.download(self.store.bucket, key, str(tmp), subscribers=subscribers).result()
-                got = hash_file(tmp).sha256
-            if got != sha256:
-                raise StoreError(f"checksum mismatch for s3://{self.store.bucket}/{key}: stored "
-                                 f"{sha256}, downloaded {got}; the object is damaged")
-            os.replace(tmp, dest)
-        except (ClientError, BotoCoreError) as err:
-            raise describe(err, self.store, self.s3) from None
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    def _get(self, key: str, tmp: Path, on_bytes: Callable[[int], None]) -> str:
-        for attempt in range(self.settings.max_attempts):
-            body = self.s3.get_object(Bucket=self.store.bucket, Key=key)["Body"]
-            h, done = hashlib.sha256(), 0
+        if size is None:
             try:
-                with open(tmp, "wb") as f:
-                    while chunk := body.read(MiB):
-                        h.update(chunk)
-                        f.write(chunk)
-                        done += len(chunk)
-                on_bytes(done)  # small: counted once whole, so a retry never counts twice
-                return h.hexdigest()
-            except (ResponseStreamingError, ReadTimeoutError, BotoConnectionError):
-                # botocore retries a request, not a body cut off halfway: start this one again
-                if attempt + 1 == self.settings.max_attempts:
-                    raise
-        raise AssertionError("unreachable")
+                size = self.s3.head_object(Bucket=self.store.bucket, Key=key)["ContentLength"]
+            except (ClientError, BotoCoreError) as err:
+                raise describe(err, self.store, self.s3) from None
+        tmp = dest.with_name(f".{dest.name}.runsync-part")
+        tmp.unlink(missing_ok=True)
+        self.fetch(fetch.Want(dest.name, key, size, sha256), tmp, on_bytes)
+        os.replace(tmp, dest)

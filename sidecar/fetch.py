@@ -1,0 +1,233 @@
+"""One stored object → a temp file, every byte verified before the caller may place it.
+
+A small object comes in one GET, checked as it is written. A large one comes in parallel
+ranged GETs, each written with `pwrite` into a preallocated temp file: no second pass.
+- Format 2 (the entry has `part_size` and `crc64nvme`): every range holds whole parts; each
+  part's CRC64NVME (native, checksums.py) is checked as its bytes arrive.
+- Format 1 (no parts): the whole-file SHA-256, folded in file order while ranges land; a range
+  that completes the in-order prefix hashes what follows from the page cache.
+A mismatch or a failure removes the temp file and raises; nothing is left to place.
+
+Our own thread pool of ranged `get_object` rather than the CRT's S3 client: the CRT writes
+the file itself and checks no part against our manifest, and it measured no faster here
+(docs/pending/down.md); boto3's reads and hashlib/awscrt release the GIL for the bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import dataclasses
+import errno
+import hashlib
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError, FlexibleChecksumError, ReadTimeoutError, ResponseStreamingError,
+)
+from botocore.httpchecksum import StreamingChecksumBody
+
+from . import checksums
+from .errors import StoreError
+
+MiB = 1024 * 1024
+RANGE = 16 * MiB
+"""Bytes per ranged GET of a format-1 object (a format-2 one: whole parts, about this much)."""
+WORKERS = 16
+"""Ranged GETs in flight for large objects, across all files (s5cmd's `-c 16` of the bench)."""
+BLOCK = MiB
+"""Bytes read from a response and written per step."""
+_RETRY = (ResponseStreamingError, ReadTimeoutError, BotoConnectionError)
+"""A body cut off halfway: botocore retries a request, not a body; the range is asked again."""
+
+
+class Damaged(StoreError):
+    """The stored bytes are not what the manifest committed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Want:
+    """What the manifest says the object holds: a `manifest.FileEntry`'s fields (one serves)."""
+
+    name: str
+    key: str
+    size: int
+    sha256: str
+    part_size: int = 0
+    crc64nvme: tuple[str, ...] = ()
+
+
+
+def _parted(want: Want) -> bool:
+    """Format 2: part CRCs that cover the file (else the SHA-256 is what checks it)."""
+    return bool(want.part_size) and len(want.crc64nvme) == checksums.part_count(want.size, want.part_size)
+
+
+class Fetcher:
+    """Fetches objects of one bucket; `pool` runs the ranges of large objects."""
+
+    def __init__(self, s3, bucket: str, threshold: int, attempts: int, pool: concurrent.futures.Executor):
+        self.s3, self.bucket, self.threshold, self.attempts, self.pool = s3, bucket, threshold, attempts, pool
+
+    def fetch(self, want: Want, tmp: Path, on_bytes: Callable[[int], None] = lambda n: None) -> None:
+        """Write `want` to the new file `tmp`, verified; on any failure `tmp` is gone."""
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        job = _Job(self, want, fd, tmp, on_bytes)
+        try:
+            job.run()
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+
+
+class _Job:
+    def __init__(self, fetcher: Fetcher, want: Want, fd: int, tmp: Path, on_bytes):
+        self.f, self.want, self.fd, self.tmp, self.on_bytes = fetcher, want, fd, tmp, on_bytes
+        self.stop = threading.Event()
+        if _parted(want):
+            per = max(1, RANGE // want.part_size)
+            step = per * want.part_size
+        else:
+            step = RANGE
+        self.ranges = [(o, min(step, want.size - o)) for o in range(0, want.size, step)] or [(0, 0)]
+        self.whole = want.size < fetcher.threshold or len(self.ranges) == 1
+        self.sha = None if _parted(want) else hashlib.sha256()
+        self._done: set[int] = set()
+        self._next = 0  # the first range not yet in `sha`
+        self._lock = threading.Lock()
+        self._hashing = threading.Lock()
+
+    def run(self) -> None:
+        if self.whole:
+            self.ranges = [(0, self.want.size)]
+            self._range(0, whole=True)
+        else:
+            _preallocate(self.fd, self.want.size)
+            futures = [self.f.pool.submit(self._range, i) for i in range(len(self.ranges))]
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    future.result()
+            except BaseException:
+                self.stop.set()  # the others stop at their next block; none writes after we return
+                concurrent.futures.wait(futures)
+                raise
+            self._fold()
+        if self.sha is not None and self.sha.hexdigest() != self.want.sha256:
+            raise self._damaged(f"SHA-256 {self.sha.hexdigest()}, the manifest says {self.want.sha256}")
+
+    def _range(self, i: int, whole: bool = False) -> None:
+        offset, length = self.ranges[i]
+        for attempt in range(self.f.attempts):
+            try:
+                self._get(i, offset, length, whole)
+                break
+            except _RETRY:
+                if attempt + 1 == self.f.attempts or self.stop.is_set():
+                    raise
+        self.on_bytes(length)  # counted once whole, so a retry never counts twice
+        if not whole and self.sha is not None:
+            with self._lock:
+                self._done.add(i)
+            self._fold(blocking=False)
+
+    def _get(self, i: int, offset: int, length: int, whole: bool) -> None:
+        args = {"Bucket": self.f.bucket, "Key": self.want.key}
+        if not whole:
+            args["Range"] = f"bytes={offset}-{offset + length - 1}"
+        response = self.f.s3.get_object(**args)
+        if whole:
+            total = response["ContentLength"]
+        elif "ContentRange" in response:
+            total = int(response["ContentRange"].rsplit("/", 1)[1])
+        else:
+            raise StoreError(f"the S3 endpoint ignored the Range of a GET of {self.want.key}; fix: use "
+                             "an S3-compatible server that serves ranges")
+        if total != self.want.size:
+            raise self._damaged(f"{total} bytes, the manifest says {self.want.size}")
+        body = response["Body"]
+        parted, part_size = _parted(self.want), self.want.part_size
+        sha = None
+        if whole and not _parted(self.want):  # in one GET the bytes in hand are hashed in order
+            if isinstance(body, StreamingChecksumBody) and \
+                    response.get("ChecksumSHA256") == base64.b64encode(bytes.fromhex(self.want.sha256)).decode():
+                # S3 holds the manifest's SHA-256 for this object and botocore checks these bytes
+                # against it as they are read: a second hash would double the CPU.
+                self.sha = None
+            else:
+                sha = self.sha = hashlib.sha256()  # (again from the start when the GET is retried)
+        pos, end = offset, offset + length
+        crc, part = 0, offset // part_size if parted else 0
+        part_end = min(offset + part_size, end) if parted else end
+        buffer = memoryview(bytearray(min(BLOCK, length) or 1))  # reused: no new bytes per block
+        while pos < end:
+            if self.stop.is_set():
+                raise StoreError(f"fetch of {self.want.key} stopped: another part failed")
+            n = body.readinto(buffer[:min(BLOCK, end - pos, part_end - pos)])
+            if not n:
+                raise self._damaged(f"a body that ends at byte {pos}, the manifest says {self.want.size} bytes")
+            chunk = buffer[:n]
+            _pwrite_all(self.fd, chunk, pos)
+            pos += n
+            if sha is not None:
+                sha.update(chunk)
+            if parted:
+                crc = checksums.crc64nvme(chunk, crc)
+                if pos == part_end:
+                    if checksums.encode(crc) != self.want.crc64nvme[part]:
+                        start = part * part_size
+                        raise self._damaged(f"part {part} (bytes {start}-{pos - 1}) with CRC64NVME "
+                                            f"{checksums.encode(crc)}, the manifest says {self.want.crc64nvme[part]}")
+                    crc, part, part_end = 0, part + 1, min(pos + part_size, end)
+        try:
+            if body.read(1):  # also where botocore compares the checksum S3 sent
+                raise self._damaged(f"more than the {length} bytes asked for at offset {offset}")
+        except FlexibleChecksumError:
+            raise self._damaged(f"bytes whose SHA-256 is not {self.want.sha256}, the manifest's") from None
+
+    def _fold(self, blocking: bool = True) -> None:
+        """Hash the ranges that now continue the in-order prefix, from the page cache. One thread
+        hashes at a time; a range landing meanwhile is picked up by the re-check."""
+        while self._hashing.acquire(blocking=blocking):
+            try:
+                while True:
+                    with self._lock:
+                        if self._next not in self._done:
+                            break
+                        i = self._next
+                    offset, length = self.ranges[i]
+                    for at in range(offset, offset + length, 4 * MiB):
+                        self.sha.update(os.pread(self.fd, min(4 * MiB, offset + length - at), at))
+                    with self._lock:
+                        self._next += 1
+            finally:
+                self._hashing.release()
+            with self._lock:
+                if self._next not in self._done:
+                    return
+
+    def _damaged(self, what: str) -> Damaged:
+        return Damaged(f"checksum mismatch restoring {self.want.name}: s3://{self.f.bucket}/{self.want.key} "
+                       f"holds {what}; the stored object is damaged and nothing was placed; fix: restore "
+                       "an earlier checkpoint, or sync the file again from a good copy")
+
+
+def _preallocate(fd: int, size: int) -> None:
+    """Reserve the blocks up front: a full disk fails before the first GET."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        os.ftruncate(fd, size)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n

@@ -1,0 +1,150 @@
+"""The download data path (fetch.py) through `runsync restore`, against a real SeaweedFS: format-2
+entries checked part by part, format-1 entries by their SHA-256, and nothing placed (no file, no
+temp file) when a byte is wrong or a transfer is cut midway."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import pytest
+
+from harness import sha, tree
+from runsync import checksums, manifest
+
+pytestmark = pytest.mark.s3
+RUN = "team-a/proj/run-1"
+MiB = 1024 * 1024
+
+
+def commit(store, files: dict[str, bytes], part_size: int | None = 4 * MiB) -> dict[str, manifest.FileEntry]:
+    """Store `files` and commit them as a manifest (format 2 with `part_size`, format 1 with None)."""
+    entries = []
+    for name, data in files.items():
+        key = store.layout.file_key(name, sha(data))
+        store.client.put_object(Bucket=store.layout.store.bucket, Key=key, Body=data)
+        parts: dict = {}
+        if part_size:
+            path = store.scratch / name.replace("/", "_")
+            path.write_bytes(data)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                parts = {"part_size": part_size, "crc64nvme": checksums.of_fd(fd, len(data), part_size)}
+            finally:
+                os.close(fd)
+        entries.append(manifest.FileEntry(name=name, key=key, size=len(data), mtime_ns=1_000_000_000,
+                                          sha256=sha(data), policy="end", **parts))
+    manifest.commit(store.client, store.layout, store.latest(), entries, final=True, writer="test")
+    return store.files()
+
+
+def everything(root) -> list[str]:
+    """Every name under `root`, hidden temp files included."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+
+
+@pytest.fixture
+def scratch_store(store, tmp_path):
+    store.scratch = tmp_path / "scratch"
+    store.scratch.mkdir()
+    return store
+
+
+def test_format_2_entries_restore_checked_part_by_part(cli, tmp_path, scratch_store):
+    files = {"ckpt/model.pt": os.urandom(37 * MiB + 123),  # several ranges of whole parts, the last short
+             "small.bin": os.urandom(300_000), "empty.txt": b""}
+    entries = commit(scratch_store, files)
+    assert entries["ckpt/model.pt"].part_size == 4 * MiB and len(entries["ckpt/model.pt"].crc64nvme) == 10
+    dest = tmp_path / "dest"
+    done = cli("restore", RUN, "--to", str(dest))
+    assert done.returncode == 0, done.stderr
+    assert tree(dest) == files
+    assert (dest / "ckpt/model.pt").stat().st_mtime_ns == 1_000_000_000
+    assert everything(dest) == ["ckpt", "ckpt/model.pt", "empty.txt", "small.bin"]
+
+
+@pytest.mark.parametrize("part_size", [4 * MiB, None], ids=["format 2", "format 1"])
+@pytest.mark.parametrize("size", [37 * MiB, 3 * MiB], ids=["ranged", "one GET"])
+def test_one_byte_changed_behind_the_manifest_fails_and_places_nothing(cli, tmp_path, scratch_store, part_size, size):
+    data = os.urandom(size)
+    entry = commit(scratch_store, {"ckpt/model.pt": data}, part_size)["ckpt/model.pt"]
+    middle = size // 2 + 5  # inside a middle part
+    bad = data[:middle] + bytes([data[middle] ^ 1]) + data[middle + 1:]
+    scratch_store.client.put_object(Bucket=scratch_store.layout.store.bucket, Key=entry.key, Body=bad)
+    dest = tmp_path / "dest"
+    result = cli("restore", RUN, "--to", str(dest))
+    assert result.returncode == 1
+    assert "checksum mismatch" in result.stderr and "ckpt/model.pt" in result.stderr and entry.key in result.stderr
+    assert "fix:" in result.stderr
+    if part_size:
+        part = middle // part_size
+        assert f"part {part} " in result.stderr
+    assert everything(dest) in ([], ["ckpt"])  # neither the file nor a temp file
+
+
+class CuttingProxy:
+    """A loopback TCP proxy that, while `cut` is set, closes a connection once the server has sent
+    `after` bytes on it: a download dropped midway, as a network or a dying server drops it."""
+
+    def __init__(self, endpoint: str, after: int):
+        host, port = endpoint.removeprefix("http://").split(":")
+        self.upstream, self.after, self.cut = (host, int(port)), after, True
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.cuts = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, downstream: bool) -> None:
+        sent = 0
+        try:
+            while data := src.recv(65536):
+                if downstream and self.cut and sent + len(data) > self.after:
+                    dst.sendall(data[:self.after - sent])
+                    self.cuts += 1
+                    break
+                dst.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("part_size", [4 * MiB, None], ids=["format 2", "format 1"])
+def test_a_download_cut_midway_places_nothing_and_the_next_attempt_succeeds(cli, tmp_path, scratch_store, s3_env,
+                                                                           part_size):
+    files = {"ckpt/model.pt": os.urandom(40 * MiB), "ckpt/.metadata": b"m" * 1000, "notes.txt": os.urandom(2 * MiB)}
+    commit(scratch_store, files, part_size)
+    proxy = CuttingProxy(s3_env["AWS_ENDPOINT_URL_S3"], after=MiB + 7)
+    try:
+        dest = tmp_path / "dest"
+        env = {**s3_env, "AWS_ENDPOINT_URL_S3": proxy.endpoint}
+        cut = cli("restore", RUN, "--to", str(dest), env=env)
+        assert cut.returncode == 1 and proxy.cuts > 0
+        assert "ckpt/model.pt" in cut.stderr or "notes.txt" in cut.stderr
+        assert everything(dest) in ([], ["ckpt"])  # nothing placed, no temp file
+        proxy.cut = False
+        again = cli("restore", RUN, "--to", str(dest), env=env)
+        assert again.returncode == 0, again.stderr
+        assert tree(dest) == files
+        assert everything(dest) == ["ckpt", "ckpt/.metadata", "ckpt/model.pt", "notes.txt"]
+    finally:
+        proxy.close()
