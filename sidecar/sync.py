@@ -13,7 +13,7 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import config, globs, keys, lease, manifest, plan, runmeta, tasks, transfer, watch
+from . import config, globs, keys, lease, manifest, plan, runmeta, transfer, versions, watch
 from .errors import StoreError
 from .logs import log
 
@@ -99,7 +99,7 @@ def _sync(s3, run_dir, layout, rules, ignore, clean, settings, hooks) -> SyncRep
                 report.failed.append((intent.file.relpath, str(err)))
                 log.warning("upload failed", extra={"fields": {"file": intent.file.relpath, "error": str(err)}})
                 continue
-            entry = tasks.entry_of(intent.name, up, intent.policy.value)
+            entry = versions.entry_of(intent.name, up, intent.policy.value)
             changes.append(entry)
             report.uploaded.append(entry)
             hashed.append((intent, up.digest))
@@ -121,7 +121,7 @@ def _look_all(intents, durable, settings, report: SyncReport):
         previous = durable.files.get(intent.name) if durable else None
         try:
             seen = transfer.look(intent.file.path)
-            return intent, seen, tasks.unchanged(previous, intent.file.path, seen, settings.multipart_threshold)
+            return intent, seen, versions.unchanged(previous, intent.file.path, seen, settings.multipart_threshold)
         except transfer.FileChanged:
             report.skipped.append((intent.file.relpath, "changed while reading; not complete"))
         except FileNotFoundError:

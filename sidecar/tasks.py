@@ -9,11 +9,10 @@ the Task. `Retries` (the loop's) holds tasks to try again: every retry of a task
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import os
 from collections.abc import Callable
 
-from . import keys, manifest, plan, transfer, unreadable, watch
+from . import keys, manifest, plan, transfer, unreadable, versions, watch
 from .logs import log
 from .messages import Done, Task
 
@@ -68,7 +67,7 @@ class Worker:
                 path = os.path.join(self.root, relpath)
                 try:
                     seen = transfer.look(path, self.root)  # O_NOFOLLOW, in the run dir, else gone
-                    prev = unchanged(task.prev.get(name), path, seen,
+                    prev = versions.unchanged(task.prev.get(name), path, seen,
                                      self.transfers.settings.multipart_threshold, self.root)
                 except FileNotFoundError:
                     return Done(task, missing)
@@ -87,7 +86,7 @@ class Worker:
                 if err is not None:
                     return Done(task, "failed", error=str(err) or type(err).__name__)
                 _, name, relpath = uploads[up.key]
-                entries.append((entry_of(name, up, task.policy.value), relpath, "uploaded"))
+                entries.append((versions.entry_of(name, up, task.policy.value), relpath, "uploaded"))
         same = all(how == "unchanged" for _, _, how in entries)
         return Done(task, "unchanged" if same else "uploaded", entries)
 
@@ -108,27 +107,6 @@ class Worker:
         if not markers and (task.require_marker or not members):
             return None
         return [members, markers]
-
-
-def unchanged(prev: manifest.FileEntry | None, path: str, seen: transfer.Digest,
-              small: int, root: str | None = None) -> manifest.FileEntry | None:
-    """`prev` (with the new mtime) when the file still holds what it names, so nothing is sent:
-    the same size and mtime (not read at all); or, touched, a small file hashed to the same
-    SHA-256 (a read costs less than the upload). A touched large file is sent again.
-    `FileChanged` if a small one changes while hashed."""
-    if prev is None or prev.size != seen.size:
-        return None
-    if prev.mtime_ns == seen.mtime_ns:
-        return prev
-    if seen.size >= small or transfer.hash_file(path, root).sha256 != prev.sha256:
-        return None
-    return dataclasses.replace(prev, mtime_ns=seen.mtime_ns)
-
-
-def entry_of(name: str, up: transfer.Upload, policy: str) -> manifest.FileEntry:
-    """The manifest entry of a finished upload: its key and the digests of the bytes it sent."""
-    return manifest.FileEntry(name, up.key, up.digest.size, up.digest.mtime_ns, up.digest.sha256, policy,
-                              up.sums.part_size, up.sums.crc64nvme)
 
 
 class Retries:
