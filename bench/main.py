@@ -115,8 +115,9 @@ def main() -> None:
     ap.add_argument("--tools", default="", help="comma-separated tool names to run (default: all installed)")
     ap.add_argument("--latency-count", type=int, default=None, help="checkpoints per size (default 50; 1 GiB: 10)")
     ap.add_argument("--idle-files", type=int, default=None)
-    ap.add_argument("--only", choices=["upload"], help="upload: uploads and close-to-durable only (no "
-                    "downloads, idle sidecar or admission)")
+    ap.add_argument("--sets", default="", help="comma-separated data sets to run (default: all), e.g. '1000 x 1 MiB'")
+    ap.add_argument("--only", choices=["upload", "latency"], help="upload: uploads and close-to-durable only "
+                    "(no downloads, idle sidecar or admission); latency: close-to-durable only")
     ap.add_argument("--before", type=Path, help="a checkout of older code (its repo root): its runsync "
                     "tools run too, each next to this code's, and close-to-durable is measured for both")
     args = ap.parse_args()
@@ -130,7 +131,9 @@ def main() -> None:
     if args.before:  # each before-tool runs right before its after-tool: both see the same load
         chosen = [x for t in chosen for x in ((tools.Before(t, args.before, tmp / "before"), t)
                                              if t.name in tools.RUNSYNC else (t,))]
-    upload_only = args.only == "upload"
+    upload_only = args.only in ("upload", "latency")
+    if args.only == "latency":
+        chosen = []
 
     def log(msg: str) -> None:
         print(f"[{time.time() - started:7.1f}s] {msg}", flush=True)
@@ -142,10 +145,12 @@ def main() -> None:
         s3 = boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
                           aws_access_key_id=server.credentials.access_key,
                           aws_secret_access_key=server.credentials.secret_key)
-        sets = make_sets(tmp / "data", SMOKE_SETS if smoke else FULL_SETS)
+        wanted = {k: v for k, v in (SMOKE_SETS if smoke else FULL_SETS).items()
+                  if not args.sets or k in args.sets.split(",")}
+        sets = make_sets(tmp / "data", wanted) if chosen else {}
         rows = throughput(server, env, s3, sets, chosen, repeat, tmp, log,
-                          ("up",) if upload_only else ("up", "down"))
-        shutil.rmtree(tmp / "data")
+                          ("up",) if upload_only else ("up", "down")) if chosen else []
+        shutil.rmtree(tmp / "data", ignore_errors=True)
         summary = report.summarise(rows)
 
         s3.create_bucket(Bucket="bench-latency")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -28,12 +29,13 @@ from s3transfer.exceptions import CancelledError
 from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
-from . import checksums, contract, crt, encryption, keys, progress
-from . import hashing
+from . import checksums, contract, crt, encryption, hashing, keys, progress
 from .hashing import _FD_PATH, Digest, FileChanged, NotRegular, hash_file, look, open_regular  # noqa: F401 - callers' names
 from .errors import StoreError
 
 MiB = 1024 * 1024
+_LARGE_BODIES = 4
+"""Small files over 1 MiB read into memory at once: at most 4 x 16 MiB beside the 1 MiB ones."""
 _CRT_MEMORY = crt.MEMORY_LIMIT  # the field `crt` below hides the module inside the class body
 
 
@@ -324,6 +326,8 @@ class Transfers:
         # transfer manager's futures and queues cost more CPU per small file than the request.
         self._small = concurrent.futures.ThreadPoolExecutor(settings.max_concurrency * 2,
                                                             thread_name_prefix="s3-small")
+        # A small file is read whole into memory: past 1 MiB, only a few at once (crt.RESERVE).
+        self._large_bodies = threading.Semaphore(_LARGE_BODIES)
         # Digests of multipart uploads, read beside the manager's own reads: a few threads are
         # plenty (SHA-256 and CRC64NVME release the GIL on large buffers).
         self._digesting = concurrent.futures.ThreadPoolExecutor(min(4, os.cpu_count() or 1),
@@ -363,31 +367,12 @@ class Transfers:
                 yield dataclasses.replace(up, digest=dataclasses.replace(up.digest, sha256=sums.sha256),
                                           sums=sums), None
 
-    def worth_asking(self, size: int) -> bool:
-        """Is a HeadObject (`stored`) worth it before uploading `size` bytes? Below the multipart
-        threshold a PUT costs about what the question does, and keys name content: an upload
-        again is harmless."""
-        return size >= self.settings.multipart_threshold
-
     def any_stored(self, prefix: str) -> bool:
         """Is there any object under `prefix`? One LIST of one key."""
         try:
             return self.s3.list_objects_v2(Bucket=self.store.bucket, Prefix=prefix, MaxKeys=1).get("KeyCount", 0) > 0
         except (ClientError, BotoCoreError) as err:
             raise describe(err, self.store, self.s3) from None
-
-    def stored(self, key: str, size: int) -> bool:
-        """True when `key` already holds an object of `size` bytes (an object appears only
-        once its upload completed, and keys carry the content's hash)."""
-        try:
-            head = self.s3.head_object(Bucket=self.store.bucket, Key=key)
-        except ClientError as err:
-            if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-                return False
-            raise describe(err, self.store, self.s3) from None
-        except BotoCoreError as err:
-            raise describe(err, self.store, self.s3) from None
-        return head.get("ContentLength") == size
 
     def cancel(self) -> None:
         """Cancel every transfer in flight (their futures raise); multipart uploads are aborted.
@@ -440,6 +425,10 @@ class Transfers:
     def _put(self, up: Upload, on_bytes) -> hashing.Digests:
         """Read once, hash that buffer, send it as one PUT that S3 checks against our CRC64NVME.
         As bytes, the body goes without `Expect: 100-continue` (a round trip a file object costs)."""
+        with self._large_bodies if up.digest.size > MiB else contextlib.nullcontext():
+            return self._put_read(up, on_bytes)
+
+    def _put_read(self, up: Upload, on_bytes) -> hashing.Digests:
         with os.fdopen(_open_hashed(up), "rb") as f:
             body = f.read(up.digest.size + 1)
             st = os.fstat(f.fileno())

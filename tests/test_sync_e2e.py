@@ -55,7 +55,7 @@ def objects(s3_client, bucket) -> dict[str, tuple]:
     found = {}
     for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         for obj in page.get("Contents", ()):
-            if "/files/" in obj["Key"]:
+            if "/objects/" in obj["Key"]:
                 found[obj["Key"]] = (obj["ETag"], obj["LastModified"])
     return found
 
