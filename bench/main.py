@@ -180,10 +180,11 @@ def main() -> None:
             f"loopback; medians of {repeat}; {round(time.time() - started)} s in all. "
             f"Not installed: {', '.join(missing) or 'none'}.",
             "## Throughput and CPU\n\n" + report.markdown(summary),
-            "## Close-to-durable under `live`\n\n| code | size MiB | n | p50 ms | p99 ms | transfer alone p50 ms | "
-            "overhead p50 ms |\n|---|---|---|---|---|---|---|\n" + "\n".join(
-                f"| {x['code']} | {x['size_MiB']:g} | {x['count']} | {x['p50_ms']} | {x['p99_ms']} | "
-                f"{x['transfer_p50_ms']} | {x['overhead_p50_ms']} |" for x in lat),
+            "## Close-to-durable under `live`\n\n" + ("| code " if args.before else "") + "| size MiB | n | p50 ms | "
+            "p99 ms | transfer alone p50 ms | overhead p50 ms |\n" + ("|---" if args.before else "") + "|---|---|---|---|"
+            "---|---|\n" + "\n".join(
+                (f"| {x['code']} " if args.before else "") + f"| {x['size_MiB']:g} | {x['count']} | {x['p50_ms']} | "
+                f"{x['p99_ms']} | {x['transfer_p50_ms']} | {x['overhead_p50_ms']} |" for x in lat),
             "## Idle sidecar\n\n```\n" + json.dumps(idle, indent=1) + "\n```",
             "## Admission\n\n```\n" + json.dumps(admission, indent=1) + "\n```\n",
         ])
