@@ -55,7 +55,7 @@ def tree_bytes(d: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
-def throughput(server, env, s3, sets, chosen, repeat, tmp, log) -> list[dict]:
+def throughput(server, env, s3, sets, chosen, repeat, tmp, log, directions=("up", "down")) -> list[dict]:
     rows = []
     for rep in range(repeat):
         for name, src in sets.items():
@@ -66,7 +66,7 @@ def throughput(server, env, s3, sets, chosen, repeat, tmp, log) -> list[dict]:
                 s3.create_bucket(Bucket=bucket)
                 dest = tmp / "down"
                 try:
-                    for direction in ("up", "down"):
+                    for direction in directions:
                         srv0 = tools.proc_cpu(server.process.pid)
                         sample = tool.up(src, bucket, "d", env) if direction == "up" else tool.down(bucket, "d", dest, env)
                         srv = tools.proc_cpu(server.process.pid) - srv0
@@ -76,13 +76,22 @@ def throughput(server, env, s3, sets, chosen, repeat, tmp, log) -> list[dict]:
                                      "server_cpu_s_per_GiB": round(srv / gib, 3)})
                         log(f"{rep} {name:>14} {direction:>4} {tool.name:>30} {rows[-1]['MBps']:>8} MB/s "
                             f"{rows[-1]['client_cpu_s_per_GiB']:>6} CPU-s/GiB")
-                    got = tree_bytes(dest)
+                    got = tree_bytes(dest) if "down" in directions else stored(s3, bucket, count, nbytes)
                     if got != (count, nbytes):  # a benchmark that moved the wrong bytes measures nothing
                         raise RuntimeError(f"{tool.name} restored {got} (files, bytes) of {name}, want {(count, nbytes)}")
                 finally:
                     shutil.rmtree(dest, ignore_errors=True)
                     tools.drop_bucket(s3, bucket)  # SeaweedFS frees a bucket's volumes at once
     return rows
+
+
+def stored(s3, bucket: str, count: int, nbytes: int) -> tuple[int, int]:
+    """(files, bytes) an upload left in `bucket`: its objects of the set's one file size (a tool's
+    manifests and leases are other sizes)."""
+    size = nbytes // count
+    sizes = [o["Size"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+             for o in page.get("Contents", []) if o["Size"] == size]
+    return len(sizes), sum(sizes)
 
 
 def machine() -> str:
@@ -100,6 +109,11 @@ def main() -> None:
     ap.add_argument("--tools", default="", help="comma-separated tool names to run (default: all installed)")
     ap.add_argument("--latency-count", type=int, default=None, help="checkpoints per size (default 50; 1 GiB: 10)")
     ap.add_argument("--idle-files", type=int, default=None)
+    ap.add_argument("--sets", default="", help="comma-separated data sets to run (default: all), e.g. '1000 x 1 MiB'")
+    ap.add_argument("--only", choices=["upload", "latency"], help="upload: uploads and close-to-durable only "
+                    "(no downloads, idle sidecar or admission); latency: close-to-durable only")
+    ap.add_argument("--before", type=Path, help="a checkout of older code (its repo root): its runsync "
+                    "tools run too, each next to this code's, and close-to-durable is measured for both")
     args = ap.parse_args()
     smoke = args.smoke
     repeat = args.repeat or (1 if smoke else 3)
@@ -111,37 +125,52 @@ def main() -> None:
         missing.append(checkpoint.NAME)
     torch_peer = torch_peer and (not args.tools or checkpoint.NAME in args.tools.split(","))
     started = time.time()
+    tmp = Path(tempfile.mkdtemp(prefix="runsync-bench-"))
+    if args.before:  # each before-tool runs right before its after-tool: both see the same load
+        chosen = [x for t in chosen for x in ((tools.Before(t, args.before, tmp / "before"), t)
+                                             if t.name in tools.RUNSYNC else (t,))]
+    upload_only = args.only in ("upload", "latency")
+    if args.only == "latency":
+        chosen = []
 
     def log(msg: str) -> None:
         print(f"[{time.time() - started:7.1f}s] {msg}", flush=True)
 
     running = [t.name for t in chosen] + ([checkpoint.NAME] if torch_peer else [])
     log(f"tools: {', '.join(running)}" + (f"; not installed: {', '.join(missing)}" if missing else ""))
-    tmp = Path(tempfile.mkdtemp(prefix="runsync-bench-"))
     server = locals3.start()
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNSYNC_"))} | server.env()
         s3 = boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
                           aws_access_key_id=server.credentials.access_key,
                           aws_secret_access_key=server.credentials.secret_key)
-        sets = make_sets(tmp / "data", SMOKE_SETS if smoke else FULL_SETS)
-        rows = throughput(server, env, s3, sets, chosen, repeat, tmp, log)
-        shutil.rmtree(tmp / "data")
+        wanted = {k: v for k, v in (SMOKE_SETS if smoke else FULL_SETS).items()
+                  if not args.sets or k in args.sets.split(",")}
+        sets = make_sets(tmp / "data", wanted) if chosen else {}
+        rows = throughput(server, env, s3, sets, chosen, repeat, tmp, log,
+                          ("up",) if upload_only else ("up", "down")) if chosen else []
+        shutil.rmtree(tmp / "data", ignore_errors=True)
         summary = report.summarise(rows)
 
         s3.create_bucket(Bucket="bench-latency")
         lat = []
+        codes = [("", env)] + ([("before", tools.Before(tools.ALL[0], args.before, tmp / "before").env(env))]
+                               if args.before else [])
         for size, count in ((MiB, 3 if smoke else 50), (4 * MiB if smoke else 1024 * MiB, 3 if smoke else 10)):
-            lat.append(latency.close_to_durable(env, "bench-latency", size, args.latency_count or count))
-            log(f"close-to-durable {json.dumps(lat[-1])}")
+            for label, code_env in codes:
+                lat.append({"code": label or "this", **latency.close_to_durable(
+                    code_env, "bench-latency", size, args.latency_count or count)})
+                log(f"close-to-durable {json.dumps(lat[-1])}")
         tools.drop_bucket(s3, "bench-latency")
-        s3.create_bucket(Bucket="bench-idle")
-        idle = standing.idle(server, args.idle_files or (300 if smoke else 100_000), 3 if smoke else 60, "bench-idle")
-        log(f"idle sidecar {json.dumps(idle)}")
-        admission = standing.admission(server, 50, 25 if smoke else 500)
-        log(f"admission {json.dumps(admission)}")
+        idle = admission = "not measured (--only upload)"
+        if not upload_only:
+            s3.create_bucket(Bucket="bench-idle")
+            idle = standing.idle(server, args.idle_files or (300 if smoke else 100_000), 3 if smoke else 60, "bench-idle")
+            log(f"idle sidecar {json.dumps(idle)}")
+            admission = standing.admission(server, 50, 25 if smoke else 500)
+            log(f"admission {json.dumps(admission)}")
         ckpt_rows = (checkpoint.measure(s3, env, checkpoint.SMOKE if smoke else checkpoint.FULL, repeat, log)
-                     if torch_peer else [])
+                     if torch_peer and not upload_only else [])
         ckpt = checkpoint.summarise(ckpt_rows)
 
         report.write_csv(args.out / "samples.csv", rows + ckpt_rows)
@@ -153,10 +182,11 @@ def main() -> None:
             f"loopback; medians of {repeat}; {round(time.time() - started)} s in all. "
             f"Not installed: {', '.join(missing) or 'none'}.",
             "## Throughput and CPU\n\n" + report.markdown(summary),
-            "## Close-to-durable under `live`\n\n| size MiB | n | p50 ms | p99 ms | transfer alone p50 ms | "
-            "overhead p50 ms |\n|---|---|---|---|---|---|\n" + "\n".join(
-                f"| {x['size_MiB']:g} | {x['count']} | {x['p50_ms']} | {x['p99_ms']} | {x['transfer_p50_ms']} | "
-                f"{x['overhead_p50_ms']} |" for x in lat),
+            "## Close-to-durable under `live`\n\n" + ("| code " if args.before else "") + "| size MiB | n | p50 ms | "
+            "p99 ms | transfer alone p50 ms | overhead p50 ms |\n" + ("|---" if args.before else "") + "|---|---|---|---|"
+            "---|---|\n" + "\n".join(
+                (f"| {x['code']} " if args.before else "") + f"| {x['size_MiB']:g} | {x['count']} | {x['p50_ms']} | "
+                f"{x['p99_ms']} | {x['transfer_p50_ms']} | {x['overhead_p50_ms']} |" for x in lat),
             "## Idle sidecar\n\n```\n" + json.dumps(idle, indent=1) + "\n```",
             "## Admission\n\n```\n" + json.dumps(admission, indent=1) + "\n```\n",
         ] + (["## Checkpoints against s3torchconnector\n\nsave: the connector's writer vs the trainer's local "

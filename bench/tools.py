@@ -213,8 +213,31 @@ def proc_rss(pid: int) -> int:
     return int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
 
 
+class Before(Tool):
+    """A runsync tool running older code: `tree` is a checkout's repo root (`git worktree add`),
+    put first on PYTHONPATH as the package `runsync` (bench/startup.py does the same)."""
+
+    def __init__(self, tool: Tool, tree: Path, work: Path):
+        self.tool, self.name, self.needs = tool, f"{tool.name} (before)", tool.needs
+        work.mkdir(parents=True, exist_ok=True)
+        link = work / "runsync"
+        if not link.exists():
+            link.symlink_to(tree.resolve() / "sidecar")
+        self.path = str(work)
+
+    def env(self, env: dict[str, str]) -> dict[str, str]:
+        return {**env, "PYTHONPATH": self.path}
+
+    def up(self, src, bucket, prefix, env):
+        return self.tool.up(src, bucket, prefix, self.env(env))
+
+    def down(self, bucket, prefix, dest, env):
+        return self.tool.down(bucket, prefix, dest, self.env(env))
+
+
 ALL = [RunsyncCLI(), RunsyncPod(), S5cmd(), Rclone(), AwsCli(), Boto3("tm"), Boto3("crt")]
 RUNSYNC = {"runsync sync/restore", "runsync sidecar/restore-init"}
+RUNSYNC |= {f"{name} (before)" for name in RUNSYNC}  # never a peer
 
 
 def drop_bucket(s3, bucket: str) -> None:

@@ -84,7 +84,6 @@ def sync_cmd(
             "unchanged": report.unchanged, "ignored": report.ignored,
             "skipped": [{"path": p, "why": w} for p, w in report.skipped],
             "failed": [{"path": p, "error": e} for p, e in report.failed],
-            "too_long": [{"path": p, "error": e} for p, e in report.too_long],
             "manifest": report.committed.seq if report.committed else None,
             "cleaned": report.cleaned,
         }))
@@ -99,11 +98,9 @@ def sync_cmd(
             out.print(f"manifest {m.seq} of {run} replica {replica}: {_files(len(m.files))}, {_size(m.size)}")
         if clean:
             out.print(f"cleaned {_files(len(report.cleaned))}")
-    if report.failed or report.too_long:
+    if report.failed:
         for path, error in report.failed:
             err.print(f"runsync: error: {path}: {error}", markup=False, highlight=False)
-        if report.too_long:
-            err.print(f"runsync: error: {syncing.too_long_line(report)}", markup=False, highlight=False)
         raise typer.Exit(1)
 
 

@@ -76,6 +76,11 @@ class Committer:
     def holding(self) -> bool:
         return self._held is not None
 
+    @property
+    def epoch(self) -> int:
+        """The epoch of the lease held (0 before): the upload keys carry it."""
+        return self._held.lease.epoch if self._held is not None else 0
+
     # ------------------------------------------------------------------ on the loop's thread
 
     def due(self, now: float, books: ledger.Ledger, flush_waiting: bool, busy: bool = True) -> None:

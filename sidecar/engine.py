@@ -260,7 +260,7 @@ class Engine:
             self.rules.mark(loaded.manifest)
         first = not self.loaded
         self.loaded = True
-        self.worker.prior_writer = loaded.prior_writer
+        self.worker.loaded(self.committer.epoch)  # the lease is held by now: our keys carry its epoch
         if first:
             # What is on disk before start is compared with what is durable, not re-hashed
             # and re-checked against the store file by file.

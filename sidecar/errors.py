@@ -37,10 +37,6 @@ class RunPathError(InputError):
     """A malformed run path (`NAMESPACE/PROJECT/RUN`), replica or stored name."""
 
 
-class NameTooLong(RunPathError):
-    """A stored name whose object key the store cannot hold (S3's key limits)."""
-
-
 class SaveError(InputError):
     """A `runsync.save` that cannot be honoured as asked."""
 

@@ -170,7 +170,7 @@ def _replica(s3, store, run, name, objects, now) -> retention.Replica:
     problems += [p for p in read_back if isinstance(p, str)]
     versions = tuple(v for v in read_back if isinstance(v, retention.Version))
     return retention.Replica(
-        name=name, files_prefix=layout.replica_prefix + "files/", manifests_prefix=layout.manifests_prefix,
+        name=name, data_prefixes=(layout.objects_prefix, layout.files_prefix), manifests_prefix=layout.manifests_prefix,
         objects=tuple(objects), versions=versions, unreadable=tuple(problems),
         held=current is not None and current.alive(now),
     )
@@ -198,7 +198,7 @@ def _by_replica(listing: list[retention.Obj], run_prefix: str) -> dict[str, list
         except InputError:
             continue
         tails = [o.key[len(run_prefix) + len(name) + 1:] for o in objs]
-        if any(t.startswith(("files/", "manifests/")) or t == "lease.json" for t in tails):
+        if any(t.startswith(("objects/", "files/", "manifests/")) or t == "lease.json" for t in tails):
             found[name] = objs
     return found
 

@@ -10,6 +10,8 @@ import os
 import stat
 from pathlib import Path
 
+from . import checksums
+
 MiB = 1024 * 1024
 
 
@@ -73,3 +75,50 @@ def hash_file(path: str | Path, root: str | Path | None = None, block: int = MiB
     if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
         raise FileChanged(str(path))
     return Digest(h.hexdigest(), after.st_size, after.st_mtime_ns, (after.st_dev, after.st_ino))
+
+
+def look(path: str | Path, root: str | Path | None = None) -> Digest:
+    """The size, mtime and inode of a regular file (see `open_regular`), unread: its digests are
+    taken as it uploads (`Digests`). `sha256` is empty until then."""
+    fd = open_regular(path, root)
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    return Digest("", st.st_size, st.st_mtime_ns, (st.st_dev, st.st_ino))
+
+
+@dataclasses.dataclass(frozen=True)
+class Digests:
+    """What an upload sent: the whole file's SHA-256 and one CRC64NVME per part (checksums.py)."""
+
+    sha256: str
+    part_size: int
+    crc64nvme: tuple[str, ...]
+
+
+def of_buffer(data: bytes, part_size: int) -> Digests:
+    """The digests of a file read whole (one PUT): both over the same buffer."""
+    view = memoryview(data)
+    crcs = tuple(checksums.encode(checksums.crc64nvme(view[i:i + part_size]))
+                 for i in range(0, len(data), part_size))
+    return Digests(hashlib.sha256(data).hexdigest(), part_size, crcs)
+
+
+def of_fd(fd: int, size: int, part_size: int, block: int = 4 * MiB) -> Digests:
+    """The digests of the first `size` bytes of `fd`, read with pread beside a multipart upload
+    of the same file (the page cache serves both); `FileChanged` if it is shorter now."""
+    h, crcs, crc = hashlib.sha256(), [], 0
+    offset = 0
+    while offset < size:
+        in_part = part_size - offset % part_size
+        chunk = os.pread(fd, min(block, in_part, size - offset), offset)
+        if not chunk:
+            raise FileChanged(f"fd {fd}: shorter than {size} bytes")
+        h.update(chunk)
+        crc = checksums.crc64nvme(chunk, crc)
+        offset += len(chunk)
+        if offset % part_size == 0 or offset == size:
+            crcs.append(checksums.encode(crc))
+            crc = 0
+    return Digests(h.hexdigest(), part_size, tuple(crcs))

@@ -1,6 +1,7 @@
-"""Where things live in the bucket: storage layout `format: 1`.
+"""Where things live in the bucket.
 
-    <prefix>/<namespace>/<project>/<run>/<replica>/files/<stored name>~<sha256[:16]>
+    <prefix>/<namespace>/<project>/<run>/<replica>/objects/<epoch:08d>/<unique>  (format 2)
+    <prefix>/<namespace>/<project>/<run>/<replica>/files/<stored name>~<sha256[:16]>  (format 1, read)
     <prefix>/<namespace>/<project>/<run>/<replica>/manifests/<seq:012d>.json
     <prefix>/<namespace>/<project>/<run>/<replica>/lease.json
     <prefix>/<namespace>/<project>/<run>/<replica>/head.json      (the latest commit; head.py)
@@ -10,10 +11,13 @@
     <prefix>/<namespace>/<project>/<run>/run.json
     <prefix>/<namespace>/<project>/<run>/code/git.json, code/diff.patch
 
-A file's object key carries the start of its content's SHA-256, so an object is never
-overwritten: a committed manifest keeps naming exactly the bytes it was committed with, while a
-newer version of the same file is uploading (restore never sees a torn file). Identical content
-under one name is uploaded once. Manifests are numbered; the highest committed one is the latest.
+Every uploaded version gets a key of its own, never reused (`ObjectKeys`): the writer's epoch, a
+random 64-bit number of this process and a counter. So an object is never overwritten (a committed
+manifest keeps naming exactly the bytes it was committed with while a newer version uploads), and
+no hash is needed before an upload starts: the digests are taken while the bytes go out and
+recorded in the manifest. The key holds no name, so a name has only `check_stored_name`'s limits.
+Format 1 keys carried the name and the start of the SHA-256; they stay readable.
+Manifests are numbered; the highest committed one is the latest.
 
 Stored names are `/`-separated paths relative to the run dir. A name that would land outside
 the run dir on restore (`..`, absolute, empty segments, NUL) is refused here, in one place.
@@ -22,9 +26,11 @@ the run dir on restore (`..`, absolute, empty segments, NUL) is refused here, in
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
+import secrets
 
-from .errors import NameTooLong, RunPathError, StoreURLError
+from .errors import RunPathError, StoreURLError
 
 FORMAT = 1
 
@@ -35,14 +41,6 @@ _SEQ_KEY = re.compile(r"(\d{12})\.json")
 _HASH_CHARS = 16
 MAX_NAME_BYTES = 768  # S3 keys are at most 1024 bytes; leave room for prefix and layout
 MAX_SEGMENT_BYTES = 255  # NAME_MAX of ext4, xfs and most others
-MAX_KEY_BYTES = 1024
-"""S3's limit on an object key (SeaweedFS answers KeyTooLongError above it, as AWS does)."""
-MAX_KEY_SEGMENT_BYTES = 255
-"""The longest last segment of an object key that stores keeping objects as files accept
-(SeaweedFS answers KeyTooLongError; MinIO refuses it too): a file's segment is `name~hash`."""
-_SUFFIX_BYTES = 1 + _HASH_CHARS
-MAX_FILE_NAME_BYTES = MAX_KEY_SEGMENT_BYTES - _SUFFIX_BYTES
-"""The longest file name (a stored name's last segment) a store keeps: 238 bytes."""
 STATE_DIR = ".runsync"
 """The sidecar's state dir inside the run dir: never uploaded, never restored into."""
 
@@ -191,27 +189,26 @@ class Layout:
         return f"{self.run_prefix}code/{name}"
 
     def file_key(self, name: str, sha256: str) -> str:
-        return f"{self.replica_prefix}files/{self.check_storable(name)}~{sha256[:_HASH_CHARS]}"
+        """Format 1's key of `name` with content `sha256` (written no more; tests write old runs)."""
+        return f"{self.files_prefix}{check_stored_name(name)}~{sha256[:_HASH_CHARS]}"
 
     def check_storable(self, name: str) -> str:
-        """`name` if its object key fits every store's limits; `NameTooLong` (naming it, the
-        limit and the longest name that fits) otherwise. Refused before any upload: a store
-        answers a key too long with an error that retrying never cures."""
-        check_stored_name(name)
-        last = len(name.rpartition("/")[2].encode("utf-8", "surrogatepass")) + _SUFFIX_BYTES
-        if last > MAX_KEY_SEGMENT_BYTES:
-            raise NameTooLong(
-                f"stored name {name!r} is too long for the store: its object key's last segment "
-                f"(the file name, '~' and {_HASH_CHARS} hash characters) would be {last} bytes, over the "
-                f"{MAX_KEY_SEGMENT_BYTES}-byte limit of S3 stores that keep objects as files (SeaweedFS, "
-                f"MinIO); fix: shorten the file name to at most {MAX_FILE_NAME_BYTES} bytes")
-        room = MAX_KEY_BYTES - len(f"{self.replica_prefix}files/".encode()) - _SUFFIX_BYTES
-        if len(name.encode("utf-8", "surrogatepass")) > room:
-            raise NameTooLong(
-                f"stored name {name!r} is too long for the store: its object key would be over S3's "
-                f"{MAX_KEY_BYTES}-byte limit; fix: shorten the name to at most {room} bytes "
-                f"(or the store's prefix, run or replica name)")
-        return name
+        """`name` if the store can hold it: format-2 keys hold no name, so only
+        `check_stored_name`'s rules are left."""
+        return check_stored_name(name)
+
+    @property
+    def objects_prefix(self) -> str:
+        return f"{self.replica_prefix}objects/"
+
+    @property
+    def files_prefix(self) -> str:
+        """Format 1's objects (keys named by content)."""
+        return f"{self.replica_prefix}files/"
+
+    def holds(self, key: str) -> bool:
+        """Is `key` one of this replica's data objects (either format)? A manifest names no other."""
+        return key.startswith((self.objects_prefix, self.files_prefix))
 
     def manifest_key(self, seq: int) -> str:
         return f"{self.manifests_prefix}{seq:012d}.json"
@@ -222,6 +219,21 @@ class Layout:
             return None
         match = _SEQ_KEY.fullmatch(key[len(self.manifests_prefix):])
         return int(match.group(1)) if match else None
+
+
+class ObjectKeys:
+    """The keys of one writer's uploads: `objects/<epoch:08d>/<process><counter>`. The random
+    64-bit process part keeps a restarted sidecar of the same epoch (the same holder keeps its
+    lease) from reusing a key of its predecessor; the counter, every key of this process."""
+
+    _process = secrets.randbits(64)
+    _counter = itertools.count(1)  # next() on a count is atomic in CPython: safe across threads
+
+    def __init__(self, layout: Layout, epoch: int):
+        self.prefix = f"{layout.objects_prefix}{epoch:08d}/{self._process:016x}"
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self._counter):012d}"
 
 
 def store_sse_check_key(store: StoreURL, namespace: str) -> str:

@@ -7,7 +7,7 @@ loser gets `CommitConflict` and must re-read). The latest manifest is the highes
 each commit `head.json` names it, so readers and the next writer need no LIST (head.py).
 
 A manifest read from the store is untrusted input: names that escape the run dir and keys
-outside the replica's own `files/` are refused.
+outside the replica's own `objects/` (or format 1's `files/`) are refused.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def entry_from_doc(raw: dict, layout: keys.Layout) -> FileEntry:
         crc64nvme=tuple(str(c) for c in raw.get("crc64nvme", ())),
     )
     keys.check_stored_name(entry.name)
-    if not entry.key.startswith(layout.replica_prefix + "files/"):
+    if not layout.holds(entry.key):  # objects/ (format 2) or files/ (format 1), nothing else
         raise ValueError(f"file {entry.name!r} points outside the replica: {entry.key!r}")
     if not _SHA256.fullmatch(entry.sha256) or entry.size < 0:
         raise ValueError(f"file {entry.name!r} has a bad checksum or size")

@@ -63,7 +63,7 @@ class Done:
 
     task: Task
     outcome: str
-    """uploaded | unchanged | gone | changed | failed | incomplete | unreadable | unstorable"""
+    """uploaded | unchanged | gone | changed | failed | incomplete | unreadable"""
     entries: list[tuple[manifest.FileEntry, str, str]] = dataclasses.field(default_factory=list)
     """(entry, relpath, how): how is uploaded, stored (already in the store) or unchanged."""
     error: str = ""

@@ -23,9 +23,6 @@ class Metrics:
         self.unreadable = Counter("runsync_unreadable",
                                   "Files and dirs the sidecar may not read, skipped (each is logged once).",
                                   ["kind"], registry=r)
-        self.unstorable = Counter("runsync_unstorable_files",
-                                  "Files skipped because the store cannot hold their name (an object key over "
-                                  "S3's limits); each is logged once.", registry=r)
         self.incomplete_checkpoints = Counter(
             "runsync_incomplete_checkpoints", "Checkpoint dirs uploaded at the end without their marker "
             "(each is logged by name; restore skips them unless asked for them by name).", registry=r)

@@ -11,7 +11,7 @@ A writer uploads a file's object first and commits the manifest naming it later,
   names is unknown), and said so;
 - an object no manifest ever named stays while the replica's lease is held (its writer may
   commit it at any moment: a checkpoint dir waits for its marker);
-- everything else under `files/` and `manifests/` goes; the lease and any other key stay.
+- everything else under `objects/`, `files/` and `manifests/` goes; the lease and any other key stay.
 
 A whole run goes (`expire_after`) only when none of its replicas' leases is held and its
 newest object of any kind is older than that: "idle for N days", as S3's lifecycle expiry
@@ -86,7 +86,8 @@ class Version:
 @dataclasses.dataclass(frozen=True)
 class Replica:
     name: str
-    files_prefix: str
+    data_prefixes: tuple[str, ...]
+    """Where its files' objects are: `objects/` (format 2) and `files/` (format 1)."""
     manifests_prefix: str
     objects: tuple[Obj, ...]
     """Every object under the replica's prefix."""
@@ -165,7 +166,7 @@ def replica(r: Replica, policy: Policy, now: float) -> Decision:
             out.drops.append(Drop(o.key, o.size, "a chunk of a dropped base", "manifest"))
     out.kept_manifests = len(kept)
     for o in r.objects:
-        if not o.key.startswith(r.files_prefix):
+        if not o.key.startswith(r.data_prefixes):
             continue
         if o.key in named or young(o.key):
             out.kept_objects += 1

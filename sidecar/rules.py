@@ -68,8 +68,8 @@ class Rules:
     def add(self, payload: dict, root: str, layout: keys.Layout) -> list[tuple[str, str]]:
         """A rule from the API (`{glob, policy?, base_path?}`), kept in the state dir. Returns
         the files it names now, (relpath, stored name): the call sends them at once, as W&B's
-        `save` forces them. `ConfigError` if it is not a rule; `NameTooLong` (and no rule
-        added) if a file it names now has a name the store cannot hold."""
+        `save` forces them. `ConfigError` if it is not a rule; `RunPathError` (and no rule
+        added) if a file it names now has a name that would not stay in the run dir."""
         item = {"glob": payload.get("glob"), "policy": payload.get("policy") or "live"}
         if payload.get("base_path"):
             item["base_path"] = payload["base_path"]

@@ -260,7 +260,7 @@ def _copy_in(backend: _Pod | _Embedded, copies: tuple[tuple[str, str], ...]) -> 
     for src, name in copies:
         dest = run_dir / name
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.runsync-copy")
+        tmp = dest.with_name(f".{dest.name[:100]}.runsync-copy")  # a long name plus a suffix passes NAME_MAX
         shutil.copy2(src, tmp)
         os.replace(tmp, dest)  # renamed into place: complete when the sidecar sees it
         backend.save({"glob": globs.escape(name), "policy": "now"})

@@ -1,4 +1,4 @@
-"""One-shot upload of a local run dir: scan → plan → hash → transfer → commit → (clean).
+"""One-shot upload of a local run dir: scan → plan → transfer (hashed as it goes) → commit → (clean).
 
 This is `runsync sync`. The sidecar runs the same plan, transfer and manifest steps on events.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import config, globs, keys, lease, manifest, plan, runmeta, transfer, watch
+from . import config, globs, keys, lease, manifest, plan, runmeta, transfer, versions, watch
 from .errors import StoreError
 from .logs import log
 
@@ -24,12 +24,10 @@ class SyncReport:
     unchanged: int = 0
     ignored: int = 0
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-    """(path, why) of files not uploaded: symlinks, collisions, names S3 cannot hold."""
+    """(path, why) of files not uploaded: symlinks, collisions, names S3 cannot hold, files
+    still being written."""
     failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     """(path, error) of uploads that failed; the rest was still committed."""
-    too_long: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-    """(path, why) of files whose names the store cannot hold (`keys.NameTooLong`): not sent,
-    the rest was still committed; like a failure, they make `sync` exit non-zero."""
     committed: manifest.Manifest | None = None
     cleaned: list[str] = dataclasses.field(default_factory=list)
 
@@ -75,18 +73,19 @@ def _sync(s3, run_dir, layout, rules, ignore, clean, settings, hooks) -> SyncRep
     report.skipped += [(b.file.relpath, f"same stored name {b.name!r} as {a.file.relpath!r}")
                        for a, b in the_plan.collisions]
 
-    digests = _hash_all(_storable(layout, the_plan.uploads, report), report)
+    # The epoch our lease will have (a one-shot holder is always new): it names our keys.
+    current, _ = lease.read(s3, layout)
+    objects = keys.ObjectKeys(layout, (current.epoch if current else 0) + 1)
     changes: list[manifest.FileEntry] = []
     to_upload: list[tuple[plan.Intent, transfer.Upload]] = []
-    for intent, digest in digests:
-        previous = durable.files.get(intent.name) if durable else None
-        if previous is not None and previous.sha256 == digest.sha256:
-            # Touched, not changed: record the new mtime, upload nothing.
-            changes.append(dataclasses.replace(previous, mtime_ns=digest.mtime_ns))
+    hashed: list[tuple[plan.Intent, transfer.Digest]] = []
+    for intent, seen, previous in _look_all(the_plan.uploads, durable, settings, report):
+        if previous is not None:  # touched, not changed: record the new mtime, upload nothing
+            changes.append(previous)
             report.unchanged += 1
+            hashed.append((intent, dataclasses.replace(seen, sha256=previous.sha256)))
             continue
-        key = layout.file_key(intent.name, digest.sha256)
-        to_upload.append((intent, transfer.Upload(intent.file.path, key, digest)))
+        to_upload.append((intent, transfer.Upload(intent.file.path, objects.next(), seen)))
 
     hooks.on_plan(len(to_upload), sum(u.digest.size for _, u in to_upload))
     by_path = {u.path: intent for intent, u in to_upload}
@@ -94,51 +93,35 @@ def _sync(s3, run_dir, layout, rules, ignore, clean, settings, hooks) -> SyncRep
         for up, err in transfers.upload((u for _, u in to_upload), hooks.on_bytes):
             intent = by_path[up.path]
             if err is not None:
+                if isinstance(err, transfer.FileChanged):
+                    report.skipped.append((intent.file.relpath, "changed while reading; not complete"))
+                    continue
                 report.failed.append((intent.file.relpath, str(err)))
                 log.warning("upload failed", extra={"fields": {"file": intent.file.relpath, "error": str(err)}})
                 continue
-            entry = manifest.FileEntry(intent.name, up.key, up.digest.size, up.digest.mtime_ns,
-                                       up.digest.sha256, intent.policy.value)
+            entry = versions.entry_of(intent.name, up, intent.policy.value)
             changes.append(entry)
             report.uploaded.append(entry)
+            hashed.append((intent, up.digest))
 
     if changes or durable is None or not durable.final:
         report.committed = _commit(s3, layout, durable, changes)
     else:
         report.committed = durable
     if clean:
-        report.cleaned = _clean(the_plan, digests, report.committed)
+        report.cleaned = _clean(the_plan, hashed, report.committed)
     return report
 
 
-def _storable(layout: keys.Layout, intents, report: SyncReport) -> list[plan.Intent]:
-    """The intents whose names the store can hold; the others are reported, never sent (a store
-    refuses such a key however often it is retried)."""
-    kept = []
-    for intent in intents:
-        try:
-            layout.check_storable(intent.name)
-            kept.append(intent)
-        except keys.NameTooLong as err:
-            report.too_long.append((intent.file.relpath, str(err)))
-    return kept
-
-
-def too_long_line(report: SyncReport) -> str:
-    """One line naming every file left out for its name (the CLI's error line)."""
-    n = len(report.too_long)
-    paths = ", ".join(repr(p) for p, _ in report.too_long)
-    return (f"{n} file{'s' if n > 1 else ''} not uploaded, name too long for the store: {paths} (S3's "
-            f"{keys.MAX_KEY_BYTES}-byte key limit, and the {keys.MAX_KEY_SEGMENT_BYTES}-byte limit on a key's last "
-            "segment: the file name, '~' and a 16-character hash); the rest was committed; fix: shorten those "
-            f"names (a file name to at most {keys.MAX_FILE_NAME_BYTES} bytes) and sync again")
-
-
-def _hash_all(intents, report: SyncReport) -> list[tuple[plan.Intent, transfer.Digest]]:
-    """Hash in parallel (hashlib releases the GIL); files still being written are skipped."""
+def _look_all(intents, durable, settings, report: SyncReport):
+    """(intent, size/mtime/inode, the committed entry if the file still holds it) of each file,
+    looked at in parallel (a touched small file is hashed: hashlib releases the GIL); files
+    still being written or gone are skipped."""
     def one(intent: plan.Intent):
+        previous = durable.files.get(intent.name) if durable else None
         try:
-            return intent, transfer.hash_file(intent.file.path)
+            seen = transfer.look(intent.file.path)
+            return intent, seen, versions.unchanged(previous, intent.file.path, seen, settings.multipart_threshold)
         except transfer.FileChanged:
             report.skipped.append((intent.file.relpath, "changed while reading; not complete"))
         except FileNotFoundError:

@@ -1,5 +1,5 @@
-"""The upload workers' one path: a Task (a file, or a checkpoint directory) → hash → entry →
-upload → `Done`. A single file is a directory of one; a directory's markers go last, after
+"""The upload workers' one path: a Task (a file, or a checkpoint directory) → look (size, mtime,
+inode) → upload, hashed as it goes → entry → `Done`. A single file is a directory of one; a directory's markers go last, after
 every other file of it is durable, so no reader sees the marker before the data.
 
 `Worker.run` runs on the workers' threads and touches no engine state: what it needs comes in
@@ -9,13 +9,10 @@ the Task. `Retries` (the loop's) holds tasks to try again: every retry of a task
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import os
-import time
 from collections.abc import Callable
 
-from . import keys, manifest, plan, transfer, unreadable, watch
-from .errors import NameTooLong, StoreError
+from . import keys, manifest, plan, transfer, unreadable, versions, watch
 from .logs import log
 from .messages import Done, Task
 
@@ -31,10 +28,12 @@ class Worker:
         self.transfers = transfers
         self.post = post
         self.pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="upload")
-        self.started_ns = time.time_ns()
-        """Files changed before this are ones a previous sidecar may have sent."""
-        self.prior_writer = True
-        """Until the start-up read says that no sidecar ever wrote this replica."""
+        self.objects = keys.ObjectKeys(layout, 0)
+        """Keys of this writer's uploads; `loaded` puts its lease's epoch in them."""
+
+    def loaded(self, epoch: int) -> None:
+        """The lease is held (before any task starts): its epoch goes into every key."""
+        self.objects = keys.ObjectKeys(self.layout, epoch)
 
     def start(self, task: Task) -> None:
         self.pool.submit(self._run_and_post, task)
@@ -52,8 +51,6 @@ class Worker:
         except PermissionError as err:  # permanent: skipped and named, never retried
             self.skipped.report(err.filename or task.relpath, False, err)
             self.post(Done(task, "unreadable", error=str(err)))
-        except NameTooLong as err:  # permanent too: a store refuses the key however often it is sent
-            self.post(Done(task, "unstorable", error=str(err)))
         except Exception as err:  # noqa: BLE001 - a bug must not stall the engine
             log.exception("worker failed", extra={"fields": {"work": repr(task)[:200]}})
             self.post(Done(task, "failed", error=f"{type(err).__name__}: {err}"))
@@ -65,29 +62,22 @@ class Worker:
         missing = "changed" if task.is_dir else "gone"  # a directory's file went: it is being rewritten
         entries: list[tuple[manifest.FileEntry, str, str]] = []
         for batch in batches:
-            uploads: dict[str, tuple[transfer.Upload, manifest.FileEntry, str]] = {}
+            uploads: dict[str, tuple[transfer.Upload, str, str]] = {}
             for relpath, name in batch:
-                self.layout.check_storable(name)  # before reading a byte of it
                 path = os.path.join(self.root, relpath)
                 try:
-                    digest = transfer.hash_file(path, self.root)  # O_NOFOLLOW, in the run dir, else gone
+                    seen = transfer.look(path, self.root)  # O_NOFOLLOW, in the run dir, else gone
+                    prev = versions.unchanged(task.prev.get(name), path, seen,
+                                     self.transfers.settings.multipart_threshold, self.root)
                 except FileNotFoundError:
                     return Done(task, missing)
                 except transfer.FileChanged:
                     return Done(task, "changed")
-                entry = manifest.FileEntry(name, self.layout.file_key(name, digest.sha256), digest.size,
-                                           digest.mtime_ns, digest.sha256, task.policy.value)
-                prev = task.prev.get(name)
-                if prev is not None and prev.sha256 == digest.sha256:
-                    entries.append((dataclasses.replace(prev, mtime_ns=digest.mtime_ns), relpath, "unchanged"))
+                if prev is not None:
+                    entries.append((prev, relpath, "unchanged"))
                     continue
-                try:
-                    if self._already_stored(entry):
-                        entries.append((entry, relpath, "stored"))
-                        continue
-                except StoreError as err:
-                    return Done(task, "failed", error=str(err))
-                uploads[entry.key] = (transfer.Upload(path, entry.key, digest), entry, relpath)
+                up = transfer.Upload(path, self.objects.next(), seen)
+                uploads[up.key] = (up, name, relpath)
             for up, err in self.transfers.upload([u for u, _, _ in uploads.values()]):
                 if isinstance(err, transfer.FileChanged):
                     return Done(task, "changed")
@@ -95,10 +85,10 @@ class Worker:
                     return Done(task, missing)
                 if err is not None:
                     return Done(task, "failed", error=str(err) or type(err).__name__)
-                _, entry, relpath = uploads[up.key]
-                entries.append((entry, relpath, "uploaded"))
-        unchanged = all(how == "unchanged" for _, _, how in entries)
-        return Done(task, "unchanged" if unchanged else "uploaded", entries)
+                _, name, relpath = uploads[up.key]
+                entries.append((versions.entry_of(name, up, task.policy.value), relpath, "uploaded"))
+        same = all(how == "unchanged" for _, _, how in entries)
+        return Done(task, "unchanged" if same else "uploaded", entries)
 
     def _batches(self, task: Task) -> list[list[tuple[str, str]]] | None:
         """[(relpath, stored name)] to upload in order; None when there is nothing to upload:
@@ -117,16 +107,6 @@ class Worker:
         if not markers and (task.require_marker or not members):
             return None
         return [members, markers]
-
-    def _already_stored(self, entry: manifest.FileEntry) -> bool:
-        """Is this content already in the store (uploaded, not yet committed, before a restart)?
-        Asked only where an answer can be yes and saves more than the question costs: for a
-        file older than this process when a sidecar wrote this replica before (it may have sent
-        the file without committing), or a large one."""
-        maybe_sent_before = self.prior_writer and entry.mtime_ns < self.started_ns
-        if not maybe_sent_before and not self.transfers.worth_asking(entry.size):
-            return False
-        return self.transfers.stored(entry.key, entry.size)
 
 
 class Retries:

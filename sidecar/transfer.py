@@ -7,9 +7,9 @@ module as a `StoreError` whose message names the store, the problem and the fix.
 
 from __future__ import annotations
 
-import base64
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import os
 import random
@@ -28,11 +28,13 @@ from s3transfer.exceptions import CancelledError
 from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
-from . import contract, crt, encryption, fetch, keys, progress
-from .hashing import _FD_PATH, Digest, FileChanged, NotRegular, hash_file, open_regular  # noqa: F401 - callers' names
+from . import checksums, contract, crt, encryption, fetch, hashing, keys, progress
+from .hashing import _FD_PATH, Digest, FileChanged, NotRegular, hash_file, look, open_regular  # noqa: F401 - callers' names
 from .errors import StoreError
 
 MiB = 1024 * 1024
+_LARGE_BODIES = 4
+"""Small files over 1 MiB read into memory at once: at most 4 x 16 MiB beside the 1 MiB ones."""
 _CRT_MEMORY = crt.MEMORY_LIMIT  # the field `crt` below hides the module inside the class body
 
 
@@ -41,10 +43,11 @@ class Settings:
     """Knobs of the S3 client and the transfer manager."""
 
     multipart_threshold: int = 16 * MiB
-    """Files at least this large go multipart; smaller ones are one PUT checked by S3 against
-    our own SHA-256."""
+    """Files at least this large go multipart; smaller ones are read whole, hashed, and sent as
+    one PUT that S3 checks against our CRC64NVME."""
     multipart_chunksize: int = 16 * MiB
-    """Part size. Memory in flight is about `max_concurrency` x this."""
+    """Part size, and the part size of an entry's CRC64NVMEs. Memory in flight is about
+    `max_concurrency` x this."""
     max_concurrency: int = 10
     """Parallel requests of one transfer manager (parts and files together)."""
     connect_timeout: float = 3.0
@@ -245,11 +248,13 @@ def _open_hashed(up: "Upload") -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Upload:
-    """One file to put at `key`, whose content had `digest` when it was hashed."""
+    """One file to put at `key`, as it was when looked at (`digest`: size, mtime, inode). The
+    upload yields it back with `digest.sha256` and `sums` taken from the bytes it sent."""
 
     path: str
     key: str
     digest: Digest
+    sums: hashing.Digests | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,6 +271,24 @@ class _Progress(BaseSubscriber):
 
     def on_progress(self, future, bytes_transferred, **kwargs):
         self._on_bytes(bytes_transferred)
+
+
+class _Both:
+    """A multipart upload's future and its digests' future as one: the digests when both are done;
+    cancelling cancels the upload (the digest read ends by itself)."""
+
+    def __init__(self, sent, digests: concurrent.futures.Future):
+        self.sent, self.digests = sent, digests
+
+    def result(self) -> hashing.Digests:
+        try:
+            self.sent.result()
+        finally:
+            concurrent.futures.wait([self.digests])  # it reads the descriptor `_finish` closes next
+        return self.digests.result()
+
+    def cancel(self) -> None:
+        self.sent.cancel()
 
 
 class Transfers:
@@ -294,6 +317,12 @@ class Transfers:
         # transfer manager's futures and queues cost more CPU per small file than the request.
         self._small = concurrent.futures.ThreadPoolExecutor(settings.max_concurrency * 2,
                                                             thread_name_prefix="s3-small")
+        # A small file is read whole into memory: past 1 MiB, only a few at once (crt.RESERVE).
+        self._large_bodies = threading.Semaphore(_LARGE_BODIES)
+        # Digests of multipart uploads, read beside the manager's own reads: a few threads are
+        # plenty (SHA-256 and CRC64NVME release the GIL on large buffers).
+        self._digesting = concurrent.futures.ThreadPoolExecutor(min(4, os.cpu_count() or 1),
+                                                                thread_name_prefix="digest")
 
     def __enter__(self) -> "Transfers":
         return self
@@ -302,6 +331,7 @@ class Transfers:
         self._small.shutdown(wait=True, cancel_futures=exc[0] is not None)
         if self._parts is not None:
             self._parts.shutdown(wait=True, cancel_futures=exc[0] is not None)
+        self._digesting.shutdown(wait=True, cancel_futures=exc[0] is not None)
         self._manager.shutdown(cancel=exc[0] is not None)
         if self._crt is not None:
             self._crt.shutdown(cancel=exc[0] is not None)
@@ -318,21 +348,17 @@ class Transfers:
     def upload(
         self, uploads: Iterable[Upload], on_bytes: Callable[[int], None] = lambda n: None,
     ) -> Iterator[tuple[Upload, Exception | None]]:
-        """Submit every upload, then yield `(upload, None)` once it is durable, or its error."""
+        """Submit every upload, then yield `(upload, None)` once it is durable, with the digests
+        of what it sent, or `(upload, error)`."""
         submitted = [(up, self._submit(up, on_bytes)) for up in uploads]
         for up, future in submitted:
             try:
-                self._finish(up, future)
+                sums = self._finish(up, future)
             except Exception as err:  # noqa: BLE001 - reported per file
                 yield up, err
             else:
-                yield up, None
-
-    def worth_asking(self, size: int) -> bool:
-        """Is a HeadObject (`stored`) worth it before uploading `size` bytes? Below the multipart
-        threshold a PUT costs about what the question does, and keys name content: an upload
-        again is harmless."""
-        return size >= self.settings.multipart_threshold
+                yield dataclasses.replace(up, digest=dataclasses.replace(up.digest, sha256=sums.sha256),
+                                          sums=sums), None
 
     def any_stored(self, prefix: str) -> bool:
         """Is there any object under `prefix`? One LIST of one key."""
@@ -340,19 +366,6 @@ class Transfers:
             return self.s3.list_objects_v2(Bucket=self.store.bucket, Prefix=prefix, MaxKeys=1).get("KeyCount", 0) > 0
         except (ClientError, BotoCoreError) as err:
             raise describe(err, self.store, self.s3) from None
-
-    def stored(self, key: str, size: int) -> bool:
-        """True when `key` already holds an object of `size` bytes (an object appears only
-        once its upload completed, and keys carry the content's hash)."""
-        try:
-            head = self.s3.head_object(Bucket=self.store.bucket, Key=key)
-        except ClientError as err:
-            if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-                return False
-            raise describe(err, self.store, self.s3) from None
-        except BotoCoreError as err:
-            raise describe(err, self.store, self.s3) from None
-        return head.get("ContentLength") == size
 
     def cancel(self) -> None:
         """Cancel every transfer in flight (their futures raise); multipart uploads are aborted.
@@ -382,10 +395,14 @@ class Transfers:
                 fd = _open_hashed(up)
                 # The managers open a file name: name our descriptor, not the path, which may
                 # point elsewhere by now.
-                future = self._multipart_manager().upload(
+                sent = self._multipart_manager().upload(
                     _FD_PATH.format(fd) if _FD_PATH else up.path, self.store.bucket, up.key,
-                    extra_args={"ChecksumAlgorithm": "SHA256"},  # S3 checks every part
+                    extra_args={"ChecksumAlgorithm": "CRC64NVME"},  # S3 checks every part
                     subscribers=[_Progress(on_bytes)])
+                # Our digests come from the same descriptor meanwhile, not from the manager
+                # (whose part checksums are not handed out): both read the page cache.
+                future = _Both(sent, self._digesting.submit(
+                    hashing.of_fd, fd, up.digest.size, self.settings.multipart_chunksize))
             except (OSError, FileChanged) as err:  # reported by `_finish`, like any upload's failure
                 if fd is not None:
                     os.close(fd)
@@ -398,23 +415,31 @@ class Transfers:
                 self._fds[future] = fd  # open until `_finish`
         return future
 
-    def _put(self, up: Upload, on_bytes) -> None:
-        """One PUT: S3 checks the bytes it stores against the digest we computed."""
-        with os.fdopen(_open_hashed(up), "rb") as f:
-            # Up to 1 MiB the body goes as bytes: botocore sends `Expect: 100-continue` (one more
-            # round trip) for a file object whatever its size.
-            body = f.read() if up.digest.size <= MiB else f
-            self.s3.put_object(Bucket=self.store.bucket, Key=up.key, Body=body,
-                               ChecksumSHA256=base64.b64encode(bytes.fromhex(up.digest.sha256)).decode())
-        on_bytes(up.digest.size)
+    def _put(self, up: Upload, on_bytes) -> hashing.Digests:
+        """Read once, hash that buffer, send it as one PUT that S3 checks against our CRC64NVME.
+        As bytes, the body goes without `Expect: 100-continue` (a round trip a file object costs)."""
+        with self._large_bodies if up.digest.size > MiB else contextlib.nullcontext():
+            return self._put_read(up, on_bytes)
 
-    def _finish(self, up: Upload, future) -> None:
+    def _put_read(self, up: Upload, on_bytes) -> hashing.Digests:
+        with os.fdopen(_open_hashed(up), "rb") as f:
+            body = f.read(up.digest.size + 1)
+            st = os.fstat(f.fileno())
+        if len(body) != up.digest.size or (st.st_size, st.st_mtime_ns) != (up.digest.size, up.digest.mtime_ns):
+            raise FileChanged(up.path)  # written while read: not complete yet
+        sums = hashing.of_buffer(body, self.settings.multipart_chunksize)
+        whole = sums.crc64nvme[0] if len(sums.crc64nvme) == 1 else checksums.encode(checksums.crc64nvme(body))
+        self.s3.put_object(Bucket=self.store.bucket, Key=up.key, Body=body, ChecksumCRC64NVME=whole)
+        on_bytes(up.digest.size)
+        return sums
+
+    def _finish(self, up: Upload, future) -> hashing.Digests:
         with self._lock:
             fd = self._fds.get(future)
         try:
-            self._result(up, future)
+            sums = self._result(up, future)
             if fd is None:
-                return  # one PUT: S3 verified the whole object against the digest
+                return sums  # one PUT of the buffer hashed: S3 verified it against our CRC
             st = os.fstat(fd)  # the file that was sent, whatever its name holds now
         finally:
             with self._lock:
@@ -424,20 +449,21 @@ class Transfers:
             if fd is not None:
                 os.close(fd)
         if (st.st_size, st.st_mtime_ns) != (up.digest.size, up.digest.mtime_ns):
-            # Multipart: the object may hold bytes other than its key's hash names; remove it.
+            # Multipart: the object and our digests may each hold other bytes; never committed.
             try:
                 self.s3.delete_object(Bucket=self.store.bucket, Key=up.key)
             except (ClientError, BotoCoreError):
                 pass
             raise FileChanged(up.path)
+        return sums
 
-    def _result(self, up: Upload, future) -> None:
+    def _result(self, up: Upload, future) -> hashing.Digests:
         try:
-            future.result()
+            return future.result()
         except (CancelledError, concurrent.futures.CancelledError):
             raise StoreError(f"upload of {up.path} cancelled: out of time") from None
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") == "BadDigest":
+            if err.response.get("Error", {}).get("Code") in ("BadDigest", "XAmzContentChecksumMismatch"):
                 raise FileChanged(up.path) from None  # S3 refused bytes that differ from the hash
             raise describe(err, self.store, self.s3) from None
         except BotoCoreError as err:

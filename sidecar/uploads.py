@@ -31,8 +31,6 @@ class Uploads:
         self.clock = clock
         self.inflight: dict[str, Task] = {}
         self.dirty: dict[str, Newer] = {}
-        self.unstorable: set[str] = set()
-        """Files skipped for a name the store cannot hold, each named once."""
 
     def __contains__(self, key: str) -> bool:
         return key in self.inflight
@@ -53,14 +51,8 @@ class Uploads:
             self._start(task)
 
     def finished(self, done: Done) -> None:
-        """A task came back: no longer in flight; each file it sent is counted (and logged), and
-        a file whose name the store cannot hold is named and counted, once."""
+        """A task came back: no longer in flight; each file it sent is counted (and logged)."""
         self.inflight.pop(done.task.key, None)
-        if done.outcome == "unstorable" and done.task.relpath not in self.unstorable:
-            self.unstorable.add(done.task.relpath)
-            self.metrics.unstorable.inc()
-            log.warning("name too long for the store; skipped", extra={"fields": {
-                "file": done.task.relpath, "error": done.error}})
         if done.outcome in ("uploaded", "unchanged"):
             for entry, relpath, how in done.entries:
                 self.metrics.record(how, entry.policy, entry.size)

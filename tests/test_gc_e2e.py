@@ -189,13 +189,13 @@ def test_gc_while_a_sidecar_commits_never_tears_a_manifest(sidecars, cli, tmp_pa
         collector.join()
     assert failures == []
     assert torn == [], "the latest manifest named deleted objects"
-    assert [d["key"] for d in deleted if "/files/" in d["key"]] == [], "a live writer's objects went"
+    assert [d["key"] for d in deleted if "/objects/" in d["key"]] == [], "a live writer's objects went"
     assert sc.terminate()[0] == 0
 
     # The writer is gone: the checkpoints only dropped manifests named go now.
     after = cli("gc", RUN, "--keep", "1", "--min-age", "0", "--json")
     assert after.returncode == 0, after.stderr
-    assert sum("/files/ckpt/" in d["key"] for d in json.loads(after.stdout)["deleted"]) >= 8
+    assert sum("/objects/" in d["key"] for d in json.loads(after.stdout)["deleted"]) >= 8
     present = set(store.keys())
     for m in store.manifests():
         missing = [e.key for e in m.files.values() if e.key not in present]

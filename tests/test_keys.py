@@ -1,4 +1,7 @@
-"""Storage layout format 1: store URLs, run paths, stored names and keys."""
+"""Storage layout: store URLs, run paths, stored names and keys (format 2 writes, format 1 reads)."""
+
+import subprocess
+import sys
 
 import pytest
 
@@ -78,24 +81,31 @@ def test_ordinary_stored_names(name):
     assert keys.check_stored_name(name) == name
 
 
-# The limits SeaweedFS answers KeyTooLongError beyond (tried: a last key segment of 256 bytes,
-# a key of 1025): refused before any upload, by name, with the limit and the fix.
+# Format-2 keys hold no name: a name has only the run dir's limits (a file system's NAME_MAX),
+# not the 238 bytes that format 1's `files/<name>~<hash>` left under SeaweedFS's 255-byte segment.
 LONG_DIRS = "/".join(["d" * 200] * 3) + "/x"  # 604 bytes: long directories are fine
 
 
-@pytest.mark.parametrize("prefix, name, fragment", [
-    ("pre", "a" * 238, None),
-    ("pre", "d/" + "é" * 119, None),                          # 238 bytes in UTF-8
-    ("pre", "a" * 239, "255-byte limit.*at most 238 bytes"),
-    ("pre", "d/" + "é" * 119 + "x", "255-byte limit"),
-    ("p" * 380, LONG_DIRS, None),                              # a key of 1017 bytes
-    ("p" * 390, LONG_DIRS, "1024-byte limit; fix: shorten the name to at most 601 bytes"),
+@pytest.mark.parametrize("prefix, name", [
+    ("pre", "a" * 255),
+    ("pre", "d/" + "é" * 127),                                  # 254 bytes in UTF-8
+    ("p" * 390, LONG_DIRS),
 ])
-def test_names_the_store_cannot_hold(prefix, name, fragment):
+def test_long_names_are_storable(prefix, name):
     layout = keys.Layout(keys.StoreURL.parse(f"s3://bkt/{prefix}"), keys.RunPath.parse("ns/p/r"), "0")
-    if fragment is None:
-        assert layout.check_storable(name) == name
-        assert len(layout.file_key(name, "00" * 32).encode()) <= keys.MAX_KEY_BYTES
-    else:
-        with pytest.raises(keys.NameTooLong, match=fragment):
-            layout.file_key(name, "00" * 32)
+    assert layout.check_storable(name) == name
+    with pytest.raises(RunPathError, match="stored name"):  # NAME_MAX, or the 768 bytes left under S3's 1024
+        layout.check_storable(name + "a" * 256)
+
+
+def test_object_keys_are_never_reused():
+    layout = keys.Layout(keys.StoreURL.parse("s3://bkt/pre"), keys.RunPath.parse("ns/p/r"), "0")
+    first, second = keys.ObjectKeys(layout, 7), keys.ObjectKeys(layout, 7)  # a restart in one epoch
+    made = [first.next(), second.next(), first.next()]
+    assert len(set(made)) == 3
+    assert all(k.startswith("pre/ns/p/r/0/objects/00000007/") and layout.holds(k) for k in made)
+    # another process (a restarted sidecar keeping its epoch) draws its own 64-bit part
+    other = subprocess.run([sys.executable, "-c", "from runsync import keys; print(keys.ObjectKeys("
+                            "keys.Layout(keys.StoreURL.parse('s3://bkt/pre'), keys.RunPath.parse('ns/p/r'), '0'), 7).next())"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert other.startswith("pre/ns/p/r/0/objects/00000007/") and other not in made

@@ -348,7 +348,7 @@ def test_the_patched_pod_runs_and_its_replacement_resumes(operator, s3_server, s
             if side.poll() is None:
                 side.kill()
         run_path = local.env(sidecar)[contract.ENV_RUN_PATH]
-        listed = s3_client.list_objects_v2(Bucket="runsync-e2e", Prefix=f"runs/{run_path}/0/files/ckpt/")
+        listed = s3_client.list_objects_v2(Bucket="runsync-e2e", Prefix=f"runs/{run_path}/0/objects/")
         assert listed.get("KeyCount", 0) > 0, f"nothing under runs/{run_path}/"
     assert "starting fresh" in outputs[0]
     assert "resumed from step 5" in outputs[1], outputs[1]

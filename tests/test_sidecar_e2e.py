@@ -33,7 +33,7 @@ def test_live_rewrites_are_never_torn_and_the_last_version_lands(sidecars, store
     def reader():
         while not stop.is_set():
             for key in store.keys():
-                if "/files/" in key and key not in seen:
+                if "/objects/" in key and key not in seen:
                     seen[key] = sha(store.read(key))
             for m in store.manifests():
                 for entry in m.files.values():

@@ -102,7 +102,7 @@ def test_sync_encrypts_every_object_it_writes_and_restore_reads_them(how, crt, c
     assert done.returncode == 0, done.stderr
 
     stored = encryption_of_every_object(s3_client, bucket)
-    assert any("/files/big.pt~" in k for k in stored) and any("/manifests/" in k for k in stored)
+    assert any("/objects/" in k for k in stored) and any("/manifests/" in k for k in stored)
     assert any(k.endswith("/lease.json") for k in stored)
     assert {k: v[0] for k, v in stored.items()} == {k: "AES256" for k in stored}
     # Reads need nothing: SSE-S3 objects come back as they were written.
@@ -137,7 +137,7 @@ def test_sync_fails_loudly_when_the_server_cannot_apply_the_mode(cli, s3_env, s3
     assert len(line.splitlines()) == 1, line
     assert "server-side encryption aws:kms" in line and locals3.LOCAL_KMS_KEY in line and "fix:" in line, line
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", ())]
-    assert not [k for k in keys if "/files/" in k or "/manifests/" in k or k.endswith("lease.json")], keys
+    assert not [k for k in keys if "/objects/" in k or "/files/" in k or "/manifests/" in k or k.endswith("lease.json")], keys
 
 
 # ------------------------------------------------------------ the SDK's embedded engine
@@ -159,7 +159,7 @@ def test_the_sdks_embedded_engine_encrypts_what_it_writes(s3_env, s3_client, buc
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     stored = encryption_of_every_object(s3_client, bucket)
-    assert any("/files/model.pt~" in k for k in stored), stored
+    assert any("/objects/" in k for k in stored), stored
     assert {k: v[0] for k, v in stored.items()} == {k: "AES256" for k in stored}
 
 
@@ -277,7 +277,7 @@ def test_the_patched_pod_encrypts_everything_under_the_stores_kms_key_and_resume
     run_pod(operator, "sse-pod-aaaaa", "kms", pod_root / "a", tmp_path / "a.log", files)
     s3 = client_of(kms_server)
     stored = encryption_of_every_object(s3, operator.buckets["kms"])
-    assert any("/files/ckpt/last.pt~" in k for k in stored) and any("/manifests/" in k for k in stored)
+    assert any("/objects/" in k for k in stored) and any("/manifests/" in k for k in stored)
     assert any(k.endswith("/lease.json") for k in stored)
     assert {k: v[0] for k, v in stored.items()} == {k: "aws:kms" for k in stored}
     assert all(v[1] for v in stored.values()), stored  # under a KMS key (S3 names it by its id)
@@ -309,7 +309,7 @@ def test_a_mode_the_server_cannot_apply_is_a_clear_condition_and_the_pod_does_no
         out = done.stdout + done.stderr
         assert "server-side encryption aws:kms" in out and "fix:" in out, out
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=operator.buckets["nokms"]).get("Contents", ())]
-    assert not [k for k in keys if "/files/" in k or "/manifests/" in k or k.endswith("lease.json")], keys
+    assert not [k for k in keys if "/objects/" in k or "/files/" in k or "/manifests/" in k or k.endswith("lease.json")], keys
 
 
 # ------------------------------------------------ a brief outage at the sidecar's start

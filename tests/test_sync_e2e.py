@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from awscrt import checksums as crt_checksums
 
 pytestmark = pytest.mark.s3
 
@@ -54,7 +55,7 @@ def objects(s3_client, bucket) -> dict[str, tuple]:
     found = {}
     for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         for obj in page.get("Contents", ()):
-            if "/files/" in obj["Key"]:
+            if "/objects/" in obj["Key"]:
                 found[obj["Key"]] = (obj["ETag"], obj["LastModified"])
     return found
 
@@ -74,12 +75,13 @@ def test_sync_then_ls_shows_exactly_the_files(cli, tmp_path, s3_client, bucket):
         assert row["sha256"] == hashlib.sha256(data).hexdigest()
         stored = s3_client.get_object(Bucket=bucket, Key=row["key"])["Body"].read()
         assert stored == data, name
-        assert row["key"].startswith("runs/team-a/nlp/bert-1/0/files/")
+        assert row["key"].startswith("runs/team-a/nlp/bert-1/0/objects/")
 
-    # S3 itself checked each single-part upload against our SHA-256.
+    # S3 itself checked each single-part upload against our CRC64NVME, the entry's one part.
     small = listed["config.yaml"]
     head = s3_client.head_object(Bucket=bucket, Key=small["key"], ChecksumMode="ENABLED")
-    assert head["ChecksumSHA256"] == base64.b64encode(bytes.fromhex(small["sha256"])).decode()
+    assert head["ChecksumCRC64NVME"] == base64.b64encode(
+        crt_checksums.crc64nvme(kept["config.yaml"]).to_bytes(8, "big")).decode()
 
     table = cli("ls", RUN)
     assert table.returncode == 0

@@ -15,6 +15,7 @@ store holds (the committed manifest and every object uploaded for a name).
 
 from __future__ import annotations
 
+import ast
 import glob as globmod
 import json
 import os
@@ -27,7 +28,7 @@ import pytest
 
 import runsync
 from harness import Store
-from runsync import contract, sdk
+from runsync import contract
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
 
@@ -53,9 +54,10 @@ class Embedded:
             runsync.finish()
 
     def uploaded(self, name: str) -> set[bytes]:
-        """The content of every object ever uploaded under `name` (each version sent)."""
-        prefix = self.store.layout.replica_prefix + "files/" + name + "~"
-        return {self.store.read(k) for k in self.store.keys() if k.startswith(prefix) and "/" not in k[len(prefix):]}
+        """The content of every version of `name` committed (format-2 keys hold no name: the
+        manifests say which object is which)."""
+        keys_ = {m.files[name].key for m in self.store.manifests() if name in m.files}
+        return {self.store.read(k) for k in keys_}
 
     def committed(self) -> dict[str, bytes]:
         return {n: self.store.read(e.key) for n, e in self.store.files().items()}
@@ -367,31 +369,29 @@ def test_sync_end_file_skips_ignore_globs(cli, tmp_path, ignore, uploaded):
     assert json.loads(result.stdout)["uploaded"] == uploaded
 
 
-# ------------------------------------------------------------------ names the store cannot hold (issue 16)
+# ------------------------------------------------------------------ long names (issue 16, then 17)
 
-LONG = "n" * 240 + ".pt"  # a 243-byte file name: fine on disk, but `name~hash` is 260 bytes
+LONG = "n" * 240 + ".pt"  # a 243-byte file name: format 1's `name~hash` key segment (260 bytes) was
+# too long for SeaweedFS; format-2 keys hold no name, so it is saved like any other (issue 17).
 
 
-def test_save_refuses_a_name_too_long_for_the_store(laptop):
+def test_save_keeps_a_long_name(laptop):
     write(laptop.run_dir / "ckpt" / LONG, "weights")
-    with pytest.raises(sdk.SaveError, match=r"ckpt/n+\.pt.*too long.*255-byte limit.*at most 238 bytes"):
-        runsync.save(str(laptop.run_dir / "ckpt" / "*.pt"), base_path=str(laptop.run_dir), policy="now")
-    (laptop.tmp / "work" / LONG).write_text("weights")
-    with pytest.raises(sdk.SaveError, match=r"too long.*255-byte limit"):
-        runsync.save(LONG, policy="now")
-    assert not (laptop.run_dir / LONG).exists(), "refused before the copy"
+    runsync.save(str(laptop.run_dir / "ckpt" / "*.pt"), base_path=str(laptop.run_dir), policy="now")
+    (laptop.tmp / "work" / LONG).write_text("copied")
+    runsync.save(LONG, policy="now")
+    laptop.finish()
+    assert laptop.committed() == {f"ckpt/{LONG}": b"weights", LONG: b"copied"}
 
 
-def test_sync_skips_a_name_too_long_and_uploads_the_rest(cli, tmp_path):
+def test_sync_uploads_a_long_name(cli, tmp_path):
     (tmp_path / "ok.txt").write_text("fine")
-    (tmp_path / LONG).write_text("too long a name")
+    (tmp_path / LONG).write_text("a long name")
     result = cli("sync", str(tmp_path), "--run", RUN, timeout=60)
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "uploaded 1 file" in result.stdout
-    lines = [line for line in result.stderr.splitlines() if line.startswith("runsync: error:")]
-    assert len(lines) == 1 and LONG in lines[0] and "255-byte limit" in lines[0], result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "uploaded 2 files" in result.stdout
     listed = cli("ls", RUN, "--json")
-    assert [row["name"] for row in json.loads(listed.stdout)] == ["ok.txt"]
+    assert sorted(row["name"] for row in json.loads(listed.stdout)) == sorted([LONG, "ok.txt"])
 
 
 # ------------------------------------------------------------------ in a pod, through the sidecar's API
@@ -405,8 +405,8 @@ def app_env(sc) -> dict:
 
 def test_in_pod_now_saved_again_and_long_names(sidecars, store, tmp_path):
     """Items 2 and 3 through the sidecar: a `now` file saved again after a change goes again;
-    a name too long is refused by save(), and a trainer's file with one is skipped by the
-    sidecar (logged by name, counted) without holding flush() or the other files."""
+    a long name (243 bytes, too long for format 1's keys) is saved by save() and by the sidecar
+    like any other."""
     sc = sidecars({"runsync.dev/save": "logs/**:live"}).start()
     script = textwrap.dedent(f'''
         import os, runsync
@@ -422,21 +422,16 @@ def test_in_pod_now_saved_again_and_long_names(sidecars, store, tmp_path):
         open(os.path.join(d, "logs", {LONG!r}), "w").write("long")
         open(os.path.join(d, "logs", "ok.log"), "w").write("ok")
         runsync.flush(timeout=60)
-        try:
-            runsync.save(os.path.join(d, "logs", "*"), base_path=d, policy="now")
-        except sdk.SaveError as err:
-            print("refused:", err)
+        print(runsync.save(os.path.join(d, "logs", "*"), base_path=d, policy="now"))
+        runsync.flush(timeout=60)
     ''')
     result = subprocess.run([sys.executable, "-c", script], env=app_env(sc), capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "['eval.json']"
-    assert lines[1].startswith("refused:") and f"logs/{LONG}" in lines[1] and "255-byte limit" in lines[1]
+    assert sorted(ast.literal_eval(lines[1])) == sorted([f"logs/{LONG}", "logs/ok.log"])
     files = store.files()
-    assert store.read(files["eval.json"].key) == b"v2" and "logs/ok.log" in files
-    assert f"logs/{LONG}" not in files
-    skipped = [r for r in sc.log_records() if r.get("msg") == "name too long for the store; skipped"]
-    assert len(skipped) == 1 and skipped[0]["file"] == f"logs/{LONG}"
-    assert sc.metric("runsync_unstorable_files_total") == 1
+    assert store.read(files["eval.json"].key) == b"v2" and store.read(files["logs/ok.log"].key) == b"ok"
+    assert store.read(files[f"logs/{LONG}"].key) == b"long"
     assert sc.terminate()[0] == 0
