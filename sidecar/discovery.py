@@ -5,8 +5,10 @@ Format 1 has no pointer to a replica's latest commit. A replica needs its manife
 LIST), its lease (which epoch owned the highest number: fencing, lease.py) and that manifest
 (one more GET per fenced-off manifest walked past). So:
 
-    LIST <run>/ with delimiter "/files/"   every replica's manifest keys and lease.json in one
-                                           page (the file objects fold into one prefix each)
+    LIST <run>/ with delimiter "/objects/" every replica's manifest keys and lease.json in one
+                                           page (format 2's file objects fold into one prefix each;
+                                           format 1's `files/` do not: a big format-1 run overflows
+                                           the page and takes the per-replica path below)
     GET lease.json ‖ ...                   every replica that has manifests, at once
     GET its highest manifest ‖ ...
 
@@ -26,7 +28,7 @@ from . import keys, lease, manifest
 MAX_WORKERS = 32
 PAGE = 1000
 """Keys in the one LIST of the run (S3's most per page)."""
-_FILES = "/files/"
+_FILES = "/objects/"
 
 
 def latest_by_replica(s3, store: keys.StoreURL, run: keys.RunPath,
