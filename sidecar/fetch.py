@@ -10,7 +10,7 @@ A mismatch or a failure removes the temp file and raises; nothing is left to pla
 
 Our own thread pool of ranged `get_object` rather than the CRT's S3 client: the CRT writes
 the file itself and checks no part against our manifest, and it measured no faster here
-(docs/pending/down.md); boto3's reads and hashlib/awscrt release the GIL for the bytes.
+(docs/format-2.md, bench/README.md); boto3's reads and hashlib/awscrt release the GIL for the bytes.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Format-2 commit records: the storage under `Manifest` (docs/pending/format-2.md).
+"""Format-2 commit records: the storage under `Manifest` (docs/format-2.md).
 
 A commit is still ONE key, `manifests/<seq:012d>.json`, PUT with If-None-Match (two writers can
 never commit one number, whatever they write) and its writer's epoch (fencing, lease.py). Its
