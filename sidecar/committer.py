@@ -212,8 +212,7 @@ class Committer:
                     on_wait=lambda l: log.info("waiting for the previous writer to finish", extra={
                         "fields": {"holder": l.holder, "epoch": l.epoch}}))
                 latest = manifest.latest(self.s3, self.layout)
-                prior = latest is not None or self.transfers.any_stored(self.layout.replica_prefix + "files/")
-                self.post(messages.Loaded(latest, "", prior))
+                self.post(messages.Loaded(latest, ""))
                 if self.meta is not None:
                     self.meta.started(latest)
                 return

@@ -26,7 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from botocore.exceptions import (
-    ConnectionError as BotoConnectionError, FlexibleChecksumError, ReadTimeoutError, ResponseStreamingError,
+    ConnectionError as BotoConnectionError, FlexibleChecksumError, IncompleteReadError, ReadTimeoutError,
+    ResponseStreamingError,
 )
 from botocore.httpchecksum import StreamingChecksumBody
 
@@ -40,7 +41,11 @@ WORKERS = 16
 """Ranged GETs in flight for large objects, across all files (s5cmd's `-c 16` of the bench)."""
 BLOCK = MiB
 """Bytes read from a response and written per step."""
-_RETRY = (ResponseStreamingError, ReadTimeoutError, BotoConnectionError)
+class _Short(Exception):
+    """A body that ended before its Content-Length said: a cut connection, asked again."""
+
+
+_RETRY = (ResponseStreamingError, ReadTimeoutError, BotoConnectionError, IncompleteReadError, _Short)
 """A body cut off halfway: botocore retries a request, not a body; the range is asked again."""
 
 
@@ -122,12 +127,17 @@ class _Job:
 
     def _range(self, i: int, whole: bool = False) -> None:
         offset, length = self.ranges[i]
+        if self.stop.is_set():  # another range failed: a queued one asks nothing more of the store
+            raise StoreError(f"fetch of {self.want.key} stopped: another part failed")
         for attempt in range(self.f.attempts):
             try:
                 self._get(i, offset, length, whole)
                 break
-            except _RETRY:
+            except _RETRY as err:
                 if attempt + 1 == self.f.attempts or self.stop.is_set():
+                    if isinstance(err, _Short):
+                        raise StoreError(f"{err} ({attempt + 1} attempts); nothing was placed; fix: check "
+                                         "the network to the S3 endpoint and restore again") from None
                     raise
         self.on_bytes(length)  # counted once whole, so a retry never counts twice
         if not whole and self.sha is not None:
@@ -168,8 +178,8 @@ class _Job:
             if self.stop.is_set():
                 raise StoreError(f"fetch of {self.want.key} stopped: another part failed")
             n = body.readinto(buffer[:min(BLOCK, end - pos, part_end - pos)])
-            if not n:
-                raise self._damaged(f"a body that ends at byte {pos}, the manifest says {self.want.size} bytes")
+            if not n:  # the length was checked above: the connection ended early
+                raise _Short(f"a body that ends at byte {pos} of {self.want.key}")
             chunk = buffer[:n]
             _pwrite_all(self.fd, chunk, pos)
             pos += n

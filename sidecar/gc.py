@@ -14,8 +14,9 @@ import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from botocore.exceptions import BotoCoreError, ClientError
 
-from . import keys, lease, manifest, retention
+from . import head, keys, lease, manifest, retention
 from .errors import InputError, StoreError
 from .logs import log
 
@@ -169,10 +170,14 @@ def _replica(s3, store, run, name, objects, now) -> retention.Replica:
         read_back = list(pool.map(read, seqs))
     problems += [p for p in read_back if isinstance(p, str)]
     versions = tuple(v for v in read_back if isinstance(v, retention.Version))
+    try:
+        top = head.read(s3, layout)
+    except (ClientError, BotoCoreError) as err:
+        top, problems = None, problems + [f"head {layout.head_key} unreadable: {err}"]
     return retention.Replica(
         name=name, data_prefixes=(layout.objects_prefix, layout.files_prefix), manifests_prefix=layout.manifests_prefix,
         objects=tuple(objects), versions=versions, unreadable=tuple(problems),
-        held=current is not None and current.alive(now),
+        held=current is not None and current.alive(now), head=top.seq if top is not None else None,
     )
 
 

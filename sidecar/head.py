@@ -65,6 +65,12 @@ def latest_seq(s3, layout: keys.Layout) -> int | None:
     head = read(s3, layout)
     if head is None:
         return None
+    if not _exists(s3, layout.store.bucket, layout.manifest_key(head.seq)):
+        # A head that lagged, then lost its commit to gc: the numbers above it may have holes
+        # (gc dropped old or fenced commits), so a probe could stop short. Listed instead.
+        log.warning("head names a commit that is gone; listing the manifests instead", extra={"fields": {
+            "key": layout.head_key, "seq": head.seq}})
+        return None
     seq = head.seq
     while _exists(s3, layout.store.bucket, layout.manifest_key(seq + 1)):
         seq += 1

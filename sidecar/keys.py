@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import re
 import secrets
 
@@ -230,10 +231,20 @@ class ObjectKeys:
     _counter = itertools.count(1)  # next() on a count is atomic in CPython: safe across threads
 
     def __init__(self, layout: Layout, epoch: int):
-        self.prefix = f"{layout.objects_prefix}{epoch:08d}/{self._process:016x}"
+        self.prefix = f"{layout.objects_prefix}{epoch:08d}/"
 
     def next(self) -> str:
-        return f"{self.prefix}{next(self._counter):012d}"
+        # Read at each key, not at __init__: a forked child draws its own process part (below).
+        return f"{self.prefix}{ObjectKeys._process:016x}{next(ObjectKeys._counter):012d}"
+
+    @classmethod
+    def _after_fork(cls) -> None:
+        cls._process, cls._counter = secrets.randbits(64), itertools.count(1)
+
+
+# A forked worker (multiprocessing's default on Linux) inherits the parent's process part and
+# counter: it would write the parent's next keys. It draws its own instead.
+os.register_at_fork(after_in_child=ObjectKeys._after_fork)
 
 
 def store_sse_check_key(store: StoreURL, namespace: str) -> str:

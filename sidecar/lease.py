@@ -106,6 +106,11 @@ def read(s3, layout: keys.Layout) -> tuple[Lease | None, str | None]:
                          "delete it to start the replica afresh") from None
 
 
+IDLE_SETTLE = 3.0
+"""Seconds a successor gives a live `idle` holder to renew to `active` (a final flush starting)
+before it takes the lease: the old pod's end files are not lost to a race with its SIGTERM."""
+
+
 def acquire(
     s3,
     layout: keys.Layout,
@@ -123,10 +128,17 @@ def acquire(
     with `LeaseBusy` while it still beats)."""
     deadline = clock() + wait
     waited = False
+    settled = None  # the ETag of a live idle lease already given IDLE_SETTLE to wake
     while True:
         lease, etag = read(s3, layout)
         now = clock()
         step = decide(lease, holder, now, deadline, take_live)
+        if step == "take" and lease is not None and lease.state == "idle" and lease.alive(now) and etag != settled:
+            # An idle holder owes nothing, unless it is just waking (its pod's preStop or SIGTERM:
+            # the final flush renews to `active` first). Taken only if unchanged after a moment.
+            settled = etag
+            sleep(IDLE_SETTLE)
+            continue
         if step == "keep":
             return renew(s3, layout, Held(lease, etag))
         if step == "wait":

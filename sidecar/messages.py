@@ -87,8 +87,6 @@ class Loaded:
 
     manifest: manifest.Manifest | None
     error: str
-    prior_writer: bool = True
-    """Did any sidecar write this replica before (a manifest, or any file object)?"""
 
 
 @dataclasses.dataclass

@@ -96,6 +96,9 @@ class Replica:
     """Problems (one line each) with manifests or the lease that could not be read."""
     held: bool = False
     """Its lease is held by a live writer."""
+    head: int | None = None
+    """The number its `head.json` names (format 2): readers probe upward from it, so no commit
+    above it is dropped (a hole there would end their probe early)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +143,8 @@ def replica(r: Replica, policy: Policy, now: float) -> Decision:
             kept.append(v)
         elif not valid or v.seq > valid[0].seq:
             kept.append(v)  # above the latest valid one: not ours to judge
+        elif r.head is not None and v.seq > r.head:
+            kept.append(v)  # above a lagging head: readers walk through it
         elif v.valid and superseded_at is not None and now - superseded_at < policy.min_age:
             kept.append(v)  # superseded too recently: a restore may still be reading it
         elif young(v.key):
@@ -161,9 +166,11 @@ def replica(r: Replica, policy: Policy, now: float) -> Decision:
     out.drops.extend(Drop(v.key, sizes.get(v.key, 0), why, "manifest") for v, why in dropped)
     versions = {v.key for v in r.versions}
     for o in r.objects:  # a base's chunks go with the last commit read from them
-        if (o.key.startswith(r.manifests_prefix) and o.key not in versions and o.key not in required
-                and any(o.key in v.requires for v, _ in dropped) and not young(o.key)):
-            out.drops.append(Drop(o.key, o.size, "a chunk of a dropped base", "manifest"))
+        if o.key.startswith(r.manifests_prefix) and o.key not in versions and o.key not in required \
+                and not young(o.key):  # also a base whose record never landed (a lost race, a failed PUT)
+            why = ("a chunk of a dropped base" if any(o.key in v.requires for v, _ in dropped)
+                   else "a chunk no commit names")
+            out.drops.append(Drop(o.key, o.size, why, "manifest"))
     out.kept_manifests = len(kept)
     for o in r.objects:
         if not o.key.startswith(r.data_prefixes):

@@ -32,7 +32,8 @@ class Worker:
         """Keys of this writer's uploads; `loaded` puts its lease's epoch in them."""
 
     def loaded(self, epoch: int) -> None:
-        """The lease is held (before any task starts): its epoch goes into every key."""
+        """The lease is held: its epoch goes into every later key (a task started before the
+        lease was read uses epoch 0; the process part keeps those keys unique too)."""
         self.objects = keys.ObjectKeys(self.layout, epoch)
 
     def start(self, task: Task) -> None:

@@ -360,6 +360,79 @@ class Transfers:
                 yield dataclasses.replace(up, digest=dataclasses.replace(up.digest, sha256=sums.sha256),
                                           sums=sums), None
 
+    def cancel(self) -> None:
+        self.sent.cancel()
+
+
+class Transfers:
+    """A transfer manager bound to one store; use as a context manager."""
+
+    def __init__(self, s3, store: keys.StoreURL, settings: Settings = Settings()):
+        self.s3 = s3
+        self.store = store
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._inflight: set = set()
+        self._fds: dict = {}  # multipart future → the descriptor of the file it reads
+        self._tokens: dict = {}  # future → its token in `meter`
+        self.meter = progress.Meter()
+        """Bytes left and the rate of the uploads in flight (the final flush asks it)."""
+        self._manager = TransferManager(s3, TransferConfig(
+            multipart_threshold=settings.multipart_threshold,
+            multipart_chunksize=settings.multipart_chunksize,
+            max_request_concurrency=settings.max_concurrency,
+        ))
+        self._crt = None  # built on the first multipart upload, if the CRT is installed
+        self._fetcher = None  # built on the first download, with its pool of ranged GETs
+        self._parts = None
+        self._use_crt = settings.crt and crt.available()
+        # Files under the multipart threshold go as one request each, from this pool: the
+        # transfer manager's futures and queues cost more CPU per small file than the request.
+        self._small = concurrent.futures.ThreadPoolExecutor(settings.max_concurrency * 2,
+                                                            thread_name_prefix="s3-small")
+        # A small file is read whole into memory: past 1 MiB, only a few at once (crt.RESERVE).
+        self._large_bodies = threading.Semaphore(_LARGE_BODIES)
+        # Digests of multipart uploads, read beside the manager's own reads: a few threads are
+        # plenty (SHA-256 and CRC64NVME release the GIL on large buffers).
+        self._digesting = concurrent.futures.ThreadPoolExecutor(min(4, os.cpu_count() or 1),
+                                                                thread_name_prefix="digest")
+
+    def __enter__(self) -> "Transfers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._small.shutdown(wait=True, cancel_futures=exc[0] is not None)
+        if self._parts is not None:
+            self._parts.shutdown(wait=True, cancel_futures=exc[0] is not None)
+        self._digesting.shutdown(wait=True, cancel_futures=exc[0] is not None)
+        self._manager.shutdown(cancel=exc[0] is not None)
+        if self._crt is not None:
+            self._crt.shutdown(cancel=exc[0] is not None)
+
+    def _multipart_manager(self):
+        if not self._use_crt:
+            return self._manager
+        with self._lock:
+            if self._crt is None:
+                self._crt = crt.manager(self.s3, self.settings.multipart_chunksize, endpoint_override(),
+                                        memory_limit=self.settings.crt_memory)
+            return self._crt
+
+    def upload(
+        self, uploads: Iterable[Upload], on_bytes: Callable[[int], None] = lambda n: None,
+    ) -> Iterator[tuple[Upload, Exception | None]]:
+        """Submit every upload, then yield `(upload, None)` once it is durable, with the digests
+        of what it sent, or `(upload, error)`."""
+        submitted = [(up, self._submit(up, on_bytes)) for up in uploads]
+        for up, future in submitted:
+            try:
+                sums = self._finish(up, future)
+            except Exception as err:  # noqa: BLE001 - reported per file
+                yield up, err
+            else:
+                yield dataclasses.replace(up, digest=dataclasses.replace(up.digest, sha256=sums.sha256),
+                                          sums=sums), None
+
     def any_stored(self, prefix: str) -> bool:
         """Is there any object under `prefix`? One LIST of one key."""
         try:
@@ -496,7 +569,7 @@ class Transfers:
                 size = self.s3.head_object(Bucket=self.store.bucket, Key=key)["ContentLength"]
             except (ClientError, BotoCoreError) as err:
                 raise describe(err, self.store, self.s3) from None
-        tmp = dest.with_name(f".{dest.name}.runsync-part")
+        tmp = dest.with_name(f".{dest.name[:100]}.runsync-part")  # a 255-byte name leaves no room for more
         tmp.unlink(missing_ok=True)
         self.fetch(fetch.Want(dest.name, key, size, sha256), tmp, on_bytes)
         os.replace(tmp, dest)

@@ -45,7 +45,7 @@ def test_load_then_commits_in_order_and_the_manifest_is_cached(make, layout, tmp
     c, inbox = make("pod-a")
     c.load()
     loaded = inbox.get(timeout=60)
-    assert isinstance(loaded, messages.Loaded) and loaded.manifest is None and loaded.prior_writer is False
+    assert isinstance(loaded, messages.Loaded) and loaded.manifest is None
     assert c.holding and not c.fenced
 
     one = {"a.txt": entry(layout, "a.txt")}

@@ -55,9 +55,6 @@ class FakeTransfers:
             sums = hashing.of_buffer(data, self.settings.multipart_chunksize)
             yield dataclasses.replace(up, digest=dataclasses.replace(up.digest, sha256=sums.sha256), sums=sums), None
 
-    def any_stored(self, prefix):
-        return False
-
     def cancel(self):
         pass
 

@@ -109,3 +109,22 @@ def test_object_keys_are_never_reused():
                             "keys.Layout(keys.StoreURL.parse('s3://bkt/pre'), keys.RunPath.parse('ns/p/r'), '0'), 7).next())"],
                            capture_output=True, text=True, check=True).stdout.strip()
     assert other.startswith("pre/ns/p/r/0/objects/00000007/") and other not in made
+
+
+def test_a_forked_worker_never_writes_its_parents_next_key():
+    """multiprocessing forks on Linux: a child inherits the parent's process part and counter."""
+    import os
+
+    layout = keys.Layout(keys.StoreURL.parse("s3://bkt/pre"), keys.RunPath.parse("ns/p/r"), "0")
+    made = keys.ObjectKeys(layout, 7)
+    made.next()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the key it would write next, through the parent's own object
+        os.write(write, made.next().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 1000).decode()
+    os.close(read)
+    assert child and child != made.next()
