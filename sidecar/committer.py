@@ -241,7 +241,7 @@ class Committer:
             self._held = lease.renew(self.s3, self.layout, self._held)
             m = manifest.commit_next(self.s3, self.layout, durable, names.values(), final=final,
                                      writer=self.writer, epoch=self._held.lease.epoch, removed=removed,
-                                     markers=self.markers)
+                                     markers=self.markers, after=self._held.lease.took_over_from())
         except lease.LeaseLost:
             self._fenced = True
             raise

@@ -79,7 +79,7 @@ class Fetcher:
 
     def fetch(self, want: Want, tmp: Path, on_bytes: Callable[[int], None] = lambda n: None) -> None:
         """Write `want` to the new file `tmp`, verified; on any failure `tmp` is gone."""
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)  # the umask decides, as for any file the trainer writes
         job = _Job(self, want, fd, tmp, on_bytes)
         try:
             job.run()

@@ -215,7 +215,7 @@ def _named_since(s3, store, run, seen: dict[str, int]) -> set[str]:
         layout = keys.Layout(store, run, name)
         for seq in manifest.seqs(s3, layout):
             if seq > last and (m := manifest.read(s3, layout, seq)) is not None:
-                named |= names(m) | m.requires
+                named |= names(m) | frozenset(m.requires)
     return named
 
 

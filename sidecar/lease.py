@@ -67,6 +67,11 @@ class Lease:
                 owner = epoch
         return owner
 
+    def took_over_from(self) -> int | None:
+        """The highest manifest number written when this epoch took the lease (its first commit
+        is the next one), or None when the history no longer says."""
+        return next((seq for epoch, seq in reversed(self.epochs) if epoch == self.epoch), None)
+
     def alive(self, now: float) -> bool:
         return self.state in ("active", "idle") and now - self.heartbeat < self.ttl
 

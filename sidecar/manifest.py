@@ -349,13 +349,17 @@ def commit_next(
     removed: Iterable[str] = (),
     attempts: int = 5,
     markers: tuple = DEFAULT_MARKERS,
+    after: int | None = None,
 ) -> Manifest:
     """Commit on top of `durable` under the next free number; on a conflict, merge onto the
-    latest valid manifest and try the next number."""
+    latest valid manifest and try the next number. `after`: the highest number written when the
+    writer's lease was taken (`Lease.took_over_from`)."""
     changes, removed = list(changes), list(removed)
-    # The writer knows the number it committed last: the next one is tried without a LIST (the
-    # conditional PUT refuses a taken number); after a conflict the store is asked.
-    seq = durable.seq + 1 if durable is not None else None
+    # The writer knows the number it committed last (or the one its lease took over from): the
+    # next one is tried without asking the store (the conditional PUT refuses a taken number);
+    # after a conflict the store is asked.
+    known = [n for n in (durable.seq if durable is not None else None, after) if n is not None]
+    seq = max(known) + 1 if known else None
     for _ in range(attempts):
         try:
             return commit(client, layout, durable, changes, final, writer, removed=removed, epoch=epoch,

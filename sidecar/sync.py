@@ -138,7 +138,7 @@ def _commit(s3, layout, durable, changes) -> manifest.Manifest:
     held = lease.acquire(s3, layout, holder, wait=0, max_seq=lambda: manifest.max_seq(s3, layout),
                          take_live=False)
     committed = manifest.commit_next(s3, layout, durable, changes, final=True, writer=holder,
-                                     epoch=held.lease.epoch)
+                                     epoch=held.lease.epoch, after=held.lease.took_over_from())
     runmeta.Recorder(s3, layout, runmeta.Facts(writer=holder)).once(committed)  # under the lease
     lease.renew(s3, layout, held, state="released")
     return committed

@@ -104,6 +104,7 @@ def test_the_lease_beats_through_a_final_flush_longer_than_its_ttl(tmp_path, s3_
         result = restore_init(s3_env, tmp_path / "new", {}, tmp_path, holder="pod-b", grace=120, timeout=300)
         assert result.returncode == 0, result.stdout + result.stderr
         assert old.proc.wait(120) == 0
+        assert (tmp_path / "new/final/model.pt").exists(), result.stdout[-4000:] + "\n---OLD---\n" + old.logs()[-6000:]
         assert sha((tmp_path / "new/final/model.pt").read_bytes()) == sha(data)
         assert any(json.loads(line).get("msg") == "waiting for the previous pod to finish its final flush"
                    for line in result.stdout.splitlines() if line.startswith("{"))

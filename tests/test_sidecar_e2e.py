@@ -253,7 +253,11 @@ def test_sigterm_during_a_1gib_live_upload_exits_in_time_consistently(sidecars, 
     assert "small.pt" in final.files
 
 
-def test_kill_9_then_restart_uploads_everything_without_resending(sidecars, store):
+def test_kill_9_then_restart_uploads_everything_and_resends_nothing_committed(sidecars, store):
+    """A sidecar killed mid-run (OOM, kill -9) and restarted: every file lands, and nothing the
+    store had committed is sent again. (Format 2's keys hold no hash, so an upload that finished
+    but was not committed before the kill cannot be recognised and goes again; its orphan goes
+    at the next gc. Format 1 found those by a HEAD of the hashed key.)"""
     sc = sidecars({SAVE: "**:live"}).start()
     blobs = {f"shard-{i:02d}.bin": os.urandom(2 * 1024 * 1024) for i in range(30)}
     blobs["big.bin"] = os.urandom(40 * 1024 * 1024)
@@ -261,9 +265,8 @@ def test_kill_9_then_restart_uploads_everything_without_resending(sidecars, stor
         (sc.run_dir / name).write_bytes(data)
     wait_for(lambda: len(uploaded_files(sc.log_records())) >= 5, timeout=30, what="some uploads")
     sc.kill()
-    first = set(uploaded_files(sc.log_records()))
-    committed = store.files()
-    assert len(first) < len(blobs), "all done before the kill: the test proves nothing"
+    committed = set(store.files())
+    assert len(committed) < len(blobs), "all done before the kill: the test proves nothing"
 
     again = sidecars({SAVE: "**:live"}, run_dir=sc.run_dir, replica="0")
     again.log_path = sc.log_path.with_name("sidecar-restarted.log")
@@ -275,10 +278,7 @@ def test_kill_9_then_restart_uploads_everything_without_resending(sidecars, stor
     for name, data in blobs.items():
         assert files[name].sha256 == sha(data)
     resent = set(uploaded_files(again.log_records()))
-    assert not resent & first, f"sent twice: {sorted(resent & first)}"
-    skipped = again.metric("runsync_skipped_bytes_total", reason="already_stored") + \
-        again.metric("runsync_skipped_bytes_total", reason="unchanged")
-    assert skipped >= sum(len(blobs[n]) for n in first if n not in committed)
+    assert not resent & committed, f"sent again though committed: {sorted(resent & committed)}"
     assert again.metric("runsync_uploaded_bytes_total", policy="live") == sum(len(blobs[n]) for n in resent)
 
 
