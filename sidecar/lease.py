@@ -7,7 +7,8 @@ can never both believe they hold it.
 
     restore-init of a new pod       acquire(wait): while the old holder is active and its
                                     heartbeat fresh (it is flushing), wait, bounded; an idle
-                                    holder owes nothing: taken at once. Then take the lease
+                                    holder owes nothing: taken if unchanged after IDLE_SETTLE
+                                    (it may be waking for its final flush). Then take the lease
                                     with epoch + 1, from the highest manifest number
     sidecar                         acquire (same holder: no wait), renew before each commit;
                                     while busy (uploads, commits owed, a flush, the end) every
