@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 from collections.abc import Callable
 
@@ -212,3 +213,45 @@ def precondition_failed(err: ClientError) -> bool:
     S3 spell it differently; the lease and run.json (runmeta) both ask here."""
     return err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412") or \
         err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412
+
+
+class Beating:
+    """Keeps a one-shot writer's lease (`runsync sync`) active while it uploads: renewed every
+    ttl/3 on a thread, as the sidecar's committer does while busy. Unnamed objects stay out of
+    gc's reach only while their replica's lease is held."""
+
+    def __init__(self, s3, layout: keys.Layout, held: Held):
+        self._s3, self._layout, self._held = s3, layout, held
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._error: Exception | None = None
+        self._thread = threading.Thread(target=self._beat, name="lease-beat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> Held:
+        """Stop beating; the lease as last renewed, or what a renewal met (`LeaseLost`: the
+        writer must not commit)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        with self._lock:
+            if self._error is not None:
+                raise self._error
+            return self._held
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._held.lease.ttl / 3):
+            try:
+                renewed = renew(self._s3, self._layout, self._held)
+            except (StoreError, ClientError, BotoCoreError) as err:
+                # LeaseLost ends the beat; a failed request is retried next beat (the ttl
+                # allows two misses), and the commit's own renewal decides in the end.
+                if isinstance(err, LeaseLost):
+                    with self._lock:
+                        self._error = err
+                    return
+                continue
+            with self._lock:
+                self._held = renewed

@@ -73,11 +73,8 @@ def _sync(s3, run_dir, layout, rules, ignore, clean, settings, hooks) -> SyncRep
     report.skipped += [(b.file.relpath, f"same stored name {b.name!r} as {a.file.relpath!r}")
                        for a, b in the_plan.collisions]
 
-    # The epoch our lease will have (a one-shot holder is always new): it names our keys.
-    current, _ = lease.read(s3, layout)
-    objects = keys.ObjectKeys(layout, (current.epoch if current else 0) + 1)
     changes: list[manifest.FileEntry] = []
-    to_upload: list[tuple[plan.Intent, transfer.Upload]] = []
+    to_upload: list[tuple[plan.Intent, transfer.Digest]] = []
     hashed: list[tuple[plan.Intent, transfer.Digest]] = []
     for intent, seen, previous in _look_all(the_plan.uploads, durable, settings, report):
         if previous is not None:  # touched, not changed: record the new mtime, upload nothing
@@ -85,11 +82,25 @@ def _sync(s3, run_dir, layout, rules, ignore, clean, settings, hooks) -> SyncRep
             report.unchanged += 1
             hashed.append((intent, dataclasses.replace(seen, sha256=previous.sha256)))
             continue
-        to_upload.append((intent, transfer.Upload(intent.file.path, objects.next(), seen)))
+        to_upload.append((intent, seen))
 
+    report.committed = durable
+    if to_upload or changes or durable is None or not durable.final:  # else no lease is needed
+        with _Writer(s3, layout) as writer:
+            _upload(s3, layout, to_upload, writer.objects, settings, hooks, report, changes, hashed)
+            if changes or durable is None or not durable.final:  # not when every upload failed
+                report.committed = writer.commit(durable, changes)
+    if clean:
+        report.cleaned = _clean(the_plan, hashed, report.committed)
+    return report
+
+
+def _upload(s3, layout, seen_files, objects: keys.ObjectKeys, settings, hooks, report: SyncReport,
+            changes: list, hashed: list) -> None:
+    to_upload = [(intent, transfer.Upload(intent.file.path, objects.next(), seen)) for intent, seen in seen_files]
     hooks.on_plan(len(to_upload), sum(u.digest.size for _, u in to_upload))
     by_path = {u.path: intent for intent, u in to_upload}
-    with transfer.Transfers(s3, store, settings) as transfers:
+    with transfer.Transfers(s3, layout.store, settings) as transfers:
         for up, err in transfers.upload((u for _, u in to_upload), hooks.on_bytes):
             intent = by_path[up.path]
             if err is not None:
@@ -103,14 +114,6 @@ def _sync(s3, run_dir, layout, rules, ignore, clean, settings, hooks) -> SyncRep
             changes.append(entry)
             report.uploaded.append(entry)
             hashed.append((intent, up.digest))
-
-    if changes or durable is None or not durable.final:
-        report.committed = _commit(s3, layout, durable, changes)
-    else:
-        report.committed = durable
-    if clean:
-        report.cleaned = _clean(the_plan, hashed, report.committed)
-    return report
 
 
 def _look_all(intents, durable, settings, report: SyncReport):
@@ -131,17 +134,45 @@ def _look_all(intents, durable, settings, report: SyncReport):
         return [r for r in pool.map(one, intents) if r is not None]
 
 
-def _commit(s3, layout, durable, changes) -> manifest.Manifest:
-    """Commit as a short-lived writer: take the replica's lease (a live sidecar keeps it, and
-    then this fails clearly), commit, release."""
-    holder = f"sync@{socket.gethostname()}:{os.getpid()}"
-    held = lease.acquire(s3, layout, holder, wait=0, max_seq=lambda: manifest.max_seq(s3, layout),
-                         take_live=False)
-    committed = manifest.commit_next(s3, layout, durable, changes, final=True, writer=holder,
-                                     epoch=held.lease.epoch, after=held.lease.took_over_from())
-    runmeta.Recorder(s3, layout, runmeta.Facts(writer=holder)).once(committed)  # under the lease
-    lease.renew(s3, layout, held, state="released")
-    return committed
+class _Writer:
+    """`sync` as a short-lived writer: take the replica's lease before the first byte goes (a
+    live sidecar keeps it, and then this fails clearly, having sent nothing), keep it beating
+    while uploading (gc leaves a held replica's unnamed objects alone), commit, release."""
+
+    def __init__(self, s3, layout: keys.Layout):
+        self._s3, self._layout = s3, layout
+        self.holder = f"sync@{socket.gethostname()}:{os.getpid()}"
+        self._committed = False
+
+    def __enter__(self) -> "_Writer":
+        held = lease.acquire(self._s3, self._layout, self.holder, wait=0,
+                             max_seq=lambda: manifest.max_seq(self._s3, self._layout), take_live=False)
+        self.objects = keys.ObjectKeys(self._layout, held.lease.epoch)  # our epoch names our keys
+        self._beating = lease.Beating(self._s3, self._layout, held)
+        self._beating.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._committed:
+            return
+        try:
+            held = self._beating.stop()
+        except lease.LeaseLost:
+            return
+        try:  # nothing committed (an error, or every upload failed): let a successor in at once
+            lease.renew(self._s3, self._layout, held, state="released")
+        except (StoreError, ClientError, BotoCoreError):
+            pass  # the first error is the one to report; the lease ages out in its ttl
+
+    def commit(self, durable, changes) -> manifest.Manifest:
+        s3, layout = self._s3, self._layout
+        held = lease.renew(s3, layout, self._beating.stop())  # LeaseLost: taken while uploading
+        committed = manifest.commit_next(s3, layout, durable, changes, final=True, writer=self.holder,
+                                         epoch=held.lease.epoch, after=held.lease.took_over_from())
+        runmeta.Recorder(s3, layout, runmeta.Facts(writer=self.holder)).once(committed)  # under the lease
+        lease.renew(s3, layout, held, state="released")
+        self._committed = True
+        return committed
 
 
 def _clean(the_plan: plan.SyncPlan, digests, committed: manifest.Manifest) -> list[str]:

@@ -110,3 +110,19 @@ def test_the_lease_beats_through_a_final_flush_longer_than_its_ttl(tmp_path, s3_
                    for line in result.stdout.splitlines() if line.startswith("{"))
     finally:
         old.stop()
+
+
+def test_a_one_shot_writer_keeps_its_lease_fresh_while_it_uploads(s3_client, s3_env):
+    """`runsync sync` holds the lease while it uploads (gc spares a held replica's objects no
+    commit names yet): the heartbeat moves on, and the last renewal is the one it commits with."""
+    layout = keys.Layout(keys.StoreURL.parse(s3_env["RUNSYNC_STORE"]), keys.RunPath.parse("team-a/proj/run-1"), "0")
+    held = lease.acquire(s3_client, layout, "sync@test", wait=0, max_seq=lambda: 0, ttl=0.9, take_live=False)
+    beating = lease.Beating(s3_client, layout, held)
+    beating.start()
+    try:
+        wait_for(lambda: lease_of(s3_client, s3_env).heartbeat > held.lease.heartbeat, what="a renewal")
+    finally:
+        last = beating.stop()
+    assert last.etag != held.etag
+    released = lease.renew(s3_client, layout, last, state="released")  # its ETag is the stored one
+    assert lease_of(s3_client, s3_env) == released.lease

@@ -214,3 +214,28 @@ def test_secret_never_printed(cli, s3_env, tmp_path):
                cli("ls", RUN, env={**s3_env, "AWS_SECRET_ACCESS_KEY": secret + "x"})]
     for result in results:
         assert secret not in result.stdout + result.stderr
+
+
+def test_a_sync_beside_a_live_writer_fails_before_it_uploads(cli, tmp_path, s3_client, bucket):
+    """A live sidecar holds the replica: `sync` says who, and sends nothing (its objects would
+    be named by no commit, and gc could take them before it committed)."""
+    files = make_run_dir(tmp_path)
+    lease_doc = {"holder": "pod-a", "epoch": 3, "heartbeat": time.time(), "state": "active",
+                 "ttl": 600.0, "epochs": [[3, 0]]}
+    s3_client.put_object(Bucket=bucket, Key=f"runs/{RUN}/0/lease.json", Body=json.dumps(lease_doc).encode())
+    result = cli("sync", str(tmp_path), "--run", RUN, "--ignore", IGNORE)
+    assert result.returncode != 0
+    assert "being written by pod-a" in result.stderr, result.stderr
+    assert objects(s3_client, bucket) == {}
+    assert {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()} == set(files)
+
+
+def test_sync_holds_the_lease_it_names_its_objects_by(cli, tmp_path, s3_client, bucket):
+    """Objects go under the epoch of the lease the sync took (objects/<epoch>/...), and the lease
+    is released after the commit."""
+    make_run_dir(tmp_path)
+    assert cli("sync", str(tmp_path), "--run", RUN, "--ignore", IGNORE).returncode == 0
+    lease_doc = json.loads(s3_client.get_object(Bucket=bucket, Key=f"runs/{RUN}/0/lease.json")["Body"].read())
+    assert lease_doc["state"] == "released" and lease_doc["holder"].startswith("sync@")
+    epochs = {key.split("/objects/")[1].split("/")[0] for key in objects(s3_client, bucket)}
+    assert epochs == {f"{lease_doc['epoch']:08d}"}
