@@ -1,7 +1,7 @@
 """A commit's cost against the replica's history (M manifests) and size (F files): issue 18.
 
     .venv/bin/python bench/history.py [--manifests 10,100,1000] [--files 1000,50000]
-                                      [--repeat 5] [--before TREE]
+                                      [--gc 100,1000] [--repeat 5] [--before TREE]
 
 One local SeaweedFS. For each M a replica is given M commits (each rewrites one of its ten files), then `--repeat`
 one-shot commits are measured as `runsync sync` makes them (the product's code: read the latest
@@ -10,7 +10,8 @@ commit. For each F a replica is given one commit of F files, then one commit of 
 file: the bytes that commit PUTs under manifests/ (and head.json). `--before TREE` (e.g. `git
 worktree add .before 0cd8527`) runs that code too, each measurement in its own process next to
 this code's, so both see the same load. Prints Markdown tables: numbers of one machine, not
-assertions.
+assertions. For each G (`--gc`), a run of GC_FILES files and G one-file commits after them, then
+`runsync gc --dry-run --keep 1 --min-age 0` as a process: wall time, peak RSS, requests by kind.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import time
 from pathlib import Path
 
 BUCKET = "bench-history"
+GC_FILES = 10_000
+"""The files of a G case's run: `runsync gc` judges G commits of a run this size."""
 
 
 def child(kind: str, size: int, repeat: int, prefix: str) -> dict:
@@ -59,6 +62,14 @@ def child(kind: str, size: int, repeat: int, prefix: str) -> dict:
 
     held = lease.acquire(s3, layout, "seed", wait=0, max_seq=lambda: manifest.max_seq(s3, layout))
     previous = None
+    if kind == "G":  # a base of GC_FILES files, then `size` commits of one changed file each
+        previous = manifest.commit_next(s3, layout, None, [entry(i) for i in range(GC_FILES)], final=False,
+                                        writer="seed", epoch=held.lease.epoch)
+        for i in range(size):
+            previous = manifest.commit_next(s3, layout, previous, [entry(i % GC_FILES, gen=i + 1)], final=False,
+                                            writer="seed", epoch=held.lease.epoch)
+        lease.renew(s3, layout, held, state="released")
+        return {}
     if kind == "M":
         for i in range(size):
             previous = manifest.commit_next(s3, layout, previous, [entry(i % 10, gen=i)], final=False,
@@ -88,6 +99,25 @@ def run(code: str, kind: str, size: int, repeat: int, env: dict) -> dict:
     if out.returncode:
         raise SystemExit(out.stderr[-3000:])
     res = json.loads(out.stdout.splitlines()[-1])
+    if kind == "G":  # `runsync gc --dry-run` of that run as a process: wall, peak RSS, requests
+        from runsync_testing import s3count
+
+        with tempfile.TemporaryDirectory(prefix="runsync-gc-") as tmp:
+            counts = Path(tmp) / "counts.json"
+            gc = [sys.executable, "-c", "import sys; from runsync.launch import main; sys.argv[0] = 'runsync'; sys.exit(main())",
+                  "gc", f"team-a/hist/G{size}", "--dry-run", "--keep", "1", "--min-age", "0"]
+            started = time.perf_counter()
+            child_env = {**env, **s3count.environ(counts, Path(tmp)), "RUNSYNC_STORE": f"s3://{BUCKET}/{prefix}"}
+            if code:
+                child_env["PYTHONPATH"] = f"{child_env['PYTHONPATH']}{os.pathsep}{code}"
+            with open(os.devnull, "wb") as sink:
+                child_ = subprocess.Popen(gc, env=child_env, stdout=sink)
+                _, status, usage = os.wait4(child_.pid, 0)
+            if os.waitstatus_to_exitcode(status):
+                raise SystemExit(f"runsync gc failed ({status})")
+            res = {"gc_s": time.perf_counter() - started, "gc_rss_mib": usage.ru_maxrss / 1024,
+                   "requests": s3count.read(counts)}
+        return res
     if kind == "F":  # `runsync ls` of that run: its wall time and peak RSS, as a process
         ls = [sys.executable, "-c", "import sys; from runsync.launch import main; sys.argv[0] = 'runsync'; sys.exit(main())",
               "ls", f"team-a/hist/F{size}"]
@@ -105,6 +135,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--manifests", default="10,100,1000")
     ap.add_argument("--files", default="1000,50000")
+    ap.add_argument("--gc", default="", help=f"commits (e.g. 100,1000) of a {GC_FILES:,}-file run for `runsync gc` to judge")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--before", type=Path, help="a checkout of the code to compare with (its repo root)")
     ap.add_argument("--child")
@@ -131,7 +162,8 @@ def main() -> None:
                 (link / "runsync").symlink_to(args.before.resolve() / "sidecar")
                 codes.insert(0, ("before", str(link)))
             rows = []
-            cases = [("M", int(m)) for m in args.manifests.split(",") if m] + [("F", int(f)) for f in args.files.split(",") if f]
+            cases = [("M", int(m)) for m in args.manifests.split(",") if m] + [("F", int(f)) for f in args.files.split(",") if f] + \
+                [("G", int(g)) for g in args.gc.split(",") if g]
             for kind, size in cases:
                 for label, code in codes:  # interleaved: before and after see the same load
                     res = run(code, kind, size, args.repeat, env)
@@ -142,9 +174,18 @@ def main() -> None:
               "| `runsync ls` (s) | its peak RSS (MiB) |")
         print("|---|---|---|---|---|---|---|")
         for kind, size, label, res in rows:
+            if kind == "G":
+                continue
             reqs = ", ".join(f"{k} {v:g}" for k, v in res["requests"].items())
             ls = f"{res['ls_s']:.2f} | {res['ls_rss_mib']:.0f}" if "ls_s" in res else " | "
             print(f"| {kind}={size} | {label} | {res['seconds'] * 1000:.0f} | {reqs} | {res['manifest_bytes']:.0f} | {ls} |")
+        gcs = [(size, label, res) for kind, size, label, res in rows if kind == "G"]
+        if gcs:
+            print(f"\n| commits of a {GC_FILES:,}-file run | code | `runsync gc --dry-run` (s) | peak RSS (MiB) | requests |")
+            print("|---|---|---|---|---|")
+            for size, label, res in gcs:
+                reqs = ", ".join(f"{k} {v:g}" for k, v in sorted(res["requests"].items()))
+                print(f"| {size} | {label} | {res['gc_s']:.2f} | {res['gc_rss_mib']:.0f} | {reqs} |")
     finally:
         server.stop()
 

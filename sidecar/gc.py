@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import head, keys, lease, manifest, retention
+from . import head, keys, lease, manifest, records, retention
 from .errors import InputError, StoreError
 from .logs import log
 
@@ -153,32 +152,45 @@ def _replica(s3, store, run, name, objects, now) -> retention.Replica:
         current, _ = lease.read(s3, layout)
     except StoreError as err:
         current, problems = None, [str(err)]
-    seqs = [(seq, o.key) for o in objects if (seq := layout.manifest_seq(o.key)) is not None]
-
-    def read(item):
-        seq, key = item
+    seqs = sorted((seq, o.key) for o in objects if (seq := layout.manifest_seq(o.key)) is not None)
+    commits = records.Replica(s3, layout, [seq for seq, _ in seqs])  # each record and base read once
+    versions = []
+    for seq, key in seqs:
         try:
-            m = manifest.read(s3, layout, seq)
+            m = commits.read(seq)  # resolved once here to find what cannot be read
         except StoreError as err:
-            return str(err)
+            problems.append(str(err))
+            continue
         if m is None:
-            return None  # deleted meanwhile (another gc): nothing to judge
+            continue  # deleted meanwhile (another gc): nothing to judge
         valid = current is None or m.epoch == current.owner_of(seq)
-        return retention.Version(seq, key, valid, names(m), frozenset(m.requires))
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        read_back = list(pool.map(read, seqs))
-    problems += [p for p in read_back if isinstance(p, str)]
-    versions = tuple(v for v in read_back if isinstance(v, retention.Version))
+        versions.append(retention.Version(seq, key, valid, _Names(commits, seq), frozenset(m.requires)))
     try:
         top = head.read(s3, layout)
     except (ClientError, BotoCoreError) as err:
         top, problems = None, problems + [f"head {layout.head_key} unreadable: {err}"]
     return retention.Replica(
         name=name, data_prefixes=(layout.objects_prefix, layout.files_prefix), manifests_prefix=layout.manifests_prefix,
-        objects=tuple(objects), versions=versions, unreadable=tuple(problems),
+        objects=tuple(objects), versions=tuple(versions), unreadable=tuple(problems),
         held=current is not None and current.alive(now), head=top.seq if top is not None else None,
     )
+
+
+class _Names:
+    """A commit's object keys, resolved again each time retention asks: held for every commit
+    at once they would take commits x files of memory (86,400 commits a day at one a second)."""
+
+    def __init__(self, commits: records.Replica, seq: int):
+        self._commits, self._seq = commits, seq
+
+    def _keys(self) -> frozenset[str]:
+        return names(self._commits.read(self._seq))
+
+    def __iter__(self):
+        return iter(self._keys())
+
+    def __sub__(self, other) -> frozenset[str]:
+        return self._keys() - other
 
 
 def _held(s3, layout: keys.Layout) -> bool:

@@ -94,16 +94,76 @@ def read(client, layout: keys.Layout, seq: int, owner: int | None = None) -> Man
         raise unreadable(source, err) from None
 
 
-def _resolve(client, layout: keys.Layout, seq: int, doc: dict) -> Manifest:
+class Replica:
+    """Every commit of a replica read at once, for `runsync gc`, which judges them all: each
+    record fetched once (in parallel) and each base's chunks once, then any commit resolved from
+    them on demand (resolving each with `read` re-reads its base and chain: O(commits x files))."""
+
+    def __init__(self, client, layout: keys.Layout, seqs):
+        self._client, self._layout = client, layout
+        self._bodies = dict(_fetch_bodies(client, layout, list(seqs)))
+        self._docs: dict[int, dict] = {}
+        self._bases: dict[int, tuple[dict[str, FileEntry], list[str]]] = {}
+
+    def read(self, seq: int, owner: int | None = None) -> Manifest | str | None:
+        """As `read`, from what was fetched (None: gone when it was fetched)."""
+        body = self._bodies.get(seq)
+        if body is None:
+            return None
+        source = f"s3://{self._layout.store.bucket}/{self._layout.manifest_key(seq)}"
+        try:
+            doc = self._doc(seq)
+        except ValueError as err:
+            raise unreadable(source, err) from None
+        if doc is None:  # format 1: one whole document
+            m = Manifest.from_json(body, self._layout, source)
+            return FENCED if owner is not None and m.epoch != owner else m
+        if owner is not None and doc.get("epoch") != owner:
+            return FENCED
+        try:
+            return _resolve(self._client, self._layout, seq, doc, self._fetched, self._base_files)
+        except (ValueError, KeyError, TypeError) as err:
+            raise unreadable(source, err) from None
+
+    def _doc(self, seq: int) -> dict | None:
+        if seq not in self._docs:
+            doc = json.loads(self._bodies[seq])
+            self._docs[seq] = doc if isinstance(doc, dict) and doc.get("format") == FORMAT else None
+        return self._docs[seq]
+
+    def _fetched(self, seqs: range) -> dict[int, dict]:
+        found = {}
+        for seq in seqs:
+            try:
+                doc = self._doc(seq) if seq in self._bodies and self._bodies[seq] is not None else None
+            except ValueError:
+                doc = None
+            if doc is not None:
+                found[seq] = doc
+        missing = [seq for seq in seqs if seq not in self._bodies]  # not listed: fetch as `read` would
+        found.update(_fetch(self._client, self._layout, missing) if missing else {})
+        return found
+
+    def _base_files(self, client, layout, doc: dict) -> tuple[dict[str, FileEntry], list[str]]:
+        seq = int(doc["seq"])
+        if seq not in self._bases:
+            self._bases[seq] = _base_files(client, layout, doc)
+        files, requires = self._bases[seq]
+        return dict(files), list(requires)  # the caller applies deltas to its own copy
+
+
+def _resolve(client, layout: keys.Layout, seq: int, doc: dict, fetch=None, base_files=None) -> Manifest:
+    fetch = fetch or (lambda seqs: _fetch(client, layout, seqs))
+    base_files = base_files or _base_files
     if int(doc["seq"]) != seq:
         raise ValueError(f"record says seq {doc['seq']}")
     if doc["kind"] == "base":
-        files, requires = _base_files(client, layout, doc)
+        files, requires = base_files(client, layout, doc)
         return _manifest(doc, files, checkpoints_from_doc(doc["checkpoints"]), seq, requires)
     if doc["kind"] != "delta":
         raise ValueError(f"kind {doc['kind']!r} is neither base nor delta")
     base = int(doc["base"])
-    fetched = _fetch(client, layout, range(base, seq))
+    fetched = fetch(range(base, seq))
     chain, current = [doc], doc
     while int(current["prev"]) != base:  # back along prev, which skips fenced-off numbers
         prev = int(current["prev"])
@@ -114,7 +174,7 @@ def _resolve(client, layout: keys.Layout, seq: int, doc: dict) -> Manifest:
     base_doc = fetched.get(base)
     if base_doc is None or base_doc.get("kind") != "base":
         raise ValueError(f"its base {base} is missing")
-    files, requires = _base_files(client, layout, base_doc)
+    files, requires = base_files(client, layout, base_doc)
     checkpoints = checkpoints_from_doc(base_doc["checkpoints"])
     for delta in reversed(chain):
         for name in delta["removed"]:
@@ -151,15 +211,20 @@ def _base_files(client, layout: keys.Layout, doc: dict) -> tuple[dict[str, FileE
     return files, [str(k) for k, _ in doc["chunks"]]
 
 
-def _fetch(client, layout: keys.Layout, seqs: range) -> dict[int, dict]:
+def _fetch(client, layout: keys.Layout, seqs) -> dict[int, dict]:
     """The records numbered `seqs` that are there, read in parallel (format 2 only)."""
-    def one(seq: int):
-        body = _get(client, layout, seq)
+    found = {}
+    for seq, body in _fetch_bodies(client, layout, seqs):
         doc = json.loads(body) if body is not None else None
-        return seq, doc if isinstance(doc, dict) and doc.get("format") == FORMAT else None
+        if isinstance(doc, dict) and doc.get("format") == FORMAT:
+            found[seq] = doc
+    return found
 
+
+def _fetch_bodies(client, layout: keys.Layout, seqs) -> list[tuple[int, bytes | None]]:
+    """(seq, the record's bytes or None if it is not there), read in parallel."""
     with ThreadPoolExecutor(max(1, min(_READERS, len(seqs))), thread_name_prefix="records") as pool:
-        return {seq: doc for seq, doc in pool.map(one, seqs) if doc is not None}
+        return list(pool.map(lambda seq: (seq, _get(client, layout, seq)), seqs))
 
 
 def _get(client, layout: keys.Layout, seq: int) -> bytes | None:

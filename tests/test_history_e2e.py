@@ -214,3 +214,17 @@ def test_gc_keeps_the_chain_a_kept_commit_needs(tmp_path, cli, store, monkeypatc
     restored = cli("restore", RUN, "--to", str(tmp_path / "out"))
     assert restored.returncode == 0, restored.stdout + restored.stderr
     assert tree(tmp_path / "out") == expected
+
+
+def test_gc_reads_each_record_and_each_base_once(tmp_path, cli, store, monkeypatch):
+    """gc judges every commit, but reads each record and each base's chunks once: resolving
+    every delta on its own re-read its base and chain (here 40 GETs; at a commit a second, a
+    day's history times the run's files)."""
+    layout, _ = _ten_commits(store, monkeypatch)
+    manifest_keys = [k for k in store.keys() if k.startswith(layout.manifests_prefix)]
+    assert len(manifest_keys) == 12  # 10 records, a chunk for each of the 2 bases
+    counts = tmp_path / "counts.json"
+    result = cli("gc", RUN, "--keep", "20", env={**cli.env, **s3count.environ(counts, tmp_path)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Besides the manifests: the lease (read when judging and again before deleting) and head.json.
+    assert s3count.read(counts)["GetObject"] <= len(manifest_keys) + 3, s3count.read(counts)
