@@ -76,8 +76,11 @@ def read(client, layout: keys.Layout, seq: int, owner: int | None = None) -> Man
     """Commit `seq` of either format, resolved to its whole listing; None if it is not there;
     FENCED, unresolved, if `owner` is given and another epoch wrote it."""
     body = _get(client, layout, seq)
-    if body is None:
-        return None
+    return None if body is None else _read(client, layout, seq, body, owner)
+
+
+def _read(client, layout: keys.Layout, seq: int, body: bytes, owner: int | None, fetch=None,
+          base_files=None) -> Manifest | str:
     source = f"s3://{layout.store.bucket}/{layout.manifest_key(seq)}"
     try:
         doc = json.loads(body)
@@ -89,7 +92,7 @@ def read(client, layout: keys.Layout, seq: int, owner: int | None = None) -> Man
     if owner is not None and doc.get("epoch") != owner:
         return FENCED  # its chain is never fetched
     try:
-        return _resolve(client, layout, seq, doc)
+        return _resolve(client, layout, seq, doc, fetch, base_files)
     except (ValueError, KeyError, TypeError) as err:
         raise unreadable(source, err) from None
 
@@ -110,20 +113,7 @@ class Replica:
         body = self._bodies.get(seq)
         if body is None:
             return None
-        source = f"s3://{self._layout.store.bucket}/{self._layout.manifest_key(seq)}"
-        try:
-            doc = self._doc(seq)
-        except ValueError as err:
-            raise unreadable(source, err) from None
-        if doc is None:  # format 1: one whole document
-            m = Manifest.from_json(body, self._layout, source)
-            return FENCED if owner is not None and m.epoch != owner else m
-        if owner is not None and doc.get("epoch") != owner:
-            return FENCED
-        try:
-            return _resolve(self._client, self._layout, seq, doc, self._fetched, self._base_files)
-        except (ValueError, KeyError, TypeError) as err:
-            raise unreadable(source, err) from None
+        return _read(self._client, self._layout, seq, body, owner, self._fetched, self._base_files)
 
     def _doc(self, seq: int) -> dict | None:
         if seq not in self._docs:
