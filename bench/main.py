@@ -110,8 +110,9 @@ def main() -> None:
     ap.add_argument("--latency-count", type=int, default=None, help="checkpoints per size (default 50; 1 GiB: 10)")
     ap.add_argument("--idle-files", type=int, default=None)
     ap.add_argument("--sets", default="", help="comma-separated data sets to run (default: all), e.g. '1000 x 1 MiB'")
-    ap.add_argument("--only", choices=["upload", "latency"], help="upload: uploads and close-to-durable only "
-                    "(no downloads, idle sidecar or admission); latency: close-to-durable only")
+    ap.add_argument("--only", choices=["upload", "latency", "checkpoints"], help="upload: uploads and "
+                    "close-to-durable only (no downloads, idle sidecar or admission); latency: close-to-durable "
+                    "only; checkpoints: the s3torchconnector comparison only")
     ap.add_argument("--before", type=Path, help="a checkout of older code (its repo root): its runsync "
                     "tools run too, each next to this code's, and close-to-durable is measured for both")
     args = ap.parse_args()
@@ -130,8 +131,9 @@ def main() -> None:
         chosen = [x for t in chosen for x in ((tools.Before(t, args.before, tmp / "before"), t)
                                              if t.name in tools.RUNSYNC else (t,))]
     upload_only = args.only in ("upload", "latency")
-    if args.only == "latency":
+    if args.only in ("latency", "checkpoints"):
         chosen = []
+    checkpoints_only = args.only == "checkpoints"
 
     def log(msg: str) -> None:
         print(f"[{time.time() - started:7.1f}s] {msg}", flush=True)
@@ -156,14 +158,15 @@ def main() -> None:
         lat = []
         codes = [("", env)] + ([("before", tools.Before(tools.ALL[0], args.before, tmp / "before").env(env))]
                                if args.before else [])
-        for size, count in ((MiB, 3 if smoke else 50), (4 * MiB if smoke else 1024 * MiB, 3 if smoke else 10)):
+        for size, count in () if checkpoints_only else \
+                ((MiB, 3 if smoke else 50), (4 * MiB if smoke else 1024 * MiB, 3 if smoke else 10)):
             for label, code_env in codes:
                 lat.append({"code": label or "this", **latency.close_to_durable(
                     code_env, "bench-latency", size, args.latency_count or count)})
                 log(f"close-to-durable {json.dumps(lat[-1])}")
         tools.drop_bucket(s3, "bench-latency")
-        idle = admission = "not measured (--only upload)"
-        if not upload_only:
+        idle = admission = f"not measured (--only {args.only})"
+        if not upload_only and not checkpoints_only:
             s3.create_bucket(Bucket="bench-idle")
             idle = standing.idle(server, args.idle_files or (300 if smoke else 100_000), 3 if smoke else 60, "bench-idle")
             log(f"idle sidecar {json.dumps(idle)}")
