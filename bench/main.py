@@ -134,6 +134,9 @@ def main() -> None:
     if args.only in ("latency", "checkpoints"):
         chosen = []
     checkpoints_only = args.only == "checkpoints"
+    if checkpoints_only and not torch_peer:
+        raise SystemExit(f"--only checkpoints: {checkpoint.NAME} is not installed or not chosen; fix: "
+                         "pip install -e '.[bench]' (or drop --tools)")
 
     def log(msg: str) -> None:
         print(f"[{time.time() - started:7.1f}s] {msg}", flush=True)

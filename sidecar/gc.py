@@ -110,7 +110,10 @@ def decide(s3, store: keys.StoreURL, run: keys.RunPath, policy: retention.Policy
         return RunResult(run, retention.Decision(drops=drops), why, newest, seen, idle)
     decision = retention.Decision()
     for r in replicas:
-        d = retention.replica(r, policy, now)
+        try:
+            d = retention.replica(r, policy, now)  # may resolve commits again (`_Names`): S3 can fail
+        except (StoreError, ClientError, BotoCoreError) as err:
+            d = retention.Decision(problems=[f"replica {r.name} left alone: {err}"])
         decision.drops.extend(d.drops)
         decision.problems.extend(d.problems)
         decision.kept_manifests += d.kept_manifests
@@ -154,7 +157,7 @@ def _replica(s3, store, run, name, objects, now) -> retention.Replica:
         current, problems = None, [str(err)]
     seqs = sorted((seq, o.key) for o in objects if (seq := layout.manifest_seq(o.key)) is not None)
     commits = records.Replica(s3, layout, [seq for seq, _ in seqs])  # each record and base read once
-    versions = []
+    versions, bases = [], set()
     for seq, key in seqs:
         try:
             m = commits.read(seq)  # resolved once here to find what cannot be read
@@ -164,7 +167,14 @@ def _replica(s3, store, run, name, objects, now) -> retention.Replica:
         if m is None:
             continue  # deleted meanwhile (another gc): nothing to judge
         valid = current is None or m.epoch == current.owner_of(seq)
-        versions.append(retention.Version(seq, key, valid, _Names(commits, seq), frozenset(m.requires)))
+        whole = not m.requires  # its listing is all in its record (format 1, a small base): keep its names
+        versions.append(retention.Version(seq, key, valid, names(m) if whole else _Names(commits, seq),
+                                          frozenset(m.requires)))
+        if m.base != seq:
+            bases.add(m.base)  # a delta's: its chain reads it again
+    for v in versions:
+        if isinstance(v.names, frozenset) and v.seq not in bases:
+            commits.forget(v.seq)
     try:
         top = head.read(s3, layout)
     except (ClientError, BotoCoreError) as err:

@@ -198,7 +198,9 @@ def renew(s3, layout: keys.Layout, held: Held, clock: Callable[[], float] = time
                             ContentType="application/json", IfMatch=held.etag)
     except ClientError as err:
         if precondition_failed(err):
-            current, _ = read(s3, layout)
+            current, etag = read(s3, layout)
+            if current == new:  # our own PUT landed, its reply was lost, and botocore's retry met it
+                return Held(new, etag)
             who = f"{current.holder} (epoch {current.epoch})" if current else "nobody"
             raise LeaseLost(f"the lease of {layout.run} replica {layout.replica} was taken by {who}; "
                             f"this writer (epoch {held.lease.epoch}) stops committing") from None

@@ -17,6 +17,7 @@ or on the first commit after a format-1 manifest: a reader fetches at most the b
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import secrets
@@ -99,14 +100,18 @@ def _read(client, layout: keys.Layout, seq: int, body: bytes, owner: int | None,
 
 class Replica:
     """Every commit of a replica read at once, for `runsync gc`, which judges them all: each
-    record fetched once (in parallel) and each base's chunks once, then any commit resolved from
-    them on demand (resolving each with `read` re-reads its base and chain: O(commits x files))."""
+    record fetched once (in parallel), then any commit resolved from what was fetched, on demand
+    (resolving each with `read` re-reads its base and chain: O(commits x files) GETs). Only the
+    last few chunked bases are kept parsed (gc resolves in number order, and each base's listing
+    is the size of the run). One thread at a time."""
+
+    _BASES = 2
 
     def __init__(self, client, layout: keys.Layout, seqs):
         self._client, self._layout = client, layout
-        self._bodies = dict(_fetch_bodies(client, layout, list(seqs)))
-        self._docs: dict[int, dict] = {}
-        self._bases: dict[int, tuple[dict[str, FileEntry], list[str]]] = {}
+        self._bodies: dict[int, bytes | None] = dict(_fetch_bodies(client, layout, list(seqs)))
+        self._docs: dict[int, dict | None] = {}
+        self._bases: collections.OrderedDict[int, tuple[dict[str, FileEntry], list[str]]] = collections.OrderedDict()
 
     def read(self, seq: int, owner: int | None = None) -> Manifest | str | None:
         """As `read`, from what was fetched (None: gone when it was fetched)."""
@@ -115,29 +120,36 @@ class Replica:
             return None
         return _read(self._client, self._layout, seq, body, owner, self._fetched, self._base_files)
 
-    def _doc(self, seq: int) -> dict | None:
-        if seq not in self._docs:
-            doc = json.loads(self._bodies[seq])
-            self._docs[seq] = doc if isinstance(doc, dict) and doc.get("format") == FORMAT else None
-        return self._docs[seq]
+    def forget(self, seq: int) -> None:
+        """Drop what was fetched of `seq` (its caller keeps what it needs; a chain that needs
+        it after all fetches it again)."""
+        self._bodies.pop(seq, None)
+        self._docs.pop(seq, None)
 
     def _fetched(self, seqs: range) -> dict[int, dict]:
+        missing = [seq for seq in seqs if seq not in self._bodies]  # not listed (a hole), or forgotten
+        self._bodies.update(_fetch_bodies(self._client, self._layout, missing) if missing else ())
         found = {}
         for seq in seqs:
-            try:
-                doc = self._doc(seq) if seq in self._bodies and self._bodies[seq] is not None else None
-            except ValueError:
-                doc = None
-            if doc is not None:
-                found[seq] = doc
-        missing = [seq for seq in seqs if seq not in self._bodies]  # not listed: fetch as `read` would
-        found.update(_fetch(self._client, self._layout, missing) if missing else {})
+            if seq not in self._docs and self._bodies.get(seq) is not None:
+                try:
+                    doc = json.loads(self._bodies[seq])
+                except ValueError:
+                    doc = None  # the chain that needs it says it is broken
+                self._docs[seq] = doc if isinstance(doc, dict) and doc.get("format") == FORMAT else None
+            if self._docs.get(seq) is not None:
+                found[seq] = self._docs[seq]
         return found
 
     def _base_files(self, client, layout, doc: dict) -> tuple[dict[str, FileEntry], list[str]]:
+        if not doc["chunks"]:
+            return _base_files(client, layout, doc)  # its listing is in its record: nothing to fetch
         seq = int(doc["seq"])
         if seq not in self._bases:
             self._bases[seq] = _base_files(client, layout, doc)
+            while len(self._bases) > self._BASES:
+                self._bases.popitem(last=False)
+        self._bases.move_to_end(seq)
         files, requires = self._bases[seq]
         return dict(files), list(requires)  # the caller applies deltas to its own copy
 

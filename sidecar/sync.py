@@ -143,6 +143,8 @@ class _Writer:
         self._s3, self._layout = s3, layout
         self.holder = f"sync@{socket.gethostname()}:{os.getpid()}"
         self._committed = False
+        self._held: lease.Held | None = None
+        """The lease as last renewed here, once the beat has stopped."""
 
     def __enter__(self) -> "_Writer":
         held = lease.acquire(self._s3, self._layout, self.holder, wait=0,
@@ -156,7 +158,7 @@ class _Writer:
         if self._committed:
             return
         try:
-            held = self._beating.stop()
+            held = self._held or self._beating.stop()
         except lease.LeaseLost:
             return
         try:  # nothing committed (an error, or every upload failed): let a successor in at once
@@ -166,12 +168,21 @@ class _Writer:
 
     def commit(self, durable, changes) -> manifest.Manifest:
         s3, layout = self._s3, self._layout
-        held = lease.renew(s3, layout, self._beating.stop())  # LeaseLost: taken while uploading
+        self._held = held = lease.renew(s3, layout, self._beating.stop())  # LeaseLost: taken while uploading
+        after = held.lease.took_over_from()
+        if after is not None and after > (durable.seq if durable is not None else 0):
+            # Someone committed between our read and our lease (a sidecar's final flush): build on
+            # that, not on what we read, or its last changes would vanish from the latest commit.
+            durable = manifest.latest(s3, layout)
         committed = manifest.commit_next(s3, layout, durable, changes, final=True, writer=self.holder,
-                                         epoch=held.lease.epoch, after=held.lease.took_over_from())
+                                         epoch=held.lease.epoch, after=after)
         runmeta.Recorder(s3, layout, runmeta.Facts(writer=self.holder)).once(committed)  # under the lease
-        lease.renew(s3, layout, held, state="released")
-        self._committed = True
+        self._committed = True  # whatever the release does: the commit holds
+        try:
+            lease.renew(s3, layout, held, state="released")
+        except (StoreError, ClientError, BotoCoreError) as err:
+            log.warning("lease not released; it ages out", extra={"fields": {
+                "key": layout.lease_key, "ttl_s": held.lease.ttl, "error": str(err)}})
         return committed
 
 

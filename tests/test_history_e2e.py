@@ -220,11 +220,18 @@ def test_gc_reads_each_record_and_each_base_once(tmp_path, cli, store, monkeypat
     """gc judges every commit, but reads each record and each base's chunks once: resolving
     every delta on its own re-read its base and chain (here 40 GETs; at a commit a second, a
     day's history times the run's files)."""
+    import json
+
     layout, _ = _ten_commits(store, monkeypatch)
     manifest_keys = [k for k in store.keys() if k.startswith(layout.manifests_prefix)]
     assert len(manifest_keys) == 12  # 10 records, a chunk for each of the 2 bases
     counts = tmp_path / "counts.json"
-    result = cli("gc", RUN, "--keep", "20", env={**cli.env, **s3count.environ(counts, tmp_path)})
+    result = cli("gc", RUN, "--keep", "1", "--min-age", "0", "--dry-run", "--json",
+                 env={**cli.env, **s3count.environ(counts, tmp_path)})
     assert result.returncode == 0, result.stdout + result.stderr
     # Besides the manifests: the lease (read when judging and again before deleting) and head.json.
     assert s3count.read(counts)["GetObject"] <= len(manifest_keys) + 3, s3count.read(counts)
+    # and it still judges each one: the first base, its deltas and its chunk would go
+    going = {d["key"] for d in json.loads(result.stdout)["deleted"] if d["kind"] == "manifest"}
+    first = layout.manifests_prefix + "000000000001.base/"
+    assert {layout.manifest_key(s) for s in range(1, 6)} | {k for k in manifest_keys if k.startswith(first)} == going
