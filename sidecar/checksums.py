@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import functools
+from collections.abc import Iterable
 
 MiB = 1024 * 1024
 PART_SIZE = 16 * MiB
@@ -54,3 +55,12 @@ def part_range(index: int, size: int, part_size: int) -> tuple[int, int]:
     """(offset, length) of part `index` of a `size`-byte file."""
     offset = index * part_size
     return offset, min(part_size, size - offset)
+
+
+def whole(crcs: Iterable[str], size: int, part_size: int) -> int:
+    """The CRC64NVME of a whole `size`-byte file from its part CRCs (S3's full-object checksum of
+    a multipart object whose parts are these)."""
+    total = 0
+    for i, crc in enumerate(crcs):
+        total = combine(total, decode(crc), part_range(i, size, part_size)[1])
+    return total
