@@ -235,9 +235,12 @@ class Committer:
             self.post(messages.Committed(None, str(err) or type(err).__name__, names, removed, tokens))
             return
         self.post(messages.Committed(result, "", names, removed, tokens))
-        # After the post, so a flush never waits on them: head.json (a hint, readers probe past a
-        # stale one; written before the next commit, on this thread) and the metadata.
+        # After the post, so a flush never waits on them, and before the next commit (this
+        # thread): head.json (a hint: readers probe past a stale one), the local copy of the
+        # manifest (a hint: the store's latest, read at start, replaces it; the whole listing's
+        # JSON at 100,000 files) and the metadata.
         head.write(self.s3, self.layout, result.seq, result.epoch)
+        self.state.cache_manifest(result)
         if self.meta is not None:
             self.meta.committed(result)
 
@@ -265,7 +268,8 @@ class Committer:
         except Exception as err:  # noqa: BLE001 - botocore errors
             raise transfer.describe(err, self.layout.store, self.s3) from None
         self.slowest = max(self.slowest, time.monotonic() - started)
-        self.state.cache_manifest(m)
+        if final:  # else after the commit's answer (_commit_and_post)
+            self.state.cache_manifest(m)
         return m
 
     def _heartbeat(self, state: str = "active") -> None:
