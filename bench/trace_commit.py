@@ -8,6 +8,10 @@ print one timeline per checkpoint, in ms since the close, as JSON lines. Wrappin
 microseconds per step; the steps themselves are the sidecar's own code.
 
     .venv/bin/python bench/trace_commit.py --size 1024 --count 3
+    PYTHONPATH=<dir with a `runsync` symlink to an older tree's sidecar/> .venv/bin/python bench/trace_commit.py
+
+`after_upload_ms`: from the worker's end (the upload, its digests and checks done) to the commit
+the loop has applied.
 """
 
 from __future__ import annotations
@@ -118,8 +122,10 @@ def main() -> None:
             took = time.perf_counter() - t0
             with _lock:
                 steps = [(round((t - t0) * 1000, 1), what) for t, what in _events]
+            uploaded = max((t for t, what in steps if what == "worker end"), default=0.0)
             print(json.dumps({"size_MiB": args.size, "i": i, "close_to_durable_ms": round(took * 1000, 1),
-                              "load": os.getloadavg()[0], "steps": steps}), flush=True)
+                              "after_upload_ms": round(took * 1000 - uploaded, 1), "load": os.getloadavg()[0],
+                              "steps": steps}), flush=True)
             (run_dir / name).unlink()  # its mirrored removal is waited for, not timed
             while engine.books.durable and name in engine.books.durable.files:
                 time.sleep(0.05)
