@@ -3,8 +3,10 @@
 A sidecar watches a run dir; the trainer's stand-in writes `ckpt-<i>.pt` (fresh bytes), closes it,
 and polls the sidecar's status until a new manifest is durable and nothing is pending. The same
 bytes uploaded by boto3's transfer manager alone give the transfer's own time, so the difference
-is what runsync adds (event, hash, commit). Checkpoints are spaced past the commit batching interval,
-as a trainer's are.
+is what runsync adds (event, hash, commit). A multipart-sized checkpoint is also sent through the
+sidecar's own uploader alone (the CRT, CRC64NVME per part, `runsync.crt`), so what runsync adds
+beside its transfer is told apart from the uploader's speed (`crt_p50_ms`, `overhead_vs_crt_p50_ms`).
+Checkpoints are spaced past the commit batching interval, as a trainer's are.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ def close_to_durable(env: dict[str, str], bucket: str, size: int, count: int) ->
         run_dir.mkdir()
         car = Sidecar(run_dir, {**env, contract.ENV_STORE: f"s3://{bucket}/latency-{size}"},
                       {contract.SAVE: "ckpt-*.pt:live"}, Path(work), run="bench/p/latency").start()
-        durable, raw = [], []
+        durable, raw, alone = [], [], []
+        crt_manager = _crt_manager(env) if size >= MULTIPART else None
         try:
             for i in range(count):
                 path = run_dir / f"ckpt-{i:03d}.pt"
@@ -58,12 +61,45 @@ def close_to_durable(env: dict[str, str], bucket: str, size: int, count: int) ->
                 t0 = time.perf_counter()
                 s3.upload_file(str(path), bucket, f"raw-{size}/{i}")
                 raw.append(time.perf_counter() - t0)
+                if crt_manager is not None:
+                    t0 = time.perf_counter()
+                    crt_manager.upload(str(path), bucket, f"crt-{size}/{i}",
+                                       extra_args={"ChecksumAlgorithm": "CRC64NVME"}).result()
+                    alone.append(time.perf_counter() - t0)
                 path.unlink()  # keep the disk small; the mirrored deletion is waited for, not timed
                 while car.status()["durable_files"]:
                     time.sleep(0.05)
         finally:
             car.stop()
-    return {"size_MiB": size / MiB, "count": count,
-            "p50_ms": round(percentile(durable, 0.5) * 1000, 1), "p99_ms": round(percentile(durable, 0.99) * 1000, 1),
-            "transfer_p50_ms": round(statistics.median(raw) * 1000, 1),
-            "overhead_p50_ms": round((statistics.median(durable) - statistics.median(raw)) * 1000, 1)}
+            if crt_manager is not None:
+                crt_manager.shutdown()
+    result = {"size_MiB": size / MiB, "count": count,
+              "p50_ms": round(percentile(durable, 0.5) * 1000, 1), "p99_ms": round(percentile(durable, 0.99) * 1000, 1),
+              "transfer_p50_ms": round(statistics.median(raw) * 1000, 1),
+              "overhead_p50_ms": round((statistics.median(durable) - statistics.median(raw)) * 1000, 1)}
+    if alone:
+        result |= {"crt_p50_ms": round(statistics.median(alone) * 1000, 1),
+                   "overhead_vs_crt_p50_ms": round((statistics.median(durable) - statistics.median(alone)) * 1000, 1)}
+    return result
+
+
+MULTIPART = 16 * MiB
+"""The sidecar's multipart threshold: from this size its uploads go through the CRT."""
+
+
+def _crt_manager(env: dict[str, str]):
+    """The sidecar's CRT uploader on the bench's server (None when awscrt is not installed)."""
+    from runsync import crt, transfer
+
+    if not crt.available():
+        return None
+    saved = {k: os.environ.get(k) for k in env if k.startswith("AWS_")}
+    os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
+    try:
+        return crt.manager(transfer.client(), MULTIPART, env["AWS_ENDPOINT_URL_S3"])
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -107,7 +107,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=None)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     ap.add_argument("--tools", default="", help="comma-separated tool names to run (default: all installed)")
-    ap.add_argument("--latency-count", type=int, default=None, help="checkpoints per size (default 50; 1 GiB: 10)")
+    ap.add_argument("--latency-count", default=None, help="checkpoints per size (default 50; 1 GiB: 10), or "
+                    "two numbers, 1 MiB's and 1 GiB's: '20,5'")
     ap.add_argument("--idle-files", type=int, default=None)
     ap.add_argument("--sets", default="", help="comma-separated data sets to run (default: all), e.g. '1000 x 1 MiB'")
     ap.add_argument("--only", choices=["upload", "latency", "checkpoints"], help="upload: uploads and "
@@ -161,11 +162,14 @@ def main() -> None:
         lat = []
         codes = [("", env)] + ([("before", tools.Before(tools.ALL[0], args.before, tmp / "before").env(env))]
                                if args.before else [])
-        for size, count in () if checkpoints_only else \
-                ((MiB, 3 if smoke else 50), (4 * MiB if smoke else 1024 * MiB, 3 if smoke else 10)):
+        counts = [int(n) for n in args.latency_count.split(",")] if args.latency_count else []
+        sizes = () if checkpoints_only else \
+            ((MiB, 3 if smoke else 50), (4 * MiB if smoke else 1024 * MiB, 3 if smoke else 10))
+        for k, (size, count) in enumerate(sizes):
+            count = counts[min(k, len(counts) - 1)] if counts else count
             for label, code_env in codes:
                 lat.append({"code": label or "this", **latency.close_to_durable(
-                    code_env, "bench-latency", size, args.latency_count or count)})
+                    code_env, "bench-latency", size, count)})
                 log(f"close-to-durable {json.dumps(lat[-1])}")
         tools.drop_bucket(s3, "bench-latency")
         idle = admission = f"not measured (--only {args.only})"
@@ -189,10 +193,11 @@ def main() -> None:
             f"Not installed: {', '.join(missing) or 'none'}.",
             "## Throughput and CPU\n\n" + report.markdown(summary),
             "## Close-to-durable under `live`\n\n" + ("| code " if args.before else "") + "| size MiB | n | p50 ms | "
-            "p99 ms | transfer alone p50 ms | overhead p50 ms |\n" + ("|---" if args.before else "") + "|---|---|---|---|"
-            "---|---|\n" + "\n".join(
+            "p99 ms | transfer alone p50 ms | overhead p50 ms | CRT alone p50 ms | overhead vs CRT p50 ms |\n"
+            + ("|---" if args.before else "") + "|---|---|---|---|---|---|---|---|\n" + "\n".join(
                 (f"| {x['code']} " if args.before else "") + f"| {x['size_MiB']:g} | {x['count']} | {x['p50_ms']} | "
-                f"{x['p99_ms']} | {x['transfer_p50_ms']} | {x['overhead_p50_ms']} |" for x in lat),
+                f"{x['p99_ms']} | {x['transfer_p50_ms']} | {x['overhead_p50_ms']} | {x.get('crt_p50_ms', '-')} | "
+                f"{x.get('overhead_vs_crt_p50_ms', '-')} |" for x in lat),
             "## Idle sidecar\n\n```\n" + json.dumps(idle, indent=1) + "\n```",
             "## Admission\n\n```\n" + json.dumps(admission, indent=1) + "\n```\n",
         ] + (["## Checkpoints against s3torchconnector\n\nsave: the connector's writer vs the trainer's local "

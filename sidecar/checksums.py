@@ -6,14 +6,14 @@ in parallel and checks each one as it lands, so no second pass over the file is 
 entry's SHA-256 stays the whole-file digest of what was committed. CRC64NVME is computed by the
 AWS CRT in native code (about 5x SHA-256's speed here), and S3 checks the same algorithm itself.
 Parts of an entry: consecutive, from offset 0, each `part_size` bytes but the last (shorter,
-never empty); an empty file has no part.
+never empty); an empty file has no part. A file's digests are read in one place: `hashing`.
 """
 
 from __future__ import annotations
 
 import base64
 import functools
-import os
+from collections.abc import Iterable
 
 MiB = 1024 * 1024
 PART_SIZE = 16 * MiB
@@ -57,17 +57,10 @@ def part_range(index: int, size: int, part_size: int) -> tuple[int, int]:
     return offset, min(part_size, size - offset)
 
 
-def of_fd(fd: int, size: int, part_size: int = PART_SIZE, block: int = 4 * MiB) -> tuple[str, ...]:
-    """The part CRCs of the first `size` bytes of `fd`, read with pread (the offset is untouched)."""
-    crcs = []
-    for i in range(part_count(size, part_size)):
-        offset, length = part_range(i, size, part_size)
-        crc, done = 0, 0
-        while done < length:
-            chunk = os.pread(fd, min(block, length - done), offset + done)
-            if not chunk:
-                raise EOFError(f"file shorter than {size} bytes")
-            crc = crc64nvme(chunk, crc)
-            done += len(chunk)
-        crcs.append(encode(crc))
-    return tuple(crcs)
+def whole(crcs: Iterable[str], size: int, part_size: int) -> int:
+    """The CRC64NVME of a whole `size`-byte file from its part CRCs (S3's full-object checksum of
+    a multipart object whose parts are these)."""
+    total = 0
+    for i, crc in enumerate(crcs):
+        total = combine(total, decode(crc), part_range(i, size, part_size)[1])
+    return total

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from . import keys, lease, ledger, manifest, messages, runmeta, statedir, transfer
+from . import head, keys, lease, ledger, manifest, messages, runmeta, statedir, transfer
 from .errors import StoreError
 from .logs import log
 from .metrics import Metrics
@@ -61,6 +61,8 @@ class Committer:
         """The last renewal met an outage: the next comes after ttl/3, even when idle."""
         self._stopped = threading.Event()
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="commit")
+        self._beside = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="commit-record")
+        """A commit's record PUT, beside its lease renewal on `_thread` (`_commit`)."""
         self.slowest = 0.0
         """Seconds the slowest commit took (the final flush keeps time for one)."""
         self.markers: tuple = ()
@@ -199,6 +201,7 @@ class Committer:
     def shutdown(self) -> None:
         self._stopped.set()
         self._thread.shutdown(wait=False)
+        self._beside.shutdown(wait=False)
 
     # ------------------------------------------------------------------ on the committer's thread
 
@@ -228,20 +231,35 @@ class Committer:
     def _commit_and_post(self, durable, names, removed, tokens) -> None:
         try:
             result = self._commit(durable, names, removed, False)
-            self.post(messages.Committed(result, "", names, removed, tokens))
-            if self.meta is not None:  # after the post: a flush never waits on metadata
-                self.meta.committed(result)
         except Exception as err:  # noqa: BLE001 - the loop retries
             self.post(messages.Committed(None, str(err) or type(err).__name__, names, removed, tokens))
+            return
+        self.post(messages.Committed(result, "", names, removed, tokens))
+        # After the post, so a flush never waits on them, and before the next commit (this
+        # thread): head.json (a hint: readers probe past a stale one), the local copy of the
+        # manifest (a hint: the store's latest, read at start, replaces it; the whole listing's
+        # JSON at 100,000 files) and the metadata.
+        head.write(self.s3, self.layout, result.seq, result.epoch)
+        self.state.cache_manifest(result)
+        if self.meta is not None:
+            self.meta.committed(result)
 
     def _commit(self, durable, names, removed, final) -> manifest.Manifest:
-        """Renew the lease (proof that we still hold it), then commit under its epoch."""
+        """Commit under the lease's epoch while renewing the lease (the proof that we still hold
+        it): both requests at once, one round trip instead of two. The commit counts only if the
+        renewal succeeds; a record written while a successor took over is skipped by readers
+        (its epoch no longer owns that number), as with a renewal first."""
         started = time.monotonic()
         try:
-            self._held = lease.renew(self.s3, self.layout, self._held)
-            m = manifest.commit_next(self.s3, self.layout, durable, names.values(), final=final,
-                                     writer=self.writer, epoch=self._held.lease.epoch, removed=removed,
-                                     markers=self.markers, after=self._held.lease.took_over_from())
+            record = self._beside.submit(
+                manifest.commit_next, self.s3, self.layout, durable, names.values(), final=final,
+                writer=self.writer, epoch=self._held.lease.epoch, removed=removed, markers=self.markers,
+                after=self._held.lease.took_over_from(), write_head=final)
+            try:
+                self._held = lease.renew(self.s3, self.layout, self._held)
+            finally:
+                concurrent.futures.wait([record])  # no record PUT left running behind this commit
+            m = record.result()
         except lease.LeaseLost:
             self._fenced = True
             raise
@@ -250,7 +268,8 @@ class Committer:
         except Exception as err:  # noqa: BLE001 - botocore errors
             raise transfer.describe(err, self.layout.store, self.s3) from None
         self.slowest = max(self.slowest, time.monotonic() - started)
-        self.state.cache_manifest(m)
+        if final:  # else after the commit's answer (_commit_and_post)
+            self.state.cache_manifest(m)
         return m
 
     def _heartbeat(self, state: str = "active") -> None:

@@ -294,9 +294,11 @@ def commit(
     epoch: int = 0,
     seq: int | None = None,
     markers: tuple = DEFAULT_MARKERS,
+    write_head: bool = True,
 ) -> Manifest:
     """Commit `previous`'s files, less `removed`, updated by `changes` (all durable), as the
-    next manifest; checkpoint dirs (a file matching `markers` in them) stay whole (`settle`)."""
+    next manifest; checkpoint dirs (a file matching `markers` in them) stay whole (`settle`).
+    `write_head=False`: the caller writes head.json itself (the sidecar: after the commit's answer)."""
     files, checkpoints = settle(previous, list(changes), set(removed), markers)
     manifest = Manifest(
         run=str(layout.run), replica=layout.replica,
@@ -319,7 +321,8 @@ def commit(
             raise CommitConflict(f"manifest {manifest.seq} of {layout.run} replica "
                                  f"{layout.replica} was committed by another writer") from None
         raise
-    head.write(client, layout, manifest.seq, epoch)
+    if write_head:
+        head.write(client, layout, manifest.seq, epoch)
     return manifest
 
 
@@ -350,6 +353,7 @@ def commit_next(
     attempts: int = 5,
     markers: tuple = DEFAULT_MARKERS,
     after: int | None = None,
+    write_head: bool = True,
 ) -> Manifest:
     """Commit on top of `durable` under the next free number; on a conflict, merge onto the
     latest valid manifest and try the next number. `after`: the highest number written when the
@@ -363,7 +367,7 @@ def commit_next(
     for _ in range(attempts):
         try:
             return commit(client, layout, durable, changes, final, writer, removed=removed, epoch=epoch,
-                          seq=seq or max_seq(client, layout) + 1, markers=markers)
+                          seq=seq or max_seq(client, layout) + 1, markers=markers, write_head=write_head)
         except CommitConflict:
             durable, seq = latest(client, layout), None
     raise StoreError(f"could not commit a manifest for {layout.run} replica {layout.replica}: another "

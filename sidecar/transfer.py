@@ -28,7 +28,7 @@ from s3transfer.exceptions import CancelledError
 from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
-from . import checksums, contract, crt, encryption, fetch, hashing, keys, progress
+from . import checksums, contract, crt, encryption, fetch, hashing, keys, progress, stored
 from .hashing import _FD_PATH, Digest, FileChanged, NotRegular, hash_file, look, open_regular  # noqa: F401 - callers' names
 from .errors import StoreError
 
@@ -441,14 +441,23 @@ class Transfers:
                 self.meter.done(self._tokens.pop(future, None))
             if fd is not None:
                 os.close(fd)
-        if (st.st_size, st.st_mtime_ns) != (up.digest.size, up.digest.mtime_ns):
-            # Multipart: the object and our digests may each hold other bytes; never committed.
-            try:
-                self.s3.delete_object(Bucket=self.store.bucket, Key=up.key)
-            except (ClientError, BotoCoreError):
-                pass
-            raise FileChanged(up.path)
+        try:
+            if (st.st_size, st.st_mtime_ns) != (up.digest.size, up.digest.mtime_ns):
+                raise FileChanged(up.path)  # the object and our digests may each hold other bytes
+            stored.check(self.s3, self.store.bucket, up.key, sums, up.digest.size, up.path)
+        except (FileChanged, StoreError):
+            self._drop(up.key)  # never committed: no entry will name it
+            raise
+        except (ClientError, BotoCoreError) as err:
+            self._drop(up.key)
+            raise describe(err, self.store, self.s3) from None
         return sums
+
+    def _drop(self, key: str) -> None:
+        try:
+            self.s3.delete_object(Bucket=self.store.bucket, Key=key)
+        except (ClientError, BotoCoreError):
+            pass  # an orphan object: gc removes what no manifest names
 
     def _result(self, up: Upload, future) -> hashing.Digests:
         try:

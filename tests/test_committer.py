@@ -7,6 +7,7 @@ import queue
 
 import pytest
 
+from harness import wait_for
 from runsync import keys, lease, manifest, messages, statedir, transfer
 from runsync.committer import Committer
 from runsync.metrics import Metrics
@@ -58,7 +59,9 @@ def test_load_then_commits_in_order_and_the_manifest_is_cached(make, layout, tmp
     c.commit(first.manifest, {"b.txt": entry(layout, "b.txt", "b" * 64)}, {"a.txt"}, [])
     second = inbox.get(timeout=60).manifest
     assert second.seq == 2 and set(second.files) == {"b.txt"}          # a.txt removed
-    assert statedir.StateDir(tmp_path / "pod-a").load_manifest(layout).seq == 2  # survives a restart
+    # cached after the answer (a flush never waits on it), so that a restart finds it
+    cached = lambda: statedir.StateDir(tmp_path / "pod-a").load_manifest(layout)  # noqa: E731
+    wait_for(lambda: cached() is not None and cached().seq == 2, what="the manifest cached in .runsync/")
 
 
 def test_a_new_pod_takes_the_lease_and_the_old_committer_is_fenced_for_good(make, layout):

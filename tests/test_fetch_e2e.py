@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from harness import sha, tree
-from runsync import checksums, manifest
+from runsync import hashing, manifest
 
 pytestmark = pytest.mark.s3
 RUN = "team-a/proj/run-1"
@@ -30,7 +30,7 @@ def commit(store, files: dict[str, bytes], part_size: int | None = 4 * MiB) -> d
             path.write_bytes(data)
             fd = os.open(path, os.O_RDONLY)
             try:
-                parts = {"part_size": part_size, "crc64nvme": checksums.of_fd(fd, len(data), part_size)}
+                parts = {"part_size": part_size, "crc64nvme": hashing.of_fd(fd, len(data), part_size).crc64nvme}
             finally:
                 os.close(fd)
         entries.append(manifest.FileEntry(name=name, key=key, size=len(data), mtime_ns=1_000_000_000,

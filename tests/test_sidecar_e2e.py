@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import time
@@ -160,6 +161,19 @@ def test_flush_returns_only_when_objects_are_readable(sidecars, store):
     files = store.files()  # read at once, no waiting
     for name, data in blobs.items():
         assert store.read(files[name].key) == data
+
+
+def test_head_names_each_commit_after_its_flush_answered(sidecars, store):
+    """head.json is written after a commit's answer (a flush never waits on the hint), and before
+    the next commit: it comes to name every commit, the last included."""
+    sc = sidecars({SAVE: "**:live"}).start()
+    for i in range(3):
+        (sc.run_dir / f"f{i}.bin").write_bytes(os.urandom(1000 + i))
+        assert sc.flush()["durable"] is True
+        seq = store.latest().seq
+        wait_for(lambda: json.loads(store.read(store.layout.head_key))["seq"] == seq, timeout=60,
+                 what=f"head.json naming commit {seq}")
+    assert set(store.files()) == {"f0.bin", "f1.bin", "f2.bin"}
 
 
 def test_metrics_match_what_was_written(sidecars, store):

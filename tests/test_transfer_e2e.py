@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from runsync import keys, transfer
+from runsync import checksums, hashing, keys, stored, transfer
+from runsync.errors import StoreError
 
 pytestmark = [pytest.mark.s3]
 
@@ -116,3 +117,26 @@ def test_the_sidecar_never_uploads_through_a_symlink(sidecars, store, tmp_path):
     assert "ckpt/real.pt" in files and "ckpt/link.pt" not in files
     for key in store.keys():
         assert store.read(key) != secret, key
+
+
+@pytest.mark.parametrize("crt", [True, False], ids=["crt", "python"])
+def test_a_multipart_upload_is_checked_against_the_object_s3_stored(tree, s3_env, s3_client, bucket, crt):
+    """After a multipart upload, S3's full-object CRC64NVME (HeadObject, ChecksumMode) is compared
+    with the entry's part CRCs combined: equal for the bytes sent; digests of other bytes under
+    that key are an error naming the key, the file and both values."""
+    run, _ = tree
+    path = run / "ckpt" / "model.pt"
+    data = os.urandom(37 * MiB + 5)  # three 16 MiB parts, the last short
+    path.write_bytes(data)
+    store = keys.StoreURL.parse(f"s3://{bucket}/runs")
+    with transfer.Transfers(transfer.client(), store, transfer.Settings(crt=crt)) as transfers:
+        ((up, error),) = transfers.upload([transfer.Upload(str(path), "runs/model.pt", transfer.look(path))])
+    assert error is None and len(up.sums.crc64nvme) == 3
+    stored.check(s3_client, bucket, "runs/model.pt", up.sums, len(data), str(path))
+    other = hashing.of_buffer(data[:-1] + bytes([data[-1] ^ 1]), up.sums.part_size)
+    with pytest.raises(StoreError, match="checksum") as refused:
+        stored.check(s3_client, bucket, "runs/model.pt", other, len(data), str(path))
+    ours = checksums.encode(checksums.whole(other.crc64nvme, len(data), other.part_size))
+    theirs = s3_client.head_object(Bucket=bucket, Key="runs/model.pt", ChecksumMode="ENABLED")["ChecksumCRC64NVME"]
+    for named in (f"s3://{bucket}/runs/model.pt", str(path), ours, theirs):
+        assert named in str(refused.value)
