@@ -20,11 +20,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import secrets
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from botocore.exceptions import ClientError
 
-from . import chunks, keys
+from . import chunks, keys, listing
 from .manifest import FENCED, FileEntry, Manifest, checkpoints_from_doc, entry_doc, entry_from_doc, unreadable
 
 FORMAT = 2
@@ -75,6 +76,14 @@ def prepare(client, layout: keys.Layout, previous: Manifest | None, m: Manifest)
 def read(client, layout: keys.Layout, seq: int, owner: int | None = None) -> Manifest | str | None:
     """Commit `seq` of either format, resolved to its whole listing; None if it is not there;
     FENCED, unresolved, if `owner` is given and another epoch wrote it."""
+    opened = open_listing(client, layout, seq, owner)
+    return opened.manifest() if isinstance(opened, listing.Listing) else opened
+
+
+def open_listing(client, layout: keys.Layout, seq: int, owner: int | None = None) -> listing.Listing | str | None:
+    """Commit `seq` as a `Listing`: its record and delta chain read, its base's chunks left for
+    `entries()` to stream; None if it is not there; FENCED if `owner` is given and another epoch
+    wrote it. A format-1 manifest is read whole (one JSON document)."""
     body = _get(client, layout, seq)
     if body is None:
         return None
@@ -85,21 +94,21 @@ def read(client, layout: keys.Layout, seq: int, owner: int | None = None) -> Man
         raise unreadable(source, err) from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         m = Manifest.from_json(body, layout, source)
-        return FENCED if owner is not None and m.epoch != owner else m
+        return FENCED if owner is not None and m.epoch != owner else listing.whole(m)
     if owner is not None and doc.get("epoch") != owner:
         return FENCED  # its chain is never fetched
     try:
-        return _resolve(client, layout, seq, doc)
+        return _open(client, layout, seq, doc, lambda err: unreadable(source, err))
     except (ValueError, KeyError, TypeError) as err:
         raise unreadable(source, err) from None
 
 
-def _resolve(client, layout: keys.Layout, seq: int, doc: dict) -> Manifest:
+def _open(client, layout: keys.Layout, seq: int, doc: dict, damaged) -> listing.Listing:
     if int(doc["seq"]) != seq:
         raise ValueError(f"record says seq {doc['seq']}")
     if doc["kind"] == "base":
-        files, requires = _base_files(client, layout, doc)
-        return _manifest(doc, files, checkpoints_from_doc(doc["checkpoints"]), seq, requires)
+        meta = _manifest(doc, checkpoints_from_doc(doc["checkpoints"]), seq, _chunk_keys(doc))
+        return listing.Listing(meta, lambda: _base_entries(client, layout, doc), {}, damaged)
     if doc["kind"] != "delta":
         raise ValueError(f"kind {doc['kind']!r} is neither base nor delta")
     base = int(doc["base"])
@@ -114,41 +123,52 @@ def _resolve(client, layout: keys.Layout, seq: int, doc: dict) -> Manifest:
     base_doc = fetched.get(base)
     if base_doc is None or base_doc.get("kind") != "base":
         raise ValueError(f"its base {base} is missing")
-    files, requires = _base_files(client, layout, base_doc)
+    # The chain folded oldest first into one overlay: the last word on each name wins.
+    overlay: dict[str, FileEntry | None] = {}
     checkpoints = checkpoints_from_doc(base_doc["checkpoints"])
     for delta in reversed(chain):
         for name in delta["removed"]:
-            files.pop(str(name), None)
-        files.update((e.name, e) for e in (entry_from_doc(raw, layout) for raw in delta["files"]))
+            overlay[str(name)] = None
+        overlay.update((e.name, e) for e in (entry_from_doc(raw, layout) for raw in delta["files"]))
         for d in delta["checkpoints_removed"]:
             checkpoints.pop(str(d), None)
         checkpoints.update(checkpoints_from_doc(delta["checkpoints"]))
-    requires += [layout.manifest_key(int(d["seq"])) for d in chain[1:]] + [layout.manifest_key(base)]
-    return _manifest(doc, files, checkpoints, base, requires)
+    requires = (_chunk_keys(base_doc) + [layout.manifest_key(int(d["seq"])) for d in chain[1:]]
+                + [layout.manifest_key(base)])
+    return listing.Listing(_manifest(doc, checkpoints, base, requires),
+                           lambda: _base_entries(client, layout, base_doc), overlay, damaged)
 
 
-def _manifest(doc: dict, files: dict[str, FileEntry], checkpoints, base: int, requires: list[str]) -> Manifest:
+def _manifest(doc: dict, checkpoints, base: int, requires: list[str]) -> Manifest:
     delta = doc["kind"] == "delta"
     return Manifest(
         run=str(doc["run"]), replica=str(doc["replica"]), seq=int(doc["seq"]), created=float(doc["created"]),
-        files=files, final=bool(doc.get("final", False)), writer=str(doc.get("writer", "")),
+        files={}, final=bool(doc.get("final", False)), writer=str(doc.get("writer", "")),
         epoch=int(doc.get("epoch", 0)), checkpoints=checkpoints, base=base,
         chain=int(doc["chain"]) if delta else 0, chain_entries=int(doc["chain_entries"]) if delta else 0,
         base_count=int(doc["base_count"]) if delta else int(doc["count"]), requires=tuple(requires))
 
 
-def _base_files(client, layout: keys.Layout, doc: dict) -> tuple[dict[str, FileEntry], list[str]]:
-    files = {e.name: e for e in (entry_from_doc(raw, layout) for raw in doc.get("files", ()))}  # a small one
+def _chunk_keys(doc: dict) -> list[str]:
+    return [str(k) for k, _ in doc["chunks"]]
+
+
+def _base_entries(client, layout: keys.Layout, doc: dict) -> Iterator[FileEntry]:
+    """The base's entries in stored order, one chunk in memory at a time (a small base's are in
+    its record); ValueError if a chunk is damaged or the count is not the record's."""
     prefix = f"{layout.manifests_prefix}{int(doc['seq']):012d}.base/"
+    count = 0
+    for raw in doc.get("files", ()):
+        count += 1
+        yield entry_from_doc(raw, layout)
     for key, sha in doc["chunks"]:
         if not str(key).startswith(prefix):
             raise ValueError(f"chunk {key!r} is outside its base")
         for raw in chunks.read(client, layout.store.bucket, str(key), str(sha)):
-            entry = entry_from_doc(raw, layout)
-            files[entry.name] = entry
-    if len(files) != int(doc["count"]):
-        raise ValueError(f"base has {len(files)} entries, its record says {doc['count']}")
-    return files, [str(k) for k, _ in doc["chunks"]]
+            count += 1
+            yield entry_from_doc(raw, layout)
+    if count != int(doc["count"]):
+        raise ValueError(f"base has {count} entries, its record says {doc['count']}")
 
 
 def _fetch(client, layout: keys.Layout, seqs: range) -> dict[int, dict]:
