@@ -197,7 +197,7 @@ def _restore_units(s3, store, settings, dest: Path, units, replace: bool, hooks:
     return failures, total
 
 
-def _newest_holding(s3, store: keys.StoreURL, run: keys.RunPath, latest: dict[str, manifest.Manifest],
+def _newest_holding(s3, store: keys.StoreURL, run: keys.RunPath, latest: dict[str, listing.Listing],
                     pattern: globs.Glob) -> dict[str, manifest.Manifest]:
     """Per replica, the newest older manifest that names a file matching `pattern`."""
     found = {}

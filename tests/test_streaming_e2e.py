@@ -144,3 +144,18 @@ def test_restore_init_of_a_big_run_streams_its_listing(store, s3_env, tmp_path, 
     assert code == 0, out + err
     assert {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file() and ".runsync" not in p.parts} == PICKED
     assert peak < tiny_peak + SLACK_MIB * MiB, f"restore-init peaked at {peak // MiB} MiB (a tiny run: {tiny_peak // MiB})"
+
+
+def test_a_damaged_chunk_fails_ls_and_restore_clearly_and_restores_nothing(store, cli, tmp_path):
+    _write_run(store, "team-a/proj/damaged", 25_000)  # three chunks: the second is damaged
+    layout = keys.Layout(store.layout.store, keys.RunPath.parse("team-a/proj/damaged"), "0")
+    chunk = sorted(k for k in store.keys() if k.startswith(layout.manifests_prefix) and k.endswith(".jsonl.gz"))[1]
+    store.client.put_object(Bucket=layout.store.bucket, Key=chunk, Body=b"not the chunk the record names")
+
+    listing = cli("ls", "team-a/proj/damaged", "--json")
+    assert listing.returncode == 1
+    assert "unreadable" in listing.stderr and layout.manifest_key(2) in listing.stderr and "fix:" in listing.stderr
+    to = tmp_path / "restored"
+    restored = cli("restore", "team-a/proj/damaged", "--to", str(to))
+    assert restored.returncode == 1 and "unreadable" in restored.stderr, restored.stderr
+    assert not any(p.is_file() for p in to.rglob("*"))  # the survey reads every chunk before any download
