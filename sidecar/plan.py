@@ -500,6 +500,12 @@ class RestoreStream:
         """(replica, entry) of every replica's entries in name order, each name once: the own
         replica's, else the first replica's by name. `every` sees each entry, clashes too."""
         order = sorted(self.sources, key=lambda r: (r != self.own, r))
+        if len(order) == 1:  # one replica (the usual restore): nothing to merge
+            for entry in self.sources[order[0]]():
+                if every is not None:
+                    every(order[0], entry)
+                yield order[0], entry
+            return
         streams = [_tagged(self.sources[r](), rank, r, every) for rank, r in enumerate(order)]
         last = None
         for name, _, replica, entry in heapq.merge(*streams):
