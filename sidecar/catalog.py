@@ -12,7 +12,7 @@ import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from . import discovery, keys, manifest, runmeta
+from . import discovery, keys, listing, manifest, runmeta
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +33,11 @@ class RunSummary:
 def files(s3, store: keys.StoreURL, run: keys.RunPath) -> list[tuple[str, manifest.Manifest]]:
     """(replica, latest manifest) of every replica of the run that committed one."""
     return list(discovery.latest_by_replica(s3, store, run).items())
+
+
+def listings(s3, store: keys.StoreURL, run: keys.RunPath) -> list[tuple[str, listing.Listing]]:
+    """(replica, latest commit) of every replica that committed one, its entries to be streamed."""
+    return list(discovery.listings_by_replica(s3, store, run).items())
 
 
 def runs(s3, store: keys.StoreURL, namespace: str | None = None, project: str | None = None) -> list[RunSummary]:

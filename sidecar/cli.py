@@ -114,24 +114,63 @@ def ls_cmd(
         store, run_path = _store(), keys.RunPath.parse(run)
         s3 = transfer.client()
         transfer.check_store(s3, store)
-        return _store_call(lambda: (catalog.metadata(s3, store, run_path), catalog.files(s3, store, run_path)),
-                           store, s3)
-    meta, found = _run(go)
-    rows = [(replica, m.seq, e) for replica, m in found for e in sorted(m.files.values(), key=lambda e: e.name)]
+        return _store_call(lambda: (catalog.metadata(s3, store, run_path), catalog.listings(s3, store, run_path)),
+                           store, s3), store, s3
+    (meta, found), store, s3 = _run(go)
+    # Streamed: each replica's entries in name order, one chunk of the listing in memory at a
+    # time, so a run of 1,000,000 files lists in the memory of a small one (listing.py).
+    rows = ((replica, listed.seq, e) for replica, listed in found for e in listed.entries())
     if as_json:
-        out.print_json(json.dumps([{
-            "replica": r, "manifest": seq, "name": e.name, "size": e.size, "mtime": e.mtime_ns / 1e9,
-            "sha256": e.sha256, "policy": e.policy, "key": e.key} for r, seq, e in rows]))
+        _run(lambda: _store_call(lambda: _ls_json(rows), store, s3))
         return
     for line in _metadata_header(run, meta) if meta or found else ():  # first, even before any file
         out.print(line, markup=False, highlight=False)
     if not found:
         err.print(f"runsync: {run} has no committed files in {_State.store}", markup=False, highlight=False)
         return
-    table = Table("replica", "name", "size", "modified (UTC)", "sha256", box=None)
-    for r, _, e in rows:
-        table.add_row(r, e.name, _size(e.size), _time(e.mtime_ns / 1e9), e.sha256[:16], style=None)
-    out.print(table)
+    width = max(len("replica"), *(len(r) for r, _ in found))
+    _run(lambda: _store_call(lambda: _ls_table(rows, width), store, s3))
+
+
+LS_BATCH = 1000
+"""`runsync ls` rows formatted and written at a time: the name column is as wide as the widest
+name so far (the whole listing is never held to measure it)."""
+
+
+def _ls_json(rows) -> None:
+    """One JSON array, written an entry at a time."""
+    write = out.file.write
+    write("[")
+    for i, (r, seq, e) in enumerate(rows):
+        write(("\n" if i == 0 else ",\n") + json.dumps({
+            "replica": r, "manifest": seq, "name": e.name, "size": e.size, "mtime": e.mtime_ns / 1e9,
+            "sha256": e.sha256, "policy": e.policy, "key": e.key}, ensure_ascii=False))
+    write("\n]\n")
+    out.file.flush()
+
+
+def _ls_table(rows, replica_width: int) -> None:
+    name_width = len("name")
+    batch: list = []
+
+    def flush(header: bool = False) -> None:
+        nonlocal name_width
+        name_width = max(name_width, *(len(e.name) for _, _, e in batch), 0) if batch else name_width
+        lines = [f"{'replica':<{replica_width}}  {'name':<{name_width}}  {'size':>10}  {'modified (UTC)':<19}  sha256"] \
+            if header else []
+        lines += [f"{r:<{replica_width}}  {e.name:<{name_width}}  {_size(e.size):>10}  {_time(e.mtime_ns / 1e9)}  "
+                  f"{e.sha256[:16]}" for r, _, e in batch]
+        out.file.write("".join(line.rstrip() + "\n" for line in lines))
+        batch.clear()
+
+    first = True
+    for row in rows:
+        batch.append(row)
+        if len(batch) == LS_BATCH:
+            flush(first)
+            first = False
+    flush(first)
+    out.file.flush()
 
 
 @app.command("runs")

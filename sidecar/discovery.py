@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from . import keys, lease, manifest
+from . import keys, lease, listing, manifest
 
 MAX_WORKERS = 32
 PAGE = 1000
@@ -34,6 +34,17 @@ _FILES = "/objects/"
 def latest_by_replica(s3, store: keys.StoreURL, run: keys.RunPath,
                       only: str | None = None) -> dict[str, manifest.Manifest]:
     """The latest valid manifest of each replica of the run (or of replica `only`) that has one."""
+    return _latest(s3, store, run, only, manifest.read)
+
+
+def listings_by_replica(s3, store: keys.StoreURL, run: keys.RunPath,
+                        only: str | None = None) -> dict[str, listing.Listing]:
+    """`latest_by_replica` with each commit as a `Listing`: its entries are streamed by the
+    caller, never held whole (`runsync ls`, restore)."""
+    return _latest(s3, store, run, only, manifest.open_listing)
+
+
+def _latest(s3, store: keys.StoreURL, run: keys.RunPath, only: str | None, reader) -> dict:
     if only is not None:
         listed, unlisted = {}, [keys.Layout(store, run, only)]
     else:
@@ -47,7 +58,7 @@ def latest_by_replica(s3, store: keys.StoreURL, run: keys.RunPath,
         def latest(layout: keys.Layout) -> manifest.Manifest | None:
             current = leases[layout].result()[0] if layout in leases else None
             seqs = listed[layout][0] if layout in listed else numbers[layout].result()
-            return next(manifest.walk(s3, layout, current, seqs), None)
+            return next(manifest.walk(s3, layout, current, seqs, reader), None)
 
         # Submitted after every read they wait on, so a worker never waits for a queued task.
         layouts = list(listed) + unlisted

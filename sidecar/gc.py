@@ -15,16 +15,16 @@ import time
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import head, keys, lease, manifest, records, retention
+from . import head, keys, lease, listing, manifest, records, retention
 from .errors import InputError, StoreError
 from .logs import log
 
 _BATCH = 1000  # DeleteObjects takes at most 1,000 keys
 
 
-def names(m: manifest.Manifest) -> frozenset[str]:
-    """The object keys a manifest names: the one format-specific question retention asks."""
-    return frozenset(e.key for e in m.files.values())
+def names(opened: listing.Listing) -> frozenset[str]:
+    """The object keys a commit names: the one format-specific question retention asks."""
+    return frozenset(e.key for e in opened.entries())
 
 
 @dataclasses.dataclass
@@ -160,15 +160,17 @@ def _replica(s3, store, run, name, objects, now) -> retention.Replica:
     versions, bases = [], set()
     for seq, key in seqs:
         try:
-            m = commits.read(seq)  # resolved once here to find what cannot be read
+            opened = commits.read(seq)
+            if opened is None:
+                continue  # deleted meanwhile (another gc): nothing to judge
+            named = names(opened)  # read through once here to find what cannot be read
         except StoreError as err:
             problems.append(str(err))
             continue
-        if m is None:
-            continue  # deleted meanwhile (another gc): nothing to judge
+        m = opened.meta
         valid = current is None or m.epoch == current.owner_of(seq)
         whole = not m.requires  # its listing is all in its record (format 1, a small base): keep its names
-        versions.append(retention.Version(seq, key, valid, names(m) if whole else _Names(commits, seq),
+        versions.append(retention.Version(seq, key, valid, named if whole else _Names(commits, seq),
                                           frozenset(m.requires)))
         if m.base != seq:
             bases.add(m.base)  # a delta's: its chain reads it again
@@ -236,8 +238,8 @@ def _named_since(s3, store, run, seen: dict[str, int]) -> set[str]:
     for name, last in seen.items():
         layout = keys.Layout(store, run, name)
         for seq in manifest.seqs(s3, layout):
-            if seq > last and (m := manifest.read(s3, layout, seq)) is not None:
-                named |= names(m) | frozenset(m.requires)
+            if seq > last and (opened := manifest.open_listing(s3, layout, seq)) is not None:
+                named |= names(opened) | frozenset(opened.meta.requires)
     return named
 
 

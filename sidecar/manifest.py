@@ -227,11 +227,13 @@ def history(client, layout: keys.Layout) -> Iterator[Manifest]:
     return _walk_down(client, layout, current, top)
 
 
-def walk(client, layout: keys.Layout, current, numbers: Iterable[int]) -> Iterator[Manifest]:
-    """`history` from a lease and manifest numbers already read (discovery reads them in parallel)."""
+def walk(client, layout: keys.Layout, current, numbers: Iterable[int], reader=None) -> Iterator[Manifest]:
+    """`history` from a lease and manifest numbers already read (discovery reads them in parallel).
+    `reader`: `read` (the default: whole manifests) or `open_listing` (streamed listings)."""
+    reader = reader or read
     for seq in sorted(numbers, reverse=True):
-        m = read(client, layout, seq, current)
-        if isinstance(m, Manifest):
+        m = reader(client, layout, seq, current)
+        if m is not None and m is not FENCED:
             yield m
 
 
@@ -257,6 +259,14 @@ def read(client, layout: keys.Layout, seq: int, current=None) -> Manifest | str 
     from . import records  # records builds on this module's types; a lazy import breaks the cycle
 
     return records.read(client, layout, seq, None if current is None else current.owner_of(seq))
+
+
+def open_listing(client, layout: keys.Layout, seq: int, current=None):
+    """Manifest `seq` as a `listing.Listing` (its entries streamed, not held), None or FENCED
+    as `read` answers."""
+    from . import records
+
+    return records.open_listing(client, layout, seq, None if current is None else current.owner_of(seq))
 
 
 def seqs(client, layout: keys.Layout) -> list[int]:

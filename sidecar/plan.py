@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import heapq
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from . import config, globs, keys
 from .manifest import FileEntry, Manifest
@@ -368,55 +369,169 @@ def for_restore(
     patterns: tuple[globs.Glob, ...] = (),
     own: str = "0",
 ) -> RestorePlan:
-    """Which files of these replicas' manifests to restore; pure.
+    """Which files of these replicas' manifests (in memory) to restore; pure. `restore_stream`
+    decides; this collects its units."""
+    chosen = restore_stream({r: _sorted_entries(m) for r, m in manifests.items()},
+                            {r: m.checkpoints for r, m in manifests.items()}, markers, patterns, own)
+    files, groups = {}, {}
+    for d, unit in chosen.units():
+        files.update((name, (replica, entry)) for name, replica, entry in unit)
+        if d is not None:
+            groups[d] = tuple(name for name, _, _ in unit)
+    return RestorePlan(files, groups, chosen.incomplete())
+
+
+def _sorted_entries(m: Manifest) -> Callable[[], Iterable[FileEntry]]:
+    return lambda: (m.files[n] for n in sorted(m.files))
+
+
+RestoreUnit = tuple  # (checkpoint dir or None, [(name, replica, entry), ...]): restored whole, markers last
+
+
+class RestoreStream:
+    """Which files of the replicas' latest commits to restore, as a stream of units; pure.
 
     A checkpoint directory (it holds a marker, has the shape of one that does, or a convention
     names it) is taken only when it holds a marker and every participating replica's part of
     it is durable. The participants of a shape are the replicas that made any part of any
     directory of that shape durable. With one replica that is just "has its marker".
+
+    `sources` gives each replica's entries sorted by name, afresh on each call (listing.py
+    streams them): a survey reads them once (markers, directories and the replicas in each,
+    the checkpoint units as committed), then `units()` reads them again, merged by name (the
+    own replica wins a clash), holding one checkpoint directory at a time. Memory grows with
+    the directories, not the files.
     """
-    merged: dict[str, tuple[str, FileEntry]] = {}
-    for replica in sorted(manifests, key=lambda r: (r != own, r)):  # own replica wins a clash
-        for name, entry in manifests[replica].files.items():
-            merged.setdefault(name, (replica, entry))
-    torn = not_as_committed(manifests)
-    # Completeness is judged on every stored file, before the patterns choose: a file asked by
-    # name (`ckpt/step-3/__0_0.distcp`) belongs to a complete directory even if its marker is
-    # not asked for.
-    marked = marked_dirs(merged, markers)
-    by_dir: dict[str, list[str]] = {}
-    for name in merged:
-        ckpt = _checkpoint_dir(name, marked)
-        if ckpt is not None:
-            by_dir.setdefault(ckpt, []).append(name)
-    participants: dict[str, set[str]] = {}
-    for d, names in by_dir.items():
-        participants.setdefault(_shape(d), set()).update(merged[n][0] for n in names)
-    chosen = {n: v for n, v in merged.items() if not patterns or globs.matches_any(patterns, n)}
-    groups, incomplete = {}, []
-    for d, names in sorted(by_dir.items()):
-        asked = [n for n in names if n in chosen]
+
+    def __init__(self, sources: dict[str, Callable[[], Iterable[FileEntry]]],
+                 checkpoints: dict[str, Mapping[str, tuple[str, ...]]], markers: tuple[globs.Glob, ...],
+                 patterns: tuple[globs.Glob, ...], own: str):
+        self.sources, self.markers, self.patterns, self.own = sources, markers, patterns, own
+        self._incomplete: set[str] = set()
+        self.groups: set[str] = set()
+        """The checkpoint dirs `units()` gave whole so far."""
+        recorded = {r: {d: set(names) for d, names in cps.items()} for r, cps in checkpoints.items()}
+        held: dict[tuple[str, str], int] = {}
+        strays: set[str] = set()
+        marked: set[str] = set()
+        in_dir: dict[tuple[str, bool], set[str]] = {}  # (parent dir, is a shard) → replicas
+        matched: set[int] = set()
+
+        def every(replica: str, entry: FileEntry) -> None:  # losers of a clash too: units as committed
+            units = recorded.get(replica)
+            if units:
+                d = entry.name
+                while "/" in d:
+                    d = d.rpartition("/")[0]
+                    if d in units:
+                        held[replica, d] = held.get((replica, d), 0) + 1
+                        if entry.name not in units[d]:
+                            strays.add(d)
+
+        for replica, entry in self._merged(every):
+            parent, _, base = entry.name.rpartition("/")
+            if parent and globs.matches_any(markers, base):
+                marked.add(parent)
+            in_dir.setdefault((parent, globs.matches_any(SHARD_HINTS, base)), set()).add(replica)
+            matched.update(i for i, p in enumerate(patterns) if i not in matched and p.matches(entry.name))
+        # Checkpoint dirs whose files differ from the set committed with their marker
+        # (`Manifest.checkpoints`): restoring them would place a torn checkpoint.
+        self.torn = strays | {d for r, units in recorded.items() for d, names in units.items()
+                              if held.get((r, d), 0) != len(names)}
+        self.unmatched = tuple(p for i, p in enumerate(patterns) if i not in matched)
+        """The patterns that name no file of these commits: `restore(name)` looks them up in
+        older ones (the trainer deleted the file and the deletion was committed)."""
+        self._marked = marked
+        self._dirs: dict[tuple[str, bool], str | None] = {
+            key: _checkpoint_dir(f"{key[0]}/x{'.distcp' if key[1] else ''}" if key[0] else "x", marked)
+            for key in in_dir}
+        self._present: dict[str, set[str]] = {}
+        for key, replicas in in_dir.items():
+            if self._dirs[key] is not None:
+                self._present.setdefault(self._dirs[key], set()).update(replicas)
+        self._participants: dict[str, set[str]] = {}
+        for d, replicas in self._present.items():
+            self._participants.setdefault(_shape(d), set()).update(replicas)
+
+    def incomplete(self) -> tuple[str, ...]:
+        """Checkpoint dirs left out (no marker yet, or a replica's part not yet durable), or
+        restored file by file as asked by name; whole once `units()` has run to its end."""
+        return tuple(sorted(self._incomplete))
+
+    def units(self) -> Iterator[RestoreUnit]:
+        """What to restore, in name order: a file alone (dir None), or a checkpoint dir whole."""
+        open_dirs: dict[str, list] = {}
+        stack: list[str] = []  # the open checkpoint dirs, each inside the one before
+        for replica, entry in self._merged():
+            name = entry.name
+            while stack and not name.startswith(stack[-1] + "/"):  # sorted: that dir is done
+                yield from self._close(stack.pop(), open_dirs)
+            parent, _, base = name.rpartition("/")
+            d = self._dirs.get((parent, globs.matches_any(SHARD_HINTS, base)))
+            chosen = not self.patterns or globs.matches_any(self.patterns, name)
+            if d is None:
+                if chosen:
+                    yield None, [(name, replica, entry)]
+                continue
+            if d not in open_dirs:
+                open_dirs[d] = []
+                stack.append(d)
+            if chosen:  # completeness is judged on every stored file, before the patterns choose
+                open_dirs[d].append((name, replica, entry))
+        while stack:
+            yield from self._close(stack.pop(), open_dirs)
+
+    def _close(self, d: str, open_dirs: dict[str, list]) -> Iterator[RestoreUnit]:
+        asked = open_dirs.pop(d)
         if not asked:
-            continue
-        present = {merged[n][0] for n in names}
-        if d in marked and participants[_shape(d)] <= present and d not in torn:
-            markers_last = sorted(asked, key=lambda n: (n.rpartition("/")[0] == d and
-                                                        globs.matches_any(markers, n.rpartition("/")[2]), n))
-            groups[d] = tuple(markers_last)
-        elif d not in torn and asked_by_name(d, patterns):
-            incomplete.append(d)  # restored as asked, still named as incomplete
+            return
+        if d in self._marked and self._participants[_shape(d)] <= self._present[d] and d not in self.torn:
+            self.groups.add(d)
+            yield d, sorted(asked, key=lambda a: (a[0].rpartition("/")[0] == d and
+                                                  globs.matches_any(self.markers, a[0].rpartition("/")[2]), a[0]))
+        elif d not in self.torn and asked_by_name(d, self.patterns):
+            self._incomplete.add(d)  # restored as asked, still named as incomplete
+            for a in asked:
+                yield None, [a]
         else:
-            incomplete.append(d)
-            for n in asked:
-                del chosen[n]
-    return RestorePlan(chosen, groups, tuple(incomplete))
+            self._incomplete.add(d)
+
+    def _merged(self, every: Callable[[str, FileEntry], None] | None = None) -> Iterator[tuple[str, FileEntry]]:
+        """(replica, entry) of every replica's entries in name order, each name once: the own
+        replica's, else the first replica's by name. `every` sees each entry, clashes too."""
+        order = sorted(self.sources, key=lambda r: (r != self.own, r))
+        if len(order) == 1:  # one replica (the usual restore): nothing to merge
+            for entry in self.sources[order[0]]():
+                if every is not None:
+                    every(order[0], entry)
+                yield order[0], entry
+            return
+        streams = [_tagged(self.sources[r](), rank, r, every) for rank, r in enumerate(order)]
+        last = None
+        for name, _, replica, entry in heapq.merge(*streams):
+            if name != last:
+                last = name
+                yield replica, entry
+
+
+def restore_stream(sources: dict[str, Callable[[], Iterable[FileEntry]]],
+                   checkpoints: dict[str, Mapping[str, tuple[str, ...]]], markers: tuple[globs.Glob, ...],
+                   patterns: tuple[globs.Glob, ...] = (), own: str = "0") -> RestoreStream:
+    """`RestoreStream` of these replicas' entries (its survey reads them once, here)."""
+    return RestoreStream(sources, checkpoints, markers, patterns, own)
+
+
+def _tagged(entries: Iterable[FileEntry], rank: int, replica: str, every) -> Iterator[tuple]:
+    for e in entries:
+        if every is not None:
+            every(replica, e)
+        yield e.name, rank, replica, e
 
 
 def unmatched(manifests: dict[str, Manifest], patterns: tuple[globs.Glob, ...]) -> tuple[globs.Glob, ...]:
     """The patterns that name no file of these manifests: `restore(name)` looks them up in
     older manifests (the trainer deleted the file and the deletion was committed)."""
-    names = [n for m in manifests.values() for n in m.files]
-    return tuple(p for p in patterns if not any(p.matches(n) for n in names))
+    return restore_stream({r: _sorted_entries(m) for r, m in manifests.items()}, {}, (), patterns).unmatched
 
 
 def merge_restore(first: RestorePlan, more: RestorePlan) -> RestorePlan:
@@ -426,15 +541,3 @@ def merge_restore(first: RestorePlan, more: RestorePlan) -> RestorePlan:
     groups = {**more.groups, **first.groups}
     incomplete = tuple(sorted(set(first.incomplete) | (set(more.incomplete) - set(groups))))
     return RestorePlan(files, groups, incomplete)
-
-
-def not_as_committed(manifests: dict[str, Manifest]) -> set[str]:
-    """Checkpoint dirs whose files in a manifest differ from the set committed with their marker
-    (`Manifest.checkpoints`): restoring them would place a torn checkpoint."""
-    torn = set()
-    for m in manifests.values():
-        for d, recorded in m.checkpoints.items():
-            held = {n for n in m.files if n.startswith(d + "/")}
-            if held != set(recorded):
-                torn.add(d)
-    return torn

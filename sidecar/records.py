@@ -21,11 +21,12 @@ import collections
 import dataclasses
 import json
 import secrets
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from botocore.exceptions import ClientError
 
-from . import chunks, keys
+from . import chunks, keys, listing
 from .manifest import FENCED, FileEntry, Manifest, checkpoints_from_doc, entry_doc, entry_from_doc, unreadable
 
 FORMAT = 2
@@ -76,12 +77,20 @@ def prepare(client, layout: keys.Layout, previous: Manifest | None, m: Manifest)
 def read(client, layout: keys.Layout, seq: int, owner: int | None = None) -> Manifest | str | None:
     """Commit `seq` of either format, resolved to its whole listing; None if it is not there;
     FENCED, unresolved, if `owner` is given and another epoch wrote it."""
+    opened = open_listing(client, layout, seq, owner)
+    return opened.manifest() if isinstance(opened, listing.Listing) else opened
+
+
+def open_listing(client, layout: keys.Layout, seq: int, owner: int | None = None) -> listing.Listing | str | None:
+    """Commit `seq` as a `Listing`: its record and delta chain read, its base's chunks left for
+    `entries()` to stream; None if it is not there; FENCED if `owner` is given and another epoch
+    wrote it. A format-1 manifest is read whole (one JSON document)."""
     body = _get(client, layout, seq)
     return None if body is None else _read(client, layout, seq, body, owner)
 
 
 def _read(client, layout: keys.Layout, seq: int, body: bytes, owner: int | None, fetch=None,
-          base_files=None) -> Manifest | str:
+          base_entries=None) -> listing.Listing | str:
     source = f"s3://{layout.store.bucket}/{layout.manifest_key(seq)}"
     try:
         doc = json.loads(body)
@@ -89,21 +98,21 @@ def _read(client, layout: keys.Layout, seq: int, body: bytes, owner: int | None,
         raise unreadable(source, err) from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         m = Manifest.from_json(body, layout, source)
-        return FENCED if owner is not None and m.epoch != owner else m
+        return FENCED if owner is not None and m.epoch != owner else listing.whole(m)
     if owner is not None and doc.get("epoch") != owner:
         return FENCED  # its chain is never fetched
     try:
-        return _resolve(client, layout, seq, doc, fetch, base_files)
+        return _open(client, layout, seq, doc, lambda err: unreadable(source, err), fetch, base_entries)
     except (ValueError, KeyError, TypeError) as err:
         raise unreadable(source, err) from None
 
 
 class Replica:
     """Every commit of a replica read at once, for `runsync gc`, which judges them all: each
-    record fetched once (in parallel), then any commit resolved from what was fetched, on demand
-    (resolving each with `read` re-reads its base and chain: O(commits x files) GETs). Only the
-    last few chunked bases are kept parsed (gc resolves in number order, and each base's listing
-    is the size of the run). One thread at a time."""
+    record fetched once (in parallel), then any commit opened from what was fetched, on demand
+    (opening each with `open_listing` re-reads its chain and base: O(commits x files) GETs). Only
+    the last few chunked bases are kept in memory (gc reads in number order, and each base is the
+    size of the run). One thread at a time."""
 
     _BASES = 2
 
@@ -111,14 +120,14 @@ class Replica:
         self._client, self._layout = client, layout
         self._bodies: dict[int, bytes | None] = dict(_fetch_bodies(client, layout, list(seqs)))
         self._docs: dict[int, dict | None] = {}
-        self._bases: collections.OrderedDict[int, tuple[dict[str, FileEntry], list[str]]] = collections.OrderedDict()
+        self._bases: collections.OrderedDict[int, list[FileEntry]] = collections.OrderedDict()
 
-    def read(self, seq: int, owner: int | None = None) -> Manifest | str | None:
-        """As `read`, from what was fetched (None: gone when it was fetched)."""
+    def read(self, seq: int, owner: int | None = None) -> listing.Listing | str | None:
+        """As `open_listing`, from what was fetched (None: gone when it was fetched)."""
         body = self._bodies.get(seq)
         if body is None:
             return None
-        return _read(self._client, self._layout, seq, body, owner, self._fetched, self._base_files)
+        return _read(self._client, self._layout, seq, body, owner, self._fetched, self._base_entries)
 
     def forget(self, seq: int) -> None:
         """Drop what was fetched of `seq` (its caller keeps what it needs; a chain that needs
@@ -141,27 +150,27 @@ class Replica:
                 found[seq] = self._docs[seq]
         return found
 
-    def _base_files(self, client, layout, doc: dict) -> tuple[dict[str, FileEntry], list[str]]:
+    def _base_entries(self, doc: dict) -> Iterable[FileEntry]:
         if not doc["chunks"]:
-            return _base_files(client, layout, doc)  # its listing is in its record: nothing to fetch
+            return _base_entries(self._client, self._layout, doc)  # in its record: nothing to fetch
         seq = int(doc["seq"])
         if seq not in self._bases:
-            self._bases[seq] = _base_files(client, layout, doc)
+            self._bases[seq] = list(_base_entries(self._client, self._layout, doc))
             while len(self._bases) > self._BASES:
                 self._bases.popitem(last=False)
         self._bases.move_to_end(seq)
-        files, requires = self._bases[seq]
-        return dict(files), list(requires)  # the caller applies deltas to its own copy
+        return self._bases[seq]
 
 
-def _resolve(client, layout: keys.Layout, seq: int, doc: dict, fetch=None, base_files=None) -> Manifest:
+def _open(client, layout: keys.Layout, seq: int, doc: dict, damaged, fetch=None,
+          base_entries=None) -> listing.Listing:
     fetch = fetch or (lambda seqs: _fetch(client, layout, seqs))
-    base_files = base_files or _base_files
+    base_entries = base_entries or (lambda d: _base_entries(client, layout, d))
     if int(doc["seq"]) != seq:
         raise ValueError(f"record says seq {doc['seq']}")
     if doc["kind"] == "base":
-        files, requires = base_files(client, layout, doc)
-        return _manifest(doc, files, checkpoints_from_doc(doc["checkpoints"]), seq, requires)
+        meta = _manifest(doc, checkpoints_from_doc(doc["checkpoints"]), seq, _chunk_keys(doc))
+        return listing.Listing(meta, lambda: base_entries(doc), {}, damaged)
     if doc["kind"] != "delta":
         raise ValueError(f"kind {doc['kind']!r} is neither base nor delta")
     base = int(doc["base"])
@@ -176,41 +185,52 @@ def _resolve(client, layout: keys.Layout, seq: int, doc: dict, fetch=None, base_
     base_doc = fetched.get(base)
     if base_doc is None or base_doc.get("kind") != "base":
         raise ValueError(f"its base {base} is missing")
-    files, requires = base_files(client, layout, base_doc)
+    # The chain folded oldest first into one overlay: the last word on each name wins.
+    overlay: dict[str, FileEntry | None] = {}
     checkpoints = checkpoints_from_doc(base_doc["checkpoints"])
     for delta in reversed(chain):
         for name in delta["removed"]:
-            files.pop(str(name), None)
-        files.update((e.name, e) for e in (entry_from_doc(raw, layout) for raw in delta["files"]))
+            overlay[str(name)] = None
+        overlay.update((e.name, e) for e in (entry_from_doc(raw, layout) for raw in delta["files"]))
         for d in delta["checkpoints_removed"]:
             checkpoints.pop(str(d), None)
         checkpoints.update(checkpoints_from_doc(delta["checkpoints"]))
-    requires += [layout.manifest_key(int(d["seq"])) for d in chain[1:]] + [layout.manifest_key(base)]
-    return _manifest(doc, files, checkpoints, base, requires)
+    requires = (_chunk_keys(base_doc) + [layout.manifest_key(int(d["seq"])) for d in chain[1:]]
+                + [layout.manifest_key(base)])
+    return listing.Listing(_manifest(doc, checkpoints, base, requires),
+                           lambda: base_entries(base_doc), overlay, damaged)
 
 
-def _manifest(doc: dict, files: dict[str, FileEntry], checkpoints, base: int, requires: list[str]) -> Manifest:
+def _manifest(doc: dict, checkpoints, base: int, requires: list[str]) -> Manifest:
     delta = doc["kind"] == "delta"
     return Manifest(
         run=str(doc["run"]), replica=str(doc["replica"]), seq=int(doc["seq"]), created=float(doc["created"]),
-        files=files, final=bool(doc.get("final", False)), writer=str(doc.get("writer", "")),
+        files={}, final=bool(doc.get("final", False)), writer=str(doc.get("writer", "")),
         epoch=int(doc.get("epoch", 0)), checkpoints=checkpoints, base=base,
         chain=int(doc["chain"]) if delta else 0, chain_entries=int(doc["chain_entries"]) if delta else 0,
         base_count=int(doc["base_count"]) if delta else int(doc["count"]), requires=tuple(requires))
 
 
-def _base_files(client, layout: keys.Layout, doc: dict) -> tuple[dict[str, FileEntry], list[str]]:
-    files = {e.name: e for e in (entry_from_doc(raw, layout) for raw in doc.get("files", ()))}  # a small one
+def _chunk_keys(doc: dict) -> list[str]:
+    return [str(k) for k, _ in doc["chunks"]]
+
+
+def _base_entries(client, layout: keys.Layout, doc: dict) -> Iterator[FileEntry]:
+    """The base's entries in stored order, one chunk in memory at a time (a small base's are in
+    its record); ValueError if a chunk is damaged or the count is not the record's."""
     prefix = f"{layout.manifests_prefix}{int(doc['seq']):012d}.base/"
+    count = 0
+    for raw in doc.get("files", ()):
+        count += 1
+        yield entry_from_doc(raw, layout)
     for key, sha in doc["chunks"]:
         if not str(key).startswith(prefix):
             raise ValueError(f"chunk {key!r} is outside its base")
         for raw in chunks.read(client, layout.store.bucket, str(key), str(sha)):
-            entry = entry_from_doc(raw, layout)
-            files[entry.name] = entry
-    if len(files) != int(doc["count"]):
-        raise ValueError(f"base has {len(files)} entries, its record says {doc['count']}")
-    return files, [str(k) for k, _ in doc["chunks"]]
+            count += 1
+            yield entry_from_doc(raw, layout)
+    if count != int(doc["count"]):
+        raise ValueError(f"base has {count} entries, its record says {doc['count']}")
 
 
 def _fetch(client, layout: keys.Layout, seqs) -> dict[int, dict]:

@@ -20,6 +20,7 @@ Used by restore-init (before the trainer starts) and by `runsync restore` (a lap
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import errno
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import config, discovery, globs, keys, manifest, plan, transfer
+from . import config, discovery, globs, keys, listing, manifest, plan, transfer
 from .errors import RunsyncError
 from .logs import log
 
@@ -65,9 +66,13 @@ class RestoreReport:
 
 
 def latest_manifests(s3, store: keys.StoreURL, run: keys.RunPath, replica: str,
-                     all_replicas: bool) -> dict[str, manifest.Manifest]:
-    """The latest committed manifest of the replica (or of every replica)."""
-    return discovery.latest_by_replica(s3, store, run, None if all_replicas else replica)
+                     all_replicas: bool) -> dict[str, listing.Listing]:
+    """The latest commit of the replica (or of every replica), its entries to be streamed."""
+    return discovery.listings_by_replica(s3, store, run, None if all_replicas else replica)
+
+
+WINDOW = 64
+"""Units submitted and not yet finished: the restore holds these, never the whole listing."""
 
 
 def restore(
@@ -83,10 +88,14 @@ def restore(
     must_match: bool = False,
     settings: transfer.Settings = transfer.Settings(),
     hooks: transfer.Hooks = transfer.Hooks(),
-    manifests: dict[str, manifest.Manifest] | None = None,
+    manifests: dict[str, listing.Listing] | None = None,
 ) -> RestoreReport:
-    """Restore the latest manifests of `run` (`manifests`, when the caller has read them
-    already with `latest_manifests`: restore-init does, to choose the source) into `dest`."""
+    """Restore the latest commits of `run` (`manifests`, when the caller has read them already
+    with `latest_manifests`: restore-init does, to choose the source) into `dest`.
+
+    The listings are streamed (plan.RestoreStream): read once to survey, once to size the
+    restore (the free-space check comes before the first byte), once to restore, a window of
+    units at a time; memory grows with the checkpoint dirs, not with the files."""
     started = time.monotonic()
     if markers is None:  # the defaults of SPEC.md; an empty tuple would make no dir a checkpoint
         markers = config.RunConfig().complete_markers
@@ -95,66 +104,100 @@ def restore(
     try:
         if manifests is None:
             manifests = latest_manifests(s3, store, run, replica, all_replicas)
+        report = RestoreReport(manifests={r: m.seq for r, m in manifests.items()})
+        if not manifests:
+            return report
+        chosen = plan.restore_stream({r: m.entries for r, m in manifests.items()},
+                                     {r: m.meta.checkpoints for r, m in manifests.items()}, markers, patterns,
+                                     own=replica)
+        older: list[plan.RestorePlan] = []
+        for pattern in chosen.unmatched:
+            held = _newest_holding(s3, store, run, manifests, pattern)
+            if held:
+                report.looked_back[str(pattern)] = {r: m.seq for r, m in held.items()}
+                older.append(plan.for_restore(held, markers, (pattern,), own=replica))
+            else:
+                report.unmatched += (str(pattern),)
+        if report.unmatched and must_match:  # before any download: all that was asked, or nothing
+            raise NothingMatched(
+                f"{', '.join(report.unmatched)} {'match' if len(report.unmatched) > 1 else 'matches'} no file committed to {run} (replica "
+                f"{'s ' + ', '.join(sorted(manifests)) if all_replicas else replica}, in any manifest); "
+                f"list the run's files with: runsync ls {run}")
+
+        def units():
+            yield from chosen.units()
+            taken: set[str] = set()  # names the latest commits no longer hold: only older plans clash
+            for more in older:
+                grouped = {n for names in more.groups.values() for n in names}
+                for d, names in more.groups.items():
+                    if not taken & set(names):
+                        taken.update(names)
+                        yield d, [(n, *more.files[n]) for n in names]
+                for n, v in sorted(more.files.items()):
+                    if n not in grouped and n not in taken:
+                        taken.add(n)
+                        yield None, [(n, *v)]
+
+        count, need = 0, 0
+        for _, unit in units():  # sizes from lstat alone: a file the hash would find unchanged counts
+            for name, _, entry in unit:
+                if _local_state(_target(dest, name), entry, replace, hash_equal=False) == "missing":
+                    count, need = count + 1, need + entry.size
+        _check_space(dest, need)
+        hooks.on_plan(count, need)
+        failures, total = _restore_units(s3, store, settings, dest, units(), replace, hooks, report)
+        report.incomplete = tuple(sorted(set(chosen.incomplete()) | {
+            d for more in older for d in more.incomplete if d not in chosen.groups and d not in more.groups}))
     except (ClientError, BotoCoreError) as err:
         raise transfer.describe(err, store, s3) from None
-    report = RestoreReport(manifests={r: m.seq for r, m in manifests.items()})
-    if not manifests:
-        return report
-    the_plan = plan.for_restore(manifests, markers, patterns, own=replica)
-    for pattern in plan.unmatched(manifests, patterns):
-        older = _newest_holding(s3, store, run, manifests, pattern)
-        if older:
-            report.looked_back[str(pattern)] = {r: m.seq for r, m in older.items()}
-            the_plan = plan.merge_restore(the_plan, plan.for_restore(older, markers, (pattern,), own=replica))
-        else:
-            report.unmatched += (str(pattern),)
-    if report.unmatched and must_match:  # before any download: all that was asked, or nothing
-        raise NothingMatched(
-            f"{', '.join(report.unmatched)} {'match' if len(report.unmatched) > 1 else 'matches'} no file committed to {run} (replica "
-            f"{'s ' + ', '.join(sorted(manifests)) if all_replicas else replica}, in any manifest); "
-            f"list the run's files with: runsync ls {run}")
-    report.incomplete = the_plan.incomplete
+    report.written.sort()
+    report.seconds = time.monotonic() - started
+    if failures:
+        raise RestoreError(f"{len(failures)} of {total} restores failed; first: {failures[0]}")
+    return report
 
-    todo: list[tuple[str, manifest.FileEntry]] = []
-    for name, (_, entry) in sorted(the_plan.files.items()):
-        target = _target(dest, name)
-        state = _local_state(target, entry, replace)
-        if state == "same":
-            report.up_to_date.append(name)
-        elif state == "newer":
-            report.kept_newer.append(name)
-        else:
-            todo.append((name, entry))
-    need = sum(e.size for _, e in todo)
-    _check_space(dest, need)
-    hooks.on_plan(len(todo), need)
 
-    grouped = {n for names in the_plan.groups.values() for n in names}
-    units: list[list[tuple[str, manifest.FileEntry]]] = [[t] for t in todo if t[0] not in grouped]
-    wanted = dict(todo)
-    for names in the_plan.groups.values():
-        unit = [(n, wanted[n]) for n in names if n in wanted]
-        if unit:
-            units.append(unit)
+def _restore_units(s3, store, settings, dest: Path, units, replace: bool, hooks: transfer.Hooks,
+                   report: RestoreReport) -> tuple[list[str], int]:
+    """Restore each unit's files that are missing or older here; (failures, units tried)."""
+    failures: list[str] = []
+    running: collections.deque = collections.deque()
+    total = 0
+
+    def settle(limit: int) -> None:
+        while len(running) > limit:
+            unit, future = running.popleft()
+            err = future.result()
+            if err is None:
+                report.written.extend(n for n, _ in unit)
+                report.bytes += sum(e.size for _, e in unit)
+            else:
+                failures.append(err)
+
     # Units wait on `pool`, their files download on `files` (16 at once, as before, within the
     # client's 20 connections); a unit waits only on files, never on another unit.
     with transfer.Transfers(s3, store, settings) as transfers, \
             concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="restore") as pool, \
             concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="restore-unit") as files:
-        results = list(pool.map(lambda unit: _restore_unit(transfers, dest, unit, hooks, files), units))
-    failures = [err for err in results if err is not None]
-    for unit, err in zip(units, results):
-        if err is None:
-            report.written += [n for n, _ in unit]
-            report.bytes += sum(e.size for _, e in unit)
-    report.written.sort()
-    report.seconds = time.monotonic() - started
-    if failures:
-        raise RestoreError(f"{len(failures)} of {len(units)} restores failed; first: {failures[0]}")
-    return report
+        for _, unit in units:
+            todo = []
+            for name, _, entry in unit:
+                state = _local_state(_target(dest, name), entry, replace)
+                if state == "same":
+                    report.up_to_date.append(name)
+                elif state == "newer":
+                    report.kept_newer.append(name)
+                else:
+                    todo.append((name, entry))
+            if todo:
+                total += 1
+                running.append((todo, pool.submit(_restore_unit, transfers, dest, todo, hooks, files)))
+                settle(WINDOW)
+        settle(0)
+    return failures, total
 
 
-def _newest_holding(s3, store: keys.StoreURL, run: keys.RunPath, latest: dict[str, manifest.Manifest],
+def _newest_holding(s3, store: keys.StoreURL, run: keys.RunPath, latest: dict[str, listing.Listing],
                     pattern: globs.Glob) -> dict[str, manifest.Manifest]:
     """Per replica, the newest older manifest that names a file matching `pattern`."""
     found = {}
@@ -232,8 +275,9 @@ def _make_parents(dest: Path, target: Path) -> None:
                                "or not a directory, and could lead outside the run dir")
 
 
-def _local_state(target: Path, entry: manifest.FileEntry, replace: bool) -> str:
-    """same | newer | missing-or-older. Content equal by size and mtime, else by hash."""
+def _local_state(target: Path, entry: manifest.FileEntry, replace: bool, hash_equal: bool = True) -> str:
+    """same | newer | missing-or-older. Content equal by size and mtime, else by hash (unless
+    not `hash_equal`: then a same-size file of another mtime is taken as different)."""
     try:
         st = os.lstat(target)
     except (FileNotFoundError, NotADirectoryError):
@@ -242,7 +286,7 @@ def _local_state(target: Path, entry: manifest.FileEntry, replace: bool) -> str:
         return "missing"  # replaced by the rename, never followed
     if (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns):
         return "same"
-    if st.st_size == entry.size:
+    if st.st_size == entry.size and hash_equal:
         try:
             if transfer.hash_file(target).sha256 == entry.sha256:
                 os.utime(target, ns=(entry.mtime_ns, entry.mtime_ns))
