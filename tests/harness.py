@@ -120,6 +120,16 @@ class Sidecar:
         code = self.proc.wait(timeout=timeout)
         return code, time.monotonic() - started
 
+    def terminate_as_kubelet(self, grace: float) -> tuple[int, bool]:
+        """SIGTERM, then SIGKILL once `grace` seconds have passed, as the kubelet does; returns
+        (exit code, whether it had to be killed)."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=grace), False
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(), True
+
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait()
