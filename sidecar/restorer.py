@@ -23,10 +23,11 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import errno
+import itertools
 import os
+import secrets
 import shutil
 import time
-import uuid
 from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -136,12 +137,15 @@ def restore(
         unit = [(n, wanted[n]) for n in names if n in wanted]
         if unit:
             units.append(unit)
-    # Units wait on `pool`, their files download on `files` (16 at once, as before, within the
-    # client's 20 connections); a unit waits only on files, never on another unit.
+    # A single file (most units) downloads on its unit's own thread: no second hand-off per file.
+    # A checkpoint dir's files download on `files`, in parallel; a unit waits only on files,
+    # never on another unit. 16 + 16 threads, plus fetch.WORKERS ranges: the client's connections.
+    temps = _Temps()
     with transfer.Transfers(s3, store, settings) as transfers, \
             concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="restore") as pool, \
             concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="restore-unit") as files:
-        results = list(pool.map(lambda unit: _restore_unit(transfers, dest, unit, hooks, files), units))
+        results = list(pool.map(
+            lambda unit: _restore_unit(transfers, dest, unit, hooks, files if len(unit) > 1 else None, temps), units))
     failures = [err for err in results if err is not None]
     for unit, err in zip(units, results):
         if err is None:
@@ -169,11 +173,25 @@ def _newest_holding(s3, store: keys.StoreURL, run: keys.RunPath, latest: dict[st
     return found
 
 
+class _Temps:
+    """Temp names for one restore: a random tag, then a counter (no `uuid4` per file). The tag
+    keeps a leftover of an earlier restore, of the same pid (1 in every container), from colliding."""
+
+    def __init__(self):
+        self._tag = secrets.token_hex(4)
+        self._serial = itertools.count()  # next() is atomic under the GIL
+
+    def beside(self, target: Path) -> Path:
+        return target.with_name(f".{target.name[:100]}.runsync-{self._tag}{next(self._serial):x}")
+
+
 def _restore_unit(transfers: transfer.Transfers, dest: Path, unit: list[tuple[str, manifest.FileEntry]],
-                  hooks: transfer.Hooks, files: concurrent.futures.Executor | None = None) -> str | None:
+                  hooks: transfer.Hooks, files: concurrent.futures.Executor | None = None,
+                  names: _Temps | None = None) -> str | None:
     """Download every file of a unit to temp names; rename them into place only if all are good.
-    The files download on `files`, in parallel: a checkpoint dir (one shard per replica under
-    restore-replicas: all) one after another would be a chain of R GETs."""
+    The files download on `files`, in parallel, when given: a checkpoint dir (one shard per
+    replica under restore-replicas: all) one after another would be a chain of R GETs."""
+    names = names or _Temps()
     temps: list[tuple[Path, Path, manifest.FileEntry]] = []
     futures: list[concurrent.futures.Future] = []
     current = unit[0][0]
@@ -181,7 +199,7 @@ def _restore_unit(transfers: transfer.Transfers, dest: Path, unit: list[tuple[st
         for name, entry in unit:
             target = _target(dest, name)
             _make_parents(dest, target)
-            temps.append((target.with_name(f".{target.name[:100]}.runsync-{uuid.uuid4().hex[:8]}"), target, entry))
+            temps.append((names.beside(target), target, entry))
 
         def fetch(tmp: Path, entry: manifest.FileEntry) -> None:
             transfers.fetch(entry, tmp, hooks.on_bytes)  # verified into `tmp`: renamed once, below
