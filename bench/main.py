@@ -110,8 +110,9 @@ def main() -> None:
     ap.add_argument("--latency-count", type=int, default=None, help="checkpoints per size (default 50; 1 GiB: 10)")
     ap.add_argument("--idle-files", type=int, default=None)
     ap.add_argument("--sets", default="", help="comma-separated data sets to run (default: all), e.g. '1000 x 1 MiB'")
-    ap.add_argument("--only", choices=["upload", "latency"], help="upload: uploads and close-to-durable only "
-                    "(no downloads, idle sidecar or admission); latency: close-to-durable only")
+    ap.add_argument("--only", choices=["upload", "download", "latency"], help="upload: uploads and "
+                    "close-to-durable only (no downloads, idle sidecar or admission); download: throughput only "
+                    "(each tool restores what it uploaded; both are timed); latency: close-to-durable only")
     ap.add_argument("--before", type=Path, help="a checkout of older code (its repo root): its runsync "
                     "tools run too, each next to this code's, and close-to-durable is measured for both")
     args = ap.parse_args()
@@ -156,21 +157,22 @@ def main() -> None:
         lat = []
         codes = [("", env)] + ([("before", tools.Before(tools.ALL[0], args.before, tmp / "before").env(env))]
                                if args.before else [])
-        for size, count in ((MiB, 3 if smoke else 50), (4 * MiB if smoke else 1024 * MiB, 3 if smoke else 10)):
+        sizes = () if args.only == "download" else ((MiB, 3 if smoke else 50), (4 * MiB if smoke else 1024 * MiB, 3 if smoke else 10))
+        for size, count in sizes:
             for label, code_env in codes:
                 lat.append({"code": label or "this", **latency.close_to_durable(
                     code_env, "bench-latency", size, args.latency_count or count)})
                 log(f"close-to-durable {json.dumps(lat[-1])}")
         tools.drop_bucket(s3, "bench-latency")
-        idle = admission = "not measured (--only upload)"
-        if not upload_only:
+        idle = admission = f"not measured (--only {args.only})"
+        if not args.only:
             s3.create_bucket(Bucket="bench-idle")
             idle = standing.idle(server, args.idle_files or (300 if smoke else 100_000), 3 if smoke else 60, "bench-idle")
             log(f"idle sidecar {json.dumps(idle)}")
             admission = standing.admission(server, 50, 25 if smoke else 500)
             log(f"admission {json.dumps(admission)}")
         ckpt_rows = (checkpoint.measure(s3, env, checkpoint.SMOKE if smoke else checkpoint.FULL, repeat, log)
-                     if torch_peer and not upload_only else [])
+                     if torch_peer and not args.only else [])
         ckpt = checkpoint.summarise(ckpt_rows)
 
         report.write_csv(args.out / "samples.csv", rows + ckpt_rows)
