@@ -111,9 +111,10 @@ def main() -> None:
                     "two numbers, 1 MiB's and 1 GiB's: '20,5'")
     ap.add_argument("--idle-files", type=int, default=None)
     ap.add_argument("--sets", default="", help="comma-separated data sets to run (default: all), e.g. '1000 x 1 MiB'")
-    ap.add_argument("--only", choices=["upload", "latency", "checkpoints"], help="upload: uploads and "
-                    "close-to-durable only (no downloads, idle sidecar or admission); latency: close-to-durable "
-                    "only; checkpoints: the s3torchconnector comparison only")
+    ap.add_argument("--only", choices=["upload", "download", "latency", "checkpoints"], help="upload: "
+                    "uploads and close-to-durable only (no downloads, idle sidecar or admission); download: "
+                    "throughput only (each tool restores what it uploaded; both are timed); latency: "
+                    "close-to-durable only; checkpoints: the s3torchconnector comparison only")
     ap.add_argument("--before", type=Path, help="a checkout of older code (its repo root): its runsync "
                     "tools run too, each next to this code's, and close-to-durable is measured for both")
     args = ap.parse_args()
@@ -163,7 +164,7 @@ def main() -> None:
         codes = [("", env)] + ([("before", tools.Before(tools.ALL[0], args.before, tmp / "before").env(env))]
                                if args.before else [])
         counts = [int(n) for n in args.latency_count.split(",")] if args.latency_count else []
-        sizes = () if checkpoints_only else \
+        sizes = () if args.only in ("download", "checkpoints") else \
             ((MiB, 3 if smoke else 50), (4 * MiB if smoke else 1024 * MiB, 3 if smoke else 10))
         for k, (size, count) in enumerate(sizes):
             count = counts[min(k, len(counts) - 1)] if counts else count
@@ -173,14 +174,14 @@ def main() -> None:
                 log(f"close-to-durable {json.dumps(lat[-1])}")
         tools.drop_bucket(s3, "bench-latency")
         idle = admission = f"not measured (--only {args.only})"
-        if not upload_only and not checkpoints_only:
+        if not args.only:
             s3.create_bucket(Bucket="bench-idle")
             idle = standing.idle(server, args.idle_files or (300 if smoke else 100_000), 3 if smoke else 60, "bench-idle")
             log(f"idle sidecar {json.dumps(idle)}")
             admission = standing.admission(server, 50, 25 if smoke else 500)
             log(f"admission {json.dumps(admission)}")
         ckpt_rows = (checkpoint.measure(s3, env, checkpoint.SMOKE if smoke else checkpoint.FULL, repeat, log)
-                     if torch_peer and not upload_only else [])
+                     if torch_peer and args.only in (None, "checkpoints") else [])
         ckpt = checkpoint.summarise(ckpt_rows)
 
         report.write_csv(args.out / "samples.csv", rows + ckpt_rows)

@@ -251,7 +251,10 @@ def _fetch_bodies(client, layout: keys.Layout, seqs) -> list[tuple[int, bytes | 
 
 def _get(client, layout: keys.Layout, seq: int) -> bytes | None:
     try:
-        return client.get_object(Bucket=layout.store.bucket, Key=layout.manifest_key(seq))["Body"].read()
+        # ChecksumMode: botocore checks the body against the SHA-256 stored with it (the client
+        # leaves data bodies to runsync's own checks: transfer.client).
+        return client.get_object(Bucket=layout.store.bucket, Key=layout.manifest_key(seq),
+                                 ChecksumMode="ENABLED")["Body"].read()
     except ClientError as err:
         if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
             return None  # dropped by `runsync gc`, or never written

@@ -24,10 +24,11 @@ import collections
 import concurrent.futures
 import dataclasses
 import errno
+import itertools
 import os
+import secrets
 import shutil
 import time
-import uuid
 from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -174,8 +175,10 @@ def _restore_units(s3, store, settings, dest: Path, units, replace: bool, hooks:
             else:
                 failures.append(err)
 
-    # Units wait on `pool`, their files download on `files` (16 at once, as before, within the
-    # client's 20 connections); a unit waits only on files, never on another unit.
+    # A single file (most units) downloads on its unit's own thread: no second hand-off per file.
+    # A checkpoint dir's files download on `files`, in parallel; a unit waits only on files,
+    # never on another unit. 16 + 16 threads, plus fetch.WORKERS ranges: the client's connections.
+    places = _Places(dest)
     with transfer.Transfers(s3, store, settings) as transfers, \
             concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="restore") as pool, \
             concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="restore-unit") as files:
@@ -191,7 +194,8 @@ def _restore_units(s3, store, settings, dest: Path, units, replace: bool, hooks:
                     todo.append((name, entry))
             if todo:
                 total += 1
-                running.append((todo, pool.submit(_restore_unit, transfers, dest, todo, hooks, files)))
+                running.append((todo, pool.submit(_restore_unit, transfers, dest, todo, hooks,
+                                                files if len(todo) > 1 else None, places)))
                 settle(WINDOW)
         settle(0)
     return failures, total
@@ -212,19 +216,41 @@ def _newest_holding(s3, store: keys.StoreURL, run: keys.RunPath, latest: dict[st
     return found
 
 
+class _Places:
+    """Where one restore writes: temp names from a random tag and a counter (no `uuid4` per
+    file; the tag keeps a leftover of an earlier restore of the same pid, 1 in every container,
+    from colliding), and each parent dir made and checked once, not once per file."""
+
+    def __init__(self, dest: Path):
+        self.dest = dest
+        self._tag = secrets.token_hex(4)
+        self._serial = itertools.count()  # next() is atomic under the GIL
+        self._checked: set[Path] = set()
+
+    def temp(self, target: Path) -> Path:
+        return target.with_name(f".{target.name[:100]}.runsync-{self._tag}{next(self._serial):x}")
+
+    def parents(self, target: Path) -> None:
+        if target.parent not in self._checked:
+            _make_parents(self.dest, target)
+            self._checked.add(target.parent)
+
+
 def _restore_unit(transfers: transfer.Transfers, dest: Path, unit: list[tuple[str, manifest.FileEntry]],
-                  hooks: transfer.Hooks, files: concurrent.futures.Executor | None = None) -> str | None:
+                  hooks: transfer.Hooks, files: concurrent.futures.Executor | None = None,
+                  places: _Places | None = None) -> str | None:
     """Download every file of a unit to temp names; rename them into place only if all are good.
-    The files download on `files`, in parallel: a checkpoint dir (one shard per replica under
-    restore-replicas: all) one after another would be a chain of R GETs."""
+    The files download on `files`, in parallel, when given: a checkpoint dir (one shard per
+    replica under restore-replicas: all) one after another would be a chain of R GETs."""
+    places = places or _Places(dest)
     temps: list[tuple[Path, Path, manifest.FileEntry]] = []
     futures: list[concurrent.futures.Future] = []
     current = unit[0][0]
     try:
         for name, entry in unit:
             target = _target(dest, name)
-            _make_parents(dest, target)
-            temps.append((target.with_name(f".{target.name[:100]}.runsync-{uuid.uuid4().hex[:8]}"), target, entry))
+            places.parents(target)
+            temps.append((places.temp(target), target, entry))
 
         def fetch(tmp: Path, entry: manifest.FileEntry) -> None:
             transfers.fetch(entry, tmp, hooks.on_bytes)  # verified into `tmp`: renamed once, below

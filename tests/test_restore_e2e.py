@@ -74,6 +74,25 @@ def test_a_corrupted_object_fails_clearly_and_leaves_nothing(cli, tmp_path, stor
     assert [p for p in dest.rglob("*") if p.is_file()] == []
 
 
+def test_files_under_a_symlinked_dir_are_refused_the_rest_restored(cli, tmp_path):
+    # Parent dirs are checked once per restore, not once per file: every file under the
+    # symlink is still refused, and nothing lands where it points.
+    src = tmp_path / "src"
+    for name in ("logs/a.txt", "logs/b.txt", "logs/deep/c.txt", "notes/d.txt"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_text(name)
+    assert cli("sync", str(src), "--run", RUN).returncode == 0
+    dest, outside = tmp_path / "dest", tmp_path / "outside"
+    dest.mkdir()
+    outside.mkdir()
+    (dest / "logs").symlink_to(outside)
+    result = cli("restore", RUN, "--to", str(dest))
+    assert result.returncode == 1
+    assert "3 of 4 restores failed" in result.stderr and "symlink" in result.stderr
+    assert list(outside.iterdir()) == []
+    assert (dest / "notes/d.txt").read_text() == "notes/d.txt"
+
+
 def test_restore_init_resumes_own_run_then_warm_starts_from_another(cli, tmp_path, s3_env):
     pre = tmp_path / "pretrain"
     pre.mkdir()
