@@ -156,7 +156,10 @@ def _replica(s3, store, run, name, objects, now) -> retention.Replica:
     except StoreError as err:
         current, problems = None, [str(err)]
     seqs = sorted((seq, o.key) for o in objects if (seq := layout.manifest_seq(o.key)) is not None)
-    commits = records.Replica(s3, layout, [seq for seq, _ in seqs])  # each record and base read once
+    try:
+        commits = records.Replica(s3, layout, [seq for seq, _ in seqs])  # each record and base read once
+    except (ClientError, BotoCoreError) as err:
+        return _unreadable(name, layout, objects, problems + [f"commit records unreadable: {err}"])
     versions, bases = [], set()
     for seq, key in seqs:
         try:
@@ -166,6 +169,9 @@ def _replica(s3, store, run, name, objects, now) -> retention.Replica:
             named = names(opened)  # read through once here to find what cannot be read
         except StoreError as err:
             problems.append(str(err))
+            continue
+        except (ClientError, BotoCoreError) as err:  # a chunk gone, a body failing its checksum
+            problems.append(f"manifest {layout.manifest_key(seq)} unreadable: {err}")
             continue
         m = opened.meta
         valid = current is None or m.epoch == current.owner_of(seq)
@@ -186,6 +192,13 @@ def _replica(s3, store, run, name, objects, now) -> retention.Replica:
         objects=tuple(objects), versions=tuple(versions), unreadable=tuple(problems),
         held=current is not None and current.alive(now), head=top.seq if top is not None else None,
     )
+
+
+def _unreadable(name, layout, objects, problems) -> retention.Replica:
+    """A replica retention leaves alone (it says why)."""
+    return retention.Replica(name=name, data_prefixes=(layout.objects_prefix, layout.files_prefix),
+                             manifests_prefix=layout.manifests_prefix, objects=tuple(objects), versions=(),
+                             unreadable=tuple(problems), held=True)
 
 
 class _Names:

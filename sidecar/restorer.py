@@ -20,7 +20,6 @@ Used by restore-init (before the trainer starts) and by `runsync restore` (a lap
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import dataclasses
 import errno
@@ -162,26 +161,32 @@ def _restore_units(s3, store, settings, dest: Path, units, replace: bool, hooks:
                    report: RestoreReport) -> tuple[list[str], int]:
     """Restore each unit's files that are missing or older here; (failures, units tried)."""
     failures: list[str] = []
-    running: collections.deque = collections.deque()
+    running: dict[concurrent.futures.Future, list] = {}
     total = 0
 
     def settle(limit: int) -> None:
+        """Take finished units, in any order (one large file must not hold the window), until at
+        most `limit` run."""
         while len(running) > limit:
-            unit, future = running.popleft()
-            err = future.result()
-            if err is None:
-                report.written.extend(n for n, _ in unit)
-                report.bytes += sum(e.size for _, e in unit)
-            else:
-                failures.append(err)
+            done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                unit = running.pop(future)
+                err = future.result()
+                if err is None:
+                    report.written.extend(n for n, _ in unit)
+                    report.bytes += sum(e.size for _, e in unit)
+                else:
+                    failures.append(err)
 
     # A single file (most units) downloads on its unit's own thread: no second hand-off per file.
     # A checkpoint dir's files download on `files`, in parallel; a unit waits only on files,
     # never on another unit. 16 + 16 threads, plus fetch.WORKERS ranges: the client's connections.
     places = _Places(dest)
+    # `pool` is left first (units stop before the file pool they submit to), and on an error its
+    # queued units are cancelled: a restore that failed does not go on downloading.
     with transfer.Transfers(s3, store, settings) as transfers, \
-            concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="restore") as pool, \
-            concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="restore-unit") as files:
+            concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="restore-unit") as files, \
+            _Units(16) as pool:
         for _, unit in units:
             todo = []
             for name, _, entry in unit:
@@ -194,11 +199,22 @@ def _restore_units(s3, store, settings, dest: Path, units, replace: bool, hooks:
                     todo.append((name, entry))
             if todo:
                 total += 1
-                running.append((todo, pool.submit(_restore_unit, transfers, dest, todo, hooks,
-                                                files if len(todo) > 1 else None, places)))
+                running[pool.submit(_restore_unit, transfers, dest, todo, hooks,
+                                    files if len(todo) > 1 else None, places)] = todo
                 settle(WINDOW)
         settle(0)
     return failures, total
+
+
+class _Units(concurrent.futures.ThreadPoolExecutor):
+    """The restore's unit threads; leaving on an error cancels the units not started."""
+
+    def __init__(self, workers: int):
+        super().__init__(workers, thread_name_prefix="restore")
+
+    def __exit__(self, kind, *rest):
+        self.shutdown(wait=True, cancel_futures=kind is not None)
+        return False
 
 
 def _newest_holding(s3, store: keys.StoreURL, run: keys.RunPath, latest: dict[str, listing.Listing],
@@ -257,7 +273,8 @@ def _restore_unit(transfers: transfer.Transfers, dest: Path, unit: list[tuple[st
             os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
 
         if files is not None:
-            futures = [files.submit(fetch, tmp, entry) for tmp, _, entry in temps]
+            for tmp, _, entry in temps:  # one by one: `finally` waits on each one submitted
+                futures.append(files.submit(fetch, tmp, entry))
             for (current, _), future in zip(unit, futures):
                 future.result()
         else:
