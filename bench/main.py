@@ -108,7 +108,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=None)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     ap.add_argument("--tools", default="", help="comma-separated tool names to run (default: all installed)")
-    ap.add_argument("--latency-count", type=int, default=None, help="checkpoints per size (default 50; 1 GiB: 10)")
+    ap.add_argument("--latency-count", default=None,
+                    help="checkpoints per size: N for both, or N,M for the small and the large size "
+                         "(default 50,10; --smoke 3,3)")
     ap.add_argument("--idle-files", type=int, default=None)
     ap.add_argument("--sets", default="", help="comma-separated data sets to run (default: all), e.g. '1000 x 1 MiB'")
     ap.add_argument("--only", choices=["upload", "latency"], help="upload: uploads and close-to-durable only "
@@ -172,10 +174,12 @@ def main() -> None:
         lat: list[dict] = []
         codes = [("", env)] + ([("before", tools.Before(tools.ALL[0], args.before, tmp / "before").env(env))]
                                if args.before else [])
-        for size, count in ((MiB, 3 if smoke else 50), (4 * MiB if smoke else 1024 * MiB, 3 if smoke else 10)):
+        counts = [int(x) for x in (args.latency_count or ("3,3" if smoke else "50,10")).split(",")]
+        counts = counts * 2 if len(counts) == 1 else counts
+        for size, count in zip((MiB, 4 * MiB if smoke else 1024 * MiB), counts):
             for label, code_env in codes:
                 got = section(f"close-to-durable {size // MiB} MiB {label}", lambda: latency.close_to_durable(
-                    code_env, "bench-latency", size, args.latency_count or count), None)
+                    code_env, "bench-latency", size, count), None)
                 if got:
                     lat.append({"code": label or "this", **got})
                     log(f"close-to-durable {json.dumps(lat[-1])}")
