@@ -76,7 +76,8 @@ def throughput(server, env, s3, sets, chosen, repeat, tmp, log, rows: list[dict]
                                      "client_cpu_s_per_GiB": round(sample.cpu / gib, 3),
                                      "server_cpu_s_per_GiB": round(srv / gib, 3)})
                         log(f"{rep} {name:>14} {direction:>4} {tool.name:>30} {rows[-1]['MBps']:>8} MB/s "
-                            f"{rows[-1]['client_cpu_s_per_GiB']:>6} CPU-s/GiB")
+                            f"{rows[-1]['client_cpu_s_per_GiB']:>6} CPU-s/GiB "
+                            f"(server {rows[-1]['server_cpu_s_per_GiB']})")
                     got = tree_bytes(dest) if "down" in directions else stored(s3, bucket, count, nbytes)
                     if got != (count, nbytes):  # a benchmark that moved the wrong bytes measures nothing
                         raise RuntimeError(f"{tool.name} restored {got} (files, bytes) of {name}, want {(count, nbytes)}")
