@@ -114,8 +114,9 @@ def main() -> None:
                          "(default 50,10; --smoke 3,3)")
     ap.add_argument("--idle-files", type=int, default=None)
     ap.add_argument("--sets", default="", help="comma-separated data sets to run (default: all), e.g. '1000 x 1 MiB'")
-    ap.add_argument("--only", choices=["upload", "latency"], help="upload: uploads and close-to-durable only "
-                    "(no downloads, idle sidecar or admission); latency: close-to-durable only")
+    ap.add_argument("--only", choices=["upload", "latency", "throughput"], help="upload: uploads and "
+                    "close-to-durable only (no downloads, idle sidecar or admission); latency: close-to-durable "
+                    "only; throughput: uploads and downloads only (another repeat beside an earlier run)")
     ap.add_argument("--before", type=Path, help="a checkout of older code (its repo root): its runsync "
                     "tools run too, each next to this code's, and close-to-durable is measured for both")
     args = ap.parse_args()
@@ -177,7 +178,7 @@ def main() -> None:
                                if args.before else [])
         counts = [int(x) for x in (args.latency_count or ("3,3" if smoke else "50,10")).split(",")]
         counts = counts * 2 if len(counts) == 1 else counts
-        for size, count in zip((MiB, 4 * MiB if smoke else 1024 * MiB), counts):
+        for size, count in zip((MiB, 4 * MiB if smoke else 1024 * MiB), counts if args.only != "throughput" else []):
             for label, code_env in codes:
                 got = section(f"close-to-durable {size // MiB} MiB {label}", lambda: latency.close_to_durable(
                     code_env, "bench-latency", size, count), None)
@@ -185,8 +186,8 @@ def main() -> None:
                     lat.append({"code": label or "this", **got})
                     log(f"close-to-durable {json.dumps(lat[-1])}")
         tools.drop_bucket(s3, "bench-latency")
-        idle = admission = "not measured (--only upload)"
-        if not upload_only:
+        idle = admission = f"not measured (--only {args.only})"
+        if not args.only:
             s3.create_bucket(Bucket="bench-idle")
             idle = section("idle sidecar", lambda: standing.idle(
                 server, args.idle_files or (300 if smoke else 100_000), 3 if smoke else 60, "bench-idle"), "failed")
@@ -194,7 +195,7 @@ def main() -> None:
             admission = section("admission", lambda: standing.admission(server, 50, 25 if smoke else 500), "failed")
             log(f"admission {json.dumps(admission)}")
         ckpt_rows: list[dict] = []
-        if torch_peer and not upload_only:
+        if torch_peer and not args.only:
             section("checkpoints", lambda: ckpt_rows.extend(checkpoint.measure(
                 s3, env, checkpoint.SMOKE if smoke else checkpoint.FULL, repeat, log)), None)
         ckpt = checkpoint.summarise(ckpt_rows)
