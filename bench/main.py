@@ -55,8 +55,9 @@ def tree_bytes(d: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
-def throughput(server, env, s3, sets, chosen, repeat, tmp, log, directions=("up", "down")) -> list[dict]:
-    rows = []
+def throughput(server, env, s3, sets, chosen, repeat, tmp, log, rows: list[dict],
+               directions=("up", "down")) -> list[dict]:
+    """Appends to `rows` as it goes, so a failure later in the run keeps what was measured."""
     for rep in range(repeat):
         for name, src in sets.items():
             count, nbytes = tree_bytes(src)
@@ -75,7 +76,8 @@ def throughput(server, env, s3, sets, chosen, repeat, tmp, log, directions=("up"
                                      "client_cpu_s_per_GiB": round(sample.cpu / gib, 3),
                                      "server_cpu_s_per_GiB": round(srv / gib, 3)})
                         log(f"{rep} {name:>14} {direction:>4} {tool.name:>30} {rows[-1]['MBps']:>8} MB/s "
-                            f"{rows[-1]['client_cpu_s_per_GiB']:>6} CPU-s/GiB")
+                            f"{rows[-1]['client_cpu_s_per_GiB']:>6} CPU-s/GiB "
+                            f"(server {rows[-1]['server_cpu_s_per_GiB']})")
                     got = tree_bytes(dest) if "down" in directions else stored(s3, bucket, count, nbytes)
                     if got != (count, nbytes):  # a benchmark that moved the wrong bytes measures nothing
                         raise RuntimeError(f"{tool.name} restored {got} (files, bytes) of {name}, want {(count, nbytes)}")
@@ -107,14 +109,16 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=None)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     ap.add_argument("--tools", default="", help="comma-separated tool names to run (default: all installed)")
-    ap.add_argument("--latency-count", default=None, help="checkpoints per size (default 50; 1 GiB: 10), or "
-                    "two numbers, 1 MiB's and 1 GiB's: '20,5'")
+    ap.add_argument("--latency-count", default=None,
+                    help="checkpoints per size: N for both, or N,M for the small and the large size "
+                         "(default 50,10; --smoke 3,3)")
     ap.add_argument("--idle-files", type=int, default=None)
     ap.add_argument("--sets", default="", help="comma-separated data sets to run (default: all), e.g. '1000 x 1 MiB'")
-    ap.add_argument("--only", choices=["upload", "download", "latency", "checkpoints"], help="upload: "
-                    "uploads and close-to-durable only (no downloads, idle sidecar or admission); download: "
-                    "throughput only (each tool restores what it uploaded; both are timed); latency: "
-                    "close-to-durable only; checkpoints: the s3torchconnector comparison only")
+    ap.add_argument("--only", choices=["upload", "download", "throughput", "latency", "checkpoints"],
+                    help="upload: uploads and close-to-durable only (no downloads, idle sidecar or admission); "
+                    "download: throughput only (each tool restores what it uploaded; both are timed); "
+                    "throughput: uploads and downloads only (another repeat beside an earlier run); "
+                    "latency: close-to-durable only; checkpoints: the s3torchconnector comparison only")
     ap.add_argument("--before", type=Path, help="a checkout of older code (its repo root): its runsync "
                     "tools run too, each next to this code's, and close-to-durable is measured for both")
     args = ap.parse_args()
@@ -143,6 +147,18 @@ def main() -> None:
     def log(msg: str) -> None:
         print(f"[{time.time() - started:7.1f}s] {msg}", flush=True)
 
+    failed: list[str] = []
+
+    def section(name: str, run, default):
+        """One section's failure is reported and the run goes on, so the other sections' numbers
+        are kept and only the failed one needs a rerun."""
+        try:
+            return run()
+        except Exception as e:  # noqa: BLE001 - reported in results.md, and the exit status
+            failed.append(name)
+            log(f"FAILED {name}: {type(e).__name__}: {str(e)[-2000:]}")
+            return default
+
     running = [t.name for t in chosen] + ([checkpoint.NAME] if torch_peer else [])
     log(f"tools: {', '.join(running)}" + (f"; not installed: {', '.join(missing)}" if missing else ""))
     server = locals3.start()
@@ -154,34 +170,41 @@ def main() -> None:
         wanted = {k: v for k, v in (SMOKE_SETS if smoke else FULL_SETS).items()
                   if not args.sets or k in args.sets.split(",")}
         sets = make_sets(tmp / "data", wanted) if chosen else {}
-        rows = throughput(server, env, s3, sets, chosen, repeat, tmp, log,
-                          ("up",) if upload_only else ("up", "down")) if chosen else []
+        rows: list[dict] = []
+        if chosen:
+            section("throughput", lambda: throughput(server, env, s3, sets, chosen, repeat, tmp, log, rows,
+                                                     ("up",) if upload_only else ("up", "down")), None)
         shutil.rmtree(tmp / "data", ignore_errors=True)
         summary = report.summarise(rows)
+        report.write_csv(args.out / "samples.csv", rows)  # kept even if a later section fails
 
         s3.create_bucket(Bucket="bench-latency")
-        lat = []
+        lat: list[dict] = []
         codes = [("", env)] + ([("before", tools.Before(tools.ALL[0], args.before, tmp / "before").env(env))]
                                if args.before else [])
-        counts = [int(n) for n in args.latency_count.split(",")] if args.latency_count else []
-        sizes = () if args.only in ("download", "checkpoints") else \
-            ((MiB, 3 if smoke else 50), (4 * MiB if smoke else 1024 * MiB, 3 if smoke else 10))
-        for k, (size, count) in enumerate(sizes):
-            count = counts[min(k, len(counts) - 1)] if counts else count
+        counts = [int(x) for x in (args.latency_count or ("3,3" if smoke else "50,10")).split(",")]
+        counts = counts * 2 if len(counts) == 1 else counts
+        measured = [] if args.only in ("download", "throughput", "checkpoints") else counts
+        for size, count in zip((MiB, 4 * MiB if smoke else 1024 * MiB), measured):
             for label, code_env in codes:
-                lat.append({"code": label or "this", **latency.close_to_durable(
-                    code_env, "bench-latency", size, count)})
-                log(f"close-to-durable {json.dumps(lat[-1])}")
+                got = section(f"close-to-durable {size // MiB} MiB {label}", lambda: latency.close_to_durable(
+                    code_env, "bench-latency", size, count), None)
+                if got:
+                    lat.append({"code": label or "this", **got})
+                    log(f"close-to-durable {json.dumps(lat[-1])}")
         tools.drop_bucket(s3, "bench-latency")
         idle = admission = f"not measured (--only {args.only})"
         if not args.only:
             s3.create_bucket(Bucket="bench-idle")
-            idle = standing.idle(server, args.idle_files or (300 if smoke else 100_000), 3 if smoke else 60, "bench-idle")
+            idle = section("idle sidecar", lambda: standing.idle(
+                server, args.idle_files or (300 if smoke else 100_000), 3 if smoke else 60, "bench-idle"), "failed")
             log(f"idle sidecar {json.dumps(idle)}")
-            admission = standing.admission(server, 50, 25 if smoke else 500)
+            admission = section("admission", lambda: standing.admission(server, 50, 25 if smoke else 500), "failed")
             log(f"admission {json.dumps(admission)}")
-        ckpt_rows = (checkpoint.measure(s3, env, checkpoint.SMOKE if smoke else checkpoint.FULL, repeat, log)
-                     if torch_peer and args.only in (None, "checkpoints") else [])
+        ckpt_rows: list[dict] = []
+        if torch_peer and args.only in (None, "checkpoints"):
+            section("checkpoints", lambda: ckpt_rows.extend(checkpoint.measure(
+                s3, env, checkpoint.SMOKE if smoke else checkpoint.FULL, repeat, log)), None)
         ckpt = checkpoint.summarise(ckpt_rows)
 
         report.write_csv(args.out / "samples.csv", rows + ckpt_rows)
@@ -191,7 +214,8 @@ def main() -> None:
             f"# runsync benchmark{' (smoke)' if smoke else ''}",
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine()}; one SeaweedFS (weed mini) on "
             f"loopback; medians of {repeat}; {round(time.time() - started)} s in all. "
-            f"Not installed: {', '.join(missing) or 'none'}.",
+            f"Not installed: {', '.join(missing) or 'none'}."
+            + (f" FAILED (see the log; rerun these): {', '.join(failed)}." if failed else ""),
             "## Throughput and CPU\n\n" + report.markdown(summary),
             "## Close-to-durable under `live`\n\n" + ("| code " if args.before else "") + "| size MiB | n | p50 ms | "
             "p99 ms | transfer alone p50 ms | overhead p50 ms | CRT alone p50 ms | overhead vs CRT p50 ms |\n"
@@ -206,6 +230,8 @@ def main() -> None:
               "load.\n\n" + checkpoint.markdown(ckpt) + "\n"] if ckpt else []))
         (args.out / "results.md").write_text(doc)
         print(doc)
+        if failed:
+            sys.exit(f"failed sections: {', '.join(failed)}")
     finally:
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)

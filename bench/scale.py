@@ -66,11 +66,16 @@ class Bench:
                                aws_access_key_id=server.credentials.access_key,
                                aws_secret_access_key=server.credentials.secret_key)
         self.serial = 0
+        self.buckets: set[str] = set()
 
     def store(self, code: Code) -> str:
         bucket = f"scale-{code.label}"
-        if bucket not in {b["Name"] for b in self.s3.list_buckets().get("Buckets", [])}:
-            self.s3.create_bucket(Bucket=bucket)
+        if bucket not in self.buckets:
+            try:
+                self.s3.create_bucket(Bucket=bucket)
+            except self.s3.exceptions.BucketAlreadyOwnedByYou:
+                pass  # curve R's writer threads race to make it (R=8 first, with --R 8,128)
+            self.buckets.add(bucket)
         return f"s3://{bucket}/runs"
 
     def env(self, code: Code, **extra: str) -> dict[str, str]:
@@ -268,7 +273,8 @@ def main(argv=None) -> None:
     started = time.time()
     server = locals3.start()
     os.environ.update(server.env())  # curve N writes its runs in this process
-    sections = []
+    sections: list[str] = []
+    failed: list[str] = []
     try:
         with tempfile.TemporaryDirectory(prefix="runsync-scale-") as tmp:
             trees = [Code("after")]
@@ -279,12 +285,26 @@ def main(argv=None) -> None:
                 title, curve = CURVES[name]
                 sizes = [int(x) for x in getattr(args, name).split(",")]
                 t0 = time.time()
-                head, rows = curve(bench, trees, sizes, args.repeat)
-                sep = "|" + "---|" * (head.count("|") - 1)
-                sections.append(f"## {name}: {title}\n\n{round(time.time() - t0)} s.\n\n"
-                                + "\n".join([head, sep, *rows]))
+                try:
+                    head, rows = curve(bench, trees, sizes, args.repeat)
+                except (Exception, SystemExit) as e:  # noqa: BLE001 - the other curves still run
+                    failed.append(name)
+                    print(f"curve {name} FAILED: {e}", file=sys.stderr, flush=True)
+                    sections.append(f"## {name}: {title}\n\nFAILED after {round(time.time() - t0)} s: {e}")
+                else:
+                    sep = "|" + "---|" * (head.count("|") - 1)
+                    sections.append(f"## {name}: {title}\n\n{round(time.time() - t0)} s.\n\n"
+                                    + "\n".join([head, sep, *rows]))
+                write(args, started, sections)  # after every curve: a later failure keeps these
     finally:
         server.stop()
+    print(write(args, started, sections))
+    if failed:
+        raise SystemExit(f"bench/scale.py: curve(s) {','.join(failed)} failed (see above); fix: rerun "
+                         f"them alone with --scale {','.join(failed)}")
+
+
+def write(args, started: float, sections: list[str]) -> str:
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     doc = "\n\n".join([
         "# runsync at scale",
@@ -295,7 +315,7 @@ def main(argv=None) -> None:
         *sections]) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(doc)
-    print(doc)
+    return doc
 
 
 if __name__ == "__main__":
