@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -67,15 +68,24 @@ class Bench:
                                aws_secret_access_key=server.credentials.secret_key)
         self.serial = 0
         self.buckets: set[str] = set()
+        self._making = threading.Lock()
 
     def store(self, code: Code) -> str:
         bucket = f"scale-{code.label}"
-        if bucket not in self.buckets:
-            try:
-                self.s3.create_bucket(Bucket=bucket)
-            except self.s3.exceptions.BucketAlreadyOwnedByYou:
-                pass  # curve R's writer threads race to make it (R=8 first, with --R 8,128)
-            self.buckets.add(bucket)
+        with self._making:  # curve R's writer threads all ask at once: one makes it, all wait for it
+            if bucket not in self.buckets:
+                try:
+                    self.s3.create_bucket(Bucket=bucket)
+                except self.s3.exceptions.BucketAlreadyOwnedByYou:
+                    pass
+                # SeaweedFS answers NoSuchBucket for a moment after creating one: wait until it serves it
+                for _ in range(100):
+                    try:
+                        self.s3.head_bucket(Bucket=bucket)
+                        break
+                    except self.s3.exceptions.ClientError:
+                        time.sleep(0.1)
+                self.buckets.add(bucket)
         return f"s3://{bucket}/runs"
 
     def env(self, code: Code, **extra: str) -> dict[str, str]:
