@@ -32,7 +32,7 @@ from s3transfer.exceptions import CancelledError
 from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
-from . import checksums, contract, crt, encryption, fetch, hashing, keys, progress, stored
+from . import botodata, checksums, contract, crt, encryption, fetch, hashing, keys, progress, stored
 from .hashing import _FD_PATH, Digest, FileChanged, NotRegular, hash_file, look, open_regular  # noqa: F401 - callers' names
 from .errors import StoreError
 
@@ -116,6 +116,7 @@ def _session() -> boto3.session.Session:
     default (dateutil) took 0.4 ms of CPU per response here against 0.03 ms, about a tenth of a
     small file's GET (bench/README.md), for a `LastModified` runsync rarely reads."""
     core = botocore.session.get_session()
+    botodata.use(core)  # S3's model without its documentation, when built for this botocore
     core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_timestamp)
     return boto3.session.Session(botocore_session=core)
 
