@@ -2,12 +2,14 @@
 that runs written before run.json still take (a LIST of replicas, a LIST of manifests, GETs and a
 parse of the latest manifest per replica).
 
-    .venv/bin/python bench/runs_catalog.py [--runs 1000] [--files 50]
+    .venv/bin/python bench/runs_catalog.py [--runs 1000] [--files 50] [--before TREE]
 
 One local SeaweedFS; namespace `legacy` holds N runs with manifests only, namespace `meta` the
 same N runs with their run.json too. Each is listed three times, in this process (requests
 counted through botocore's events) and as the CLI (`runsync runs NS`, start-up included);
-medians are printed as a Markdown table. A number of one machine, not an assertion.
+medians are printed as a Markdown table. `--before TREE` (a checkout, e.g. `git worktree add
+.before main`) times that code's CLI too, each of its runs next to one of this code's (the same
+load). A number of one machine, not an assertion.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import boto3
+from startup import Code  # bench/startup.py: runs an older checkout's console script
 
 from runsync import catalog, keys, manifest, runmeta, transfer
 from runsync_testing import locals3
@@ -57,9 +61,9 @@ def in_process(s3, store: keys.StoreURL, namespace: str) -> tuple[float, dict[st
         s3.meta.events.unregister("before-call.s3", handler)
 
 
-def cli(env: dict[str, str], namespace: str) -> float:
+def cli(env: dict[str, str], namespace: str, code: Code) -> float:
     started = time.perf_counter()
-    subprocess.run([RUNSYNC, "runs", namespace, "--json"], env=env, check=True, capture_output=True)
+    subprocess.run(code.command("runs", namespace, "--json"), env=code.env(env), check=True, capture_output=True)
     return time.perf_counter() - started
 
 
@@ -68,6 +72,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--files", type=int, default=50, help="files in each run's manifest")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--before", type=Path, help="a checkout of the code to compare with (its repo root)")
     args = parser.parse_args()
     server = locals3.start()
     try:
@@ -83,19 +88,28 @@ def main() -> None:
         populate(s3, store, "legacy", args.runs, args.files, with_meta=False)
         populate(s3, store, "meta", args.runs, args.files, with_meta=True)
         print(f"populated 2 x {args.runs} runs in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        codes = [Code("after")]
+        if args.before:
+            codes.insert(0, Code.checkout("before", args.before, Path(tempfile.mkdtemp(prefix="bench-runs-")) / "before"))
         rows = []
         for namespace, label in (("legacy", "manifests (before run.json)"), ("meta", "run.json")):
             timings = [in_process(s3, store, namespace) for _ in range(args.repeat)]
             seconds = statistics.median(t for t, _, _ in timings)
             requests = timings[0][1]
             assert all(n == args.runs for _, _, n in timings), timings
-            cli_seconds = statistics.median(cli(env, namespace) for _ in range(args.repeat))
+            cli_seconds: dict[str, list[float]] = {c.label: [] for c in codes}
+            for _ in range(args.repeat):
+                for code in codes:  # interleaved: before and after see the same load
+                    cli_seconds[code.label].append(cli(env, namespace, code))
             per_run = sum(requests.values()) / args.runs
-            rows.append(f"| {label} | {args.runs} | {seconds:.2f} | {cli_seconds:.2f} | {per_run:.2f} | "
+            shown = " → ".join(f"{statistics.median(cli_seconds[c.label]):.2f}" for c in codes)
+            rows.append(f"| {label} | {args.runs} | {seconds:.2f} | {shown} | {per_run:.2f} | "
                         + ", ".join(f"{k} {v}" for k, v in sorted(requests.items())) + " |")
-        print("| source | runs | in process (s, median) | `runsync runs` CLI (s, median) | requests per run | requests |")
+        cli_head = "`runsync runs --json` CLI (s, median" + (", before → after)" if args.before else ")")
+        print(f"| source | runs | in process (s, median) | {cli_head} | requests per run | requests |")
         print("|---|---|---|---|---|---|")
         print("\n".join(rows))
+        print(f"load average (1, 5, 15 min) at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         server.stop()
 
