@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -122,18 +123,27 @@ def run_all(work: Path, env: dict[str, str], args, trees: list["Code"]) -> dict:
 
     first: dict[str, list[float]] = {c.label: [] for c in trees}
     total: dict[str, list[float]] = {c.label: [] for c in trees}
-    floor = []
+    first_cpu: dict[str, list[float]] = {c.label: [] for c in trees}
+    total_cpu: dict[str, list[float]] = {c.label: [] for c in trees}
+    floor, floor_cpu = [], []
     for i in range(args.repeat):
         for code in trees:  # interleaved: before and after see the same load
-            f, t = restore_init(code, work / f"pod-{code.label}-{i}", env, digest)
+            f, t, fc, tc = restore_init(code, work / f"pod-{code.label}-{i}", env, digest)
             first[code.label].append(f)
             total[code.label].append(t)
-        floor.append(boto3_alone(env))
+            if fc is not None:
+                first_cpu[code.label].append(fc)
+            total_cpu[code.label].append(tc)
+        f, fc = boto3_alone(env)
+        floor.append(f)
+        floor_cpu.append(fc)
     results: dict = {"size": args.size, "repeat": args.repeat, "codes": [c.label for c in trees],
-                     "boto3_first_request_s": _stats(floor)}
+                     "boto3_first_request_s": _stats(floor), "boto3_first_request_cpu_s": _stats(floor_cpu)}
     for code in trees:
         results[code.label] = {
             "first_request_s": _stats(first[code.label]), "restore_s": _stats(total[code.label]),
+            "first_request_cpu_s": _stats(first_cpu[code.label]) if first_cpu[code.label] else None,
+            "restore_cpu_s": _stats(total_cpu[code.label]),
             "imports": imports(code, work / f"imports-{code.label}", env),
             "sync_call_s": sync_calls(code, work / f"synced-{code.label}", env, args.repeat),
             "idle_sidecar_mib": _stats([idle_sidecar_rss(code, work / f"sidecar-{code.label}-{i}", env)
@@ -157,38 +167,49 @@ def _pod_env(run_dir: Path, env: dict[str, str], **more: str) -> dict[str, str]:
                               contract.ENV_HOLDER: "bench-startup"}, **more)  # same holder: the lease is ours, no wait
 
 
-def restore_init(code: Code, run_dir: Path, env: dict[str, str], digest: str) -> tuple[float, float]:
-    """(start → first request, start → exit) of one `runsync restore-init`, in seconds."""
+def restore_init(code: Code, run_dir: Path, env: dict[str, str], digest: str) -> tuple[float, float, float | None, float]:
+    """(start → first request, start → exit, CPU to the first request, CPU in all) of one
+    `runsync restore-init`, in seconds. CPU seconds hold up on a loaded machine where wall-clock
+    seconds do not; an older checkout's probe may not write its CPU (None)."""
     probe = run_dir.with_suffix(".probe")
     pod_env = code.env(_pod_env(run_dir, env, **{transfer.BENCH_PROBE: str(probe)}))
+    cpu0 = _children_cpu()
     t0 = time.time()
     done = subprocess.run(code.command("restore-init"), env=pod_env, capture_output=True, text=True)
     t1 = time.time()
+    cpu = _children_cpu() - cpu0
     if done.returncode:
         raise RuntimeError(f"restore-init exited {done.returncode}: {done.stderr}{done.stdout}")
     restored = run_dir / "checkpoints" / "last.pt"
     if hashlib.sha256(restored.read_bytes()).hexdigest() != digest:
         raise RuntimeError(f"{restored} is not the checkpoint uploaded")
-    return float(probe.read_text().split()[0]) - t0, t1 - t0
+    noted = probe.read_text().split()
+    return float(noted[0]) - t0, t1 - t0, float(noted[1]) if len(noted) > 1 else None, cpu
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 BOTO3_ALONE = """
 import os, time
 import boto3, s3transfer.manager
 s3 = boto3.session.Session().client("s3", region_name=os.environ["AWS_REGION"])
-print(repr(time.time()))
+print(repr(time.time()), repr(time.process_time()))
 s3.list_objects_v2(Bucket=os.environ["BUCKET"], MaxKeys=1)
 """
 
 
-def boto3_alone(env: dict[str, str]) -> float:
+def boto3_alone(env: dict[str, str]) -> tuple[float, float]:
     """Start → first request of a process that only imports boto3 and s3transfer, makes a client
     and lists the bucket: the floor under restore-init's start-up."""
     bucket = keys.StoreURL.parse(env[contract.ENV_STORE]).bucket
     t0 = time.time()
     done = subprocess.run([sys.executable, "-c", BOTO3_ALONE], env=_clean_env(env, BUCKET=bucket),
                           capture_output=True, text=True, check=True)
-    return float(done.stdout.split()[0]) - t0
+    wall, cpu = done.stdout.split()[:2]
+    return float(wall) - t0, float(cpu)
 
 
 def idle_sidecar_rss(code: Code, run_dir: Path, env: dict[str, str]) -> float:
@@ -295,6 +316,10 @@ def report(r: dict) -> str:
          lambda c: c["restore_s"]["median"]),
         ("the floor: a process that imports boto3 + s3transfer, makes a client, lists (s, median)",
          lambda c: r["boto3_first_request_s"]["median"]),
+        ("restore-init: CPU seconds to its first S3 request (median)",
+         lambda c: c["first_request_cpu_s"]["median"] if c.get("first_request_cpu_s") else "–"),
+        (f"restore-init: CPU seconds in all, {round(r['size'] / 1e6)} MB restored (median)", lambda c: c["restore_cpu_s"]["median"]),
+        ("the floor's CPU seconds to its request (median)", lambda c: r["boto3_first_request_cpu_s"]["median"]),
         ("restore-init: imports, top level (ms, -X importtime, one run)",
          lambda c: round(c["imports"]["total_us"] / 1000)),
         ("restore-init imports " + "/".join(HEAVY), lambda c: ", ".join(c["imports"]["heavy_loaded"]) or "none"),
