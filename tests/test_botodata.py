@@ -1,5 +1,7 @@
-"""S3's model without its documentation (botodata.py, issue 17): the same API as botocore's, read
-only when built from the installed botocore, and the user's AWS_DATA_PATH still first."""
+"""What botocore works out at each process's first client, worked out at install time (botodata.py,
+issue 17): S3's model without its documentation and the list of botocore's services, the same
+as botocore's own, read only when built from the installed botocore, the user's AWS_DATA_PATH
+still first."""
 
 from __future__ import annotations
 
@@ -62,10 +64,20 @@ def test_a_session_reads_it_only_when_built_from_the_installed_botocore(tmp_path
 
     (target / botodata.VERSION_FILE).write_text("0.0.1")  # built by another botocore
     (target / MODEL).with_suffix(".json").write_text("{}")  # and unusable: it must not be read
+    (target / botodata.LISTED_FILE).write_text("{}")
     session, used = session_for(target)
-    assert not used
+    assert not used and type(session.get_component("data_loader")) is botocore.loaders.Loader
     assert model_path(session).startswith(botocore.loaders.Loader.BUILTIN_DATA_PATH)
     assert hasattr(session.create_client("s3", region_name="us-east-1"), "get_object")
+
+
+def test_it_lists_the_services_botocore_lists(tmp_path):
+    session, used = session_for(botodata.build(tmp_path / "data"))
+    own = botocore.session.get_session()
+    assert used and session.get_available_services() == own.get_available_services()
+    for kind in (*botodata.LISTED_KINDS, "examples-1"):  # the last one is not listed at build time
+        assert session.get_component("data_loader").list_available_services(kind) == \
+            own.get_component("data_loader").list_available_services(kind), kind
 
 
 def test_the_users_data_path_still_comes_first(tmp_path):
@@ -73,8 +85,11 @@ def test_the_users_data_path_still_comes_first(tmp_path):
     user = tmp_path / "user"
     (user / MODEL).parent.mkdir(parents=True)
     (user / MODEL).with_suffix(".json").write_text(json.dumps(botocores_own()))
+    (user / "my-service" / "2020-01-01").mkdir(parents=True)  # a service only the user's path has
+    (user / "my-service" / "2020-01-01" / "service-2.json").write_text("{}")
     session, used = session_for(target, data_path=str(user))
     assert used and model_path(session).startswith(str(user))
+    assert "my-service" in session.get_available_services() and "s3" in session.get_available_services()
 
 
 @pytest.mark.s3
