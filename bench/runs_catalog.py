@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -61,10 +62,16 @@ def in_process(s3, store: keys.StoreURL, namespace: str) -> tuple[float, dict[st
         s3.meta.events.unregister("before-call.s3", handler)
 
 
-def cli(env: dict[str, str], namespace: str, code: Code) -> float:
-    started = time.perf_counter()
+def cli(env: dict[str, str], namespace: str, code: Code) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one `runsync runs NAMESPACE --json`; CPU holds up under load."""
+    cpu, started = _children_cpu(), time.perf_counter()
     subprocess.run(code.command("runs", namespace, "--json"), env=code.env(env), check=True, capture_output=True)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, _children_cpu() - cpu
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -97,17 +104,19 @@ def main() -> None:
             seconds = statistics.median(t for t, _, _ in timings)
             requests = timings[0][1]
             assert all(n == args.runs for _, _, n in timings), timings
-            cli_seconds: dict[str, list[float]] = {c.label: [] for c in codes}
+            cli_seconds: dict[str, list[tuple[float, float]]] = {c.label: [] for c in codes}
             for _ in range(args.repeat):
                 for code in codes:  # interleaved: before and after see the same load
                     cli_seconds[code.label].append(cli(env, namespace, code))
             per_run = sum(requests.values()) / args.runs
-            shown = " → ".join(f"{statistics.median(cli_seconds[c.label]):.2f}" for c in codes)
-            rows.append(f"| {label} | {args.runs} | {seconds:.2f} | {shown} | {per_run:.2f} | "
+            wall = " → ".join(f"{statistics.median(w for w, _ in cli_seconds[c.label]):.2f}" for c in codes)
+            cpu = " → ".join(f"{statistics.median(u for _, u in cli_seconds[c.label]):.2f}" for c in codes)
+            rows.append(f"| {label} | {args.runs} | {seconds:.2f} | {wall} | {cpu} | {per_run:.2f} | "
                         + ", ".join(f"{k} {v}" for k, v in sorted(requests.items())) + " |")
-        cli_head = "`runsync runs --json` CLI (s, median" + (", before → after)" if args.before else ")")
-        print(f"| source | runs | in process (s, median) | {cli_head} | requests per run | requests |")
-        print("|---|---|---|---|---|---|")
+        which = ", before → after" if args.before else ""
+        print(f"| source | runs | in process (s, median) | `runsync runs --json` CLI (s, median{which}) | "
+              f"its CPU (s, median{which}) | requests per run | requests |")
+        print("|---|---|---|---|---|---|---|")
         print("\n".join(rows))
         print(f"load average (1, 5, 15 min) at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:

@@ -126,8 +126,10 @@ def run_all(work: Path, env: dict[str, str], args, trees: list["Code"]) -> dict:
     first_cpu: dict[str, list[float]] = {c.label: [] for c in trees}
     total_cpu: dict[str, list[float]] = {c.label: [] for c in trees}
     floor, floor_cpu = [], []
+    client_ms: dict[str, list[float]] = {c.label: [] for c in trees}
     for i in range(args.repeat):
         for code in trees:  # interleaved: before and after see the same load
+            client_ms[code.label].append(first_client_cpu_ms(code, env))
             f, t, fc, tc = restore_init(code, work / f"pod-{code.label}-{i}", env, digest)
             first[code.label].append(f)
             total[code.label].append(t)
@@ -144,6 +146,7 @@ def run_all(work: Path, env: dict[str, str], args, trees: list["Code"]) -> dict:
             "first_request_s": _stats(first[code.label]), "restore_s": _stats(total[code.label]),
             "first_request_cpu_s": _stats(first_cpu[code.label]) if first_cpu[code.label] else None,
             "restore_cpu_s": _stats(total_cpu[code.label]),
+            "first_client_cpu_ms": _stats(client_ms[code.label]),
             "imports": imports(code, work / f"imports-{code.label}", env),
             "sync_call_s": sync_calls(code, work / f"synced-{code.label}", env, args.repeat),
             "idle_sidecar_mib": _stats([idle_sidecar_rss(code, work / f"sidecar-{code.label}-{i}", env)
@@ -185,6 +188,23 @@ def restore_init(code: Code, run_dir: Path, env: dict[str, str], digest: str) ->
         raise RuntimeError(f"{restored} is not the checkpoint uploaded")
     noted = probe.read_text().split()
     return float(noted[0]) - t0, t1 - t0, float(noted[1]) if len(noted) > 1 else None, cpu
+
+
+FIRST_CLIENT = """
+import time
+from runsync import transfer
+cpu = time.process_time()
+transfer.client()
+print(repr((time.process_time() - cpu) * 1000))
+"""
+
+
+def first_client_cpu_ms(code: Code, env: dict[str, str]) -> float:
+    """CPU milliseconds of a fresh process's first `transfer.client()`, its imports done before:
+    botocore's session and its S3 model, what `runsync.botodata` works out at install time."""
+    done = subprocess.run([sys.executable, "-c", FIRST_CLIENT], env=code.env(_clean_env(env)),
+                          capture_output=True, text=True, check=True)
+    return float(done.stdout.split()[-1])
 
 
 def _children_cpu() -> float:
@@ -320,6 +340,8 @@ def report(r: dict) -> str:
          lambda c: c["first_request_cpu_s"]["median"] if c.get("first_request_cpu_s") else "–"),
         (f"restore-init: CPU seconds in all, {round(r['size'] / 1e6)} MB restored (median)", lambda c: c["restore_cpu_s"]["median"]),
         ("the floor's CPU seconds to its request (median)", lambda c: r["boto3_first_request_cpu_s"]["median"]),
+        ("a new process's first S3 client, `transfer.client()` (CPU ms, median)",
+         lambda c: round(c["first_client_cpu_ms"]["median"], 1)),
         ("restore-init: imports, top level (ms, -X importtime, one run)",
          lambda c: round(c["imports"]["total_us"] / 1000)),
         ("restore-init imports " + "/".join(HEAVY), lambda c: ", ".join(c["imports"]["heavy_loaded"]) or "none"),
