@@ -17,7 +17,6 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-import yaml
 
 from . import contract, globs
 from .errors import ConfigError
@@ -169,6 +168,8 @@ def _save_entry(entry: str, annotation: str) -> SaveRule:
 
 
 def _parse_save_yaml(value: str, annotation: str) -> tuple[SaveRule, ...]:
+    import yaml  # only here: restore-init and the sidecar start without it (~14 ms of CPU)
+
     try:
         items = yaml.safe_load(value)
     except yaml.YAMLError as err:

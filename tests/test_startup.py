@@ -47,6 +47,7 @@ def test_restore_init_restores_without_the_interactive_cli(cli, tmp_path, s3_env
     imported = loaded(done.stderr)
     assert "boto3" in imported and "runsync" in imported  # the list is real
     assert sorted(imported & {*INTERACTIVE, "prometheus_client"}) == []
+    assert "yaml" not in imported  # PyYAML only for a save spec written as a YAML list (config.py)
 
 
 def test_restore_init_errors_keep_their_line_and_exit_code(tmp_path, s3_env):
