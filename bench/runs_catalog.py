@@ -18,6 +18,7 @@ import argparse
 import collections
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--before", type=Path, help="a checkout of the code to compare with (its repo root)")
     args = parser.parse_args()
+    links = Path(tempfile.mkdtemp(prefix="bench-runs-"))  # where --before's checkout is linked from
     server = locals3.start()
     try:
         env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNSYNC_"))},
@@ -97,7 +99,7 @@ def main() -> None:
         print(f"populated 2 x {args.runs} runs in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         codes = [Code("after")]
         if args.before:
-            codes.insert(0, Code.checkout("before", args.before, Path(tempfile.mkdtemp(prefix="bench-runs-")) / "before"))
+            codes.insert(0, Code.checkout("before", args.before, links / "before"))
         rows = []
         for namespace, label in (("legacy", "manifests (before run.json)"), ("meta", "run.json")):
             timings = [in_process(s3, store, namespace) for _ in range(args.repeat)]
@@ -121,6 +123,7 @@ def main() -> None:
         print(f"load average (1, 5, 15 min) at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         server.stop()
+        shutil.rmtree(links, ignore_errors=True)
 
 
 if __name__ == "__main__":
