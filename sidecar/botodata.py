@@ -40,8 +40,9 @@ _DROPPED = frozenset({"documentation", "documentationUrl"})
 
 
 def build(target: Path = DIR) -> Path:
-    """Write S3's service model of the installed botocore, its documentation emptied, under
-    `target` (replaced whole, so a reader never sees half of it)."""
+    """Write S3's service model of the installed botocore, its documentation emptied, and
+    botocore's list of its own services per kind in LISTED_KINDS, under `target` (replaced
+    whole, so a reader never sees half of it)."""
     loader = botocore.loaders.Loader()
     own = botocore.loaders.Loader(extra_search_paths=[loader.BUILTIN_DATA_PATH], include_default_search_paths=False)
     version = loader.determine_latest_version(SERVICE, "service-2")
