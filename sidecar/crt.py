@@ -56,25 +56,43 @@ def manager(s3, part_size: int, endpoint: str | None, throughput_gbps: float = 2
             memory_limit: int = MEMORY_LIMIT):
     """A `CRTTransferManager` on client `s3`'s region and credentials, and on `endpoint` (an
     S3-compatible server; None for AWS itself), buffering at most `memory_limit` bytes."""
-    from awscrt.io import ClientBootstrap, DefaultHostResolver, EventLoopGroup
-    from awscrt.s3 import S3Client, S3RequestTlsMode
-    from s3transfer.crt import BotocoreCRTCredentialsWrapper, BotocoreCRTRequestSerializer, CRTTransferManager
+    from s3transfer.crt import BotocoreCRTRequestSerializer, CRTTransferManager
 
-    session = botocore.session.Session()
-    encryption.install(session, encryption.from_env())  # the serializer's client inherits these events
-    credentials = session.get_credentials()
-    region = s3.meta.region_name
-    loop = EventLoopGroup(2)
-    client = S3Client(
-        bootstrap=ClientBootstrap(loop, DefaultHostResolver(loop)), region=region,
-        credential_provider=BotocoreCRTCredentialsWrapper(credentials).to_crt_credentials_provider()
-        if credentials else None,
-        tls_mode=S3RequestTlsMode.DISABLED if endpoint and endpoint.startswith("http://") else S3RequestTlsMode.ENABLED,
-        part_size=part_size, throughput_target_gbps=throughput_gbps, memory_limit=memory_limit)
-    kwargs = {"region_name": region}
+    session = _session()
+    client = s3_client(s3, endpoint, part_size=part_size, throughput_gbps=throughput_gbps,
+                       memory_limit=memory_limit, session=session)
+    kwargs = {"region_name": s3.meta.region_name}
     if endpoint:  # S3-compatible servers on an IP or a plain host name need path-style URLs
         kwargs.update(endpoint_url=endpoint, config=botocore.config.Config(s3={"addressing_style": "path"}))
     return CRTTransferManager(client, BotocoreCRTRequestSerializer(session, kwargs))
+
+
+def s3_client(s3, endpoint: str | None, part_size: int, throughput_gbps: float = 2.0,
+              memory_limit: int = MEMORY_LIMIT, attempts: int | None = None, connect_timeout: float | None = None,
+              session: botocore.session.Session | None = None):
+    """An `awscrt.s3.S3Client` that signs with client `s3`'s region and the AWS environment's
+    credentials (refreshed as botocore refreshes them), plain HTTP when `endpoint` is http://.
+    `attempts` and `connect_timeout` (s) as the botocore client's settings; None: the CRT's."""
+    from awscrt.io import ClientBootstrap, DefaultHostResolver, EventLoopGroup
+    from awscrt.s3 import S3Client, S3RequestTlsMode, S3RetryConfig
+    from s3transfer.crt import BotocoreCRTCredentialsWrapper
+
+    credentials = (session or _session()).get_credentials()
+    loop = EventLoopGroup(2)
+    return S3Client(
+        bootstrap=ClientBootstrap(loop, DefaultHostResolver(loop)), region=s3.meta.region_name,
+        credential_provider=BotocoreCRTCredentialsWrapper(credentials).to_crt_credentials_provider()
+        if credentials else None,
+        tls_mode=S3RequestTlsMode.DISABLED if endpoint and endpoint.startswith("http://") else S3RequestTlsMode.ENABLED,
+        part_size=part_size, throughput_target_gbps=throughput_gbps, memory_limit=memory_limit,
+        retry_config=S3RetryConfig(max_retries=attempts - 1) if attempts and attempts > 1 else None,
+        connect_timeout_ms=int(connect_timeout * 1000) if connect_timeout else None)
+
+
+def _session() -> botocore.session.Session:
+    session = botocore.session.Session()
+    encryption.install(session, encryption.from_env())  # the serializer's client inherits these events
+    return session
 
 
 def is_crt_error(err: BaseException) -> bool:

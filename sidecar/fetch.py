@@ -72,10 +72,13 @@ def _parted(want: Want) -> bool:
 
 
 class Fetcher:
-    """Fetches objects of one bucket; `pool` runs the ranges of large objects."""
+    """Fetches objects of one bucket; `pool` runs the ranges of large objects; `getter` (a
+    `crtget.Getter`, or None: botocore) GETs the objects that come in one piece."""
 
-    def __init__(self, s3, bucket: str, threshold: int, attempts: int, pool: concurrent.futures.Executor):
+    def __init__(self, s3, bucket: str, threshold: int, attempts: int, pool: concurrent.futures.Executor,
+                 getter=None):
         self.s3, self.bucket, self.threshold, self.attempts, self.pool = s3, bucket, threshold, attempts, pool
+        self.getter = getter
 
     def fetch(self, want: Want, tmp: Path, on_bytes: Callable[[int], None] = lambda n: None) -> None:
         """Write `want` to the new file `tmp`, verified; on any failure `tmp` is gone."""
@@ -108,7 +111,9 @@ class _Job:
         self._hashing = threading.Lock()
 
     def run(self) -> None:
-        if self.whole:
+        if self.whole and self.f.getter is not None and self.want.size:  # (the CRT asks for a range,
+            self._crt_whole()                                        # which S3 refuses for no bytes: 416)
+        elif self.whole:
             self.ranges = [(0, self.want.size)]
             self._range(0, whole=True)
         else:
@@ -160,7 +165,6 @@ class _Job:
         if total != self.want.size:
             raise self._damaged(f"{total} bytes, the manifest says {self.want.size}")
         body = response["Body"]
-        parted, part_size = _parted(self.want), self.want.part_size
         sha = None
         if whole and not _parted(self.want):  # in one GET the bytes in hand are hashed in order
             if isinstance(body, StreamingChecksumBody) and \
@@ -170,34 +174,47 @@ class _Job:
                 self.sha = None
             else:
                 sha = self.sha = hashlib.sha256()  # (again from the start when the GET is retried)
-        pos, end = offset, offset + length
-        crc, part = 0, offset // part_size if parted else 0
-        part_end = min(offset + part_size, end) if parted else end
+        check = _Check(self, offset, offset + length, sha)
         buffer = memoryview(bytearray(min(BLOCK, length) or 1))  # reused: no new bytes per block
-        while pos < end:
+        while check.pos < check.end:
             if self.stop.is_set():
                 raise StoreError(f"fetch of {self.want.key} stopped: another part failed")
-            n = body.readinto(buffer[:min(BLOCK, end - pos, part_end - pos)])
+            n = body.readinto(buffer[:min(BLOCK, check.end - check.pos)])
             if not n:  # the length was checked above: the connection ended early
-                raise _Short(f"a body that ends at byte {pos} of {self.want.key}")
-            chunk = buffer[:n]
-            _pwrite_all(self.fd, chunk, pos)
-            pos += n
-            if sha is not None:
-                sha.update(chunk)
-            if parted:
-                crc = checksums.crc64nvme(chunk, crc)
-                if pos == part_end:
-                    if checksums.encode(crc) != self.want.crc64nvme[part]:
-                        start = part * part_size
-                        raise self._damaged(f"part {part} (bytes {start}-{pos - 1}) with CRC64NVME "
-                                            f"{checksums.encode(crc)}, the manifest says {self.want.crc64nvme[part]}")
-                    crc, part, part_end = 0, part + 1, min(pos + part_size, end)
+                raise _Short(f"a body that ends at byte {check.pos} of {self.want.key}")
+            _pwrite_all(self.fd, buffer[:n], check.pos)
+            check.update(buffer[:n])
         try:
             if body.read(1):  # also where botocore compares the checksum S3 sent
                 raise self._damaged(f"more than the {length} bytes asked for at offset {offset}")
         except FlexibleChecksumError:
             raise self._damaged(f"bytes whose SHA-256 is not {self.want.sha256}, the manifest's") from None
+
+    def _crt_whole(self) -> None:
+        """The object in one GET through the CRT (crtget.py): each chunk written where its offset
+        says and checked as it lands; the CRT delivers them in order, retries what was cut."""
+        if not _parted(self.want):
+            self.sha = hashlib.sha256()
+        check = _Check(self, 0, self.want.size, self.sha)
+
+        def on_headers(status: int, headers: dict[str, str]) -> None:
+            total = int(headers["content-range"].rsplit("/", 1)[1]) if "content-range" in headers \
+                else int(headers.get("content-length", -1))
+            if status in (200, 206) and total != self.want.size:
+                raise self._damaged(f"{total} bytes, the manifest says {self.want.size}")
+
+        def on_body(chunk: memoryview, offset: int) -> None:
+            if offset != check.pos:  # (the CRT promises order; a gap would be bytes unchecked)
+                raise StoreError(f"the CRT delivered bytes at {offset} of {self.want.key}, expected {check.pos}")
+            if offset + len(chunk) > self.want.size:
+                raise self._damaged(f"more than the {self.want.size} bytes the manifest says")
+            _pwrite_all(self.fd, chunk, offset)
+            check.update(chunk)
+
+        self.f.getter.get(self.want.key, on_headers, on_body)
+        if check.pos != self.want.size:
+            raise self._damaged(f"{check.pos} bytes, the manifest says {self.want.size}")
+        self.on_bytes(self.want.size)
 
     def _fold(self, blocking: bool = True) -> None:
         """Hash the ranges that now continue the in-order prefix, from the page cache. One thread
@@ -224,6 +241,36 @@ class _Job:
         return Damaged(f"checksum mismatch restoring {self.want.name}: s3://{self.f.bucket}/{self.want.key} "
                        f"holds {what}; the stored object is damaged and nothing was placed; fix: restore "
                        "an earlier checkpoint, or sync the file again from a good copy")
+
+
+class _Check:
+    """Checks the bytes of one range of `job`'s object as they arrive in order from `offset`:
+    format 2, each whole part's CRC64NVME as its last byte lands; format 1, into `sha`."""
+
+    def __init__(self, job: _Job, offset: int, end: int, sha):
+        self.job, self.pos, self.end, self.sha = job, offset, end, sha
+        self.part_size = job.want.part_size if _parted(job.want) else 0
+        self.crc, self.part = 0, offset // self.part_size if self.part_size else 0
+        self.part_end = min(offset + self.part_size, end) if self.part_size else end
+
+    def update(self, chunk: memoryview) -> None:
+        if self.sha is not None:
+            self.sha.update(chunk)
+        if not self.part_size:
+            self.pos += len(chunk)
+            return
+        want = self.job.want
+        while chunk:  # a chunk may end one part and begin the next
+            n = min(len(chunk), self.part_end - self.pos)
+            self.crc = checksums.crc64nvme(chunk[:n], self.crc)
+            self.pos, chunk = self.pos + n, chunk[n:]
+            if self.pos == self.part_end:
+                if checksums.encode(self.crc) != want.crc64nvme[self.part]:
+                    start = self.part * self.part_size
+                    raise self.job._damaged(f"part {self.part} (bytes {start}-{self.pos - 1}) with CRC64NVME "
+                                            f"{checksums.encode(self.crc)}, the manifest says {want.crc64nvme[self.part]}")
+                self.crc, self.part = 0, self.part + 1
+                self.part_end = min(self.pos + self.part_size, self.end)
 
 
 def _preallocate(fd: int, size: int) -> None:

@@ -32,7 +32,7 @@ from s3transfer.exceptions import CancelledError
 from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
-from . import checksums, contract, crt, encryption, fetch, hashing, keys, progress, stored
+from . import checksums, contract, crt, crtget, encryption, fetch, hashing, keys, progress, stored
 from .hashing import _FD_PATH, Digest, FileChanged, NotRegular, hash_file, look, open_regular  # noqa: F401 - callers' names
 from .errors import StoreError
 
@@ -513,11 +513,25 @@ class Transfers:
             if self._fetcher is None:
                 self._parts = concurrent.futures.ThreadPoolExecutor(fetch.WORKERS, thread_name_prefix="s3-range")
                 self._fetcher = fetch.Fetcher(self.s3, self.store.bucket, self.settings.multipart_threshold,
-                                              self.settings.max_attempts, self._parts)
+                                              self.settings.max_attempts, self._parts, self._getter())
         try:
             self._fetcher.fetch(want, tmp, on_bytes)
         except (ClientError, BotoCoreError) as err:
             raise StoreError(f"{want.name} not restored: {describe(err, self.store, self.s3)}") from None
+        except Exception as err:
+            if not crt.is_crt_error(err):
+                raise
+            raise StoreError(f"{want.name} not restored: {describe(err, self.store, self.s3)}") from None
+
+    def _getter(self) -> crtget.Getter | None:
+        """The CRT's GETs for objects that come in one piece, when the CRT is on (crtget.py)."""
+        if not self._use_crt:
+            return None
+        endpoint = endpoint_override()
+        client = crt.s3_client(self.s3, endpoint, part_size=crtget.PART, memory_limit=self.settings.crt_memory,
+                               attempts=self.settings.max_attempts, connect_timeout=self.settings.connect_timeout)
+        return crtget.Getter(client, self.store.bucket, endpoint, self.s3.meta.region_name,
+                             self.settings.read_timeout)
 
     def download(self, key: str, dest: str | Path, sha256: str,
                  on_bytes: Callable[[int], None] = lambda n: None, size: int | None = None) -> None:
