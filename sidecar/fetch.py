@@ -1,16 +1,18 @@
 """One stored object → a temp file, every byte verified before the caller may place it.
 
-A small object comes in one GET, checked as it is written. A large one comes in parallel
-ranged GETs, each written with `pwrite` into a preallocated temp file: no second pass.
+A small object comes in one GET, checked as it is written: through the CRT's S3 client when it
+is on (crtobjects.py: less CPU per request than botocore), else botocore. A large one comes in
+parallel ranged GETs, each written with `pwrite` into a preallocated temp file: no second pass.
 - Format 2 (the entry has `part_size` and `crc64nvme`): every range holds whole parts; each
   part's CRC64NVME (native, checksums.py) is checked as its bytes arrive.
 - Format 1 (no parts): the whole-file SHA-256, folded in file order while ranges land; a range
   that completes the in-order prefix hashes what follows from the page cache.
 A mismatch or a failure removes the temp file and raises; nothing is left to place.
 
-Our own thread pool of ranged `get_object` rather than the CRT's S3 client: the CRT writes
-the file itself and checks no part against our manifest, and it measured no faster here
-(docs/format-2.md, bench/README.md); boto3's reads and hashlib/awscrt release the GIL for the bytes.
+For large objects, our own thread pool of ranged `get_object` rather than the CRT's S3 client:
+the CRT's `recv_filepath` writes the file itself and checks no part against our manifest, and
+the CRT measured no faster here (docs/format-2.md, bench/README.md); boto3's reads and
+hashlib/awscrt release the GIL for the bytes.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def _parted(want: Want) -> bool:
 
 class Fetcher:
     """Fetches objects of one bucket; `pool` runs the ranges of large objects; `getter` (a
-    `crtget.Getter`, or None: botocore) GETs the objects that come in one piece."""
+    `crtobjects.Objects`, or None: botocore) GETs the objects that come in one piece."""
 
     def __init__(self, s3, bucket: str, threshold: int, attempts: int, pool: concurrent.futures.Executor,
                  getter=None):
@@ -191,7 +193,7 @@ class _Job:
             raise self._damaged(f"bytes whose SHA-256 is not {self.want.sha256}, the manifest's") from None
 
     def _crt_whole(self) -> None:
-        """The object in one GET through the CRT (crtget.py): each chunk written where its offset
+        """The object in one GET through the CRT (crtobjects.py): each chunk written where its offset
         says and checked as it lands; the CRT delivers them in order, retries what was cut."""
         if not _parted(self.want):
             self.sha = hashlib.sha256()

@@ -32,7 +32,7 @@ from s3transfer.exceptions import CancelledError
 from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
-from . import checksums, contract, crt, crtget, encryption, fetch, hashing, keys, progress, stored
+from . import checksums, contract, crt, crtobjects, encryption, fetch, hashing, keys, progress, stored
 from .hashing import _FD_PATH, Digest, FileChanged, NotRegular, hash_file, look, open_regular  # noqa: F401 - callers' names
 from .errors import StoreError
 
@@ -342,6 +342,8 @@ class Transfers:
         ))
         self._crt = None  # built on the first multipart upload, if the CRT is installed
         self._fetcher = None  # built on the first download, with its pool of ranged GETs
+        self._objects = None  # the CRT's small GETs and PUTs, built on first use
+        self._objects_lock = threading.Lock()  # (`_lock` is held while the fetcher is built)
         self._parts = None
         self._use_crt = settings.crt and crt.available()
         # Files under the multipart threshold go as one request each, from this pool: the
@@ -440,8 +442,9 @@ class Transfers:
         return future
 
     def _put(self, up: Upload, on_bytes) -> hashing.Digests:
-        """Read once, hash that buffer, send it as one PUT that S3 checks against our CRC64NVME.
-        As bytes, the body goes without `Expect: 100-continue` (a round trip a file object costs)."""
+        """Read once, hash that buffer, send it as one PUT that S3 checks against our CRC64NVME:
+        through the CRT when it is on (crtobjects.py), else botocore. As bytes, the body goes
+        without `Expect: 100-continue` (a round trip a file object costs)."""
         with self._large_bodies if up.digest.size > MiB else contextlib.nullcontext():
             return self._put_read(up, on_bytes)
 
@@ -453,7 +456,11 @@ class Transfers:
             raise FileChanged(up.path)  # written while read: not complete yet
         sums = hashing.of_buffer(body, self.settings.multipart_chunksize)
         whole = sums.crc64nvme[0] if len(sums.crc64nvme) == 1 else checksums.encode(checksums.crc64nvme(body))
-        self.s3.put_object(Bucket=self.store.bucket, Key=up.key, Body=body, ChecksumCRC64NVME=whole)
+        objects = self._crt_objects()
+        if objects is not None:
+            objects.put(up.key, body, whole)
+        else:
+            self.s3.put_object(Bucket=self.store.bucket, Key=up.key, Body=body, ChecksumCRC64NVME=whole)
         on_bytes(up.digest.size)
         return sums
 
@@ -513,7 +520,7 @@ class Transfers:
             if self._fetcher is None:
                 self._parts = concurrent.futures.ThreadPoolExecutor(fetch.WORKERS, thread_name_prefix="s3-range")
                 self._fetcher = fetch.Fetcher(self.s3, self.store.bucket, self.settings.multipart_threshold,
-                                              self.settings.max_attempts, self._parts, self._getter())
+                                              self.settings.max_attempts, self._parts, self._crt_objects())
         try:
             self._fetcher.fetch(want, tmp, on_bytes)
         except (ClientError, BotoCoreError) as err:
@@ -523,15 +530,20 @@ class Transfers:
                 raise
             raise StoreError(f"{want.name} not restored: {describe(err, self.store, self.s3)}") from None
 
-    def _getter(self) -> crtget.Getter | None:
-        """The CRT's GETs for objects that come in one piece, when the CRT is on (crtget.py)."""
+    def _crt_objects(self) -> crtobjects.Objects | None:
+        """Small objects' GETs and PUTs through the CRT, when it is on (crtobjects.py); built once."""
         if not self._use_crt:
             return None
-        endpoint = endpoint_override()
-        client = crt.s3_client(self.s3, endpoint, part_size=crtget.PART, memory_limit=self.settings.crt_memory,
-                               attempts=self.settings.max_attempts, connect_timeout=self.settings.connect_timeout)
-        return crtget.Getter(client, self.store.bucket, endpoint, self.s3.meta.region_name,
-                             self.settings.read_timeout)
+        with self._objects_lock:
+            if self._objects is None:
+                endpoint = endpoint_override()
+                client = crt.s3_client(self.s3, endpoint, part_size=crtobjects.PART,
+                                       memory_limit=self.settings.crt_memory, attempts=self.settings.max_attempts,
+                                       connect_timeout=self.settings.connect_timeout,
+                                       multipart_threshold=self.settings.multipart_threshold)
+                self._objects = crtobjects.Objects(client, self.store.bucket, endpoint, self.s3.meta.region_name,
+                                                   self.settings.read_timeout, encryption.from_env().headers())
+            return self._objects
 
     def download(self, key: str, dest: str | Path, sha256: str,
                  on_bytes: Callable[[int], None] = lambda n: None, size: int | None = None) -> None:
