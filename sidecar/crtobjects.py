@@ -92,21 +92,21 @@ class Objects:
 
         done = request.finished_future
         try:
-            while not done.done():  # the CRT has no read timeout of its own: a server may stall
-                wait = alive[0] + self.read_timeout - time.monotonic()
-                if wait <= 0:
-                    request.cancel()
-                    concurrent.futures.wait([done])  # its callbacks have run: none writes after this
-                    raise ReadTimeoutError(endpoint_url=f"{self.endpoint}{self.prefix}{key}")
-                concurrent.futures.wait([done], timeout=wait)
+            while True:
+                try:
+                    done.result(timeout=max(0.0, alive[0] + self.read_timeout - time.monotonic()))
+                    return
+                except TimeoutError:  # the CRT has no read timeout of its own: a server may stall
+                    if time.monotonic() - alive[0] >= self.read_timeout:
+                        request.cancel()
+                        concurrent.futures.wait([done])  # its callbacks have run: none writes after this
+                        raise ReadTimeoutError(endpoint_url=f"{self.endpoint}{self.prefix}{key}") from None
+        except S3ResponseError as err:
+            raise _client_error(err) from None
         finally:
             if not done.done():  # this thread was interrupted
                 request.cancel()
                 concurrent.futures.wait([done])
-        try:
-            done.result()
-        except S3ResponseError as err:
-            raise _client_error(err) from None
 
 
 def _client_error(err) -> ClientError:

@@ -216,6 +216,7 @@ def test_an_object_gone_behind_the_manifest_fails_alike_through_the_crt_and_boto
     ("unknown key", ["InvalidAccessKeyId", "fix: set AWS_ACCESS_KEY_ID"]),
     ("no bucket", ["NoSuchBucket", "fix: create it"]),
     ("unreachable", ["cannot reach the S3 endpoint", "fix: check AWS_ENDPOINT_URL_S3"]),
+    ("stalls", ["Read timeout on endpoint URL", "/objects/one"]),
 ])
 def test_a_get_that_fails_says_what_and_the_fix_through_the_crt_and_botocore(s3_env, scratch_store, tmp_path,
                                                                              monkeypatch, crt, fault, says):
@@ -232,11 +233,16 @@ def test_a_get_that_fails_says_what_and_the_fix_through_the_crt_and_botocore(s3_
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "NOSUCHKEYID")
     elif fault == "no bucket":
         bucket = bucket + "-gone"
-    else:
+    elif fault == "unreachable":
         closed = socket.create_server(("127.0.0.1", 0))
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{closed.getsockname()[1]}")
         closed.close()  # nothing listens there now: connection refused
-    settings = transfer.Settings(max_attempts=2, connect_timeout=1.0)
+    else:  # a server that takes the connection and never answers
+        silent = socket.create_server(("127.0.0.1", 0))
+        held = []
+        threading.Thread(target=lambda: [held.append(silent.accept()) for _ in range(8)], daemon=True).start()
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{silent.getsockname()[1]}")
+    settings = transfer.Settings(max_attempts=2, connect_timeout=1.0, read_timeout=1.0)
     s3 = transfer.client(settings)
     with transfer.Transfers(s3, keys.StoreURL.parse(f"s3://{bucket}/runs"), settings) as transfers:
         with pytest.raises(transfer.StoreError) as failed:
