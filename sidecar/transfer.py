@@ -537,8 +537,11 @@ class Transfers:
         with self._objects_lock:
             if self._objects is None:
                 endpoint = endpoint_override()
+                # Its bodies are the small files in flight (20 of 1 MiB, 4 of 16 MiB at most): the
+                # CRT's least cap is plenty, not a second share of the multipart manager's. Its
+                # copies of them (about 50 MiB at 1,000 x 1 MiB) are not in crt.RESERVE yet.
                 client = crt.s3_client(self.s3, endpoint, part_size=crtobjects.PART,
-                                       memory_limit=self.settings.crt_memory, attempts=self.settings.max_attempts,
+                                       memory_limit=crt.MIN_MEMORY_LIMIT, attempts=self.settings.max_attempts,
                                        connect_timeout=self.settings.connect_timeout,
                                        multipart_threshold=self.settings.multipart_threshold)
                 self._objects = crtobjects.Objects(client, self.store.bucket, endpoint, self.s3.meta.region_name,
