@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from botocore.exceptions import (
-    ConnectionError as BotoConnectionError, FlexibleChecksumError, IncompleteReadError, ReadTimeoutError,
+    ClientError, ConnectionError as BotoConnectionError, FlexibleChecksumError, IncompleteReadError, ReadTimeoutError,
     ResponseStreamingError,
 )
 from botocore.httpchecksum import StreamingChecksumBody
@@ -213,7 +213,14 @@ class _Job:
             _pwrite_all(self.fd, chunk, offset)
             check.update(chunk)
 
-        self.f.getter.get(self.want.key, on_headers, on_body)
+        try:
+            self.f.getter.get(self.want.key, on_headers, on_body)
+        except ClientError as err:
+            if err.response["Error"]["Code"] != "InvalidRange":
+                raise
+            # the CRT's first GET asks for a range from byte 0, which S3 refuses only when the
+            # object is empty
+            raise self._damaged(f"0 bytes, the manifest says {self.want.size}") from None
         if check.pos != self.want.size:
             raise self._damaged(f"{check.pos} bytes, the manifest says {self.want.size}")
         self.on_bytes(self.want.size)
