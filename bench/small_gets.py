@@ -1,5 +1,7 @@
 """Client CPU per small-object request (issue 18: <= 1 ms a file): botocore as boto3 ships it,
-botocore as runsync configures it (transfer.client), and the AWS CRT's S3 client.
+botocore as runsync configures it (transfer.client), the AWS CRT's S3 client, and runsync's own
+download of one object (`Transfers.fetch`: GET, checked against its SHA-256, written to a temp
+file) through botocore (`Settings(crt=False)`, as `RUNSYNC_CRT=0`) and through the CRT.
 
     .venv/bin/python bench/small_gets.py [--objects 1000] [--size 4096] [--repeat 3] [--threads 16]
 
@@ -13,6 +15,7 @@ of `bench/run`; numbers of one machine, no test asserts them.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import statistics
 import threading
@@ -62,6 +65,25 @@ def crt_gets(server, keys: list[str], threads: int) -> int:
     return got[0]
 
 
+def runsync_fetches(s3, keys: list[str], threads: int, size: int, sha256: str, crt: bool) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from runsync import fetch, keys as store_keys
+
+    settings = transfer.Settings(crt=crt)
+    with tempfile.TemporaryDirectory() as tmp, \
+            transfer.Transfers(s3, store_keys.StoreURL.parse(f"s3://{BUCKET}/x"), settings) as transfers:
+        def one(key: str) -> int:
+            target = Path(tmp) / key.replace("/", "_")
+            transfers.fetch(fetch.Want(key, key, size, sha256), target)
+            n = target.stat().st_size
+            target.unlink()
+            return n
+        with ThreadPoolExecutor(threads) as pool:
+            return sum(pool.map(one, keys))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--objects", type=int, default=1000)
@@ -82,9 +104,14 @@ def main() -> None:
         with ThreadPoolExecutor(args.threads) as pool:
             list(pool.map(lambda k: plain.put_object(Bucket=BUCKET, Key=k, Body=body), keys))
         ours = transfer.client()
+        sha256 = hashlib.sha256(body).hexdigest()
         clients = {"botocore, boto3's defaults": lambda: botocore_gets(plain, keys, args.threads),
                    "botocore, runsync's client (transfer.client)": lambda: botocore_gets(ours, keys, args.threads),
-                   "AWS CRT S3Client (awscrt)": lambda: crt_gets(server, keys, args.threads)}
+                   "AWS CRT S3Client (awscrt)": lambda: crt_gets(server, keys, args.threads),
+                   "runsync Transfers.fetch, botocore (RUNSYNC_CRT=0)":
+                       lambda: runsync_fetches(ours, keys, args.threads, args.size, sha256, crt=False),
+                   "runsync Transfers.fetch, CRT": lambda: runsync_fetches(ours, keys, args.threads, args.size,
+                                                                          sha256, crt=True)}
         results: dict[str, list[tuple[float, float]]] = {name: [] for name in clients}
         loads = []
         for _ in range(args.repeat):

@@ -62,6 +62,12 @@ class Encryption:
             args["SSEKMSKeyId"] = self.kms_key_id
         return args
 
+    def headers(self) -> dict[str, str]:
+        """The same as the HTTP headers of a write, for requests not built by botocore (crtobjects)."""
+        names = {"ServerSideEncryption": "x-amz-server-side-encryption",
+                 "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id"}
+        return {names[k]: v for k, v in self.args().items()}
+
     def __str__(self) -> str:
         if self.mode is None:
             return "none"

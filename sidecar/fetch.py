@@ -1,16 +1,18 @@
 """One stored object → a temp file, every byte verified before the caller may place it.
 
-A small object comes in one GET, checked as it is written. A large one comes in parallel
-ranged GETs, each written with `pwrite` into a preallocated temp file: no second pass.
+A small object comes in one GET, checked as it is written: through the CRT's S3 client when it
+is on (crtobjects.py: less CPU per request than botocore), else botocore. A large one comes in
+parallel ranged GETs, each written with `pwrite` into a preallocated temp file: no second pass.
 - Format 2 (the entry has `part_size` and `crc64nvme`): every range holds whole parts; each
   part's CRC64NVME (native, checksums.py) is checked as its bytes arrive.
 - Format 1 (no parts): the whole-file SHA-256, folded in file order while ranges land; a range
   that completes the in-order prefix hashes what follows from the page cache.
 A mismatch or a failure removes the temp file and raises; nothing is left to place.
 
-Our own thread pool of ranged `get_object` rather than the CRT's S3 client: the CRT writes
-the file itself and checks no part against our manifest, and it measured no faster here
-(docs/format-2.md, bench/README.md); boto3's reads and hashlib/awscrt release the GIL for the bytes.
+For large objects, our own thread pool of ranged `get_object` rather than the CRT's S3 client:
+the CRT's `recv_filepath` writes the file itself and checks no part against our manifest, and
+the CRT measured no faster here (docs/format-2.md, bench/README.md); boto3's reads and
+hashlib/awscrt release the GIL for the bytes.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from botocore.exceptions import (
-    ConnectionError as BotoConnectionError, FlexibleChecksumError, IncompleteReadError, ReadTimeoutError,
+    ClientError, ConnectionError as BotoConnectionError, FlexibleChecksumError, IncompleteReadError, ReadTimeoutError,
     ResponseStreamingError,
 )
 from botocore.httpchecksum import StreamingChecksumBody
@@ -72,10 +74,13 @@ def _parted(want: Want) -> bool:
 
 
 class Fetcher:
-    """Fetches objects of one bucket; `pool` runs the ranges of large objects."""
+    """Fetches objects of one bucket; `pool` runs the ranges of large objects; `getter` (a
+    `crtobjects.Objects`, or None: botocore) GETs the objects that come in one piece."""
 
-    def __init__(self, s3, bucket: str, threshold: int, attempts: int, pool: concurrent.futures.Executor):
+    def __init__(self, s3, bucket: str, threshold: int, attempts: int, pool: concurrent.futures.Executor,
+                 getter=None):
         self.s3, self.bucket, self.threshold, self.attempts, self.pool = s3, bucket, threshold, attempts, pool
+        self.getter = getter
 
     def fetch(self, want: Want, tmp: Path, on_bytes: Callable[[int], None] = lambda n: None) -> None:
         """Write `want` to the new file `tmp`, verified; on any failure `tmp` is gone."""
@@ -108,7 +113,9 @@ class _Job:
         self._hashing = threading.Lock()
 
     def run(self) -> None:
-        if self.whole:
+        if self.whole and self.f.getter is not None and self.want.size:  # (the CRT asks for a range,
+            self._crt_whole()                                        # which S3 refuses for no bytes: 416)
+        elif self.whole:
             self.ranges = [(0, self.want.size)]
             self._range(0, whole=True)
         else:
@@ -160,7 +167,6 @@ class _Job:
         if total != self.want.size:
             raise self._damaged(f"{total} bytes, the manifest says {self.want.size}")
         body = response["Body"]
-        parted, part_size = _parted(self.want), self.want.part_size
         sha = None
         if whole and not _parted(self.want):  # in one GET the bytes in hand are hashed in order
             if isinstance(body, StreamingChecksumBody) and \
@@ -170,34 +176,54 @@ class _Job:
                 self.sha = None
             else:
                 sha = self.sha = hashlib.sha256()  # (again from the start when the GET is retried)
-        pos, end = offset, offset + length
-        crc, part = 0, offset // part_size if parted else 0
-        part_end = min(offset + part_size, end) if parted else end
+        check = _Check(self, offset, offset + length, sha)
         buffer = memoryview(bytearray(min(BLOCK, length) or 1))  # reused: no new bytes per block
-        while pos < end:
+        while check.pos < check.end:
             if self.stop.is_set():
                 raise StoreError(f"fetch of {self.want.key} stopped: another part failed")
-            n = body.readinto(buffer[:min(BLOCK, end - pos, part_end - pos)])
+            n = body.readinto(buffer[:min(BLOCK, check.end - check.pos)])
             if not n:  # the length was checked above: the connection ended early
-                raise _Short(f"a body that ends at byte {pos} of {self.want.key}")
-            chunk = buffer[:n]
-            _pwrite_all(self.fd, chunk, pos)
-            pos += n
-            if sha is not None:
-                sha.update(chunk)
-            if parted:
-                crc = checksums.crc64nvme(chunk, crc)
-                if pos == part_end:
-                    if checksums.encode(crc) != self.want.crc64nvme[part]:
-                        start = part * part_size
-                        raise self._damaged(f"part {part} (bytes {start}-{pos - 1}) with CRC64NVME "
-                                            f"{checksums.encode(crc)}, the manifest says {self.want.crc64nvme[part]}")
-                    crc, part, part_end = 0, part + 1, min(pos + part_size, end)
+                raise _Short(f"a body that ends at byte {check.pos} of {self.want.key}")
+            _pwrite_all(self.fd, buffer[:n], check.pos)
+            check.update(buffer[:n])
         try:
             if body.read(1):  # also where botocore compares the checksum S3 sent
                 raise self._damaged(f"more than the {length} bytes asked for at offset {offset}")
         except FlexibleChecksumError:
             raise self._damaged(f"bytes whose SHA-256 is not {self.want.sha256}, the manifest's") from None
+
+    def _crt_whole(self) -> None:
+        """The object in one GET through the CRT (crtobjects.py): each chunk written where its offset
+        says and checked as it lands; the CRT delivers them in order, retries what was cut."""
+        if not _parted(self.want):
+            self.sha = hashlib.sha256()
+        check = _Check(self, 0, self.want.size, self.sha)
+
+        def on_headers(status: int, headers: dict[str, str]) -> None:
+            total = int(headers["content-range"].rsplit("/", 1)[1]) if "content-range" in headers \
+                else int(headers.get("content-length", -1))
+            if status in (200, 206) and total != self.want.size:
+                raise self._damaged(f"{total} bytes, the manifest says {self.want.size}")
+
+        def on_body(chunk: memoryview, offset: int) -> None:
+            if offset != check.pos:  # (the CRT promises order; a gap would be bytes unchecked)
+                raise StoreError(f"the CRT delivered bytes at {offset} of {self.want.key}, expected {check.pos}")
+            if offset + len(chunk) > self.want.size:
+                raise self._damaged(f"more than the {self.want.size} bytes the manifest says")
+            _pwrite_all(self.fd, chunk, offset)
+            check.update(chunk)
+
+        try:
+            self.f.getter.get(self.want.key, on_headers, on_body)
+        except ClientError as err:
+            if err.response["Error"]["Code"] != "InvalidRange":
+                raise
+            # the CRT's first GET asks for a range from byte 0, which S3 refuses only when the
+            # object is empty
+            raise self._damaged(f"0 bytes, the manifest says {self.want.size}") from None
+        if check.pos != self.want.size:
+            raise self._damaged(f"{check.pos} bytes, the manifest says {self.want.size}")
+        self.on_bytes(self.want.size)
 
     def _fold(self, blocking: bool = True) -> None:
         """Hash the ranges that now continue the in-order prefix, from the page cache. One thread
@@ -224,6 +250,36 @@ class _Job:
         return Damaged(f"checksum mismatch restoring {self.want.name}: s3://{self.f.bucket}/{self.want.key} "
                        f"holds {what}; the stored object is damaged and nothing was placed; fix: restore "
                        "an earlier checkpoint, or sync the file again from a good copy")
+
+
+class _Check:
+    """Checks the bytes of one range of `job`'s object as they arrive in order from `offset`:
+    format 2, each whole part's CRC64NVME as its last byte lands; format 1, into `sha`."""
+
+    def __init__(self, job: _Job, offset: int, end: int, sha):
+        self.job, self.pos, self.end, self.sha = job, offset, end, sha
+        self.part_size = job.want.part_size if _parted(job.want) else 0
+        self.crc, self.part = 0, offset // self.part_size if self.part_size else 0
+        self.part_end = min(offset + self.part_size, end) if self.part_size else end
+
+    def update(self, chunk: memoryview) -> None:
+        if self.sha is not None:
+            self.sha.update(chunk)
+        if not self.part_size:
+            self.pos += len(chunk)
+            return
+        want = self.job.want
+        while chunk:  # a chunk may end one part and begin the next
+            n = min(len(chunk), self.part_end - self.pos)
+            self.crc = checksums.crc64nvme(chunk[:n], self.crc)
+            self.pos, chunk = self.pos + n, chunk[n:]
+            if self.pos == self.part_end:
+                if checksums.encode(self.crc) != want.crc64nvme[self.part]:
+                    start = self.part * self.part_size
+                    raise self.job._damaged(f"part {self.part} (bytes {start}-{self.pos - 1}) with CRC64NVME "
+                                            f"{checksums.encode(self.crc)}, the manifest says {want.crc64nvme[self.part]}")
+                self.crc, self.part = 0, self.part + 1
+                self.part_end = min(self.pos + self.part_size, self.end)
 
 
 def _preallocate(fd: int, size: int) -> None:

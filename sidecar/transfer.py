@@ -32,7 +32,7 @@ from s3transfer.exceptions import CancelledError
 from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
-from . import botodata, checksums, contract, crt, encryption, fetch, hashing, keys, progress, stored
+from . import botodata, checksums, contract, crt, crtobjects, encryption, fetch, hashing, keys, progress, stored
 from .hashing import _FD_PATH, Digest, FileChanged, NotRegular, hash_file, look, open_regular  # noqa: F401 - callers' names
 from .errors import StoreError
 
@@ -343,6 +343,8 @@ class Transfers:
         ))
         self._crt = None  # built on the first multipart upload, if the CRT is installed
         self._fetcher = None  # built on the first download, with its pool of ranged GETs
+        self._objects = None  # the CRT's small GETs and PUTs, built on first use
+        self._objects_lock = threading.Lock()  # (`_lock` is held while the fetcher is built)
         self._parts = None
         self._use_crt = settings.crt and crt.available()
         # Files under the multipart threshold go as one request each, from this pool: the
@@ -441,8 +443,9 @@ class Transfers:
         return future
 
     def _put(self, up: Upload, on_bytes) -> hashing.Digests:
-        """Read once, hash that buffer, send it as one PUT that S3 checks against our CRC64NVME.
-        As bytes, the body goes without `Expect: 100-continue` (a round trip a file object costs)."""
+        """Read once, hash that buffer, send it as one PUT that S3 checks against our CRC64NVME:
+        through the CRT when it is on (crtobjects.py), else botocore. As bytes, the body goes
+        without `Expect: 100-continue` (a round trip a file object costs)."""
         with self._large_bodies if up.digest.size > MiB else contextlib.nullcontext():
             return self._put_read(up, on_bytes)
 
@@ -454,7 +457,11 @@ class Transfers:
             raise FileChanged(up.path)  # written while read: not complete yet
         sums = hashing.of_buffer(body, self.settings.multipart_chunksize)
         whole = sums.crc64nvme[0] if len(sums.crc64nvme) == 1 else checksums.encode(checksums.crc64nvme(body))
-        self.s3.put_object(Bucket=self.store.bucket, Key=up.key, Body=body, ChecksumCRC64NVME=whole)
+        objects = self._crt_objects()
+        if objects is not None:
+            objects.put(up.key, body, whole)
+        else:
+            self.s3.put_object(Bucket=self.store.bucket, Key=up.key, Body=body, ChecksumCRC64NVME=whole)
         on_bytes(up.digest.size)
         return sums
 
@@ -514,11 +521,33 @@ class Transfers:
             if self._fetcher is None:
                 self._parts = concurrent.futures.ThreadPoolExecutor(fetch.WORKERS, thread_name_prefix="s3-range")
                 self._fetcher = fetch.Fetcher(self.s3, self.store.bucket, self.settings.multipart_threshold,
-                                              self.settings.max_attempts, self._parts)
+                                              self.settings.max_attempts, self._parts, self._crt_objects())
         try:
             self._fetcher.fetch(want, tmp, on_bytes)
         except (ClientError, BotoCoreError) as err:
             raise StoreError(f"{want.name} not restored: {describe(err, self.store, self.s3)}") from None
+        except Exception as err:
+            if not crt.is_crt_error(err):
+                raise
+            raise StoreError(f"{want.name} not restored: {describe(err, self.store, self.s3)}") from None
+
+    def _crt_objects(self) -> crtobjects.Objects | None:
+        """Small objects' GETs and PUTs through the CRT, when it is on (crtobjects.py); built once."""
+        if not self._use_crt:
+            return None
+        with self._objects_lock:
+            if self._objects is None:
+                endpoint = endpoint_override()
+                # Its bodies are the small files in flight (20 of 1 MiB, 4 of 16 MiB at most): the
+                # CRT's least cap is plenty, not a second share of the multipart manager's. Its
+                # copies of them (about 50 MiB at 1,000 x 1 MiB) are not in crt.RESERVE yet.
+                client = crt.s3_client(self.s3, endpoint, part_size=crtobjects.PART,
+                                       memory_limit=crt.MIN_MEMORY_LIMIT, attempts=self.settings.max_attempts,
+                                       connect_timeout=self.settings.connect_timeout,
+                                       multipart_threshold=self.settings.multipart_threshold)
+                self._objects = crtobjects.Objects(client, self.store.bucket, endpoint, self.s3.meta.region_name,
+                                                   self.settings.read_timeout, encryption.from_env().headers())
+            return self._objects
 
     def download(self, key: str, dest: str | Path, sha256: str,
                  on_bytes: Callable[[int], None] = lambda n: None, size: int | None = None) -> None:

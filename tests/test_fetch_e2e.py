@@ -168,3 +168,86 @@ def test_a_download_cut_midway_places_nothing_and_the_next_attempt_succeeds(cli,
         assert everything(dest) == ["ckpt", "ckpt/.metadata", "ckpt/model.pt", "notes.txt"]
     finally:
         proxy.close()
+
+
+# ---------------------------------------------------------------- objects in one GET: the CRT's path
+
+def restore_counted(cli, tmp_path, dest, crt: bool):
+    """`runsync restore` into `dest` with the CRT on or off (RUNSYNC_CRT); its result and the
+    GetObject requests botocore sent (runsync_testing.s3count: the CRT's own GETs pass no hook)."""
+    from runsync_testing import s3count
+    counts = tmp_path / f"counts-{dest.name}.json"
+    env = {**cli.env, **s3count.environ(counts, tmp_path), "RUNSYNC_CRT": "1" if crt else "0"}
+    result = cli("restore", RUN, "--to", str(dest), env=env)
+    return result, s3count.read(counts).get("GetObject", 0)
+
+
+@pytest.mark.parametrize("part_size", [4 * MiB, None], ids=["format 2", "format 1"])
+def test_small_files_come_through_the_crt_and_through_botocore_with_runsync_crt_0(cli, tmp_path, scratch_store,
+                                                                                  part_size):
+    files = {f"data/{i:02d}.bin": os.urandom(1000 * i + 1) for i in range(20)} | {"ckpt/two-parts": os.urandom(5 * MiB)}
+    commit(scratch_store, files, part_size)
+    via_crt, crt_gets = restore_counted(cli, tmp_path, tmp_path / "crt", crt=True)
+    via_boto, boto_gets = restore_counted(cli, tmp_path, tmp_path / "botocore", crt=False)
+    assert via_crt.returncode == 0, via_crt.stderr
+    assert via_boto.returncode == 0, via_boto.stderr
+    assert tree(tmp_path / "crt") == tree(tmp_path / "botocore") == files
+    assert everything(tmp_path / "crt") == everything(tmp_path / "botocore")  # no temp file left
+    assert boto_gets - crt_gets == len(files)  # every file's GET left botocore for the CRT
+
+
+def test_an_object_gone_behind_the_manifest_fails_alike_through_the_crt_and_botocore(cli, tmp_path, scratch_store):
+    files = {f"data/{i}.bin": os.urandom(2000) for i in range(5)}
+    entries = commit(scratch_store, files)
+    scratch_store.client.delete_object(Bucket=scratch_store.layout.store.bucket, Key=entries["data/3.bin"].key)
+    via_crt, _ = restore_counted(cli, tmp_path, tmp_path / "crt", crt=True)
+    via_boto, _ = restore_counted(cli, tmp_path, tmp_path / "botocore", crt=False)
+    assert via_crt.returncode == via_boto.returncode == 1
+    assert "data/3.bin not restored" in via_crt.stderr and "NoSuchKey" in via_crt.stderr
+    assert via_crt.stderr == via_boto.stderr
+    assert "Traceback" not in via_crt.stderr
+    good = {n: b for n, b in files.items() if n != "data/3.bin"}
+    assert tree(tmp_path / "crt") == tree(tmp_path / "botocore") == good
+
+
+@pytest.mark.parametrize("crt", [True, False], ids=["crt", "botocore"])
+@pytest.mark.parametrize("fault, says", [
+    ("wrong secret", ["SignatureDoesNotMatch", "fix: set AWS_SECRET_ACCESS_KEY"]),
+    ("unknown key", ["InvalidAccessKeyId", "fix: set AWS_ACCESS_KEY_ID"]),
+    ("no bucket", ["NoSuchBucket", "fix: create it"]),
+    ("unreachable", ["cannot reach the S3 endpoint", "fix: check AWS_ENDPOINT_URL_S3"]),
+    ("stalls", ["Read timeout on endpoint URL", "/objects/one"]),
+])
+def test_a_get_that_fails_says_what_and_the_fix_through_the_crt_and_botocore(s3_env, scratch_store, tmp_path,
+                                                                             monkeypatch, crt, fault, says):
+    """Wrong keys, a missing bucket or a dead endpoint only show at the GET here: the restore's
+    download alone (`Transfers.download`), as the CLI's restore reaches it after its listing."""
+    from runsync import fetch, keys, transfer
+    data = os.urandom(3000)
+    bucket = scratch_store.layout.store.bucket
+    scratch_store.client.put_object(Bucket=bucket, Key="objects/one", Body=data)
+    monkeypatch.setenv("RUNSYNC_CRT", "1" if crt else "0")
+    if fault == "wrong secret":
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    elif fault == "unknown key":
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "NOSUCHKEYID")
+    elif fault == "no bucket":
+        bucket = bucket + "-gone"
+    elif fault == "unreachable":
+        closed = socket.create_server(("127.0.0.1", 0))
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{closed.getsockname()[1]}")
+        closed.close()  # nothing listens there now: connection refused
+    else:  # a server that takes the connection and never answers
+        silent = socket.create_server(("127.0.0.1", 0))
+        held = []
+        threading.Thread(target=lambda: [held.append(silent.accept()) for _ in range(8)], daemon=True).start()
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{silent.getsockname()[1]}")
+    settings = transfer.Settings(max_attempts=2, connect_timeout=1.0, read_timeout=1.0)
+    s3 = transfer.client(settings)
+    with transfer.Transfers(s3, keys.StoreURL.parse(f"s3://{bucket}/runs"), settings) as transfers:
+        with pytest.raises(transfer.StoreError) as failed:
+            transfers.download("objects/one", tmp_path / "dest" / "one", sha(data), size=len(data))
+    assert "one not restored" in str(failed.value)
+    for words in says:
+        assert words in str(failed.value)
+    assert everything(tmp_path / "dest") == []  # neither the file nor its temp file

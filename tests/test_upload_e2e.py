@@ -101,3 +101,24 @@ def test_a_file_rewritten_while_it_uploads_is_not_committed(s3_env, store, tmp_p
     assert [p for p, _ in report.skipped] == ["big.pt"]
     assert "big.pt" not in store.files()
     check_committed(store, {"other.txt": b"other"})
+
+
+def test_small_files_go_through_the_crt_with_their_crc_and_through_botocore_with_runsync_crt_0(cli, store, tmp_path):
+    from runsync_testing import s3count
+    files = {f"data/{i:02d}.bin": os.urandom(1000 * i + 1) for i in range(20)} | {"empty.txt": b""}
+    for rel, data in files.items():
+        (tmp_path / "run" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "run" / rel).write_bytes(data)
+    puts = {}
+    for crt, run in (("1", RUN), ("0", "team-a/proj/run-2")):
+        counts = tmp_path / f"counts-{crt}.json"
+        result = cli("sync", str(tmp_path / "run"), "--run", run, "--json",
+                     env={**cli.env, **s3count.environ(counts, tmp_path), "RUNSYNC_CRT": crt})
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert sorted(json.loads(result.stdout)["uploaded"]) == sorted(files)
+        puts[crt] = s3count.read(counts)["PutObject"]  # botocore's alone: the CRT's pass no hook
+    assert puts["0"] - puts["1"] == len(files)  # every file's PUT left botocore for the CRT
+    check_committed(store, files)
+    key = store.files()["data/07.bin"].key  # S3 was sent our CRC64NVME and checked the bytes with it
+    head = store.client.head_object(Bucket=store.layout.store.bucket, Key=key, ChecksumMode="ENABLED")
+    assert head["ChecksumCRC64NVME"] == crcs(files["data/07.bin"])[0]

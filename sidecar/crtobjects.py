@@ -1,0 +1,124 @@
+"""Whole-object GETs and PUTs through the AWS CRT's S3 client (`awscrt.s3`).
+
+A small file's restore and upload were mostly botocore: about 1 ms of CPU per request to build,
+sign, send and parse it, where the CRT does the same request in C for about 0.26 ms
+(bench/small_gets.py). A GET's body still comes to Python, chunk by chunk with its offset, so
+fetch.py checks every byte against the manifest as it writes it (the CRT's own `recv_filepath`
+would write a file no one checked); a PUT sends the very buffer runsync hashed, with its
+CRC64NVME for S3 to check, as the botocore path does. `awscrt.s3` directly rather than
+s3transfer's `CRTTransferManager`: that one builds every request through botocore's serializer,
+the cost this module is here to avoid.
+
+Failures leave as the botocore path's do, so `transfer.describe` words them the same: an error
+response as a `ClientError` with S3's code and message; a request that stalls as botocore's
+`ReadTimeoutError`; no connection as the CRT's own error (`crt.is_crt_error`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import time
+import urllib.parse
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable
+
+from botocore.exceptions import ClientError, ReadTimeoutError
+
+PART = 8 * 1024 * 1024
+"""The CRT's ranged GET size: a larger object comes as several, delivered in order (a PUT's
+threshold for multipart is set apart: never reached by the small files sent here)."""
+
+
+class Objects:
+    """GETs and PUTs whole objects of one bucket through `client` (an `awscrt.s3.S3Client`,
+    crt.s3_client) at `endpoint` (an S3-compatible server; None for AWS in `region`); a PUT asks
+    S3 for `write_headers` too (server-side encryption: encryption.Encryption.headers)."""
+
+    def __init__(self, client, bucket: str, endpoint: str | None, region: str, read_timeout: float,
+                 write_headers: dict[str, str] | None = None):
+        self.client, self.bucket, self.read_timeout = client, bucket, read_timeout
+        self.write_headers = write_headers or {}
+        self.endpoint = endpoint or f"https://s3.{region}.amazonaws.com"
+        if endpoint:  # an S3-compatible server on an IP or a plain host name: path-style
+            self.host, self.prefix = urllib.parse.urlsplit(endpoint).netloc, f"/{bucket}/"
+        elif "." in bucket:  # a dotted bucket fails the TLS name check of a virtual host
+            self.host, self.prefix = f"s3.{region}.amazonaws.com", f"/{bucket}/"
+        else:
+            self.host, self.prefix = f"{bucket}.s3.{region}.amazonaws.com", "/"
+
+    def get(self, key: str, on_headers: Callable[[int, dict[str, str]], None],
+            on_body: Callable[[memoryview, int], None]) -> None:
+        """GET `key`: `on_headers(status, headers)` once, then `on_body(chunk, offset)` in
+        order, on the CRT's threads; an exception either raises is raised here, and the request
+        is stopped. Returns when the whole body was delivered."""
+        from awscrt.http import HttpHeaders, HttpRequest
+        from awscrt.s3 import S3RequestType
+
+        alive = [time.monotonic()]  # the last sign of progress: the read timeout counts from it
+
+        def headers(status_code: int, headers, **_) -> None:
+            alive[0] = time.monotonic()
+            on_headers(status_code, {k.lower(): v for k, v in headers})
+
+        def body(chunk, offset: int, **_) -> None:
+            alive[0] = time.monotonic()
+            on_body(memoryview(chunk), offset)
+
+        request = self.client.make_request(
+            type=S3RequestType.GET_OBJECT, on_headers=headers, on_body=body,
+            request=HttpRequest("GET", self._path(key), HttpHeaders([("Host", self.host)])))
+        self._wait(request, key, alive)
+
+    def put(self, key: str, body: bytes, crc64nvme: str) -> None:
+        """PUT `body` at `key` in one request that S3 checks against `crc64nvme` (base64)."""
+        from awscrt.http import HttpHeaders, HttpRequest
+        from awscrt.s3 import S3RequestType
+
+        alive = [time.monotonic()]
+        headers = HttpHeaders([("Host", self.host), ("Content-Length", str(len(body))),
+                               ("x-amz-checksum-crc64nvme", crc64nvme), *self.write_headers.items()])
+        request = self.client.make_request(
+            type=S3RequestType.PUT_OBJECT, on_progress=lambda _: alive.__setitem__(0, time.monotonic()),
+            request=HttpRequest("PUT", self._path(key), headers, io.BytesIO(body)))
+        self._wait(request, key, alive)
+
+    def _path(self, key: str) -> str:
+        return self.prefix + urllib.parse.quote(key, safe="/")
+
+    def _wait(self, request, key: str, alive: list[float]) -> None:
+        """Until `request` is done; raise as botocore would (module docstring)."""
+        from awscrt.s3 import S3ResponseError
+
+        done = request.finished_future
+        try:
+            while True:
+                try:
+                    done.result(timeout=max(0.0, alive[0] + self.read_timeout - time.monotonic()))
+                    return
+                except TimeoutError:  # the CRT has no read timeout of its own: a server may stall
+                    if time.monotonic() - alive[0] >= self.read_timeout:
+                        request.cancel()
+                        concurrent.futures.wait([done])  # its callbacks have run: none writes after this
+                        raise ReadTimeoutError(endpoint_url=f"{self.endpoint}{self.prefix}{key}") from None
+        except S3ResponseError as err:
+            raise _client_error(err) from None
+        finally:
+            if not done.done():  # this thread was interrupted
+                request.cancel()
+                concurrent.futures.wait([done])
+
+
+def _client_error(err) -> ClientError:
+    """S3's error response as botocore raises it: the code and message of its XML body (none for
+    a response without one: then the status, as botocore's "404" / "403")."""
+    code, message = str(err.status_code), err.message
+    if err.body:
+        try:
+            root = ElementTree.fromstring(err.body)
+            code = root.findtext("Code") or code
+            message = root.findtext("Message") or message
+        except ElementTree.ParseError:
+            pass
+    return ClientError({"Error": {"Code": code, "Message": message},
+                        "ResponseMetadata": {"HTTPStatusCode": err.status_code}}, err.operation_name or "GetObject")
