@@ -1,7 +1,7 @@
 """Committed manifests: which bytes make up a replica's files at one moment.
 
-A manifest names each file's stored name, object key, size, modification time, SHA-256 and
-policy. It is written only after every file it names is durable, under the next sequence
+A manifest names each file's stored name, object key, size, modification time, content
+checksums (part CRC64NVMEs; format 1 and older entries: the SHA-256) and policy. It is written only after every file it names is durable, under the next sequence
 number and with `If-None-Match: *`, so two writers can never both commit the same number (the
 loser gets `CommitConflict` and must re-read). The latest manifest is the highest number; after
 each commit `head.json` names it, so readers and the next writer need no LIST (head.py).
