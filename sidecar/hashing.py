@@ -105,18 +105,21 @@ def of_buffer(data: bytes, part_size: int) -> Digests:
                                     for i in range(0, len(data), part_size)))
 
 
-def of_fd(fd: int, size: int, part_size: int, block: int = 4 * MiB) -> Digests:
+def of_fd(fd: int, size: int, part_size: int, block: int = MiB) -> Digests:
     """The digests of the first `size` bytes of `fd`, read with pread beside a multipart upload
-    of the same file (the page cache serves both); `FileChanged` if it is shorter now."""
+    of the same file (the page cache serves both); `FileChanged` if it is shorter now. One
+    buffer, reused: a new 4 MiB bytes object per read cost a fifth of this pass's CPU in page
+    faults (0.27 against 0.21 CPU-s/GiB here)."""
+    view = memoryview(bytearray(min(block, part_size)))
     crcs, crc = [], 0
     offset = 0
     while offset < size:
         in_part = part_size - offset % part_size
-        chunk = os.pread(fd, min(block, in_part, size - offset), offset)
-        if not chunk:
+        n = os.preadv(fd, [view[:min(len(view), in_part, size - offset)]], offset)
+        if not n:
             raise FileChanged(f"fd {fd}: shorter than {size} bytes")
-        crc = checksums.crc64nvme(chunk, crc)
-        offset += len(chunk)
+        crc = checksums.crc64nvme(view[:n], crc)
+        offset += n
         if offset % part_size == 0 or offset == size:
             crcs.append(checksums.encode(crc))
             crc = 0

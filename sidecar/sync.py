@@ -118,7 +118,7 @@ def _upload(s3, layout, seen_files, objects: keys.ObjectKeys, settings, hooks, r
 
 def _look_all(intents, durable, settings, report: SyncReport):
     """(intent, size/mtime/inode, the committed entry if the file still holds it) of each file,
-    looked at in parallel (a touched small file is hashed: hashlib releases the GIL); files
+    looked at in parallel (a touched small file is read for its part CRCs, native: no GIL); files
     still being written or gone are skipped."""
     def one(intent: plan.Intent):
         previous = durable.files.get(intent.name) if durable else None
