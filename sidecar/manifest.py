@@ -1,10 +1,11 @@
 """Committed manifests: which bytes make up a replica's files at one moment.
 
 A manifest names each file's stored name, object key, size, modification time, content
-checksums (part CRC64NVMEs; format 1 and older entries: the SHA-256) and policy. It is written only after every file it names is durable, under the next sequence
-number and with `If-None-Match: *`, so two writers can never both commit the same number (the
-loser gets `CommitConflict` and must re-read). The latest manifest is the highest number; after
-each commit `head.json` names it, so readers and the next writer need no LIST (head.py).
+checksums (part CRC64NVMEs; format 1 and older entries: the SHA-256) and policy. It is written
+only after every file it names is durable, under the next sequence number and with
+`If-None-Match: *`, so two writers can never both commit the same number (the loser gets
+`CommitConflict` and must re-read). The latest manifest is the highest number; after each
+commit `head.json` names it, so readers and the next writer need no LIST (head.py).
 
 A manifest read from the store is untrusted input: names that escape the run dir and keys
 outside the replica's own `objects/` (or format 1's `files/`) are refused.

@@ -320,8 +320,8 @@ def _make_parents(dest: Path, target: Path) -> None:
 
 def _local_state(target: Path, entry: manifest.FileEntry, replace: bool, hash_equal: bool = True) -> str:
     """same | newer | missing-or-older. Content equal by size and mtime, else by its part CRCs or
-    format 1's SHA-256 (`hashing.holds`; unless
-    not `hash_equal`: then a same-size file of another mtime is taken as different)."""
+    format 1's SHA-256 (`hashing.holds`), unless not `hash_equal`: then a same-size file of
+    another mtime is taken as different."""
     try:
         st = os.lstat(target)
     except (FileNotFoundError, NotADirectoryError):
