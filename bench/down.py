@@ -13,6 +13,7 @@ py-spy's busiest frames (all threads) of one restore of each set by this code. N
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import statistics
@@ -47,9 +48,10 @@ def commit_format_2(s3, store: keys.StoreURL, src: str, dst: str) -> None:
         for i in range(checksums.part_count(e.size, checksums.PART_SIZE)):
             off, n = checksums.part_range(i, e.size, checksums.PART_SIZE)
             crcs.append(checksums.encode(checksums.crc64nvme(memoryview(data)[off:off + n])))
-        key = layout.file_key(e.name, e.sha256)
+        sha = e.sha256 or hashlib.sha256(data).hexdigest()  # entries written now carry part CRCs only
+        key = layout.file_key(e.name, sha)
         s3.copy_object(Bucket=store.bucket, Key=key, CopySource={"Bucket": store.bucket, "Key": e.key})
-        entries.append(manifest.FileEntry(e.name, key, e.size, e.mtime_ns, e.sha256, e.policy,
+        entries.append(manifest.FileEntry(e.name, key, e.size, e.mtime_ns, sha, e.policy,
                                           checksums.PART_SIZE if e.size else 0, tuple(crcs)))
         del data
     manifest.commit(s3, layout, None, entries, final=True, writer="bench")

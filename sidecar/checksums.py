@@ -2,8 +2,9 @@
 
 A format-2 manifest entry records `part_size` and one CRC64NVME per part (base64 of the 8
 big-endian bytes, as S3's `x-amz-checksum-crc64nvme` header spells it). A download fetches parts
-in parallel and checks each one as it lands, so no second pass over the file is needed; the
-entry's SHA-256 stays the whole-file digest of what was committed. CRC64NVME is computed by the
+in parallel and checks each one as it lands, so no second pass over the file is needed. With
+the size, the part CRCs are the entry's content identity: no whole-file SHA-256 is taken
+(docs/format-2.md, "Content identity"; older entries keep theirs). CRC64NVME is computed by the
 AWS CRT in native code (about 5x SHA-256's speed here), and S3 checks the same algorithm itself.
 Parts of an entry: consecutive, from offset 0, each `part_size` bytes but the last (shorter,
 never empty); an empty file has no part. A file's digests are read in one place: `hashing`.

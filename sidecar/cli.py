@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from . import catalog, config, contract, keys, logs, sync as syncing, transfer
+from . import catalog, config, contract, keys, logs, manifest, sync as syncing, transfer
 from . import retention  # gc's defaults
 from .errors import InputError, RunsyncError
 
@@ -153,9 +153,15 @@ def _ls_json(rows) -> None:
     for i, (r, seq, e) in enumerate(rows):
         write(("\n" if i == 0 else ",\n") + json.dumps({
             "replica": r, "manifest": seq, "name": e.name, "size": e.size, "mtime": e.mtime_ns / 1e9,
-            "sha256": e.sha256, "policy": e.policy, "key": e.key}, ensure_ascii=False))
+            "sha256": e.sha256, "crc64nvme": manifest.whole_crc64nvme(e), "policy": e.policy, "key": e.key},
+            ensure_ascii=False))
     write("\n]\n")
     out.file.flush()
+
+
+def _checksum(e) -> str:
+    """The table's checksum column: what identifies the entry's content (docs/format-2.md)."""
+    return f"crc64nvme:{manifest.whole_crc64nvme(e)}" if e.part_size else f"sha256:{e.sha256[:16]}"
 
 
 def _ls_table(rows, replica_width: int) -> None:
@@ -165,10 +171,10 @@ def _ls_table(rows, replica_width: int) -> None:
     def flush(header: bool = False) -> None:
         nonlocal name_width
         name_width = max(name_width, *(len(e.name) for _, _, e in batch), 0) if batch else name_width
-        lines = [f"{'replica':<{replica_width}}  {'name':<{name_width}}  {'size':>10}  {'modified (UTC)':<19}  sha256"] \
+        lines = [f"{'replica':<{replica_width}}  {'name':<{name_width}}  {'size':>10}  {'modified (UTC)':<19}  checksum"] \
             if header else []
         lines += [f"{r:<{replica_width}}  {e.name:<{name_width}}  {_size(e.size):>10}  {_time(e.mtime_ns / 1e9)}  "
-                  f"{e.sha256[:16]}" for r, _, e in batch]
+                  f"{_checksum(e)}" for r, _, e in batch]
         out.file.write("".join(line.rstrip() + "\n" for line in lines))
         batch.clear()
 

@@ -1,10 +1,11 @@
 """Committed manifests: which bytes make up a replica's files at one moment.
 
-A manifest names each file's stored name, object key, size, modification time, SHA-256 and
-policy. It is written only after every file it names is durable, under the next sequence
-number and with `If-None-Match: *`, so two writers can never both commit the same number (the
-loser gets `CommitConflict` and must re-read). The latest manifest is the highest number; after
-each commit `head.json` names it, so readers and the next writer need no LIST (head.py).
+A manifest names each file's stored name, object key, size, modification time, content
+checksums (part CRC64NVMEs; format 1 and older entries: the SHA-256) and policy. It is written
+only after every file it names is durable, under the next sequence number and with
+`If-None-Match: *`, so two writers can never both commit the same number (the loser gets
+`CommitConflict` and must re-read). The latest manifest is the highest number; after each
+commit `head.json` names it, so readers and the next writer need no LIST (head.py).
 
 A manifest read from the store is untrusted input: names that escape the run dir and keys
 outside the replica's own `objects/` (or format 1's `files/`) are refused.
@@ -40,6 +41,8 @@ class FileEntry:
     size: int
     mtime_ns: int
     sha256: str
+    """Format 1 and format-2 entries written before their content was identified by part CRCs:
+    the whole file's SHA-256; "" (absent in the stored entry) once `crc64nvme` is the identity."""
     policy: str = "end"
     part_size: int = 0
     """Format 2: the size of each part `crc64nvme` checks (checksums.py); 0 in format 1."""
@@ -123,17 +126,25 @@ def entry_from_doc(raw: dict, layout: keys.Layout) -> FileEntry:
     """One stored entry, checked (ValueError, KeyError or TypeError if unusable)."""
     entry = FileEntry(
         name=str(raw["name"]), key=str(raw["key"]), size=int(raw["size"]),
-        mtime_ns=int(raw["mtime_ns"]), sha256=str(raw["sha256"]),
+        mtime_ns=int(raw["mtime_ns"]), sha256=str(raw.get("sha256", "")),
         policy=str(raw.get("policy", "end")), part_size=int(raw.get("part_size", 0)),
         crc64nvme=tuple(str(c) for c in raw.get("crc64nvme", ())),
     )
     keys.check_stored_name(entry.name)
     if not layout.holds(entry.key):  # objects/ (format 2) or files/ (format 1), nothing else
         raise ValueError(f"file {entry.name!r} points outside the replica: {entry.key!r}")
-    if not _SHA256.fullmatch(entry.sha256) or entry.size < 0:
-        raise ValueError(f"file {entry.name!r} has a bad checksum or size")
+    if not (_SHA256.fullmatch(entry.sha256) or (entry.part_size and not entry.sha256)) or entry.size < 0:
+        raise ValueError(f"file {entry.name!r} has a bad checksum or size")  # parts: checked below
     _check_parts(entry)
     return entry
+
+
+def whole_crc64nvme(entry: FileEntry) -> str:
+    """A format-2 entry's whole-file CRC64NVME (base64, as S3's full-object checksum header and
+    `head-object --checksum-mode ENABLED` spell it), from its part CRCs; "" in format 1."""
+    if not entry.part_size:
+        return ""
+    return checksums.encode(checksums.whole(entry.crc64nvme, entry.size, entry.part_size))
 
 
 def checkpoints_from_doc(raw) -> dict[str, tuple[str, ...]]:
@@ -152,6 +163,8 @@ def entry_doc(f: FileEntry) -> dict:
         del doc["part_size"], doc["crc64nvme"]
     else:
         doc["crc64nvme"] = list(f.crc64nvme)
+        if not f.sha256:  # the part CRCs are its identity: docs/format-2.md
+            del doc["sha256"]
     return doc
 
 

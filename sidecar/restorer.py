@@ -32,7 +32,7 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import config, discovery, globs, keys, listing, manifest, plan, transfer
+from . import config, discovery, globs, hashing, keys, listing, manifest, plan, transfer
 from .errors import RunsyncError
 from .logs import log
 
@@ -319,8 +319,9 @@ def _make_parents(dest: Path, target: Path) -> None:
 
 
 def _local_state(target: Path, entry: manifest.FileEntry, replace: bool, hash_equal: bool = True) -> str:
-    """same | newer | missing-or-older. Content equal by size and mtime, else by hash (unless
-    not `hash_equal`: then a same-size file of another mtime is taken as different)."""
+    """same | newer | missing-or-older. Content equal by size and mtime, else by its part CRCs or
+    format 1's SHA-256 (`hashing.holds`), unless not `hash_equal`: then a same-size file of
+    another mtime is taken as different."""
     try:
         st = os.lstat(target)
     except (FileNotFoundError, NotADirectoryError):
@@ -331,7 +332,7 @@ def _local_state(target: Path, entry: manifest.FileEntry, replace: bool, hash_eq
         return "same"
     if st.st_size == entry.size and hash_equal:
         try:
-            if transfer.hash_file(target).sha256 == entry.sha256:
+            if hashing.holds(target, entry):
                 os.utime(target, ns=(entry.mtime_ns, entry.mtime_ns))
                 return "same"
         except (OSError, transfer.FileChanged):

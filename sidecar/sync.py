@@ -13,7 +13,7 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import config, globs, keys, lease, manifest, plan, runmeta, transfer, versions, watch
+from . import config, globs, hashing, keys, lease, manifest, plan, runmeta, transfer, versions, watch
 from .errors import StoreError
 from .logs import log
 
@@ -75,12 +75,12 @@ def _sync(s3, run_dir, layout, rules, ignore, clean, settings, hooks) -> SyncRep
 
     changes: list[manifest.FileEntry] = []
     to_upload: list[tuple[plan.Intent, transfer.Digest]] = []
-    hashed: list[tuple[plan.Intent, transfer.Digest]] = []
+    hashed: list[tuple[plan.Intent, transfer.Digest, str]] = []  # read in this run as the object at key
     for intent, seen, previous in _look_all(the_plan.uploads, durable, settings, report):
         if previous is not None:  # touched, not changed: record the new mtime, upload nothing
             changes.append(previous)
             report.unchanged += 1
-            hashed.append((intent, dataclasses.replace(seen, sha256=previous.sha256)))
+            hashed.append((intent, seen, previous.key))
             continue
         to_upload.append((intent, seen))
 
@@ -113,12 +113,12 @@ def _upload(s3, layout, seen_files, objects: keys.ObjectKeys, settings, hooks, r
             entry = versions.entry_of(intent.name, up, intent.policy.value)
             changes.append(entry)
             report.uploaded.append(entry)
-            hashed.append((intent, up.digest))
+            hashed.append((intent, up.digest, up.key))
 
 
 def _look_all(intents, durable, settings, report: SyncReport):
     """(intent, size/mtime/inode, the committed entry if the file still holds it) of each file,
-    looked at in parallel (a touched small file is hashed: hashlib releases the GIL); files
+    looked at in parallel (a touched small file is read for its part CRCs, native: no GIL); files
     still being written or gone are skipped."""
     def one(intent: plan.Intent):
         previous = durable.files.get(intent.name) if durable else None
@@ -193,7 +193,7 @@ def _clean(the_plan: plan.SyncPlan, digests, committed: manifest.Manifest) -> li
     and has not changed since: a size-and-mtime match is good enough to skip an upload, not
     to delete someone's data.
     """
-    hashed = {intent.file.path: d for intent, d in digests}
+    hashed = {intent.file.path: (d, key) for intent, d, key in digests}
     candidates = [i for i in the_plan.uploads] + [i for i, _ in the_plan.unchanged]
     cleaned = []
     for intent in candidates:
@@ -201,13 +201,14 @@ def _clean(the_plan: plan.SyncPlan, digests, committed: manifest.Manifest) -> li
         if entry is None:
             continue
         try:
-            digest = hashed.get(intent.file.path)
+            digest, key = hashed.get(intent.file.path, (None, ""))
             st = os.stat(intent.file.path)
-            if digest is None or (st.st_size, st.st_mtime_ns) != (digest.size, digest.mtime_ns):
-                digest = transfer.hash_file(intent.file.path)
+            same = digest is not None and key == entry.key and \
+                (st.st_size, st.st_mtime_ns) == (digest.size, digest.mtime_ns)
+            same = same or hashing.holds(intent.file.path, entry)
         except (FileNotFoundError, transfer.FileChanged):
             continue
-        if digest.sha256 == entry.sha256:
+        if same:
             os.unlink(intent.file.path)
             cleaned.append(intent.file.relpath)
     return sorted(cleaned)

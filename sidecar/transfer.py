@@ -281,7 +281,7 @@ def _open_hashed(up: "Upload") -> int:
 @dataclasses.dataclass(frozen=True)
 class Upload:
     """One file to put at `key`, as it was when looked at (`digest`: size, mtime, inode). The
-    upload yields it back with `digest.sha256` and `sums` taken from the bytes it sent."""
+    upload yields it back with `sums` taken from the bytes it sent."""
 
     path: str
     key: str
@@ -353,8 +353,8 @@ class Transfers:
                                                             thread_name_prefix="s3-small")
         # A small file is read whole into memory: past 1 MiB, only a few at once (crt.RESERVE).
         self._large_bodies = threading.Semaphore(_LARGE_BODIES)
-        # Digests of multipart uploads, read beside the manager's own reads: a few threads are
-        # plenty (SHA-256 and CRC64NVME release the GIL on large buffers).
+        # Part CRCs of multipart uploads, read beside the manager's own reads: a few threads are
+        # plenty (the CRT's CRC64NVME releases the GIL on large buffers).
         self._digesting = concurrent.futures.ThreadPoolExecutor(min(4, os.cpu_count() or 1),
                                                                 thread_name_prefix="digest")
 
@@ -382,8 +382,8 @@ class Transfers:
     def upload(
         self, uploads: Iterable[Upload], on_bytes: Callable[[int], None] = lambda n: None,
     ) -> Iterator[tuple[Upload, Exception | None]]:
-        """Submit every upload, then yield `(upload, None)` once it is durable, with the digests
-        of what it sent, or `(upload, error)`."""
+        """Submit every upload, then yield `(upload, None)` once it is durable, with the part
+        CRCs of what it sent (`sums`), or `(upload, error)`."""
         submitted = [(up, self._submit(up, on_bytes)) for up in uploads]
         for up, future in submitted:
             try:
@@ -391,8 +391,7 @@ class Transfers:
             except Exception as err:  # noqa: BLE001 - reported per file
                 yield up, err
             else:
-                yield dataclasses.replace(up, digest=dataclasses.replace(up.digest, sha256=sums.sha256),
-                                          sums=sums), None
+                yield dataclasses.replace(up, sums=sums), None
 
     def cancel(self) -> None:
         """Cancel every transfer in flight (their futures raise); multipart uploads are aborted.
@@ -443,7 +442,7 @@ class Transfers:
         return future
 
     def _put(self, up: Upload, on_bytes) -> hashing.Digests:
-        """Read once, hash that buffer, send it as one PUT that S3 checks against our CRC64NVME:
+        """Read once, CRC that buffer, send it as one PUT that S3 checks against our CRC64NVME:
         through the CRT when it is on (crtobjects.py), else botocore. As bytes, the body goes
         without `Expect: 100-continue` (a round trip a file object costs)."""
         with self._large_bodies if up.digest.size > MiB else contextlib.nullcontext():

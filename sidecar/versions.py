@@ -5,25 +5,26 @@ from __future__ import annotations
 
 import dataclasses
 
-from . import manifest, transfer
+from . import hashing, manifest, transfer
 
 
 def unchanged(prev: manifest.FileEntry | None, path: str, seen: transfer.Digest,
               small: int, root: str | None = None) -> manifest.FileEntry | None:
     """`prev` (with the new mtime) when the file still holds what it names, so nothing is sent:
-    the same size and mtime (not read at all); or, touched, a small file hashed to the same
-    SHA-256 (a read costs less than the upload). A touched large file is sent again.
-    `FileChanged` if a small one changes while hashed."""
+    the same size and mtime (not read at all); or, touched, a small file read to the same part
+    CRCs (or format 1's SHA-256: `hashing.holds`; a read costs less than the upload). A touched
+    large file is sent again. `FileChanged` if a small one changes while read."""
     if prev is None or prev.size != seen.size:
         return None
     if prev.mtime_ns == seen.mtime_ns:
         return prev
-    if seen.size >= small or transfer.hash_file(path, root).sha256 != prev.sha256:
+    if seen.size >= small or not hashing.holds(path, prev, root):
         return None
     return dataclasses.replace(prev, mtime_ns=seen.mtime_ns)
 
 
 def entry_of(name: str, up: transfer.Upload, policy: str) -> manifest.FileEntry:
-    """The manifest entry of a finished upload: its key and the digests of the bytes it sent."""
-    return manifest.FileEntry(name, up.key, up.digest.size, up.digest.mtime_ns, up.digest.sha256, policy,
+    """The manifest entry of a finished upload: its key and the part CRCs of the bytes it sent
+    (no SHA-256: docs/format-2.md, "Content identity")."""
+    return manifest.FileEntry(name, up.key, up.digest.size, up.digest.mtime_ns, "", policy,
                               up.sums.part_size, up.sums.crc64nvme)

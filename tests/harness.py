@@ -16,7 +16,7 @@ from pathlib import Path
 import boto3
 import yaml
 
-from runsync import contract, keys, manifest
+from runsync import checksums, contract, keys, manifest
 from runsync_testing import downward, kubelet, ports
 
 RUNSYNC = str(Path(sys.executable).with_name("runsync"))
@@ -219,6 +219,27 @@ def uploaded_files(records: list[dict]) -> list[str]:
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def ident(data: bytes, part_size: int = checksums.PART_SIZE) -> str:
+    """The content identity a format-2 writer records for `data`: its part CRC64NVMEs and size
+    (docs/format-2.md, "Content identity"); compare with `ident_of(entry)`."""
+    view = memoryview(data)
+    crcs = [checksums.encode(checksums.crc64nvme(view[i:i + part_size])) for i in range(0, len(data), part_size)]
+    return f"{','.join(crcs)}/{len(data)}"
+
+
+def ident_of(entry: manifest.FileEntry) -> str:
+    """An entry's content identity: as `ident` for format 2, its SHA-256 for format 1."""
+    if not entry.part_size:
+        return entry.sha256
+    assert entry.part_size == checksums.PART_SIZE, entry  # what `ident` assumes
+    return f"{','.join(entry.crc64nvme)}/{entry.size}"
+
+
+def describes(entry: manifest.FileEntry, data: bytes) -> bool:
+    """Whether `entry` names exactly `data` (part CRCs and size; SHA-256 in format 1)."""
+    return ident_of(entry) == (ident(data, entry.part_size) if entry.part_size else sha(data))
 
 
 def listing(root: Path) -> set[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Store, git, wait_for
+from harness import Store, git, ident_of, wait_for
 from runsync import contract
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
@@ -101,7 +101,7 @@ def test_embedded_mode_leaves_the_same_objects(tmp_path, s3_env, sidecars, store
     sc = sidecars({}).start()
     run_script(["pod"], app_env(sc), tmp_path)
     assert sc.terminate()[0] == 0
-    in_pod = {n: e.sha256 for n, e in store.files().items()}
+    in_pod = {n: ident_of(e) for n, e in store.files().items()}
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSYNC_")}
     env.update(s3_env)
@@ -111,7 +111,7 @@ def test_embedded_mode_leaves_the_same_objects(tmp_path, s3_env, sidecars, store
     laptop = Store(s3_env, run="team-a/proj/laptop-run")
     final = laptop.latest()
     assert final.final, "the embedded engine was not flushed at exit"
-    assert {n: e.sha256 for n, e in final.files.items()} == in_pod
+    assert {n: ident_of(e) for n, e in final.files.items()} == in_pod
 
 
 def test_save_outside_the_run_dir(sidecars, store, tmp_path):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from harness import uploaded_files, wait_for, write_slowly
+from harness import describes, uploaded_files, wait_for, write_slowly
 from runsync import contract
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
@@ -38,7 +38,7 @@ def test_live_rewrites_are_never_torn_and_the_last_version_lands(sidecars, store
                     seen[key] = sha(store.read(key))
             for m in store.manifests():
                 for entry in m.files.values():
-                    assert sha(store.read(entry.key)) == entry.sha256
+                    assert describes(entry, store.read(entry.key))
             time.sleep(0.05)
 
     thread = threading.Thread(target=reader)
@@ -52,7 +52,7 @@ def test_live_rewrites_are_never_torn_and_the_last_version_lands(sidecars, store
         stop.set()
         thread.join()
     assert seen and set(seen.values()) <= complete, "an object held bytes of no complete version"
-    assert store.files()["model.pt"].sha256 == sha(versions[-1])
+    assert describes(store.files()["model.pt"], versions[-1])
     assert sha(store.read(store.files()["model.pt"].key)) == sha(versions[-1])
 
 
@@ -78,14 +78,14 @@ def test_policies_now_end_unnamed_ignored_and_outside_symlinks(sidecars, store, 
     sc.flush()
     time.sleep(1.0)  # a settle period: nothing may pick the change up later either
     sc.flush()
-    assert store.files()["config.yaml"].sha256 == sha(b"v1")
+    assert describes(store.files()["config.yaml"], b"v1")
 
     code, _ = sc.terminate()
     assert code == 0
     final = store.latest()
     assert final.final
     assert set(final.files) == {"config.yaml", "ckpt/a.pt", "final/report.json", "unnamed.log"}
-    assert final.files["config.yaml"].sha256 == sha(b"v1")
+    assert describes(final.files["config.yaml"], b"v1")
     assert final.files["final/report.json"].policy == "end"
     assert not [k for k in store.keys() if "outside-secret" in k or "link.pt" in k or "escape" in k
                 or k.endswith(".tmp") or ".tmp~" in k]
@@ -106,7 +106,7 @@ def test_write_patterns_and_read_only_opens(sidecars, store, tmp_path):
     sc.flush()
     files = store.files()
     for name, content in data.items():
-        assert files[name].sha256 == sha(content), name
+        assert describes(files[name], content), name
     assert ".renamed.bin.partial" not in files, "a temp file renamed away stays in the manifest"
 
     before = sc.metric("runsync_skipped_bytes_total", reason="unchanged")
@@ -293,7 +293,7 @@ def test_kill_9_then_restart_uploads_everything_and_resends_nothing_committed(si
     again.flush()
     files = store.files()
     for name, data in blobs.items():
-        assert files[name].sha256 == sha(data)
+        assert describes(files[name], data)
     resent = set(uploaded_files(again.log_records()))
     assert not resent & committed, f"sent again though committed: {sorted(resent & committed)}"
     assert again.metric("runsync_uploaded_bytes_total", policy="live") == sum(len(blobs[n]) for n in resent)
@@ -326,7 +326,7 @@ def test_s3_outage_of_30_seconds_then_everything_lands(tmp_path):
             sc.flush(timeout=90)
             files = Store(env).files()
             for name, data in blobs.items():
-                assert files[name].sha256 == sha(data)
+                assert describes(files[name], data)
             assert "before.bin" in files
         finally:
             sc.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import time
@@ -72,7 +71,7 @@ def test_sync_then_ls_shows_exactly_the_files(cli, tmp_path, s3_client, bucket):
     for name, data in kept.items():
         row = listed[name]
         assert row["size"] == len(data)
-        assert row["sha256"] == hashlib.sha256(data).hexdigest()
+        assert row["crc64nvme"] == base64.b64encode(crt_checksums.crc64nvme(data).to_bytes(8, "big")).decode()
         stored = s3_client.get_object(Bucket=bucket, Key=row["key"])["Body"].read()
         assert stored == data, name
         assert row["key"].startswith("runs/team-a/nlp/bert-1/0/objects/")

@@ -21,7 +21,7 @@ import pytest
 from conftest import FULL, run_trials
 from faults import FaultProxy
 
-from harness import RUNSYNC, Sidecar, Store, sha, tree, wait_for
+from harness import RUNSYNC, Sidecar, Store, ident, ident_of, tree, wait_for
 from runsync import config, contract
 from runsync_testing import locals3
 
@@ -54,10 +54,10 @@ def trainer(run_dir: Path, env: dict, rng, flushed: Path) -> subprocess.Popen:
 
 
 def complete_files(run_dir: Path) -> dict[str, str]:
-    """name → SHA-256 of the run dir's files, but for a checkpoint dir the trainer was killed in
+    """name → content identity (`ident`) of the run dir's files, but for a checkpoint dir the trainer was killed in
     the middle of (no marker yet): that one is incomplete, and by SPEC.md never uploaded; nor is
     a temp name a writer killed mid-write left (`.last.pt.tmp`: SPEC.md's documented list)."""
-    return {n: sha(d) for n, d in tree(run_dir).items()
+    return {n: ident(d) for n, d in tree(run_dir).items()
             if not (n.startswith("ckpt/step-") and not (run_dir / n).parent.joinpath(".metadata").exists())
             and not any(fnmatch.fnmatchcase(part, t) for part in n.split("/") for t in config.DEFAULT_TEMP_NAMES)}
 
@@ -65,7 +65,7 @@ def complete_files(run_dir: Path) -> dict[str, str]:
 def check_nothing_lost(run_dir: Path, store: Store, durable_before: dict[str, str]) -> int:
     """Every file in the run dir is durable with its bytes, and every object that was durable
     before is still in the bucket (a file the trainer deleted leaves the manifest, not the store)."""
-    files = {n: e.sha256 for n, e in store.files().items()}
+    files = {n: ident_of(e) for n, e in store.files().items()}
     local = complete_files(run_dir)
     lost = {n: f"local {h[:12]}, durable {(files.get(n) or '-')[:12]}, mtime "
                f"{os.stat(run_dir / n).st_mtime:.3f}" for n, h in local.items() if files.get(n) != h}
@@ -128,7 +128,7 @@ def pod(tmp_path: Path, server, kind: str, i: int, rng, endpoint: str | None = N
 
 
 def durable_keys(store: Store) -> dict[str, str]:
-    return {e.key: e.sha256 for e in store.files().values()}
+    return {e.key: ident_of(e) for e in store.files().values()}
 
 
 def test_sidecar_kill_9_and_restart_loses_nothing(tmp_path, own_s3, tally):
@@ -207,7 +207,7 @@ def test_faulty_network_loses_nothing_and_restores_exactly(tmp_path, own_s3, tal
                         break
                     assert "error" in done.stderr.lower(), done.stderr
                 assert done.returncode == 0, done.stderr[-2000:]
-                assert {n: sha(d) for n, d in tree(dest).items()} == complete_files(p.run_dir)
+                assert {n: ident(d) for n, d in tree(dest).items()} == complete_files(p.run_dir)
         finally:
             proxy.close()
             seen.update(proxy.counts)

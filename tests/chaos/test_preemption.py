@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import run_trials
 
-from harness import RUNSYNC, Sidecar, Store, listing, restore_init, sha, tree, wait_for
+from harness import RUNSYNC, Sidecar, Store, ident, ident_of, listing, restore_init, sha, tree, wait_for
 from runsync import contract, keys
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
@@ -97,7 +97,7 @@ def preempt(tmp_path: Path, s3_env: dict, name: str, rng, replicas: int, gracefu
     for own, dest in enumerate(dests):
         committed: dict[str, str] = {}  # what this replica restores: its own entry wins a clash
         for r in sorted(latest, key=lambda r: r == own):
-            committed.update({n: e.sha256 for n, e in latest[r].files.items()})
+            committed.update({n: ident_of(e) for n, e in latest[r].files.items()})
         steps = sorted(int(d.name.split("-")[1]) for d in (dest / "ckpt").glob("step-*"))
         assert steps, f"{dest.name}: no checkpoint directory restored"
         for step in steps:  # complete: marker and every rank's shard
@@ -109,7 +109,7 @@ def preempt(tmp_path: Path, s3_env: dict, name: str, rng, replicas: int, gracefu
         last = json.loads((dest / "ckpt/last.pt").read_bytes().split(b"\n", 1)[0])["step"]
         assert last >= last_flushed, f"last.pt is step {last}, older than the flushed step {last_flushed}"
         for path, data in tree(dest).items():  # every byte restored is a committed file's
-            assert sha(data) == committed.get(path), f"{path} is not a committed file"
+            assert ident(data) == committed.get(path), f"{path} is not a committed file"
     assert newest >= last_flushed, f"restored step {newest}, older than the flushed step {last_flushed}"
     for sc, _, _ in pods:
         sc.stop()
