@@ -117,6 +117,9 @@ def check_replica(replica: str) -> str:
     return replica
 
 
+_BACKSLASH_OR_CONTROL = re.compile(r"[\\\x00-\x1f\x7f]")
+
+
 def check_stored_name(name: str) -> str:
     """`name` if it stays inside the run dir when restored; `RunPathError` otherwise."""
     problem = None
@@ -124,7 +127,7 @@ def check_stored_name(name: str) -> str:
         problem = "is empty"
     elif name.startswith("/"):
         problem = "is absolute"
-    elif "\\" in name or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+    elif _BACKSLASH_OR_CONTROL.search(name):
         problem = "contains a backslash or a control character"  # NUL, newline, escapes: no sane file's
     elif any(seg in ("", ".", "..") for seg in name.split("/")):
         problem = "has an empty, '.' or '..' segment"
