@@ -56,6 +56,9 @@ def idle(server, files: int, seconds: float, bucket: str = "bench-idle", before:
         out = []
         for r in range(repeat):
             for code, code_env in codes:
+                # Each start as a new pod's (a restored run dir, as after `sync`): the manifest a
+                # sidecar caches at its final commit would favour whichever code runs second.
+                (run_dir / ".runsync" / "manifest.json").unlink(missing_ok=True)
                 one = _idle_sidecar(code_env, Path(tmp) / f"sidecar-{code or 'x'}-{r}.log", seconds,
                                     profile and profile.with_name(f"{profile.stem}-{code or 'x'}-{r}{profile.suffix}"))
                 out.append({"code": code, "repeat": r, "files": files, "sync_all_s": round(sync_s, 1),
