@@ -98,7 +98,7 @@ class Engine:
         self.committer.load()  # the first rescan waits for the durable manifest (see _loaded)
         while not self.finished:
             try:  # a rescan under way goes on at once when no message waits
-                message = self.inbox.get_nowait() if self.rescans.busy else self.inbox.get(timeout=0.1)
+                message = self.inbox.get(timeout=self.rescans.wait)
             except queue.Empty:
                 message = None
             while message is not None:
@@ -111,6 +111,7 @@ class Engine:
                 self._request(Request("terminate", {}))
             self._tick()
         self.worker.shutdown()
+        self.rescans.shutdown()
         self.committer.shutdown()
         return 0
 
@@ -223,7 +224,9 @@ class Engine:
 
     def _rescan_step(self, now: float) -> None:
         if self.rescans.busy and self.mode != "final":
-            self._classify(self.rescans.next(), now, ending=False, since=self.rescans.since)
+            files = self.rescans.next()
+            if files:
+                self._classify(files, now, ending=False, since=self.rescans.since)
             self.rescans.finished()
 
     def _classify(self, files, now: float, ending: bool, since: int | None = None) -> None:
@@ -336,5 +339,5 @@ class Engine:
     def status(self) -> dict:
         """What the SDK and `kubectl exec ... curl` see (see `status.report`)."""
         return status.report(self.layout, self.mode, self.books, self.uploads.inflight, self.flushes,
-                             self.end.owed, self.rules.docs(), self.loaded, self.rescans.left)
+                             self.end.owed, self.rules.docs(), self.loaded, self.rescans.busy)
 

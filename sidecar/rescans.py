@@ -1,14 +1,16 @@
 """The rescan of the run dir, in steps: the safety net for files changed without an event,
 above all those changed while the sidecar was down (the rescan at start).
 
-The run dir is listed at once (`watch.scan`: one lstat a file), then classified `STEP` files a
-turn of the engine's loop, so beside 100,000 files the loop still answers the API and holds the
-lease between steps. From its start until its last step the rescan is a pending flush key
+The run dir is listed on a thread of its own (`watch.scan`: one lstat a file), then classified
+`STEP` files a turn of the engine's loop, so beside 100,000 files the loop still answers the API
+and holds the lease meanwhile. From its start until its last step the rescan is a pending flush key
 (`messages.RESCAN`), and each file it finds is accepted as of that start: a flush made while it
 runs waits for everything it finds. The final flush's rescan is not stepped (engine.py).
 """
 
 from __future__ import annotations
+
+import concurrent.futures
 
 from . import messages, watch
 from .flushes import Flushes
@@ -23,15 +25,18 @@ class Rescans:
         self.flushes = flushes
         self._files: tuple[watch.LocalFile, ...] = ()
         self._at = 0
+        self._listing: concurrent.futures.Future | None = None
+        self._lister = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rescan")
 
     @property
     def busy(self) -> bool:
-        return self._at < len(self._files)
+        return self._listing is not None or self._at < len(self._files)
 
     @property
-    def left(self) -> int:
-        """Files listed and not yet classified."""
-        return len(self._files) - self._at
+    def wait(self) -> float:
+        """How long the loop may wait for a message: not at all while files wait to be
+        classified, briefly while the run dir is listed."""
+        return 0.0 if self._at < len(self._files) else 0.01 if self._listing is not None else 0.1
 
     @property
     def since(self) -> int | None:
@@ -42,12 +47,15 @@ class Rescans:
         """List the run dir again (a rescan under way starts over: what it has not classified
         yet may have changed); the flush key stays as of the first start."""
         self.flushes.accept(messages.RESCAN)
-        self._files, self._at = watch.scan(self.root).files, 0
-        if not self._files:
-            self.stop()
+        self._files, self._at = (), 0
+        self._listing = self._lister.submit(watch.scan, self.root)  # a listing under way: its answer is dropped
 
     def next(self) -> tuple[watch.LocalFile, ...]:
-        """The next step's files (empty when none is under way)."""
+        """The next step's files (empty while the run dir is being listed, or none is under way)."""
+        if self._listing is not None:
+            if not self._listing.done():
+                return ()
+            self._files, self._at, self._listing = self._listing.result().files, 0, None
         step = self._files[self._at:self._at + STEP]
         self._at += len(step)
         return step
@@ -57,7 +65,10 @@ class Rescans:
         if not self.busy:
             self.stop()
 
+    def shutdown(self) -> None:
+        self._lister.shutdown(wait=False, cancel_futures=True)
+
     def stop(self) -> None:
         """No rescan under way (done, or the final flush rescans it all at once)."""
-        self._files, self._at = (), 0
+        self._files, self._at, self._listing = (), 0, None
         self.flushes.satisfy(messages.RESCAN, self.flushes.newest(messages.RESCAN))

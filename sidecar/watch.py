@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -63,10 +64,10 @@ def scan(run_dir: str | Path) -> Scan:
                 st = os.lstat(path)
             except FileNotFoundError:
                 continue  # deleted while walking
-            if os.path.islink(path):
+            if stat.S_ISLNK(st.st_mode):  # from the one lstat: 100,000 files, 100,000 calls
                 links.append(relpath)
                 continue
-            if not os.path.isfile(path):
+            if not stat.S_ISREG(st.st_mode):
                 continue  # sockets, fifos, devices
             files.append(LocalFile(relpath, path, st.st_size, st.st_mtime_ns))
     files.sort(key=lambda f: f.relpath)
