@@ -26,6 +26,7 @@ the run dir on restore (`..`, absolute, empty segments, NUL) is refused here, in
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import os
 import re
@@ -153,11 +154,11 @@ class Layout:
     def __post_init__(self) -> None:
         check_replica(self.replica)
 
-    @property
+    @functools.cached_property  # asked for each entry of a manifest read (`holds`): 100,000 times
     def run_prefix(self) -> str:
         return self.store.key(self.run.namespace, self.run.project, self.run.run) + "/"
 
-    @property
+    @functools.cached_property
     def replica_prefix(self) -> str:
         return f"{self.run_prefix}{self.replica}/"
 
@@ -201,11 +202,11 @@ class Layout:
         `check_stored_name`'s rules are left."""
         return check_stored_name(name)
 
-    @property
+    @functools.cached_property
     def objects_prefix(self) -> str:
         return f"{self.replica_prefix}objects/"
 
-    @property
+    @functools.cached_property
     def files_prefix(self) -> str:
         """Format 1's objects (keys named by content)."""
         return f"{self.replica_prefix}files/"
