@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import config, keys, lease, manifest, plan, rescans, runmeta, services, statedir, status, tasks, transfer, unreadable, watch
+from . import config, heap, keys, lease, manifest, plan, rescans, runmeta, services, statedir, status, tasks, transfer, unreadable, watch
 from .committer import Committer
 from .ending import Ending
 from .errors import InputError
@@ -227,7 +227,8 @@ class Engine:
             files = self.rescans.next()
             if files:
                 self._classify(files, now, ending=False, since=self.rescans.since)
-            self.rescans.finished()
+            if self.rescans.finished():
+                heap.trim()  # the listing's pages (and at start the manifest read's) go back
 
     def _classify(self, files, now: float, ending: bool, since: int | None = None) -> None:
         """Files of a rescan, handed on as their events would be (`since`: the flush event the

@@ -34,9 +34,9 @@ class Rescans:
 
     @property
     def wait(self) -> float:
-        """How long the loop may wait for a message: not at all while files wait to be
-        classified, briefly while the run dir is listed."""
-        return 0.0 if self._at < len(self._files) else 0.01 if self._listing is not None else 0.1
+        """How long the loop may wait for a message: not at all while listed files wait to be
+        classified; else its usual tick (a loop polling the listing would take the GIL from it)."""
+        return 0.0 if self._at < len(self._files) else 0.1
 
     @property
     def since(self) -> int | None:
@@ -60,10 +60,12 @@ class Rescans:
         self._at += len(step)
         return step
 
-    def finished(self) -> None:
-        """After the last step's files were handed on: the flush key goes."""
+    def finished(self) -> bool:
+        """After each step's files were handed on: True after the last (the flush key goes)."""
         if not self.busy:
             self.stop()
+            return True
+        return False
 
     def shutdown(self) -> None:
         self._lister.shutdown(wait=False, cancel_futures=True)
