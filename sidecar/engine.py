@@ -130,7 +130,7 @@ class Engine:
             self._dir_ready(ckpt_dir, policy, when, require_marker=False)
         if self.loaded and self.mode != "final":
             self.committer.due(now, self.books, bool(self.flushes.waiters), busy=self.mode != "running" or bool(
-                self.uploads.inflight or self.uploads.waiting() or len(self.sightings) or self.rescans.busy))
+                self.uploads.inflight or self.uploads.waiting() or len(self.sightings)))
         elif self.loaded:
             self.committer.pace(now, busy=True)  # the final flush: a successor waits for it
         self.flushes.answer(now, self.loaded, self.books.seq, self.skipped.names)
