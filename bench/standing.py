@@ -29,7 +29,12 @@ from tools import proc_cpu, proc_rss
 RUNSYNC = str(Path(sys.executable).with_name("runsync"))
 
 
-def idle(server, files: int, seconds: float, bucket: str = "bench-idle") -> dict:
+def idle(server, files: int, seconds: float, bucket: str = "bench-idle", before: Path | None = None,
+         repeat: int = 1, profile: Path | None = None) -> dict | list[dict]:
+    """One run dir of `files` durable files (one `runsync sync`), then a sidecar started on it
+    `repeat` times; with `before` (a checkout's root), the older code's sidecar right before each,
+    on the same data and server, so both see the same load. Returns one dict (no `before`, one
+    repeat, as `bench/main.py` reads it) or one per sidecar started."""
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
         for i in range(files):
@@ -44,35 +49,77 @@ def idle(server, files: int, seconds: float, bucket: str = "bench-idle") -> dict
         sync_s = time.perf_counter() - started
         ann = Path(tmp) / "ann"
         ann.write_text(downward.format_annotations_file({contract.SAVE: "**:live"}))
-        api, metrics = ports.free_ports(2)
         env.update({contract.ENV_DIR: str(run_dir), contract.ENV_RUN_PATH: "b/b/idle", contract.ENV_ANNOTATIONS: str(ann),
-                    contract.ENV_API: f"127.0.0.1:{api}", contract.ENV_METRICS: f"127.0.0.1:{metrics}",
                     contract.ENV_HOLDER: "sync-then-sidecar"})
-        t0 = time.perf_counter()
-        proc = subprocess.Popen([RUNSYNC, "sidecar"], env=env, stdout=open(Path(tmp) / "sidecar.log", "wb"),
-                                stderr=subprocess.STDOUT)
-        while True:
-            try:
-                status = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{api}/v1/status", timeout=1).read())
-                if status["loaded"] and not status["pending"] and not status["uploading"]:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.05)
-        ready_s = time.perf_counter() - t0
-        cpu0 = proc_cpu(proc.pid)
-        rss = []
-        w0 = time.perf_counter()
-        while time.perf_counter() - w0 < seconds:
-            time.sleep(1)
-            rss.append(proc_rss(proc.pid))
-        cpu1 = proc_cpu(proc.pid)
-        wall = time.perf_counter() - w0
-        proc.terminate()
-        proc.wait(60)
-        return {"files": files, "sync_all_s": round(sync_s, 1), "sidecar_ready_s": round(ready_s, 2),
-                "idle_cpu_share": round((cpu1 - cpu0) / wall, 4), "rss_mib_max": round(max(rss) / 2**20, 1),
-                "rss_mib_median": round(statistics.median(rss) / 2**20, 1)}
+        codes = [("before", {**env, "PYTHONPATH": _before_path(before, Path(tmp))})] if before else []
+        codes.append(("after" if before else "", env))
+        out = []
+        for r in range(repeat):
+            for code, code_env in codes:
+                # Each start as a new pod's (a restored run dir, as after `sync`): the manifest a
+                # sidecar caches at its final commit would favour whichever code runs second.
+                (run_dir / ".runsync" / "manifest.json").unlink(missing_ok=True)
+                one = _idle_sidecar(code_env, Path(tmp) / f"sidecar-{code or 'x'}-{r}.log", seconds,
+                                    profile and profile.with_name(f"{profile.stem}-{code or 'x'}-{r}{profile.suffix}"))
+                out.append({"code": code, "repeat": r, "files": files, "sync_all_s": round(sync_s, 1),
+                            "load": round(os.getloadavg()[0], 1), **one})
+                print(json.dumps(out[-1]), file=sys.stderr, flush=True)
+        return out[0] if len(out) == 1 else out
+
+
+def _before_path(tree: Path, tmp: Path) -> str:
+    """The older code as the package `runsync` (as tools.Before does)."""
+    (tmp / "before").mkdir(exist_ok=True)
+    (tmp / "before" / "runsync").symlink_to(tree.resolve() / "sidecar")
+    return str(tmp / "before")
+
+
+def _idle_sidecar(env: dict, log_path: Path, seconds: float, profile: Path | None) -> dict:
+    """Start a sidecar on the synced run dir: `api_s` until its API answers with the lease held
+    and the durable manifest read (`loaded`); `ready_s` until nothing is pending (the start-up
+    rescan done, nothing to upload); then CPU share and RSS over `seconds`."""
+    api, metrics = ports.free_ports(2)
+    env = {**env, contract.ENV_API: f"127.0.0.1:{api}", contract.ENV_METRICS: f"127.0.0.1:{metrics}"}
+    cmd = [RUNSYNC, "sidecar"]
+    if profile:  # py-spy as the parent: it samples from the first line (`.json`: speedscope, else folded stacks)
+        cmd = [str(Path(sys.executable).with_name("py-spy")), "record", "-r", "100", "-f", "speedscope" if
+               profile.suffix == ".json" else "raw", "-o", str(profile), "--"] + cmd
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+    api_s = None
+    while True:
+        try:
+            status = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{api}/v1/status", timeout=1).read())
+            if status["loaded"] and api_s is None:
+                api_s = time.perf_counter() - t0
+            if status["loaded"] and not status["pending"] and not status["uploading"]:
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"the sidecar exited ({proc.returncode}); see {log_path}")
+        time.sleep(0.05)
+    ready_s = time.perf_counter() - t0
+    pid = proc.pid if not profile else _child(proc.pid)
+    cpu0 = proc_cpu(pid)
+    rss = []
+    w0 = time.perf_counter()
+    while time.perf_counter() - w0 < seconds:
+        time.sleep(1)
+        rss.append(proc_rss(pid))
+    cpu1 = proc_cpu(pid)
+    wall = time.perf_counter() - w0
+    os.kill(pid, 15)
+    proc.wait(120)
+    return {"api_loaded_s": round(api_s, 2), "sidecar_ready_s": round(ready_s, 2),
+            "idle_cpu_share": round((cpu1 - cpu0) / wall, 4), "rss_mib_max": round(max(rss) / 2**20, 1),
+            "rss_mib_median": round(statistics.median(rss) / 2**20, 1)}
+
+
+def _child(pid: int) -> int:
+    """The sidecar under py-spy: py-spy's only child."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return int(f.read().split()[0])
 
 
 def admission(server, rate: float, count: int) -> dict:
@@ -118,13 +165,20 @@ def main() -> None:
     ap.add_argument("--idle-seconds", type=float, default=60)
     ap.add_argument("--rate", type=float, default=50)
     ap.add_argument("--requests", type=int, default=500)
+    ap.add_argument("--idle-only", action="store_true", help="the idle sidecar alone (no admission)")
+    ap.add_argument("--before", type=Path, help="a checkout of older code (its repo root): its sidecar "
+                    "runs right before each of this code's, on the same synced run dir")
+    ap.add_argument("--repeat", type=int, default=1, help="sidecars started per code on the one synced run dir")
+    ap.add_argument("--profile", type=Path, help="py-spy each sidecar into this path (-<code>-<repeat> added)")
     args = ap.parse_args()
     with locals3.start() as server:
         boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
                      aws_access_key_id=server.credentials.access_key,
                      aws_secret_access_key=server.credentials.secret_key).create_bucket(Bucket="bench-idle")
-        print(json.dumps({"admission": admission(server, args.rate, args.requests),
-                          "idle_sidecar": idle(server, args.files, args.idle_seconds)}, indent=1))
+        doc = {} if args.idle_only else {"admission": admission(server, args.rate, args.requests)}
+        doc["idle_sidecar"] = idle(server, args.files, args.idle_seconds, before=args.before, repeat=args.repeat,
+                                   profile=args.profile)
+        print(json.dumps(doc, indent=1))
 
 
 if __name__ == "__main__":

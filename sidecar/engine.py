@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import config, keys, lease, manifest, plan, runmeta, services, statedir, status, tasks, transfer, unreadable, watch
+from . import config, heap, keys, lease, manifest, plan, rescans, runmeta, services, statedir, status, tasks, transfer, unreadable, watch
 from .committer import Committer
 from .ending import Ending
 from .errors import InputError
@@ -56,6 +56,7 @@ class Engine:
         self.rules = Rules(annotations_file, self.state, base)
         self.flushes = Flushes()
         self.sightings = Sightings(self.root, settings.settle, clock, self.flushes)
+        self.rescans = rescans.Rescans(self.root, self.flushes)
         self.books = Ledger(self.state.load_manifest(layout))
         backoff = transfer.Backoff(settings.retry_base, settings.retry_cap)
         self.worker = tasks.Worker(self.root, layout, transfers, settings.workers, self.post, self.skipped)
@@ -96,8 +97,8 @@ class Engine:
         self._reload(first=True)
         self.committer.load()  # the first rescan waits for the durable manifest (see _loaded)
         while not self.finished:
-            try:
-                message = self.inbox.get(timeout=0.1)
+            try:  # a rescan under way goes on at once when no message waits
+                message = self.inbox.get(timeout=self.rescans.wait)
             except queue.Empty:
                 message = None
             while message is not None:
@@ -110,6 +111,7 @@ class Engine:
                 self._request(Request("terminate", {}))
             self._tick()
         self.worker.shutdown()
+        self.rescans.shutdown()
         self.committer.shutdown()
         return 0
 
@@ -121,6 +123,7 @@ class Engine:
             self._reload()
         if self.mode == "running" and self.loaded and now - self.last_rescan >= self.settings.rescan:
             self._rescan()
+        self._rescan_step(now)
         for relpath in self.sightings.settled(now):
             self._ready(relpath, now)
         for ckpt_dir, policy, when in self.sightings.quiet_dirs(now):
@@ -152,11 +155,13 @@ class Engine:
         else:
             self.sightings.add(ev.relpath)
 
-    def _ready(self, relpath: str, when: float, forced: bool = False) -> None:
-        """A complete file: plan says what it is part of."""
+    def _ready(self, relpath: str, when: float, forced: bool = False, found: int | None = None) -> None:
+        """A complete file (`found`: by the rescan that is this flush event): plan says what it
+        is part of."""
         if relpath == keys.STATE_DIR or relpath.startswith(keys.STATE_DIR + "/"):
             return
         since = self.sightings.drop(relpath)  # a flush waiting on the sighting waits on the upload
+        since = found if since is None else since if found is None else min(since, found)
         d, unit = plan.classify(self.rules.cfg, self.rules.extra, relpath, self.rules.checkpoint_dirs)
         if unit is plan.Unit.UNSTORABLE:
             log.warning("file cannot be stored", extra={"fields": {
@@ -208,18 +213,35 @@ class Engine:
         self._rescan()
 
     def _rescan(self, ending: bool = False) -> None:
-        """The safety net: files changed without an event (or before the sidecar started)."""
-        now = self.last_rescan = self.clock()
-        found = plan.rescan(self.rules.cfg, self.rules.extra, self.rules.checkpoint_dirs,
-                            watch.scan(self.root).files,
+        """The safety net: files changed without an event (or before the sidecar started). In
+        steps (rescans.py), but at the end: the final flush takes the whole run dir at once."""
+        self.last_rescan = self.clock()
+        if not ending:
+            self.rescans.start()
+            return
+        self.rescans.stop()
+        self._classify(watch.scan(self.root).files, self.clock(), ending=True)
+
+    def _rescan_step(self, now: float) -> None:
+        if self.rescans.busy and self.mode != "final":
+            files = self.rescans.next()
+            if files:
+                self._classify(files, now, ending=False, since=self.rescans.since)
+            if self.rescans.finished():
+                heap.trim()  # the listing's pages (and at start the manifest read's) go back
+
+    def _classify(self, files, now: float, ending: bool, since: int | None = None) -> None:
+        """Files of a rescan, handed on as their events would be (`since`: the flush event the
+        rescan stands for)."""
+        found = plan.rescan(self.rules.cfg, self.rules.extra, self.rules.checkpoint_dirs, files,
                             lambda relpath, name: (self.books.known.get(relpath), self.books.stat(name)),
                             now, self.settings.settle, ending)
         self.books.known.update((f.relpath, (f.size, f.mtime_ns)) for f in found.known)
         for relpath, when in found.ready:
-            self._ready(relpath, when)
+            self._ready(relpath, when, found=since)
         for f in found.watch:
             if f.relpath not in self.sightings:
-                self.sightings.add(f.relpath, (f.size, f.mtime_ns))
+                self.sightings.add(f.relpath, (f.size, f.mtime_ns), since)
         self.end.incomplete(found.incomplete, self.rules.cfg.complete_markers)
         for ckpt_dir, (policy, when) in found.dirs_at_end.items():  # a replica's part goes as it is
             self._dir_ready(ckpt_dir, policy, when, require_marker=False)
@@ -318,5 +340,5 @@ class Engine:
     def status(self) -> dict:
         """What the SDK and `kubectl exec ... curl` see (see `status.report`)."""
         return status.report(self.layout, self.mode, self.books, self.uploads.inflight, self.flushes,
-                             self.end.owed, self.rules.docs(), self.loaded)
+                             self.end.owed, self.rules.docs(), self.loaded, self.rescans.busy)
 

@@ -80,7 +80,27 @@ def escape(path: str) -> str:
 
 
 def matches_any(globs: tuple[Glob, ...] | list[Glob], relpath: str) -> bool:
-    return any(g.matches(relpath) for g in globs)
+    """One regex for a tuple of globs (the run's ignore globs, markers, temp names: asked for
+    each file of a rescan), compiled once per tuple."""
+    if type(globs) is not tuple:
+        return any(g.matches(relpath) for g in globs)
+    cached = _unions.get(id(globs))
+    if cached is None or cached[0] is not globs:  # the tuple is held there: its id is not reused
+        if len(_unions) >= 256:
+            _unions.clear()
+        cached = _unions[id(globs)] = (globs, _union(globs))
+    union = cached[1]
+    return union.fullmatch(relpath) is not None if union else any(g.matches(relpath) for g in globs)
+
+
+_unions: dict[int, tuple[tuple, re.Pattern[str] | None]] = {}
+
+
+def _union(globs: tuple) -> re.Pattern[str] | None:
+    """Globs as one alternation (None when a `Literal` is among them, or none is given)."""
+    if not globs or any(type(g) is not Glob for g in globs):
+        return None
+    return re.compile("|".join(f"(?:{_compile(g.pattern).pattern})" for g in globs), re.DOTALL)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -26,6 +26,7 @@ the run dir on restore (`..`, absolute, empty segments, NUL) is refused here, in
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import os
 import re
@@ -117,6 +118,9 @@ def check_replica(replica: str) -> str:
     return replica
 
 
+_BACKSLASH_OR_CONTROL = re.compile(r"[\\\x00-\x1f\x7f]")
+
+
 def check_stored_name(name: str) -> str:
     """`name` if it stays inside the run dir when restored; `RunPathError` otherwise."""
     problem = None
@@ -124,7 +128,7 @@ def check_stored_name(name: str) -> str:
         problem = "is empty"
     elif name.startswith("/"):
         problem = "is absolute"
-    elif "\\" in name or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+    elif _BACKSLASH_OR_CONTROL.search(name):
         problem = "contains a backslash or a control character"  # NUL, newline, escapes: no sane file's
     elif any(seg in ("", ".", "..") for seg in name.split("/")):
         problem = "has an empty, '.' or '..' segment"
@@ -150,11 +154,11 @@ class Layout:
     def __post_init__(self) -> None:
         check_replica(self.replica)
 
-    @property
+    @functools.cached_property  # asked for each entry of a manifest read (`holds`): 100,000 times
     def run_prefix(self) -> str:
         return self.store.key(self.run.namespace, self.run.project, self.run.run) + "/"
 
-    @property
+    @functools.cached_property
     def replica_prefix(self) -> str:
         return f"{self.run_prefix}{self.replica}/"
 
@@ -198,11 +202,11 @@ class Layout:
         `check_stored_name`'s rules are left."""
         return check_stored_name(name)
 
-    @property
+    @functools.cached_property
     def objects_prefix(self) -> str:
         return f"{self.replica_prefix}objects/"
 
-    @property
+    @functools.cached_property
     def files_prefix(self) -> str:
         """Format 1's objects (keys named by content)."""
         return f"{self.replica_prefix}files/"

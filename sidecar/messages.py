@@ -17,6 +17,10 @@ SEEN = "\0seen:"
 """Key prefix of a file seen changing without a completion event (a flush waits for it)."""
 
 
+RESCAN = "\0rescan"
+"""Key of a rescan of the run dir under way (rescans.py): a flush waits for what it finds."""
+
+
 def dir_key(ckpt_dir: str) -> str:
     return DIR + ckpt_dir
 
@@ -25,6 +29,8 @@ def shown(key: str) -> str:
     """A key as people read it: a stored name, `dir/` for a checkpoint dir, a path when seen."""
     if key.startswith(DIR):
         return key[len(DIR):] + "/"
+    if key == RESCAN:
+        return "(rescan of the run dir)"
     return key[len(SEEN):] if key.startswith(SEEN) else key
 
 

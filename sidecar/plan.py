@@ -305,6 +305,8 @@ class Rescan:
     """(relpath, when it was complete) of complete files."""
     watch: list[LocalFile] = dataclasses.field(default_factory=list)
     known: list[LocalFile] = dataclasses.field(default_factory=list)
+    """Files classified and found as sent under their stored name (one sent or durable under
+    its own path as it is now is not classified, nor listed)."""
     dirs_at_end: dict[str, tuple[config.Policy, float]] = dataclasses.field(default_factory=dict)
     """Marker-less checkpoint dirs that go as they are (the end): (policy, when)."""
     incomplete: list[str] = dataclasses.field(default_factory=list)
@@ -322,7 +324,14 @@ def rescan(cfg: config.RunConfig, extra: tuple[config.SaveRule, ...], checkpoint
     dirs = set(checkpoint_dirs)
     found = Rescan()
     files = list(files)
+    # A file sent or durable under its own path with its size and mtime now is left as it is,
+    # whatever it is part of (known, ignored or a member: `on_rescan` does nothing with any of
+    # them), so it need not be classified: most of a big run dir, most of the time. Exact only
+    # where every name is the path: a `base_path` rule stores a file under another name.
+    as_is = not any(rule.base_path for rule in cfg.save + extra)
     for f in sorted(files, key=lambda f: -f.mtime_ns) if ending else files:
+        if as_is and (f.size, f.mtime_ns) in sent(f.relpath, f.relpath):
+            continue
         d, unit = classify(cfg, extra, f.relpath, dirs)
         if ending and unit is Unit.MEMBER and incomplete_at_end(d.checkpoint_dir, checkpoint_dirs):
             unit = Unit.QUIET_MEMBER  # never had its marker: at the end it goes up as it is

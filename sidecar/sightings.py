@@ -35,13 +35,14 @@ class Sightings:
         """Files and checkpoint dirs seen changing and not yet complete (the sidecar is busy)."""
         return len(self._seen) + len(self._quiet)
 
-    def add(self, relpath: str, stat: Stat | None = None) -> None:
+    def add(self, relpath: str, stat: Stat | None = None, since: int | None = None) -> None:
+        """`since`: an older flush event the sighting stands for (the rescan that found it)."""
         if stat is None:
             stat = self._stat(relpath)
             if stat is None:
                 return
         if relpath not in self._seen:
-            self.flushes.accept(messages.SEEN + relpath)
+            self.flushes.accept(messages.SEEN + relpath, since)
         self._seen[relpath] = (stat, self.clock() + self.settle)
 
     def drop(self, relpath: str) -> int | None:

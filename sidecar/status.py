@@ -17,9 +17,11 @@ STATUS_LIST = 100
 
 
 def report(layout: keys.Layout, mode: str, books: Ledger, inflight: dict[str, Task], flushes: Flushes,
-           owed: dict[str, float], rules: list[dict], loaded: bool) -> dict:
+           owed: dict[str, float], rules: list[dict], loaded: bool, rescanning: bool = False) -> dict:
     """Lists stop at `STATUS_LIST` names (with the full count beside them): a run dir of 100,000
-    new files must not make a reply of megabytes, nor hold the engine's thread while it is built."""
+    new files must not make a reply of megabytes, nor hold the engine's thread while it is built.
+    `loaded`: the lease is held and the durable manifest read; `rescanning`: the run dir is
+    being compared with it (a flush waits for that: `pending` names the rescan)."""
     def first(keys) -> list[str]:
         return sorted(shown(k) for k in itertools.islice(keys, STATUS_LIST))
 
@@ -30,7 +32,7 @@ def report(layout: keys.Layout, mode: str, books: Ledger, inflight: dict[str, Ta
         "uploading": first(inflight), "uploading_count": len(inflight),
         "pending": flushes.first(STATUS_LIST), "pending_count": len(flushes.pending),
         "owed_at_end": first(owed), "owed_at_end_count": len(owed),
-        "rules": rules, "loaded": loaded,
+        "rules": rules, "loaded": loaded, "rescanning": rescanning,
     }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -63,10 +64,10 @@ def scan(run_dir: str | Path) -> Scan:
                 st = os.lstat(path)
             except FileNotFoundError:
                 continue  # deleted while walking
-            if os.path.islink(path):
+            if stat.S_ISLNK(st.st_mode):  # from the one lstat: 100,000 files, 100,000 calls
                 links.append(relpath)
                 continue
-            if not os.path.isfile(path):
+            if not stat.S_ISREG(st.st_mode):
                 continue  # sockets, fifos, devices
             files.append(LocalFile(relpath, path, st.st_size, st.st_mtime_ns))
     files.sort(key=lambda f: f.relpath)
@@ -131,7 +132,7 @@ class Watcher:
         self._stopped = threading.Event()
         state = os.path.join(self._root, STATE_DIR)
         os.makedirs(state, exist_ok=True)
-        self._add_tree("")
+        self._add_tree("", listed=False)
 
     def fence(self) -> int:
         """Write a fence file; `Fence(n)` is emitted after every event that came before it."""
@@ -194,8 +195,9 @@ class Watcher:
                 pass
             self._emit(Fence(int(name[6:])))
 
-    def _add_tree(self, reldir: str) -> list[str]:
-        """Watch `reldir` and every directory below it; return the files already there.
+    def _add_tree(self, reldir: str, listed: bool = True) -> list[str]:
+        """Watch `reldir` and every directory below it; return the files already there (none
+        with `listed=False`: the run dir at start, whose files are the engine's rescan's).
 
         Each directory is watched before it is listed, so a file created in between is
         either listed or reported by an event, never missed.
@@ -223,6 +225,6 @@ class Watcher:
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     pending.append(prefix + entry.name)
-                elif not prefix.startswith(STATE_DIR + "/") and entry.is_file(follow_symlinks=False):
+                elif listed and not prefix.startswith(STATE_DIR + "/") and entry.is_file(follow_symlinks=False):
                     files.append(prefix + entry.name)
         return files

@@ -95,8 +95,18 @@ def test_a_rescan_takes_what_settled_watches_what_did_not_and_skips_what_was_sen
     # the marker makes its dir a checkpoint dir: w.bin goes with it, not alone
     assert found.ready == [("ckpt/step-1/.metadata", 900.0)]
     assert [f.relpath for f in found.watch] == ["logs/a", "results/new.csv"]
-    assert [f.relpath for f in found.known] == ["results/old.csv"]
+    assert found.known == []  # sent under its own path as it is now: not even classified
     assert found.dirs_at_end == {}
+
+
+def test_a_rescan_classifies_a_file_sent_under_another_name_and_knows_it():
+    """A `base_path` rule stores `out/model.pt` as `model.pt`: the path alone says nothing."""
+    cfg = config.parse({"runsync.dev/save": "- glob: out/**\n  base_path: out\n"})
+    sent = {"model.pt": (1, int(100 * 1e9)), "out/old.pt": (1, int(100 * 1e9))}
+    files = [local("out/model.pt", 100), local("out/old.pt", 100)]
+    found = plan.rescan(cfg, (), set(), files, lambda relpath, name: (sent.get(name),), NOW, 5.0, False)
+    assert [f.relpath for f in found.known] == ["out/model.pt"]
+    assert found.ready == [("out/old.pt", 100.0)]  # stored as `old.pt`, never sent: its path says nothing
 
 
 def test_the_last_rescan_takes_everything_newest_first():
