@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import threading
 import time
 
 import pytest
@@ -120,26 +122,72 @@ def test_restore_strict_fails_on_an_empty_run(tmp_path, s3_env):
     assert "nothing to restore for team-a/proj/new2" in strict.stderr and "restore-strict" in strict.stderr
 
 
+class SlowUplink:
+    """A loopback TCP proxy that forwards each connection's request bytes at `rate` bytes/s (and
+    answers at full speed): an old pod's final flush over a slow link, so that it is still under
+    way when the new pod starts, however loaded the machine is."""
+
+    def __init__(self, endpoint: str, rate: float):
+        host, port = endpoint.removeprefix("http://").split(":")
+        self.upstream, self.rate = (host, int(port)), rate
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pipe, args=(client, server, self.rate), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, None), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket, rate: float | None) -> None:
+        try:
+            while data := src.recv(16384):
+                dst.sendall(data)
+                if rate:
+                    time.sleep(len(data) / rate)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 @pytest.mark.slow
 def test_new_pod_waits_for_the_old_pods_final_flush(tmp_path, s3_env, store):
+    # The old pod's S3 link sends 512 KiB/s per connection: its final flush of 48 MiB takes
+    # several seconds whatever the load, so the new pod always meets it under way.
+    uplink = SlowUplink(s3_env["AWS_ENDPOINT_URL_S3"], rate=512 * 1024)
     old_dir = tmp_path / "old"
     old_dir.mkdir()
-    old = Sidecar(old_dir, s3_env, {contract.SAVE: "final/*:end"}, tmp_path, grace=30,
-                  extra_env={contract.ENV_HOLDER: "pod-a"}).start()
+    old = Sidecar(old_dir, {**s3_env, "AWS_ENDPOINT_URL_S3": uplink.endpoint}, {contract.SAVE: "final/*:end"},
+                  tmp_path, grace=90, extra_env={contract.ENV_HOLDER: "pod-a"}).start()
     try:
         (old_dir / "final").mkdir()
-        data = os.urandom(150 * 1024 * 1024)
+        data = os.urandom(48 * 1024 * 1024)
         (old_dir / "final/model.pt").write_bytes(data)  # only uploaded at the end
         old.proc.send_signal(signal.SIGTERM)            # the old pod is terminating...
         new_dir = tmp_path / "new"
-        result = restore_init(s3_env, new_dir, {}, tmp_path, holder="pod-b", grace=30)  # ...the new one starts
+        result = restore_init(s3_env, new_dir, {}, tmp_path, holder="pod-b", grace=90, timeout=180)  # ...the new one starts
         assert result.returncode == 0, result.stdout + result.stderr
-        assert old.proc.wait(60) == 0
+        assert old.proc.wait(120) == 0
         assert sha((new_dir / "final/model.pt").read_bytes()) == sha(data)
         assert any(json.loads(line).get("msg") == "waiting for the previous pod to finish its final flush"
                    for line in result.stdout.splitlines() if line.startswith("{"))
     finally:
         old.stop()
+        uplink.close()
 
 
 @pytest.mark.slow
