@@ -6,8 +6,10 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -288,3 +290,52 @@ def render_chart(args: list[str] = (), namespace: str = "runsync-system") -> lis
                              "--include-crds", *args], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+class LinkProxy:
+    """A loopback TCP proxy in front of S3, for a link that misbehaves: `up_rate` forwards each
+    connection's request bytes at that many bytes/s (a slow uplink); `cut_after`, while `cut` is
+    set, closes a connection once the server has sent that many bytes on it (a download dropped
+    midway, as a network or a dying server drops it; counted in `cuts`)."""
+
+    def __init__(self, endpoint: str, up_rate: float | None = None, cut_after: int | None = None):
+        host, port = endpoint.removeprefix("http://").split(":")
+        self.upstream, self.up_rate, self.cut_after, self.cut = (host, int(port)), up_rate, cut_after, True
+        self.cuts = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, downstream: bool) -> None:
+        sent = 0
+        try:
+            while data := src.recv(16384):
+                if downstream and self.cut and self.cut_after is not None and sent + len(data) > self.cut_after:
+                    dst.sendall(data[:self.cut_after - sent])
+                    self.cuts += 1
+                    break
+                dst.sendall(data)
+                sent += len(data)
+                if not downstream and self.up_rate:
+                    time.sleep(len(data) / self.up_rate)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self.sock.close()

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from harness import sha, tree
+from harness import LinkProxy, sha, tree
 from runsync import hashing, manifest
 
 pytestmark = pytest.mark.s3
@@ -103,57 +103,12 @@ def test_many_small_files_each_checked_one_damaged_is_not_placed_the_rest_are(cl
     assert {(dest / name).stat().st_mtime_ns for name in good} == {1_000_000_000}
 
 
-class CuttingProxy:
-    """A loopback TCP proxy that, while `cut` is set, closes a connection once the server has sent
-    `after` bytes on it: a download dropped midway, as a network or a dying server drops it."""
-
-    def __init__(self, endpoint: str, after: int):
-        host, port = endpoint.removeprefix("http://").split(":")
-        self.upstream, self.after, self.cut = (host, int(port)), after, True
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.cuts = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.upstream)
-            threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, downstream: bool) -> None:
-        sent = 0
-        try:
-            while data := src.recv(65536):
-                if downstream and self.cut and sent + len(data) > self.after:
-                    dst.sendall(data[:self.after - sent])
-                    self.cuts += 1
-                    break
-                dst.sendall(data)
-                sent += len(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.mark.parametrize("part_size", [4 * MiB, None], ids=["format 2", "format 1"])
 def test_a_download_cut_midway_places_nothing_and_the_next_attempt_succeeds(cli, tmp_path, scratch_store, s3_env,
                                                                            part_size):
     files = {"ckpt/model.pt": os.urandom(40 * MiB), "ckpt/.metadata": b"m" * 1000, "notes.txt": os.urandom(2 * MiB)}
     commit(scratch_store, files, part_size)
-    proxy = CuttingProxy(s3_env["AWS_ENDPOINT_URL_S3"], after=MiB + 7)
+    proxy = LinkProxy(s3_env["AWS_ENDPOINT_URL_S3"], cut_after=MiB + 7)
     try:
         dest = tmp_path / "dest"
         env = {**s3_env, "AWS_ENDPOINT_URL_S3": proxy.endpoint}

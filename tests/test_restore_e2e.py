@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import threading
 import time
 
 import pytest
 
-from harness import Sidecar, describes, restore_init, sha, tree, wait_for
+from harness import LinkProxy, Sidecar, describes, restore_init, sha, tree, wait_for
 from runsync import contract
 
 pytestmark = pytest.mark.s3
@@ -122,53 +120,11 @@ def test_restore_strict_fails_on_an_empty_run(tmp_path, s3_env):
     assert "nothing to restore for team-a/proj/new2" in strict.stderr and "restore-strict" in strict.stderr
 
 
-class SlowUplink:
-    """A loopback TCP proxy that forwards each connection's request bytes at `rate` bytes/s (and
-    answers at full speed): an old pod's final flush over a slow link, so that it is still under
-    way when the new pod starts, however loaded the machine is."""
-
-    def __init__(self, endpoint: str, rate: float):
-        host, port = endpoint.removeprefix("http://").split(":")
-        self.upstream, self.rate = (host, int(port)), rate
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.upstream)
-            threading.Thread(target=self._pipe, args=(client, server, self.rate), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client, None), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket, rate: float | None) -> None:
-        try:
-            while data := src.recv(16384):
-                dst.sendall(data)
-                if rate:
-                    time.sleep(len(data) / rate)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.mark.slow
 def test_new_pod_waits_for_the_old_pods_final_flush(tmp_path, s3_env, store):
     # The old pod's S3 link sends 512 KiB/s per connection: its final flush of 48 MiB takes
     # several seconds whatever the load, so the new pod always meets it under way.
-    uplink = SlowUplink(s3_env["AWS_ENDPOINT_URL_S3"], rate=512 * 1024)
+    uplink = LinkProxy(s3_env["AWS_ENDPOINT_URL_S3"], up_rate=512 * 1024)
     old_dir = tmp_path / "old"
     old_dir.mkdir()
     old = Sidecar(old_dir, {**s3_env, "AWS_ENDPOINT_URL_S3": uplink.endpoint}, {contract.SAVE: "final/*:end"},
