@@ -242,7 +242,9 @@ def test_a_run_dir_of_very_many_files_is_all_durable(tmp_path, own_s3, tally):
         car.start()
         # Regression (seed 20261125, full run): a status listing every pending name of 100,000
         # took megabytes and outlasted the API timeout. Lists stop at 100, counts are whole.
-        first = car.status()
+        # The API answers before the start-up rescan has found every file: poll until it has.
+        first = wait_for(lambda: (doc := car.status())["pending_count"] > 100 and doc, timeout=120,
+                         interval=0.02, what="the rescan to find more than 100 pending files")
         assert first["pending_count"] > 100 and len(first["pending"]) <= 100, (first["pending_count"], len(first["pending"]))
         wait_for(lambda: durable_files(car) == n, timeout=1800 if FULL else 300, interval=1, what=f"{n} files durable")
         lost = check_nothing_lost(run_dir, Store(env, run=run), {})
