@@ -16,7 +16,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 
 from .errors import StoreError
-from .manifest import FileEntry, Manifest
+from .entries import FileEntry, Manifest
 
 
 @dataclasses.dataclass(frozen=True)

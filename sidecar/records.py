@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from botocore.exceptions import ClientError
 
 from . import chunks, keys, listing
-from .manifest import FENCED, FileEntry, Manifest, checkpoints_from_doc, entry_doc, entry_from_doc, unreadable
+from .entries import FENCED, FileEntry, Manifest, checkpoints_from_doc, entry_doc, entry_from_doc, unreadable
 
 FORMAT = 2
 BASE_EVERY = 64
