@@ -161,7 +161,7 @@ class Engine:
         if relpath == keys.STATE_DIR or relpath.startswith(keys.STATE_DIR + "/"):
             return
         since = self.sightings.drop(relpath)  # a flush waiting on the sighting waits on the upload
-        since = found if since is None else since if found is None else min(since, found)
+        since = min((event for event in (since, found) if event is not None), default=None)  # the older
         d, unit = plan.classify(self.rules.cfg, self.rules.extra, relpath, self.rules.checkpoint_dirs)
         if unit is plan.Unit.UNSTORABLE:
             log.warning("file cannot be stored", extra={"fields": {

@@ -455,7 +455,8 @@ class Transfers:
         if len(body) != up.digest.size or (st.st_size, st.st_mtime_ns) != (up.digest.size, up.digest.mtime_ns):
             raise FileChanged(up.path)  # written while read: not complete yet
         sums = hashing.of_buffer(body, self.settings.multipart_chunksize)
-        whole = sums.crc64nvme[0] if len(sums.crc64nvme) == 1 else checksums.encode(checksums.crc64nvme(body))
+        # the parts' CRCs combined: the whole body's, with no second pass over it
+        whole = checksums.encode(checksums.whole(sums.crc64nvme, len(body), sums.part_size))
         objects = self._crt_objects()
         if objects is not None:
             objects.put(up.key, body, whole)
