@@ -1,6 +1,7 @@
 """Read-only views of a store: the runs it holds (`runsync runs`) and a run's files (`runsync ls`).
 
-A run's summary comes from its `run.json` (runmeta): one GET per run, in parallel. A run written
+A run's summary comes from the namespace's runs index (runsindex: one LIST for a thousand runs),
+else from its `run.json` (runmeta): one GET per run, in parallel. A run written
 before run.json existed is derived from the committed manifests, as before (a LIST and GETs per
 replica): its size is the sum of its replicas' latest manifests, its last update the newest of
 them, and it has ended when every replica's latest manifest is final.
@@ -12,7 +13,7 @@ import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from . import discovery, keys, listing, manifest, runmeta
+from . import discovery, keys, listing, manifest, runmeta, runsindex
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,18 +45,27 @@ def runs(s3, store: keys.StoreURL, namespace: str | None = None, project: str | 
     """The runs under the store, or under one namespace or project, sorted by path."""
     root = keys.namespaces_prefix(store)
     namespaces = [namespace] if namespace else _children(s3, store, root)
-    paths = []
+    now = time.time()
+    found, unmarked = [], []
     for ns in namespaces:
         projects = [project] if project else _children(s3, store, f"{root}{ns}/")
+        marked = runsindex.read(s3, store, ns, project) if projects else {}
         for proj in projects:
+            if proj == runsindex.DIR:
+                continue
             for run in _children(s3, store, f"{root}{ns}/{proj}/"):
                 try:
-                    paths.append(keys.RunPath.parse(f"{ns}/{proj}/{run}"))
+                    path = keys.RunPath.parse(f"{ns}/{proj}/{run}")
                 except keys.RunPathError:
                     continue  # not a run runsync wrote
+                marker = marked.get(f"{proj}/{run}")
+                if marker is not None and marker.fresh(now, runmeta.STALE_SECONDS):
+                    found.append(_from_marker(path, marker))
+                else:
+                    unmarked.append(path)  # no marker, or a running replica gone quiet: read run.json
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
-        return sorted(pool.map(lambda p: _from_metadata(s3, store, p) or _summary(s3, store, p), paths),
-                      key=lambda r: str(r.path))
+        found.extend(pool.map(lambda p: _from_metadata(s3, store, p) or _summary(s3, store, p), unmarked))
+    return sorted(found, key=lambda r: str(r.path))
 
 
 PARALLEL = 16
@@ -79,6 +89,11 @@ def _from_metadata(s3, store: keys.StoreURL, path: keys.RunPath) -> RunSummary |
         path=path, replicas=len(entries), files=sum(int(r.get("files") or 0) for r in entries),
         size=sum(int(r.get("size") or 0) for r in entries), updated=doc.get("updated"),
         state=str(doc.get("status") or runmeta.RUNNING), started=doc.get("created"), ended=doc.get("ended"))
+
+
+def _from_marker(path: keys.RunPath, m: runsindex.Marker) -> RunSummary:
+    return RunSummary(path=path, replicas=m.replicas, files=m.files, size=m.size, updated=m.updated,
+                      state=m.state, started=m.created, ended=m.ended)
 
 
 def _summary(s3, store: keys.StoreURL, path: keys.RunPath) -> RunSummary:

@@ -15,7 +15,7 @@ import time
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import head, keys, lease, listing, manifest, records, retention
+from . import head, keys, lease, listing, manifest, records, retention, runsindex
 from .errors import InputError, StoreError
 from .logs import log
 
@@ -71,6 +71,8 @@ def run_paths(s3, store: keys.StoreURL, scope: str) -> list[keys.RunPath]:
     projects = [root] if len(parts) == 2 else manifest.list_prefixes(s3, store.bucket, root)
     found = []
     for project in projects:
+        if project.endswith(f"/{runsindex.DIR}/"):
+            continue  # the runs index, not a project
         for prefix in manifest.list_prefixes(s3, store.bucket, project):
             try:
                 found.append(keys.RunPath.parse(prefix[len(keys.namespaces_prefix(store)):-1]))
@@ -146,6 +148,8 @@ def apply(s3, store: keys.StoreURL, result: RunResult) -> None:
     rest = [d.key for d in drops if d.kind != "manifest"]
     _delete(s3, bucket, [k for k in rest if not k.endswith("/lease.json")])
     _delete(s3, bucket, [k for k in rest if k.endswith("/lease.json")])
+    if result.expired is not None:
+        runsindex.forget(s3, store, result.run)  # its line in `runsync runs` goes with it
 
 
 def _replica(s3, store, run, name, objects, now) -> retention.Replica:

@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 
 from botocore.exceptions import ClientError
 
-from . import config, contract, keys, lease
+from . import config, contract, keys, lease, runsindex
 from .logs import log
 
 FORMAT = 1
@@ -114,14 +114,17 @@ def update_run(s3, layout: keys.Layout, change: Callable[[dict], dict | None], a
         if new is None:
             return doc
         new["status"], new["ended"] = _run_status(new.get("replicas") or {})
+        new["generation"] = int(base.get("generation") or 0) + 1  # names the runs index's marker
         condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
         try:
             s3.put_object(Bucket=layout.store.bucket, Key=layout.run_metadata_key, ContentType="application/json",
                           Body=json.dumps(new, indent=1, sort_keys=True).encode(), **condition)
-            return new
         except ClientError as err:
             if not lease.precondition_failed(err):
                 raise
+        else:
+            runsindex.publish(s3, layout, doc, new, deadline=deadline, clock=clock)
+            return new
         pause = random.uniform(0, min(2.0, 0.05 * 2 ** attempt))  # another replica wrote in between
         sleep(pause if deadline is None else max(0.0, min(pause, deadline - clock())))
     log.warning("run.json not updated: other replicas kept writing it", extra={"fields": {

@@ -135,6 +135,9 @@ def test_gc_of_a_namespace_expires_idle_runs_never_a_live_one(sidecars, cli, tmp
     expired = {d["key"] for d in done["deleted"]}
     assert expired and all(k.startswith(f"runs/team-a/nlp/idle/") for k in expired)
     assert not any(k.startswith("runs/team-a/nlp/idle/") for k in Store(s3_env).keys())
+    # and its line in the runs index (`runs/team-a/.runs/nlp/idle/...`) went with it; the live run's stays
+    assert not any(k.startswith("runs/team-a/.runs/nlp/idle/") for k in Store(s3_env).keys())
+    assert any(k.startswith("runs/team-a/.runs/nlp/live/") for k in Store(s3_env).keys())
 
     runs = json.loads(cli("runs", "--json").stdout)
     # (SeaweedFS keeps a deleted run's empty folder, which `runs` shows as empty; S3 does not)

@@ -16,7 +16,7 @@ import urllib.parse
 import pytest
 
 from harness import Store, git, wait_for
-from runsync import contract, keys, runmeta
+from runsync import contract, keys, runmeta, runsindex
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
 
@@ -276,8 +276,13 @@ def test_runs_and_ls_answer_from_run_json_and_older_runs_still_show(sidecars, st
     old_store = Store(cli.env, run="team-a/proj/old-run")
     synced = run_json(old_store)  # runsync sync writes the metadata too: started and ended at once
     assert synced["status"] == "ended" and synced["replicas"]["0"]["files"] == 1
-    old_store.client.delete_object(Bucket=old_store.layout.store.bucket, Key=old_store.layout.run_metadata_key)
-    # ...deleted: now it is a run written before run.json existed
+    bucket = old_store.layout.store.bucket
+    marker_prefix = runsindex.run_prefix(old_store.layout.store, old_store.layout.run)
+    markers = [o["Key"] for o in old_store.client.list_objects_v2(Bucket=bucket, Prefix=marker_prefix)["Contents"]]
+    assert len(markers) == 1, markers  # its line in the runs index
+    for key in [old_store.layout.run_metadata_key, *markers]:
+        old_store.client.delete_object(Bucket=bucket, Key=key)
+    # ...deleted: now it is a run written before run.json (and the runs index) existed
 
     result = cli("runs", "team-a", "--json")
     assert result.returncode == 0, result.stderr
@@ -333,6 +338,10 @@ def test_commits_refresh_metadata_at_most_once_a_minute_and_run_json_once_for_al
                                   runmeta.Facts(writer=f"sidecar@pod-{r}"), clock=clock) for r in ("0", "1")]
     for r in recorders:
         r.started(None)
+    # each run.json write puts its line in the runs index (an empty object; the old one deleted)
+    index = runsindex.run_prefix(store.layout.store, store.layout.run)
+    assert [k[len(index):].split("_")[-1] for k in put if k.startswith(index)] == ["1", "2"]
+    put[:] = [k for k in put if not k.startswith(index)]
     assert sorted(put) == sorted([store.layout.run_metadata_key] * 2 + [
         f"{store.layout.run_prefix}{r}/replica.json" for r in ("0", "1")])
     m = manifest.Manifest(run=RUN, replica="0", seq=7, created=clock.now, files={})
@@ -346,10 +355,14 @@ def test_commits_refresh_metadata_at_most_once_a_minute_and_run_json_once_for_al
     for r in recorders:
         r.committed(m)
     # both replica.json files, but run.json once: the second replica found it fresh
+    assert [k[len(index):].split("_")[-1] for k in put if k.startswith(index)] == ["3"]
+    put[:] = [k for k in put if not k.startswith(index)]
     assert sorted(put) == sorted([store.layout.run_metadata_key] + [
         f"{store.layout.run_prefix}{r}/replica.json" for r in ("0", "1")])
     assert run_json(store)["updated"] == clock.now
     assert replica_json(store, "1")["manifest"]["seq"] == 7
+    marks = store.client.list_objects_v2(Bucket=store.layout.store.bucket, Prefix=index).get("Contents", [])
+    assert [o["Key"][len(index):].split("_")[-1] for o in marks] == ["3"]  # the older two are gone
 
 
 def test_a_failed_end_and_a_fenced_off_pod(store):
