@@ -123,7 +123,8 @@ def update_run(s3, layout: keys.Layout, change: Callable[[dict], dict | None], a
             if not lease.precondition_failed(err):
                 raise
         else:
-            runsindex.publish(s3, layout, doc, new, deadline=deadline, clock=clock)
+            runsindex.publish(s3, layout, doc, new, damaged=doc is None and etag is not None, deadline=deadline,
+                              clock=clock)
             return new
         pause = random.uniform(0, min(2.0, 0.05 * 2 ** attempt))  # another replica wrote in between
         sleep(pause if deadline is None else max(0.0, min(pause, deadline - clock())))

@@ -92,11 +92,11 @@ def run_prefix(store: keys.StoreURL, run: keys.RunPath) -> str:
 
 # ----------------------------------------------------------------------------- writer
 
-def publish(s3, layout: keys.Layout, old: dict | None, new: dict, deadline: float | None = None,
-            clock=time.monotonic) -> None:
+def publish(s3, layout: keys.Layout, old: dict | None, new: dict, damaged: bool = False,
+            deadline: float | None = None, clock=time.monotonic) -> None:
     """After run.json went from `old` to `new`: put `new`'s marker, delete `old`'s. Best effort,
     logged; past `deadline` (the end's grace) only the delete, so readers fall back to run.json.
-    With no `old` (a new run.json, or a damaged one), every other marker of the run goes."""
+    When the old run.json was `damaged` (its generation unknown), every other marker of the run goes."""
     bucket, base = layout.store.bucket, run_prefix(layout.store, layout.run)
     mine = base + Marker.of(new).name
     fields = {"run": str(layout.run), "marker": mine}
@@ -109,10 +109,10 @@ def publish(s3, layout: keys.Layout, old: dict | None, new: dict, deadline: floa
         log.warning("runs index marker not written; `runsync runs` reads run.json for this run",
                     extra={"fields": {**fields, "error": str(err)}})
     try:
-        if old is not None:
-            gone = [base + Marker.of(old).name]
-        else:
+        if damaged:
             gone = list(_keys(s3, bucket, base))
+        else:
+            gone = [base + Marker.of(old).name] if old and old.get("generation") else []  # none before
         gone = [k for k in gone if k != mine or not put]
         for key in gone:
             s3.delete_object(Bucket=bucket, Key=key)
