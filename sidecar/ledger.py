@@ -4,6 +4,9 @@ local file the stored name and the (size, mtime) it was sent with. Owned by the 
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Mapping
+
 from . import manifest, messages
 
 Token = tuple[str, int, float]
@@ -35,12 +38,10 @@ class Ledger:
         entry = self.entry(name)
         return (entry.size, entry.mtime_ns) if entry else None
 
-    def prev(self, key: str) -> dict[str, manifest.FileEntry]:
+    def prev(self, key: str) -> Mapping[str, manifest.FileEntry]:
         """What a task compares its files with, so that unchanged content is not sent again."""
-        if key.startswith(messages.DIR):
-            files = dict(self.durable.files) if self.durable else {}
-            files.update(self.staged)
-            return files
+        if key.startswith(messages.DIR):  # a view, not a copy of the 100,000 durable entries
+            return collections.ChainMap(dict(self.staged), self.durable.files if self.durable else {})
         entry = self.entry(key)
         return {key: entry} if entry else {}
 
