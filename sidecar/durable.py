@@ -17,6 +17,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -70,8 +71,15 @@ class Index(Mapping[str, FileEntry]):
             self.rebuild(None, tuple)
             return None
         if self.records(opened.meta):
+            log.info("durable index kept", extra={"fields": {"seq": opened.meta.seq, "files": len(self),
+                                                             "path": str(self.path or ":memory:")}})
             return self.manifest()
+        held = self._meta["seq"] if self._meta else None
+        started = time.monotonic()
         self.rebuild(opened.meta, opened.entries)
+        log.info("durable index rebuilt from the store", extra={"fields": {
+            "seq": opened.meta.seq, "was_seq": held, "files": len(self), "seconds": round(time.monotonic() - started, 2),
+            "path": str(self.path or ":memory:")}})
         return self.manifest()
 
     def rebuild(self, meta: Manifest | None, entries: Callable[[], Iterable[FileEntry]]) -> None:
