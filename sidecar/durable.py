@@ -193,6 +193,17 @@ class Index(Mapping[str, FileEntry]):
                 return
             last = rows[-1][0]
 
+    def stats(self, names: list[str], batch: int = 500) -> dict[str, tuple[int, int] | None]:
+        """name → (size, mtime_ns) for each of `names` (None: not durable), `batch` names a query:
+        a rescan step's thousand files in two reads, not a thousand."""
+        found: dict[str, tuple[int, int] | None] = dict.fromkeys(names)
+        with self._lock:
+            for i in range(0, len(names), batch):
+                part = names[i:i + batch]
+                found.update((r[0], (r[1], r[2])) for r in self._db.execute(
+                    f"SELECT name, size, mtime_ns FROM entries WHERE name IN ({','.join('?' * len(part))})", part))
+        return found
+
     def under(self, prefix: str) -> list[str]:
         """The names starting with `prefix` (a checkpoint dir's, `prefix` ending in "/")."""
         with self._lock:

@@ -234,8 +234,9 @@ class Engine:
     def _classify(self, files, now: float, ending: bool, since: int | None = None) -> None:
         """Files of a rescan, handed on as their events would be (`since`: the flush event the
         rescan stands for)."""
+        durable = self.books.durable_stats([f.relpath for f in files])  # one read a step, not one a file
         found = plan.rescan(self.rules.cfg, self.rules.extra, self.rules.checkpoint_dirs, files,
-                            lambda relpath, name: (self.books.known.get(relpath), self.books.stat(name)),
+                            lambda relpath, name: (self.books.known.get(relpath), self.books.stat(name, durable)),
                             now, self.settings.settle, ending)
         self.books.known.update((f.relpath, (f.size, f.mtime_ns)) for f in found.known)
         for relpath, when in found.ready:

@@ -79,3 +79,10 @@ def test_a_state_dir_that_cannot_hold_the_file_keeps_the_index_in_memory_and_say
     assert m.files["a"] == entry("a") and index.path is None
     warned = [r for r in caplog.records if "kept in memory" in r.getMessage()]
     assert warned and str(tmp_path / durable.FILE) in json.dumps(warned[0].fields)
+
+
+def test_stats_read_many_names_at_once(tmp_path):
+    index = durable.Index(tmp_path)
+    index.adopt(Opened(meta(1), [entry(f"f{i:04d}", size=i) for i in range(1200)]))
+    names = [f"f{i:04d}" for i in range(0, 1200, 2)] + ["absent"]
+    assert index.stats(names, batch=100) == {**{n: (int(n[1:]), 1) for n in names[:-1]}, "absent": None}
