@@ -247,7 +247,10 @@ def settle(previous: Manifest | None, changes: list[FileEntry], removed: set[str
     else:
         files = dict(previous.files) if previous else {}
     units = dict(previous.checkpoints) if previous else {}
-    for d in _marked(files, markers):  # manifests written before units were recorded
+    # Manifests written before units were recorded (format 1 only: format-2 records always carry
+    # them), found by a walk over every name: not on each commit over an index.
+    legacy = not (isinstance(files, Overlay) and previous.base)
+    for d in _marked(files, markers) if legacy else ():
         units.setdefault(d, tuple(sorted(_under(files, d))))
     for d, names in list(units.items()):
         gone = removed & set(names)
