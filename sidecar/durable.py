@@ -204,6 +204,11 @@ class Index(Mapping[str, FileEntry]):
                     f"SELECT name, size, mtime_ns FROM entries WHERE name IN ({','.join('?' * len(part))})", part))
         return found
 
+    def total_size(self) -> int:
+        """The bytes of all entries (run.json's size after each commit)."""
+        with self._lock:
+            return self._db.execute("SELECT coalesce(sum(size), 0) FROM entries").fetchone()[0]
+
     def under(self, prefix: str) -> list[str]:
         """The names starting with `prefix` (a checkpoint dir's, `prefix` ending in "/")."""
         with self._lock:

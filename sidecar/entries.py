@@ -73,7 +73,8 @@ class Manifest:
 
     @property
     def size(self) -> int:
-        return sum(f.size for f in self.files.values())
+        total = getattr(self.files, "total_size", None)  # durable.Index: summed in sqlite, no entry built
+        return total() if total is not None else sum(f.size for f in self.files.values())
 
     def to_json(self) -> bytes:
         doc = {

@@ -36,7 +36,7 @@ def test_adopt_fills_then_a_reopened_index_reads_the_same(tmp_path):
     index = durable.Index(tmp_path)
     m = index.adopt(Opened(meta(5), listed))
     assert m.seq == 5 and m.epoch == 2 and m.checkpoints == {"ck": ("ck/a", "ck/.metadata")} and m.requires == ("k1",)
-    assert len(m.files) == 2501 and m.files["d/f00007"] == listed[7] and m.files.get("nope") is None
+    assert len(m.files) == 2501 and m.size == sum(e.size for e in listed) and m.files["d/f00007"] == listed[7] and m.files.get("nope") is None
     assert list(m.files) == sorted(e.name for e in listed) and list(index.entries(batch=100)) == sorted(
         listed, key=lambda e: e.name)
     index.close()
