@@ -12,6 +12,7 @@ the file (read-only, full), the index lives in memory and says so once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -87,7 +88,7 @@ class Index(Mapping[str, FileEntry]):
         never see half); in memory when the state dir cannot take it (`entries()` read again)."""
         try:
             self._rebuild(meta, entries())
-        except sqlite3.Error as err:  # read-only or full: in memory from here on
+        except (sqlite3.Error, OSError) as err:  # read-only or full: in memory from here on
             if not self._on_disk:
                 raise
             self._fall_back(err)
@@ -146,7 +147,7 @@ class Index(Mapping[str, FileEntry]):
                     self._db.executemany(_INSERT,
                                          [_row(e) for e in files.changed.values()])
                     self._db.execute("INSERT OR REPLACE INTO meta (id, doc) VALUES (1, ?)", (json.dumps(doc),))
-            except sqlite3.OperationalError as err:  # the disk filled since: memory from here on
+            except sqlite3.Error as err:  # the disk filled since: memory from here on
                 self._fall_back(err)
                 self.rebuild(m, lambda: (files[n] for n in sorted(files)))
                 return dataclasses.replace(m, files=self)
@@ -226,14 +227,19 @@ class Index(Mapping[str, FileEntry]):
         return self.path is not None
 
     def _open(self, path: Path | None) -> sqlite3.Connection:
-        if path is not None:
+        for attempt in (1, 2) if path is not None else ():
             try:
                 db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
                 db.executescript(_SCHEMA)
                 db.isolation_level = ""  # transactions opened by `with db`
                 return db
-            except sqlite3.Error as err:
+            except sqlite3.DatabaseError as err:
+                if attempt == 1 and path.is_file():  # not a database (damaged): rebuilt from the store
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                        continue
                 self._fall_back(err)
+                break
         db = sqlite3.connect(":memory:", check_same_thread=False)
         db.executescript(_SCHEMA)
         return db

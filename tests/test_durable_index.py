@@ -86,3 +86,11 @@ def test_stats_read_many_names_at_once(tmp_path):
     index.adopt(Opened(meta(1), [entry(f"f{i:04d}", size=i) for i in range(1200)]))
     names = [f"f{i:04d}" for i in range(0, 1200, 2)] + ["absent"]
     assert index.stats(names, batch=100) == {**{n: (int(n[1:]), 1) for n in names[:-1]}, "absent": None}
+
+
+def test_a_damaged_file_is_replaced_not_trusted(tmp_path):
+    (tmp_path / durable.FILE).write_bytes(b"not a database" * 100)
+    index = durable.Index(tmp_path)
+    assert index.manifest() is None and index.path == tmp_path / durable.FILE
+    index.adopt(Opened(meta(1), [entry("a")]))
+    assert durable.Index(tmp_path).manifest().seq == 1
