@@ -7,7 +7,10 @@ read a manifest's dict; the committer alone writes it: `adopt` at start (the sto
 commit: kept if the file records exactly that commit, else rebuilt from its streamed listing)
 and `committed` after each commit (only its changes, in one transaction). The store stays the
 truth: a torn, stale or foreign file is rebuilt, never trusted. When the state dir cannot hold
-the file (read-only, full), the index lives in memory and says so once.
+the file (read-only, full), the index lives in memory and says so (a JSON warning).
+
+One index, one state: a `Manifest` whose files are this index reads what the index holds now,
+so only the latest durable commit is held that way (the books, the committer's next commit).
 """
 
 from __future__ import annotations
