@@ -30,7 +30,7 @@ RUNSYNC = str(Path(sys.executable).with_name("runsync"))
 
 
 def idle(server, files: int, seconds: float, bucket: str = "bench-idle", before: Path | None = None,
-         repeat: int = 1, profile: Path | None = None) -> dict | list[dict]:
+         repeat: int = 1, profile: Path | None = None, warm: bool = False) -> dict | list[dict]:
     """One run dir of `files` durable files (one `runsync sync`), then a sidecar started on it
     `repeat` times; with `before` (a checkout's root), the older code's sidecar right before each,
     on the same data and server, so both see the same load. Returns one dict (no `before`, one
@@ -56,12 +56,17 @@ def idle(server, files: int, seconds: float, bucket: str = "bench-idle", before:
         out = []
         for r in range(repeat):
             for code, code_env in codes:
-                # Each start as a new pod's (a restored run dir, as after `sync`): the manifest a
-                # sidecar caches at its final commit would favour whichever code runs second.
-                (run_dir / ".runsync" / "manifest.json").unlink(missing_ok=True)
+                # Each start as a new pod's (a restored run dir, as after `sync`): what a sidecar
+                # keeps in `.runsync/` would favour whichever code runs second. `warm`: a
+                # restart in the same pod, with what the previous start (same code) kept.
+                if warm:
+                    _idle_sidecar(code_env, Path(tmp) / f"sidecar-{code or 'x'}-{r}-prime.log", 1, None)
+                else:
+                    for kept in ("manifest.json", "durable.sqlite"):
+                        (run_dir / ".runsync" / kept).unlink(missing_ok=True)
                 one = _idle_sidecar(code_env, Path(tmp) / f"sidecar-{code or 'x'}-{r}.log", seconds,
                                     profile and profile.with_name(f"{profile.stem}-{code or 'x'}-{r}{profile.suffix}"))
-                out.append({"code": code, "repeat": r, "files": files, "sync_all_s": round(sync_s, 1),
+                out.append({"code": code, "repeat": r, "files": files, "start": "warm" if warm else "new pod", "sync_all_s": round(sync_s, 1),
                             "load": round(os.getloadavg()[0], 1), **one})
                 print(json.dumps(out[-1]), file=sys.stderr, flush=True)
         return out[0] if len(out) == 1 else out
@@ -169,6 +174,8 @@ def main() -> None:
     ap.add_argument("--before", type=Path, help="a checkout of older code (its repo root): its sidecar "
                     "runs right before each of this code's, on the same synced run dir")
     ap.add_argument("--repeat", type=int, default=1, help="sidecars started per code on the one synced run dir")
+    ap.add_argument("--warm", action="store_true", help="each sidecar a restart in the same pod: after one "
+                    "start of the same code on the run dir, with what it kept in .runsync/")
     ap.add_argument("--profile", type=Path, help="py-spy each sidecar into this path (-<code>-<repeat> added)")
     args = ap.parse_args()
     with locals3.start() as server:
@@ -177,7 +184,7 @@ def main() -> None:
                      aws_secret_access_key=server.credentials.secret_key).create_bucket(Bucket="bench-idle")
         doc = {} if args.idle_only else {"admission": admission(server, args.rate, args.requests)}
         doc["idle_sidecar"] = idle(server, args.files, args.idle_seconds, before=args.before, repeat=args.repeat,
-                                   profile=args.profile)
+                                   profile=args.profile, warm=args.warm)
         print(json.dumps(doc, indent=1))
 
 

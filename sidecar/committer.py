@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from . import head, keys, lease, ledger, manifest, messages, runmeta, statedir, transfer
+from . import durable, head, keys, lease, ledger, manifest, messages, runmeta, statedir, transfer
 from .errors import StoreError
 from .logs import log
 from .metrics import Metrics
@@ -33,8 +33,10 @@ class Committer:
     def __init__(self, s3, layout: keys.Layout, transfers: transfer.Transfers, state: statedir.StateDir,
                  metrics: Metrics, post: Callable[[object], None], holder: str | None, lease_wait: float,
                  interval: float = 1.0, backoff: transfer.Backoff = transfer.Backoff(),
-                 meta: runmeta.Recorder | None = None):
+                 meta: runmeta.Recorder | None = None, index: durable.Index | None = None):
         self.s3 = s3
+        self.index = index if index is not None else durable.Index(None)
+        """The durable entries (durable.py): adopted at `load`, advanced by each commit, here only."""
         self.layout = layout
         self.transfers = transfers
         self.state = state
@@ -214,7 +216,7 @@ class Committer:
                     max_seq=lambda: manifest.max_seq(self.s3, self.layout),
                     on_wait=lambda l: log.info("waiting for the previous writer to finish", extra={
                         "fields": {"holder": l.holder, "epoch": l.epoch}}))
-                latest = manifest.latest(self.s3, self.layout)
+                latest = self.index.adopt(manifest.latest_listing(self.s3, self.layout))
                 self.post(messages.Loaded(latest, ""))
                 if self.meta is not None:
                     self.meta.started(latest)
@@ -236,11 +238,8 @@ class Committer:
             return
         self.post(messages.Committed(result, "", names, removed, tokens))
         # After the post, so a flush never waits on them, and before the next commit (this
-        # thread): head.json (a hint: readers probe past a stale one), the local copy of the
-        # manifest (a hint: the store's latest, read at start, replaces it; the whole listing's
-        # JSON at 100,000 files) and the metadata.
+        # thread): head.json (a hint: readers probe past a stale one) and the metadata.
         head.write(self.s3, self.layout, result.seq, result.epoch)
-        self.state.cache_manifest(result)
         if self.meta is not None:
             self.meta.committed(result)
 
@@ -268,9 +267,7 @@ class Committer:
         except Exception as err:  # noqa: BLE001 - botocore errors
             raise transfer.describe(err, self.layout.store, self.s3) from None
         self.slowest = max(self.slowest, time.monotonic() - started)
-        if final:  # else after the commit's answer (_commit_and_post)
-            self.state.cache_manifest(m)
-        return m
+        return self.index.committed(m)  # its changes only; `m` then reads its files there
 
     def _heartbeat(self, state: str = "active") -> None:
         if self._held is None or self._held.lease.state == "released":

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import config, heap, keys, lease, manifest, plan, rescans, runmeta, services, statedir, status, tasks, transfer, unreadable, watch
+from . import config, durable, heap, keys, lease, manifest, plan, rescans, runmeta, services, statedir, status, tasks, transfer, unreadable, watch
 from .committer import Committer
 from .ending import Ending
 from .errors import InputError
@@ -57,7 +57,8 @@ class Engine:
         self.flushes = Flushes()
         self.sightings = Sightings(self.root, settings.settle, clock, self.flushes)
         self.rescans = rescans.Rescans(self.root, self.flushes)
-        self.books = Ledger(self.state.load_manifest(layout))
+        self.index = durable.Index(self.state.path)
+        self.books = Ledger(self.index.manifest())  # until the store's latest is read (_loaded)
         backoff = transfer.Backoff(settings.retry_base, settings.retry_cap)
         self.worker = tasks.Worker(self.root, layout, transfers, settings.workers, self.post, self.skipped)
         self.uploads = Uploads(self.worker, tasks.Retries(backoff, recheck=max(settings.settle / 2, 0.5)),
@@ -65,7 +66,7 @@ class Engine:
         self.transfers = transfers
         self.committer = Committer(s3, layout, transfers, self.state, metrics, self.post,
                                    holder, settings.grace + lease.DEFAULT_TTL, settings.commit_interval, backoff,
-                                   meta=runmeta.Recorder(s3, layout, facts) if facts else None)
+                                   meta=runmeta.Recorder(s3, layout, facts) if facts else None, index=self.index)
 
         self.loaded = False
         self.rules.mark(self.books.durable)
@@ -233,8 +234,9 @@ class Engine:
     def _classify(self, files, now: float, ending: bool, since: int | None = None) -> None:
         """Files of a rescan, handed on as their events would be (`since`: the flush event the
         rescan stands for)."""
+        durable = self.books.durable_stats([f.relpath for f in files])  # one read a step, not one a file
         found = plan.rescan(self.rules.cfg, self.rules.extra, self.rules.checkpoint_dirs, files,
-                            lambda relpath, name: (self.books.known.get(relpath), self.books.stat(name)),
+                            lambda relpath, name: (self.books.known.get(relpath), self.books.stat(name, durable)),
                             now, self.settings.settle, ending)
         self.books.known.update((f.relpath, (f.size, f.mtime_ns)) for f in found.known)
         for relpath, when in found.ready:

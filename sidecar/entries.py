@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 
 from . import checksums, config, keys
 from .errors import StoreError
@@ -73,7 +73,8 @@ class Manifest:
 
     @property
     def size(self) -> int:
-        return sum(f.size for f in self.files.values())
+        total = getattr(self.files, "total_size", None)  # durable.Index: summed in sqlite, no entry built
+        return total() if total is not None else sum(f.size for f in self.files.values())
 
     def to_json(self) -> bytes:
         doc = {
@@ -171,6 +172,64 @@ def _check_parts(entry: FileEntry) -> None:
         checksums.decode(crc)
 
 
+class Overlay(MutableMapping[str, FileEntry]):
+    """The next commit's files as `base` (the durable files, not copied: 100,000 of them) with
+    its changes on top; what changed is known without comparing the whole (records.prepare).
+    `base` may offer `under(prefix)` (durable.Index: a range read instead of a full walk)."""
+
+    def __init__(self, base: Mapping[str, FileEntry], base_seq: int | None = None):
+        self.base = base
+        self.base_seq = base_seq
+        """The commit `base` holds (durable.Index checks it is still the one it holds)."""
+        self.changed: dict[str, FileEntry] = {}
+        self.removed: set[str] = set()
+        """Names of `base` that leave."""
+        self._len = len(base)
+
+    def __getitem__(self, name: str) -> FileEntry:
+        if name in self.changed:
+            return self.changed[name]
+        if name in self.removed:
+            raise KeyError(name)
+        return self.base[name]
+
+    def __setitem__(self, name: str, entry: FileEntry) -> None:
+        if name not in self:
+            self._len += 1
+        self.changed[name] = entry
+        self.removed.discard(name)
+
+    def __delitem__(self, name: str) -> None:
+        if name not in self:
+            raise KeyError(name)
+        self._len -= 1
+        self.changed.pop(name, None)
+        if name in self.base:
+            self.removed.add(name)
+
+    def __contains__(self, name) -> bool:
+        return name in self.changed or (name not in self.removed and name in self.base)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from (n for n in self.base if n not in self.removed and n not in self.changed)
+        yield from self.changed
+
+    def __len__(self) -> int:
+        return self._len
+
+    def under(self, prefix: str) -> list[str]:
+        """The names starting with `prefix`."""
+        if hasattr(self.base, "under"):
+            names = [n for n in self.base.under(prefix) if n not in self.removed and n not in self.changed]
+        else:
+            names = [n for n in self if n.startswith(prefix) and n not in self.changed]
+        return names + [n for n in self.changed if n.startswith(prefix)]
+
+
+def _under(files: Mapping[str, FileEntry], d: str) -> list[str]:
+    return files.under(d + "/") if hasattr(files, "under") else [n for n in files if n.startswith(d + "/")]
+
+
 def settle(previous: Manifest | None, changes: list[FileEntry], removed: set[str],
            markers: tuple) -> tuple[dict[str, FileEntry], dict[str, tuple[str, ...]]]:
     """The next manifest's files and checkpoint units; pure.
@@ -181,24 +240,34 @@ def settle(previous: Manifest | None, changes: list[FileEntry], removed: set[str
     under the dir leaves. A dir whose marker is among `changes` was committed anew: its unit is
     the names under it now.
     """
-    files = dict(previous.files) if previous else {}
+    # Durable files kept in an index (durable.Index) are overlaid, not copied: a commit costs
+    # its changes. A plain dict is copied, as before (a chain of overlays would deepen).
+    files: MutableMapping[str, FileEntry]
+    if previous is not None and hasattr(previous.files, "under"):
+        files = Overlay(previous.files, previous.seq)
+    else:
+        files = dict(previous.files) if previous else {}
     units = dict(previous.checkpoints) if previous else {}
-    for d in _marked(files, markers):  # manifests written before units were recorded
-        units.setdefault(d, tuple(sorted(n for n in files if n.startswith(d + "/"))))
+    # Manifests written before units were recorded (format 1 only: format-2 records always carry
+    # them), found by a walk over every name: not on each commit over an index.
+    legacy = not (isinstance(files, Overlay) and previous.base)
+    for d in _marked(files, markers) if legacy else ():
+        units.setdefault(d, tuple(sorted(_under(files, d))))
     for d, names in list(units.items()):
         gone = removed & set(names)
         if not gone:
             continue
         if any(_is_marker(n, d, markers) for n in gone):
-            for n in [n for n in files if n.startswith(d + "/")]:
+            for n in _under(files, d):
                 del files[n]
             del units[d]
         removed = removed - gone  # the marker stays: so do its shards
     for name in removed:
         files.pop(name, None)
-    files.update((entry.name, entry) for entry in changes)
+    for entry in changes:
+        files[entry.name] = entry
     for d in _marked([e.name for e in changes], markers):
-        units[d] = tuple(sorted(n for n in files if n.startswith(d + "/")))
+        units[d] = tuple(sorted(_under(files, d)))
     return files, {d: names for d, names in units.items() if any(n in files for n in names)}
 
 

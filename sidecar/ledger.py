@@ -4,6 +4,9 @@ local file the stored name and the (size, mtime) it was sent with. Owned by the 
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Mapping
+
 from . import manifest, messages
 
 Token = tuple[str, int, float]
@@ -31,16 +34,23 @@ class Ledger:
     def has(self, name: str) -> bool:
         return self.entry(name) is not None
 
-    def stat(self, name: str) -> tuple[int, int] | None:
+    def stat(self, name: str, durable: dict[str, tuple[int, int] | None] | None = None) -> tuple[int, int] | None:
+        """`durable`: the durable stats of some names read at once (`durable_stats`)."""
+        if durable is not None and name in durable and name not in self.staged:
+            return durable[name]
         entry = self.entry(name)
         return (entry.size, entry.mtime_ns) if entry else None
 
-    def prev(self, key: str) -> dict[str, manifest.FileEntry]:
+    def durable_stats(self, names: list[str]) -> dict[str, tuple[int, int] | None]:
+        """The durable (size, mtime_ns) of `names`, in one read when the durable files are an
+        index (durable.Index); {} otherwise (`stat` then looks each up)."""
+        files = self.durable.files if self.durable else None
+        return files.stats(names) if hasattr(files, "stats") else {}
+
+    def prev(self, key: str) -> Mapping[str, manifest.FileEntry]:
         """What a task compares its files with, so that unchanged content is not sent again."""
-        if key.startswith(messages.DIR):
-            files = dict(self.durable.files) if self.durable else {}
-            files.update(self.staged)
-            return files
+        if key.startswith(messages.DIR):  # a view, not a copy of the 100,000 durable entries
+            return collections.ChainMap(dict(self.staged), self.durable.files if self.durable else {})
         entry = self.entry(key)
         return {key: entry} if entry else {}
 

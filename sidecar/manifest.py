@@ -48,6 +48,23 @@ def history(client, layout: keys.Layout) -> Iterator[Manifest]:
     return _walk_down(client, layout, current, top)
 
 
+def latest_listing(client, layout: keys.Layout):
+    """As `latest`, as a `listing.Listing`: the record (and delta chain) read, the entries left
+    to stream (the sidecar fills its index from them only when it holds another commit)."""
+    current, _ = lease.read(client, layout)
+    top = head.latest_seq(client, layout)
+    if top is None:
+        return next(walk(client, layout, current, seqs(client, layout), open_listing), None)
+    for seq in range(top, 0, -1):
+        opened = open_listing(client, layout, seq, current)
+        if opened is None:
+            return next(walk(client, layout, current, [s for s in seqs(client, layout) if s < seq],
+                             open_listing), None)
+        if opened is not FENCED:
+            return opened
+    return None
+
+
 def walk(client, layout: keys.Layout, current, numbers: Iterable[int], reader=None) -> Iterator[Manifest]:
     """`history` from a lease and manifest numbers already read (discovery reads them in parallel).
     `reader`: `read` (the default: whole manifests) or `open_listing` (streamed listings)."""

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from botocore.exceptions import ClientError
 
 from . import chunks, keys, listing
-from .entries import FENCED, FileEntry, Manifest, checkpoints_from_doc, entry_doc, entry_from_doc, unreadable
+from .entries import FENCED, FileEntry, Manifest, Overlay, checkpoints_from_doc, entry_doc, entry_from_doc, unreadable
 
 FORMAT = 2
 BASE_EVERY = 64
@@ -47,8 +47,12 @@ def prepare(client, layout: keys.Layout, previous: Manifest | None, m: Manifest)
     common = {"format": FORMAT, "run": m.run, "replica": m.replica, "seq": m.seq, "created": m.created,
               "final": m.final, "writer": m.writer, "epoch": m.epoch}
     if previous is not None and previous.base and len(m.files) > SMALL:
-        changed = [e for name, e in m.files.items() if previous.files.get(name) != e]
-        removed = [name for name in previous.files if name not in m.files]
+        if isinstance(m.files, Overlay) and m.files.base is previous.files:  # its changes are known
+            changed = [e for name, e in m.files.changed.items() if previous.files.get(name) != e]
+            removed = list(m.files.removed)
+        else:
+            changed = [e for name, e in m.files.items() if previous.files.get(name) != e]
+            removed = [name for name in previous.files if name not in m.files]
         carried = previous.chain_entries + len(changed) + len(removed)
         if previous.chain < BASE_EVERY and carried <= max(previous.base_count // 4, DELTA_FLOOR):
             m = dataclasses.replace(m, base=previous.base, chain=previous.chain + 1, chain_entries=carried,

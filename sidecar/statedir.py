@@ -2,7 +2,7 @@
 restart and what restore-init tells the sidecar.
 
     rules.json      save rules added through the API (`runsync.save`), one YAML list
-    manifest.json   the last manifest this replica committed, read before the store answers
+    durable.sqlite  the entries of the replica's latest commit (durable.py), kept while the store agrees
     restore.json    restore-init's report (bytes, seconds, files), turned into metrics
     fence-N         the watcher's fences (watch.py)
     code/diff-*.patch  a code-state patch the SDK hands to the sidecar (`/v1/code`), removed once stored
@@ -16,12 +16,11 @@ import re
 import secrets
 from pathlib import Path
 
-from . import config, keys, manifest
-from .errors import ConfigError, InputError, StoreError
+from . import config, keys
+from .errors import ConfigError, InputError
 from .logs import log
 
 RULES = "rules.json"
-MANIFEST = "manifest.json"
 RESTORE = "restore.json"
 CODE = "code"
 _CODE_PATCH = re.compile(r"diff-[0-9a-f]{16}\.patch")
@@ -43,19 +42,6 @@ class StateDir:
     def store_rules(self, docs: list[dict]) -> None:
         text = "".join(f"- {json.dumps(d)}\n" for d in docs)
         _write_atomic(self.path / RULES, text.encode())
-
-    def load_manifest(self, layout: keys.Layout) -> manifest.Manifest | None:
-        path = self.path / MANIFEST
-        try:
-            return manifest.Manifest.from_json(path.read_bytes(), layout, str(path))
-        except (OSError, StoreError):
-            return None
-
-    def cache_manifest(self, m: manifest.Manifest) -> None:
-        try:
-            _write_atomic(self.path / MANIFEST, m.to_json())
-        except OSError as err:  # a full disk must not stop uploads
-            log.warning("cannot cache the manifest", extra={"fields": {"error": str(err)}})
 
     def write_restore_report(self, nbytes: int, seconds: float, files: int) -> None:
         _write_atomic(self.path / RESTORE, json.dumps({"bytes": nbytes, "seconds": seconds, "files": files}).encode())

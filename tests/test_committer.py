@@ -8,7 +8,7 @@ import queue
 import pytest
 
 from harness import wait_for
-from runsync import keys, lease, manifest, messages, statedir, transfer
+from runsync import head, keys, lease, manifest, messages, statedir, transfer
 from runsync.committer import Committer
 from runsync.metrics import Metrics
 from prometheus_client import CollectorRegistry
@@ -42,7 +42,7 @@ def entry(layout, name: str, sha: str = "a" * 64) -> manifest.FileEntry:
     return manifest.FileEntry(name, layout.file_key(name, sha), 3, 1, sha, "live")
 
 
-def test_load_then_commits_in_order_and_the_manifest_is_cached(make, layout, tmp_path):
+def test_load_then_commits_in_order_and_head_json_follows(make, layout, tmp_path):
     c, inbox = make("pod-a")
     c.load()
     loaded = inbox.get(timeout=60)
@@ -59,9 +59,9 @@ def test_load_then_commits_in_order_and_the_manifest_is_cached(make, layout, tmp
     c.commit(first.manifest, {"b.txt": entry(layout, "b.txt", "b" * 64)}, {"a.txt"}, [])
     second = inbox.get(timeout=60).manifest
     assert second.seq == 2 and set(second.files) == {"b.txt"}          # a.txt removed
-    # cached after the answer (a flush never waits on it), so that a restart finds it
-    cached = lambda: statedir.StateDir(tmp_path / "pod-a").load_manifest(layout)  # noqa: E731
-    wait_for(lambda: cached() is not None and cached().seq == 2, what="the manifest cached in .runsync/")
+    # head.json after the answer (a flush never waits on it), so that readers need no LIST
+    s3 = transfer.client()
+    wait_for(lambda: head.latest_seq(s3, layout) == 2, what="head.json naming manifest 2")
 
 
 def test_a_new_pod_takes_the_lease_and_the_old_committer_is_fenced_for_good(make, layout):

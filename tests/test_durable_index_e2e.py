@@ -1,0 +1,93 @@
+"""The sidecar's durable index (`.runsync/durable.sqlite`, durable.py) across restarts in one pod:
+kept when it records the store's latest commit, rebuilt when another writer committed since,
+kept in memory (with a warning) when the state dir cannot hold it; in every case nothing
+durable is lost and nothing unchanged is sent again."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from harness import RUNSYNC, describes, wait_for
+from runsync import contract, durable, keys
+
+pytestmark = [pytest.mark.s3, pytest.mark.slow]
+
+FILES = 300
+"""More than a commit record holds inline (records.SMALL): a chunked base, then deltas."""
+SAVE = {contract.SAVE: "**:live"}
+
+
+def synced(run_dir, s3_env) -> None:
+    for i in range(FILES):
+        d = run_dir / f"d{i // 100}"
+        d.mkdir(exist_ok=True)
+        (d / f"f{i:04d}.txt").write_text(str(i))
+    subprocess.run([RUNSYNC, "sync", str(run_dir), "--run", "team-a/proj/run-1"], env={**os.environ, **s3_env},
+                   check=True, stdout=subprocess.DEVNULL)
+
+
+def index_said(sc) -> list[str]:
+    return [r["msg"] for r in sc.log_records() if r.get("msg", "").startswith("durable index")]
+
+
+def run_once(sidecars, name: str, change: dict[str, bytes]):
+    """A sidecar started on the run dir, `change` written and flushed, then stopped cleanly."""
+    sc = sidecars(SAVE, replica="0")
+    sc.log_path = sc.log_path.with_name(f"sidecar-{name}.log")
+    sc.start()
+    for rel, data in change.items():
+        (sc.run_dir / rel).write_bytes(data)
+    assert sc.flush()["durable"]
+    assert sc.terminate()[0] == 0
+    return sc
+
+
+def index_of(run_dir) -> durable.Index:
+    return durable.Index(run_dir / keys.STATE_DIR)
+
+
+def test_a_restart_keeps_the_index_and_a_commit_by_another_writer_rebuilds_it(sidecars, store, s3_env, tmp_path):
+    first = sidecars(SAVE)
+    synced(first.run_dir, s3_env)
+    first = run_once(sidecars, "first", {"a.bin": b"one"})
+    assert index_said(first) == ["durable index rebuilt from the store"]  # a new pod: from the listing
+    latest = store.latest()
+    assert index_of(first.run_dir).records(latest) and len(index_of(first.run_dir)) == FILES + 1
+
+    before = store.files()
+    again = run_once(sidecars, "again", {"b.bin": b"two"})
+    assert index_said(again) == ["durable index kept"]
+    files = store.files()
+    assert describes(files["b.bin"], b"two") and len(files) == FILES + 2
+    assert all(files[n] == e for n, e in before.items()), "an unchanged file was sent again"
+    assert index_of(first.run_dir).records(store.latest())
+
+    # another writer commits while the sidecar is down: the index no longer records the latest
+    other = tmp_path / "other"
+    (other / "c.bin").parent.mkdir()
+    (other / "c.bin").write_bytes(b"three")
+    subprocess.run([RUNSYNC, "sync", str(other), "--run", "team-a/proj/run-1"], env={**os.environ, **s3_env},
+                   check=True, stdout=subprocess.DEVNULL)
+    before = store.files()
+    third = run_once(sidecars, "third", {"d.bin": b"four"})
+    assert index_said(third) == ["durable index rebuilt from the store"]
+    files = store.files()
+    assert describes(files["c.bin"], b"three") and describes(files["d.bin"], b"four")
+    assert all(files[n] == e for n, e in before.items()), "a durable file was lost or sent again"
+    assert index_of(first.run_dir).records(store.latest())
+
+
+def test_a_state_dir_that_cannot_hold_the_index_keeps_it_in_memory_with_a_warning(sidecars, store, s3_env):
+    sc = sidecars(SAVE)
+    synced(sc.run_dir, s3_env)
+    path = sc.run_dir / keys.STATE_DIR / durable.FILE
+    path.mkdir(parents=True)  # unopenable as a database (as a read-only or full state dir), even for root
+    before = store.files()
+    sc = run_once(sidecars, "memory", {"a.bin": b"one"})
+    warned = [r for r in sc.log_records() if r.get("msg") == "the durable index is kept in memory"]
+    assert warned and warned[0]["path"] == str(path) and "writable" in warned[0]["fix"], warned
+    files = store.files()
+    assert describes(files["a.bin"], b"one") and all(files[n] == e for n, e in before.items())
