@@ -83,3 +83,66 @@ def test_restore_init_through_the_crt_restores_a_file_over_16_mib(s3_env, tmp_pa
     assert result.returncode == 0, result.stdout + result.stderr
     assert sha((tmp_path / "pod" / "big.bin").read_bytes()) == sha(big)
     assert (tmp_path / "pod" / "small.bin").read_bytes() == small
+
+
+def _tls_proxy(target: str, ca):
+    """A TLS front (certificate for localhost from `ca`) that pipes every connection to the plain
+    HTTP endpoint `target`: SeaweedFS over HTTPS. Returns its https:// URL."""
+    import ssl
+    import threading
+    import urllib.parse
+
+    host, port = urllib.parse.urlsplit(target).hostname, urllib.parse.urlsplit(target).port
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("localhost").configure_cert(context)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def pipe(src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def front(raw):
+        try:
+            conn = context.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            raw.close()  # a client that does not trust the CA
+            return
+        back = socket.create_connection((host, port))
+        threading.Thread(target=pipe, args=(back, conn), daemon=True).start()
+        pipe(conn, back)
+
+    def serve():
+        while True:
+            threading.Thread(target=front, args=(listener.accept()[0],), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"https://localhost:{listener.getsockname()[1]}"
+
+
+def test_restore_init_through_the_crt_trusts_aws_ca_bundle(s3_env, tmp_path, cli):
+    """A private CA in AWS_CA_BUNDLE (which the system's trust store does not hold) is trusted."""
+    trustme = pytest.importorskip("trustme")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "notes.txt").write_text("over TLS")
+    assert cli("sync", str(src), "--run", "team-a/proj/run-1").returncode == 0
+    ca = trustme.CA()
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    endpoint = _tls_proxy(s3_env["AWS_ENDPOINT_URL_S3"], ca)
+    env = {**s3_env, "RUNSYNC_CRT": "1", "AWS_ENDPOINT_URL_S3": endpoint}
+
+    trusted = restore_init({**env, "AWS_CA_BUNDLE": str(bundle)}, tmp_path / "pod", {}, tmp_path, holder="pod-b")
+    assert trusted.returncode == 0, trusted.stdout + trusted.stderr
+    # (Without the bundle the CRT retries the refused handshake until the read timeout, 60 s, and
+    # restore-init says "Read timeout": a known limit, README.)
+    assert (tmp_path / "pod" / "notes.txt").read_text() == "over TLS"
