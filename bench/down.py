@@ -1,12 +1,14 @@
 """Restore throughput alone (issue 17): `runsync restore` against s5cmd, before and after.
 
     .venv/bin/python bench/down.py [--before .before] [--repeat 3] [--sets "1 x 2 GiB,..."] [--profile DIR]
+                                   [--restore-init]
 
 The data sets of bench/main.py are synced once (format 1, this code), and committed a second
 time as format 2 (the same objects, part CRC64NVMEs computed here). Each repetition then runs,
 interleaved so all see the same load: s5cmd `cp` (as bench/tools.py runs it), the `--before`
 code's restore of the format-1 run, this code's restore of the format-1 run and of the format-2
-run. Medians, ratios to s5cmd and the load average are printed; `--profile DIR` also writes
+run (`--restore-init`: also each code's `runsync restore-init` of the format-1 run, as a pod
+runs it, into an empty run dir). Medians, ratios to s5cmd and the load average are printed; `--profile DIR` also writes
 py-spy's busiest frames (all threads) of one restore of each set by this code. No test asserts a time.
 """
 
@@ -85,6 +87,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--sets", default=",".join(bench_main.FULL_SETS))
     ap.add_argument("--profile", type=Path)
+    ap.add_argument("--restore-init", action="store_true", help="also time restore-init as the pod runs it")
     args = ap.parse_args()
     chosen = {k: v for k, v in bench_main.FULL_SETS.items() if k in args.sets.split(",")}
     tmp = Path(tempfile.mkdtemp(prefix="bench-down-"))
@@ -118,6 +121,12 @@ def main() -> None:
                 for code in reversed(codes):
                     runs.append((f"runsync {code.label} f1", code.command("restore", f"bench/p/set{i}", "--to", str(dest)),
                                  code.env(env)))
+                if args.restore_init:  # the same holder each time: the lease is ours, no wait
+                    pod = {contract.ENV_DIR: str(dest), contract.ENV_RUN_PATH: f"bench/p/set{i}",
+                           contract.ENV_HOLDER: "bench-down"}
+                    for code in reversed(codes):  # its run dir must exist: `timed` empties it first
+                        runs.append((f"restore-init {code.label}", ["sh", "-c", 'mkdir -p "$0" && exec "$@"', str(dest),
+                                     *code.command("restore-init")], code.env(env | pod)))
                 runs.append(("runsync after f2", codes[0].command("restore", f"bench/p/set{i}-f2", "--to", str(dest)), env))
                 for label, cmd, e in runs:
                     s = timed(cmd, e, dest)

@@ -192,6 +192,7 @@ def restore_init(code: Code, run_dir: Path, env: dict[str, str], digest: str) ->
 
 FIRST_CLIENT = """
 import time
+import boto3, botocore.session  # imported where used now (transfer.py): the client's own cost alone
 from runsync import transfer
 cpu = time.process_time()
 transfer.client()

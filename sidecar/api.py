@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import http.server
-import ipaddress
 import json
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import contract
+from .addresses import parse_addr  # noqa: F401 - callers' name
 from .errors import InputError, RunsyncError
 from .messages import Request
 
@@ -32,21 +32,6 @@ if TYPE_CHECKING:  # restore-init reads parse_addr only; serve_metrics loads pro
     from prometheus_client import CollectorRegistry
 
 MAX_BODY = 64 * 1024
-
-
-def parse_addr(value: str, what: str, loopback_only: bool) -> tuple[str, int]:
-    """`HOST:PORT` → (host, port); the SDK API must be on loopback (SPEC: 127.0.0.1 only)."""
-    host, sep, port = value.rpartition(":")
-    try:
-        number = int(port)
-        if not sep or not 0 < number < 65536:
-            raise ValueError
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        raise InputError(f"{what} {value!r} is not IP:PORT; expected e.g. {contract.DEFAULT_API}") from None
-    if loopback_only and not ip.is_loopback:
-        raise InputError(f"{what} {value!r} is not a loopback address; the SDK API listens on 127.0.0.1 only")
-    return host, number
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

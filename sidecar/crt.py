@@ -13,12 +13,14 @@ MinIO), so the clients are built here on the client's endpoint, region and crede
 
 from __future__ import annotations
 
+import importlib.util
 import os
-
-import botocore.config
-import botocore.session
+from typing import TYPE_CHECKING
 
 from . import encryption
+
+if TYPE_CHECKING:  # imported where used: restore-init starts without botocore's client (crtclient.py)
+    import botocore.session
 
 MiB = 1024 * 1024
 MEMORY_LIMIT = 1024 * MiB
@@ -47,16 +49,18 @@ def available() -> bool:
         return False
     try:
         import awscrt.s3  # noqa: F401
-        import s3transfer.crt  # noqa: F401
     except ImportError:
         return False
-    return True
+    # s3transfer's CRT manager (multipart uploads) is looked for, not imported: restore-init,
+    # which uploads nothing, starts without s3transfer and botocore's client (crtclient.py).
+    return importlib.util.find_spec("s3transfer") is not None
 
 
 def manager(s3, part_size: int, endpoint: str | None, throughput_gbps: float = 2.0,
             memory_limit: int = MEMORY_LIMIT):
     """A `CRTTransferManager` on client `s3`'s region and credentials, and on `endpoint` (an
     S3-compatible server; None for AWS itself), buffering at most `memory_limit` bytes."""
+    import botocore.config
     from s3transfer.crt import BotocoreCRTRequestSerializer, CRTTransferManager
 
     session = _session()
@@ -92,6 +96,8 @@ def s3_client(s3, endpoint: str | None, part_size: int, throughput_gbps: float =
 
 
 def _session() -> botocore.session.Session:
+    import botocore.session
+
     session = botocore.session.Session()
     encryption.install(session, encryption.from_env())  # the serializer's client inherits these events
     return session

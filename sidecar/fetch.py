@@ -31,7 +31,6 @@ from botocore.exceptions import (
     ClientError, ConnectionError as BotoConnectionError, FlexibleChecksumError, IncompleteReadError, ReadTimeoutError,
     ResponseStreamingError,
 )
-from botocore.httpchecksum import StreamingChecksumBody
 
 from . import checksums
 from .errors import StoreError
@@ -169,6 +168,7 @@ class _Job:
         body = response["Body"]
         sha = None
         if whole and not _parted(self.want):  # in one GET the bytes in hand are hashed in order
+            from botocore.httpchecksum import StreamingChecksumBody  # here: restore-init starts without it
             if isinstance(body, StreamingChecksumBody) and \
                     response.get("ChecksumSHA256") == base64.b64encode(bytes.fromhex(self.want.sha256)).decode():
                 # S3 holds the manifest's SHA-256 for this object and botocore checks these bytes

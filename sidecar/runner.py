@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import api, config, contract, keys, logs, statedir, transfer
+from . import addresses, config, contract, keys, logs, statedir, transfer
 from .errors import InputError, StoreUnreachable
 from .logs import log
 from .settings import Settings
@@ -80,8 +80,8 @@ class PodEnv:
             replica=keys.check_replica(env.get(contract.ENV_REPLICA) or contract.DEFAULT_REPLICA),
             store=keys.StoreURL.parse(need(contract.ENV_STORE)),
             annotations=env.get(contract.ENV_ANNOTATIONS) or None,
-            api=api.parse_addr(env.get(contract.ENV_API) or contract.DEFAULT_API, contract.ENV_API, True),
-            metrics=api.parse_addr(env.get(contract.ENV_METRICS) or contract.DEFAULT_METRICS,
+            api=addresses.parse_addr(env.get(contract.ENV_API) or contract.DEFAULT_API, contract.ENV_API, True),
+            metrics=addresses.parse_addr(env.get(contract.ENV_METRICS) or contract.DEFAULT_METRICS,
                                    contract.ENV_METRICS, False),
             grace=grace,
             holder=env.get(contract.ENV_HOLDER) or socket.gethostname(),
@@ -159,7 +159,7 @@ dir) and files (0664), so a trainer of another UID in the pod's fsGroup can use 
 
 
 def run(settings: Settings | None = None, env=os.environ) -> int:
-    from . import runmeta
+    from . import api, runmeta
 
     pod = PodEnv.read(env)
     os.umask(SHARED_UMASK)
@@ -239,7 +239,7 @@ def pre_stop(env=os.environ, timeout: float = 10.0) -> str:
     import urllib.error
     import urllib.request
 
-    host, port = api.parse_addr(env.get(contract.ENV_API) or contract.DEFAULT_API, contract.ENV_API, True)
+    host, port = addresses.parse_addr(env.get(contract.ENV_API) or contract.DEFAULT_API, contract.ENV_API, True)
     url = f"http://{host}:{port}{contract.API_PREFIX}/prestop"
     request = urllib.request.Request(url, data=b"{}", method="POST",
                                      headers={"Content-Type": "application/json"})
@@ -256,11 +256,19 @@ def restore_init(env=os.environ) -> int:
     pod = PodEnv.read(env)
     os.umask(SHARED_UMASK)
     logs.setup(sys.stdout)
-    s3 = transfer.client()
+    s3 = _restore_client()
     try:
         return _restore_init(pod, s3)
     except (ClientError, BotoCoreError) as err:
         raise transfer.describe(err, pod.store, s3) from None
+
+
+def _restore_client():
+    """The CRT's S3 client when it is on (crtclient.py: no botocore client to build, about half of
+    restore-init's CPU before its first request); else botocore's."""
+    from . import crtclient
+
+    return crtclient.client(transfer.Settings()) if crtclient.available() else transfer.client()
 
 
 def _restore_init(pod: PodEnv, s3) -> int:

@@ -20,19 +20,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-import boto3
-import botocore.config
-import botocore.session
-import botocore.utils
 from botocore.exceptions import (
     BotoCoreError, ClientError, ConnectionError as BotoConnectionError, NoCredentialsError,
     NoRegionError, PartialCredentialsError,
 )
-from s3transfer.exceptions import CancelledError
-from s3transfer.manager import TransferConfig, TransferManager
-from s3transfer.subscribers import BaseSubscriber
 
-from . import botodata, checksums, contract, crt, crtobjects, encryption, fetch, hashing, keys, progress, stored
+# boto3, s3transfer and botocore's client are imported where they are used: restore-init asks
+# its questions through the CRT (crtclient.py) and starts without them (issue 17).
+from . import checksums, contract, crt, crtobjects, encryption, fetch, hashing, keys, progress, stored
 from .hashing import _FD_PATH, Digest, FileChanged, NotRegular, hash_file, look, open_regular  # noqa: F401 - callers' names
 from .errors import StoreError
 
@@ -64,6 +59,11 @@ class Settings:
     crt_memory: int = _CRT_MEMORY
     """The CRT's buffer cap, in bytes (`within` derives it from the container's memory limit)."""
 
+    @property
+    def pool_connections(self) -> int:
+        """Connections a client keeps: a restore's files and their ranges at once."""
+        return max(self.max_concurrency * 2, 2 * fetch.WORKERS, 10)
+
     def within(self, memory_limit: int | None) -> "Settings":
         """These settings for a process that must stay under `memory_limit` bytes (the
         container's limit; None: none known): the CRT's buffers fit beside the rest, or the CRT
@@ -83,13 +83,15 @@ def client(settings: Settings = Settings()):
     """A new S3 client from the standard AWS environment; every object it writes is encrypted as
     RUNSYNC_SSE says (encryption.py). A caller may register its own events on it; `shared()`
     hands out one client per process instead."""
+    import botocore.config
+
     endpoint = endpoint_override()
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or contract.DEFAULT_REGION
     config = botocore.config.Config(
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
         retries={"mode": "standard", "max_attempts": settings.max_attempts},
-        max_pool_connections=max(settings.max_concurrency * 2, 2 * fetch.WORKERS, 10),  # restore: files + ranges
+        max_pool_connections=settings.pool_connections,
         # S3-compatible servers on an IP or a plain host name need path-style URLs.
         s3={"addressing_style": "path" if endpoint else "auto"},
         # runsync checks every body it reads itself (fetch.py: each part's CRC64NVME, or the
@@ -115,6 +117,11 @@ def _session() -> boto3.session.Session:
     """A boto3 session whose responses' timestamps are parsed by the standard library: botocore's
     default (dateutil) took 0.4 ms of CPU per response here against 0.03 ms, about a tenth of a
     small file's GET (bench/README.md), for a `LastModified` runsync rarely reads."""
+    import boto3.session
+    import botocore.session
+
+    from . import botodata
+
     core = botocore.session.get_session()
     botodata.use(core)  # S3's model without its documentation, when built for this botocore
     core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_timestamp)
@@ -131,6 +138,8 @@ def _timestamp(value):
             return datetime.datetime.fromisoformat(value)
     except (TypeError, ValueError):
         pass
+    import botocore.utils
+
     return botocore.utils.parse_timestamp(value)
 
 
@@ -297,12 +306,15 @@ class Hooks:
     on_bytes: Callable[[int], None] = lambda n: None
 
 
-class _Progress(BaseSubscriber):
-    def __init__(self, on_bytes: Callable[[int], None]):
-        self._on_bytes = on_bytes
+def _progress(on_bytes: Callable[[int], None]):
+    """An s3transfer subscriber that reports the bytes sent to `on_bytes`."""
+    from s3transfer.subscribers import BaseSubscriber
 
-    def on_progress(self, future, bytes_transferred, **kwargs):
-        self._on_bytes(bytes_transferred)
+    class Progress(BaseSubscriber):
+        def on_progress(self, future, bytes_transferred, **kwargs):
+            on_bytes(bytes_transferred)
+
+    return Progress()
 
 
 class _Both:
@@ -336,11 +348,7 @@ class Transfers:
         self._tokens: dict = {}  # future → its token in `meter`
         self.meter = progress.Meter()
         """Bytes left and the rate of the uploads in flight (the final flush asks it)."""
-        self._manager = TransferManager(s3, TransferConfig(
-            multipart_threshold=settings.multipart_threshold,
-            multipart_chunksize=settings.multipart_chunksize,
-            max_request_concurrency=settings.max_concurrency,
-        ))
+        self._python = None  # s3transfer's manager: built on the first multipart upload without the CRT
         self._crt = None  # built on the first multipart upload, if the CRT is installed
         self._fetcher = None  # built on the first download, with its pool of ranged GETs
         self._objects = None  # the CRT's small GETs and PUTs, built on first use
@@ -366,13 +374,23 @@ class Transfers:
         if self._parts is not None:
             self._parts.shutdown(wait=True, cancel_futures=exc[0] is not None)
         self._digesting.shutdown(wait=True, cancel_futures=exc[0] is not None)
-        self._manager.shutdown(cancel=exc[0] is not None)
+        if self._python is not None:
+            self._python.shutdown(cancel=exc[0] is not None)
         if self._crt is not None:
             self._crt.shutdown(cancel=exc[0] is not None)
 
     def _multipart_manager(self):
         if not self._use_crt:
-            return self._manager
+            with self._lock:
+                if self._python is None:
+                    from s3transfer.manager import TransferConfig, TransferManager
+
+                    self._python = TransferManager(self.s3, TransferConfig(
+                        multipart_threshold=self.settings.multipart_threshold,
+                        multipart_chunksize=self.settings.multipart_chunksize,
+                        max_request_concurrency=self.settings.max_concurrency,
+                    ))
+                return self._python
         with self._lock:
             if self._crt is None:
                 self._crt = crt.manager(self.s3, self.settings.multipart_chunksize, endpoint_override(),
@@ -424,7 +442,7 @@ class Transfers:
                 sent = self._multipart_manager().upload(
                     _FD_PATH.format(fd) if _FD_PATH else up.path, self.store.bucket, up.key,
                     extra_args={"ChecksumAlgorithm": "CRC64NVME"},  # S3 checks every part
-                    subscribers=[_Progress(on_bytes)])
+                    subscribers=[_progress(on_bytes)])
                 # Our digests come from the same descriptor meanwhile, not from the manager
                 # (whose part checksums are not handed out): both read the page cache.
                 future = _Both(sent, self._digesting.submit(
@@ -501,7 +519,7 @@ class Transfers:
     def _result(self, up: Upload, future) -> hashing.Digests:
         try:
             return future.result()
-        except (CancelledError, concurrent.futures.CancelledError):
+        except concurrent.futures.CancelledError:  # s3transfer's CancelledError is one
             raise StoreError(f"upload of {up.path} cancelled: out of time") from None
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("BadDigest", "XAmzContentChecksumMismatch"):
@@ -536,6 +554,8 @@ class Transfers:
         if not self._use_crt:
             return None
         with self._objects_lock:
+            if self._objects is None and hasattr(self.s3, "objects"):  # crtclient.Client: its own connections
+                self._objects = self.s3.objects(self.store.bucket)
             if self._objects is None:
                 endpoint = endpoint_override()
                 # Its bodies are the small files in flight (20 of 1 MiB, 4 of 16 MiB at most): the

@@ -228,7 +228,7 @@ def test_restore_all_reads_each_replica_once(tmp_path, s3_env, store, monkeypatc
         {f"ckpt/step-100/__{r}_0.distcp" for r in range(replicas)} | {"ckpt/step-100/.metadata"}
     requests = s3count.read(counts)
     # check_store's LIST; the own lease: GET, max_seq (GET head.json, HEAD its commit, HEAD the
-    # number after it), PUT; the LIST of the run. The files' GETs go through the CRT (crtobjects.py),
-    # which botocore's hook does not see.
+    # number after it), PUT; the LIST of the run; all through the CRT (crtclient.py), counted as
+    # botocore's. The files' GETs (crtobjects.py) are not counted.
     assert requests == {"ListObjectsV2": 1 + 1, "HeadObject": 2,
                         "GetObject": 1 + 1 + 2 * replicas + 1, "PutObject": 1}, requests  # +1: the fenced-off one

@@ -27,27 +27,51 @@ def loaded(stderr: str) -> set[str]:
             if line.startswith("import time:") and "cumulative" not in line}
 
 
-def test_restore_init_restores_without_the_interactive_cli(cli, tmp_path, s3_env):
+def modules(stderr: str) -> set[str]:
+    """Every module a process imported, by its full name, from its `-X importtime` lines."""
+    return {line.split("|")[2].strip() for line in stderr.splitlines()
+            if line.startswith("import time:") and "cumulative" not in line}
+
+
+def restore_init(cli, tmp_path, s3_env, size: int, **more: str) -> tuple[subprocess.CompletedProcess, bytes, Path]:
+    """`runsync restore-init` as the operator's pod runs it (no options), under `-X importtime`,
+    of a checkpoint of `size` bytes that `runsync sync` stored first."""
     src = tmp_path / "src"
     (src / "checkpoints").mkdir(parents=True)
-    data = os.urandom(3 * 1024 * 1024)
+    data = os.urandom(size)
     (src / "checkpoints" / "last.pt").write_bytes(data)
     assert cli("sync", str(src), "--run", "team-a/proj/run-1").returncode == 0
-
     run_dir = tmp_path / "pod"
     run_dir.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNSYNC_"))}
     env.update(s3_env, PYTHONPROFILEIMPORTTIME="1", **{
-        contract.ENV_DIR: str(run_dir), contract.ENV_RUN_PATH: "team-a/proj/run-1", contract.ENV_HOLDER: "pod-a"})
-    # As the operator's pod runs it: `runsync restore-init`, no options.
+        contract.ENV_DIR: str(run_dir), contract.ENV_RUN_PATH: "team-a/proj/run-1", contract.ENV_HOLDER: "pod-a"},
+        **more)
     done = subprocess.run([RUNSYNC, "restore-init"], env=env, capture_output=True, text=True, timeout=120)
+    return done, data, run_dir
+
+
+def test_restore_init_restores_without_the_interactive_cli(cli, tmp_path, s3_env):
+    done, data, run_dir = restore_init(cli, tmp_path, s3_env, 3 * 1024 * 1024)
 
     assert done.returncode == 0, done.stderr[-3000:]
     assert sha((run_dir / "checkpoints" / "last.pt").read_bytes()) == sha(data)
     imported = loaded(done.stderr)
-    assert "boto3" in imported and "runsync" in imported  # the list is real
+    assert {"awscrt", "runsync"} <= imported  # the list is real
     assert sorted(imported & {*INTERACTIVE, "prometheus_client"}) == []
     assert "yaml" not in imported  # PyYAML only for a save spec written as a YAML list (config.py)
+    # Every request went through the CRT (crtclient.py): no botocore client was built, and the
+    # API's server module was not loaded either.
+    assert sorted(modules(done.stderr) & {"boto3", "s3transfer", "botocore.client", "botocore.session",
+                                          "http.server"}) == []
+
+
+def test_restore_init_without_the_crt_restores_through_botocore(cli, tmp_path, s3_env):
+    done, data, run_dir = restore_init(cli, tmp_path, s3_env, 3 * 1024 * 1024, RUNSYNC_CRT="0")
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sha((run_dir / "checkpoints" / "last.pt").read_bytes()) == sha(data)
+    assert {"boto3", "botocore.client"} <= modules(done.stderr)
 
 
 def test_restore_init_errors_keep_their_line_and_exit_code(tmp_path, s3_env):

@@ -2,7 +2,8 @@
 
 The product has no counter: `environ(counts_file, workdir)` gives a child process a
 `sitecustomize` (on PYTHONPATH) that, only when `S3COUNT_FILE` is set, registers a
-botocore `before-call.s3` hook on every botocore session and writes the counts as JSON to that
+botocore `before-call.s3` hook on every botocore session (and wraps the requests of
+runsync.crtclient, restore-init's CRT client) and writes the counts as JSON to that
 file at exit. Bench and tests read them with `read`. A count is not a timing: tests may assert it.
 The bytes each kind sent (request bodies: what a PUT wrote) go beside it, read with `read_bytes`.
 
@@ -83,7 +84,30 @@ def install() -> None:
             self.register("before-send.s3", delay)
 
     botocore.session.Session.__init__ = init
+    _count_crtclient(count, sent, lock, delay)
     atexit.register(write)
+
+
+def _count_crtclient(count, sent, lock, delay) -> None:
+    """restore-init's requests through the CRT (runsync.crtclient), counted as botocore's are.
+    The CRT's whole-file GETs and PUTs (crtobjects.py) are still not counted."""
+    try:
+        from runsync import crtclient
+    except ImportError:
+        return
+    import types
+
+    original = crtclient.Client._call
+
+    def call(self, operation, method, bucket, key, query=None, headers=(), body=None):
+        count(types.SimpleNamespace(name=operation))
+        with lock:
+            sent[operation] += len(body or b"")
+        if delay:
+            delay()
+        return original(self, operation, method, bucket, key, query, headers, body)
+
+    crtclient.Client._call = call
 
 
 def add_latency(ms: float):

@@ -1,0 +1,148 @@
+"""restore-init through the CRT's S3 client (crtclient.py, issue 17): the same outcome and the
+same error lines as through botocore (RUNSYNC_CRT=0), and the lease's conditional writes still
+fence. Each case runs `runsync restore-init` as the pod does."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from harness import restore_init, sha
+from runsync import contract
+
+pytestmark = [pytest.mark.s3]
+
+
+def _error_line(result) -> str:
+    return [line for line in result.stderr.splitlines() if line.startswith("runsync: error:")][-1]
+
+
+@pytest.mark.parametrize("fault, says", [
+    ("wrong secret", ["SignatureDoesNotMatch", "fix: set AWS_SECRET_ACCESS_KEY"]),
+    ("unknown key", ["InvalidAccessKeyId", "fix: set AWS_ACCESS_KEY_ID"]),
+    ("no bucket", ["NoSuchBucket", "fix: create it"]),
+    ("unreachable", ["cannot reach the S3 endpoint", "fix: check AWS_ENDPOINT_URL_S3"]),
+])
+def test_restore_init_fails_with_botocores_words_through_the_crt(s3_env, tmp_path, fault, says):
+    env = dict(s3_env)
+    if fault == "wrong secret":
+        env["AWS_SECRET_ACCESS_KEY"] = "not-the-secret"
+    elif fault == "unknown key":
+        env["AWS_ACCESS_KEY_ID"] = "NOSUCHKEYID"
+    elif fault == "no bucket":
+        env[contract.ENV_STORE] = env[contract.ENV_STORE].replace("s3://", "s3://gone-", 1)
+    else:
+        closed = socket.create_server(("127.0.0.1", 0))
+        env["AWS_ENDPOINT_URL_S3"] = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        closed.close()  # nothing listens there now: connection refused
+    lines = {}
+    for crt in ("1", "0"):
+        result = restore_init({**env, "RUNSYNC_CRT": crt}, tmp_path / f"pod-{crt}", {}, tmp_path)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+        lines[crt] = _error_line(result)
+    assert lines["1"] == lines["0"]
+    for words in says:
+        assert words in lines["1"]
+
+
+def test_restore_init_through_the_crt_takes_the_lease_and_fences_the_old_holder(s3_env, tmp_path, store, cli):
+    from runsync import lease, manifest
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "notes.txt").write_text("hello")
+    assert cli("sync", str(src), "--run", "team-a/proj/run-1").returncode == 0
+    layout = store.layout
+    old = lease.acquire(store.client, layout, "pod-a", wait=0, max_seq=lambda: manifest.max_seq(store.client, layout))
+    gone = lease.renew(store.client, layout, old, clock=lambda: 0.0)  # its heartbeat long past: not alive
+
+    result = restore_init({**s3_env, "RUNSYNC_CRT": "1"}, tmp_path / "pod", {}, tmp_path, holder="pod-b", grace=0.5)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "pod" / "notes.txt").read_text() == "hello"
+    now, _ = lease.read(store.client, layout)
+    assert (now.holder, now.epoch) == ("pod-b", old.lease.epoch + 1)
+    with pytest.raises(lease.LeaseLost):  # the old holder's next conditional write loses
+        lease.renew(store.client, layout, gone)
+
+
+def test_restore_init_through_the_crt_restores_a_file_over_16_mib(s3_env, tmp_path, cli):
+    """The ranged GETs of a large file take botocore's client, built then (crtclient.Client.botocore)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    big, small = os.urandom(17 * 1024 * 1024 + 5), os.urandom(1000)
+    (src / "big.bin").write_bytes(big)
+    (src / "small.bin").write_bytes(small)
+    assert cli("sync", str(src), "--run", "team-a/proj/run-1").returncode == 0
+
+    result = restore_init({**s3_env, "RUNSYNC_CRT": "1"}, tmp_path / "pod", {}, tmp_path)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sha((tmp_path / "pod" / "big.bin").read_bytes()) == sha(big)
+    assert (tmp_path / "pod" / "small.bin").read_bytes() == small
+
+
+def _tls_proxy(target: str, ca):
+    """A TLS front (certificate for localhost from `ca`) that pipes every connection to the plain
+    HTTP endpoint `target`: SeaweedFS over HTTPS. Returns its https:// URL."""
+    import ssl
+    import threading
+    import urllib.parse
+
+    host, port = urllib.parse.urlsplit(target).hostname, urllib.parse.urlsplit(target).port
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("localhost").configure_cert(context)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def pipe(src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def front(raw):
+        try:
+            conn = context.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            raw.close()  # a client that does not trust the CA
+            return
+        back = socket.create_connection((host, port))
+        threading.Thread(target=pipe, args=(back, conn), daemon=True).start()
+        pipe(conn, back)
+
+    def serve():
+        while True:
+            threading.Thread(target=front, args=(listener.accept()[0],), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"https://localhost:{listener.getsockname()[1]}"
+
+
+def test_restore_init_through_the_crt_trusts_aws_ca_bundle(s3_env, tmp_path, cli):
+    """A private CA in AWS_CA_BUNDLE (which the system's trust store does not hold) is trusted."""
+    trustme = pytest.importorskip("trustme")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "notes.txt").write_text("over TLS")
+    assert cli("sync", str(src), "--run", "team-a/proj/run-1").returncode == 0
+    ca = trustme.CA()
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    endpoint = _tls_proxy(s3_env["AWS_ENDPOINT_URL_S3"], ca)
+    env = {**s3_env, "RUNSYNC_CRT": "1", "AWS_ENDPOINT_URL_S3": endpoint}
+
+    trusted = restore_init({**env, "AWS_CA_BUNDLE": str(bundle)}, tmp_path / "pod", {}, tmp_path, holder="pod-b")
+    assert trusted.returncode == 0, trusted.stdout + trusted.stderr
+    # (Without the bundle the CRT retries the refused handshake until the read timeout, 60 s, and
+    # restore-init says "Read timeout": a known limit, README.)
+    assert (tmp_path / "pod" / "notes.txt").read_text() == "over TLS"
