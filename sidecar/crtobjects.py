@@ -23,7 +23,7 @@ import urllib.parse
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
 
-from botocore.exceptions import ClientError, ReadTimeoutError
+from botocore.exceptions import ClientError, ReadTimeoutError, SSLError
 
 PART = 8 * 1024 * 1024
 """The CRT's ranged GET size: a larger object comes as several, delivered in order (a PUT's
@@ -100,6 +100,9 @@ class Objects:
                     if time.monotonic() - alive[0] >= self.read_timeout:
                         request.cancel()
                         concurrent.futures.wait([done])  # its callbacks have run: none writes after this
+                        refused = tls_refused(self.endpoint)
+                        if refused:  # the CRT retries a refused handshake until our timeout, silently
+                            raise SSLError(endpoint_url=self.endpoint, error=refused) from None
                         raise ReadTimeoutError(endpoint_url=f"{self.endpoint}{self.prefix}{key}") from None
         except S3ResponseError as err:
             raise _client_error(err) from None
@@ -107,6 +110,28 @@ class Objects:
             if not done.done():  # this thread was interrupted
                 request.cancel()
                 concurrent.futures.wait([done])
+
+
+def tls_refused(endpoint: str) -> str | None:
+    """Why a TLS handshake with `endpoint` fails under the trust botocore would use
+    (AWS_CA_BUNDLE, else the system's), or None (plain HTTP, or the handshake succeeds, or no
+    connection at all). Asked only after a timeout: the CRT does not say a certificate was refused."""
+    import os
+    import socket
+    import ssl
+
+    parts = urllib.parse.urlsplit(endpoint)
+    if parts.scheme != "https" or not parts.hostname:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE") or None)
+        with socket.create_connection((parts.hostname, parts.port or 443), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname=parts.hostname):
+            return None
+    except ssl.SSLError as err:
+        return str(err)
+    except OSError:
+        return None
 
 
 def _client_error(err) -> ClientError:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from botocore.exceptions import (
     BotoCoreError, ClientError, ConnectionError as BotoConnectionError, NoCredentialsError,
-    NoRegionError, PartialCredentialsError,
+    NoRegionError, PartialCredentialsError, SSLError,
 )
 
 # boto3, s3transfer and botocore's client are imported where they are used: restore-init asks
@@ -201,6 +201,9 @@ def describe(err: Exception, store: keys.StoreURL, client_=None) -> StoreError:
                           "AWS_SECRET_ACCESS_KEY (or use workload identity)")
     if isinstance(err, NoRegionError):
         return StoreError(f"no AWS region for {store}; fix: set AWS_REGION")
+    if isinstance(err, SSLError):
+        return StoreError(f"the S3 endpoint {endpoint} for {store} presented a certificate this client does not "
+                          f"trust ({err}); fix: set AWS_CA_BUNDLE to the CA file that signed it")
     if isinstance(err, BotoConnectionError) or crt.is_crt_error(err):  # the CRT's own: no connection, DNS, TLS
         what = err.name if crt.is_crt_error(err) else type(err).__name__
         return StoreError(f"cannot reach the S3 endpoint {endpoint} for {store} ({what}); "

@@ -143,6 +143,23 @@ def test_restore_init_through_the_crt_trusts_aws_ca_bundle(s3_env, tmp_path, cli
 
     trusted = restore_init({**env, "AWS_CA_BUNDLE": str(bundle)}, tmp_path / "pod", {}, tmp_path, holder="pod-b")
     assert trusted.returncode == 0, trusted.stdout + trusted.stderr
-    # (Without the bundle the CRT retries the refused handshake until the read timeout, 60 s, and
-    # restore-init says "Read timeout": a known limit, README.)
     assert (tmp_path / "pod" / "notes.txt").read_text() == "over TLS"
+
+
+@pytest.mark.slow
+def test_an_untrusted_certificate_is_named_with_its_fix_through_the_crt_and_botocore(s3_env, tmp_path):
+    """Without the bundle the server's certificate is refused: both clients say so and name the
+    fix. (The CRT retries the handshake silently: its line comes after the read timeout, 60 s.)"""
+    trustme = pytest.importorskip("trustme")
+    endpoint = _tls_proxy(s3_env["AWS_ENDPOINT_URL_S3"], trustme.CA())
+    lines = {}
+    for crt in ("1", "0"):
+        env = {**s3_env, "RUNSYNC_CRT": crt, "AWS_ENDPOINT_URL_S3": endpoint}
+        env.pop("AWS_CA_BUNDLE", None)
+        result = restore_init(env, tmp_path / f"pod-{crt}", {}, tmp_path)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+        lines[crt] = _error_line(result)
+    for line in lines.values():
+        assert f"the S3 endpoint {endpoint}" in line and "certificate" in line, line
+        assert "fix: set AWS_CA_BUNDLE" in line, line
