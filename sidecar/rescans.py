@@ -23,7 +23,7 @@ class Rescans:
     def __init__(self, root: str, flushes: Flushes):
         self.root = root
         self.flushes = flushes
-        self._files: tuple[watch.LocalFile, ...] = ()
+        self._files: "watch.Listed | tuple[()]" = ()  # compact until each step makes its `LocalFile`s
         self._at = 0
         self._listing: concurrent.futures.Future | None = None
         self._lister = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rescan")

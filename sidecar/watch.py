@@ -8,11 +8,13 @@ directory is not part of the run.
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import os
 import stat
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from . import keys
@@ -29,9 +31,52 @@ class LocalFile:
     mtime_ns: int
 
 
+class Listed(Sequence[LocalFile]):
+    """The files of a scan, sorted by path, held compactly: one string of paths and three arrays,
+    a `LocalFile` made only for the file asked for. 100,000 `LocalFile`s are ~25 MiB of small
+    objects, and the idle sidecar's heap kept their pages after the start-up rescan (issue 17:
+    RSS < 80 MiB beside 100,000 files)."""
+
+    __slots__ = ("_root", "_names", "_ends", "_sizes", "_mtimes")
+
+    def __init__(self, root: str, relpaths: list[str], sizes: array.array, mtimes: array.array):
+        """`relpaths`, `sizes`, `mtimes`: one item a file, in any order (sorted here); `relpaths`
+        is emptied as it is packed."""
+        order = sorted(range(len(relpaths)), key=relpaths.__getitem__)
+        self._root = root
+        self._sizes = array.array("q", (sizes[i] for i in order))
+        self._mtimes = array.array("q", (mtimes[i] for i in order))
+        self._ends = array.array("q")
+        end = 0
+        for i in order:
+            end += len(relpaths[i])
+            self._ends.append(end)
+        self._names = "".join(relpaths[i] for i in order)  # relpaths never hold "\0", but need no separator
+        relpaths.clear()
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def _one(self, i: int) -> LocalFile:
+        relpath = self._names[self._ends[i - 1] if i else 0:self._ends[i]]
+        return LocalFile(relpath, os.path.join(self._root, relpath), self._sizes[i], self._mtimes[i])
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return tuple(self._one(j) for j in range(*i.indices(len(self))))
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self._one(i)
+
+    def __iter__(self) -> Iterator[LocalFile]:
+        return (self._one(i) for i in range(len(self)))
+
+
 @dataclasses.dataclass(frozen=True)
 class Scan:
-    files: tuple[LocalFile, ...]
+    files: Listed
     symlinks: tuple[str, ...]
     """Relative paths of symlinks, skipped."""
     unnamable: tuple[str, ...]
@@ -40,7 +85,8 @@ class Scan:
 
 def scan(run_dir: str | Path) -> Scan:
     root = os.path.abspath(run_dir)
-    files: list[LocalFile] = []
+    relpaths: list[str] = []
+    sizes, mtimes = array.array("q"), array.array("q")
     links: list[str] = []
     bad: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
@@ -69,9 +115,10 @@ def scan(run_dir: str | Path) -> Scan:
                 continue
             if not stat.S_ISREG(st.st_mode):
                 continue  # sockets, fifos, devices
-            files.append(LocalFile(relpath, path, st.st_size, st.st_mtime_ns))
-    files.sort(key=lambda f: f.relpath)
-    return Scan(tuple(files), tuple(sorted(links)), tuple(sorted(bad)))
+            relpaths.append(relpath)
+            sizes.append(st.st_size)
+            mtimes.append(st.st_mtime_ns)
+    return Scan(Listed(root, relpaths, sizes, mtimes), tuple(sorted(links)), tuple(sorted(bad)))
 
 
 # ------------------------------------------------------------------ the event watcher
