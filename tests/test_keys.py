@@ -67,7 +67,10 @@ def test_no_prefix_layout():
 
 
 @pytest.mark.parametrize("name", ["", "/etc/passwd", "../x", "a/../../x", "a//b", "./a", "a/.", "a\x00b",
-                                  "a\\..\\b", "x" * 800])
+                                  "a\\..\\b", "x" * 800,
+                                  # at the edges of the plain-name fast path: the state dir, NAME_MAX, 768 bytes
+                                  ".runsync", ".runsync/fence-1", "a" * 256, "a/" + "b" * 256, "x/" * 384 + "x",
+                                  "a/b\n", "a/\x7f"])
 def test_stored_names_that_escape_are_refused(name):
     with pytest.raises(RunPathError, match="stored name"):
         keys.check_stored_name(name)
