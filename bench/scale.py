@@ -2,7 +2,7 @@
 of the runsync process a user or a pod runs, before and after.
 
     bench/run --scale R,M,F,N [--R 1,8,32,128] [--M 10,100,1000] [--F 1000,10000,50000]
-              [--N 10,100,1000] [--repeat 3] [--before DIR] [--latency-ms 0] [--out FILE]
+              [--N 10,100,1000] [--H 10,100,1000] [--repeat 3] [--before DIR] [--latency-ms 0] [--out FILE]
 
 - R: restore-init with `runsync.dev/restore-replicas: all` over a run of R replicas (each left by
   a `runsync sync --replica r` of its log file and its shard of a DCP checkpoint; replica 0 adds
@@ -14,6 +14,9 @@ of the runsync process a user or a pod runs, before and after.
   bytes PUT: the 4 KiB file and the manifest record), restore-init into an empty dir: wall, client
   CPU ms per file, peak RSS, requests.
 - N: `runsync runs NS --json` over N runs (written as bench/runs_catalog.py writes them).
+- H: history bounded: a replica with M manifests (as curve M writes them), then `runsync gc RUN
+  --keep 3 --min-age 0s`: the run's keys and bytes before and after, gc's requests, wall and RSS,
+  then one more commit and a `runsync restore` of the latest (checked to hold it).
 
 Only public interfaces run here (the CLI, the SDK, restore-init as a process), so the bench keeps
 working while the format changes. Requests are counted inside each process by kind
@@ -52,7 +55,8 @@ from startup import Code  # noqa: E402  (the tree to run: this one, or --before'
 HERE = Path(__file__).resolve().parent
 SHARD_BYTES = 4096
 SMALL_FILE = 4096
-DEFAULTS = {"R": "1,8,32,128", "M": "10,100,1000", "F": "1000,10000,50000", "N": "10,100,1000"}
+DEFAULTS = {"R": "1,8,32,128", "M": "10,100,1000", "F": "1000,10000,50000", "N": "10,100,1000",
+            "H": "10,100,1000"}
 
 
 class Bench:
@@ -204,6 +208,41 @@ def curve_m(bench: Bench, trees: list[Code], sizes: list[int], repeat: int) -> t
     return head, rows
 
 
+def curve_h(bench: Bench, trees: list[Code], sizes: list[int], repeat: int) -> tuple[str, list[str]]:
+    head = ("| M | code | keys before gc (bytes) | gc requests (by kind) | gc wall s / CPU s / RSS MiB | "
+            "keys after gc (bytes) | commit after gc: requests, wall s | restore after gc |")
+    rows = []
+    for m in sizes:
+        for code in trees:
+            run = f"team-a/scale/h{m}"
+            src = bench.work / f"h{m}-{code.label}"
+            bench.run(code, [str(HERE / "scale_history.py"), str(src), run, str(m)], bench.env(code), counted=False)
+            store = keys.StoreURL.parse(bench.store(code))
+            before = _keys_under(bench.s3, store, run)
+            gc = bench.run(code, ["gc", run, "--keep", "3", "--min-age", "0s", "--json"], bench.env(code))
+            after = _keys_under(bench.s3, store, run)
+            (src / "step.txt").write_text("after gc\n")
+            commit = bench.sync(code, src, run)
+            dest = bench.work / f"h{m}-{code.label}-restored"
+            bench.run(code, ["restore", run, "--to", str(dest)], bench.env(code), counted=False)
+            restored = (dest / "step.txt").read_text() == "after gc\n"
+            rows.append(f"| {m} | {code.label} | {before[0]} ({before[1]:,}) | {requests_cell(gc['requests'])} | "
+                        f"{gc['wall']:.2f} / {gc['cpu']:.2f} / {gc['rss_mib']:.0f} | {after[0]} ({after[1]:,}) | "
+                        f"{sum(commit['requests'].values())}, {commit['wall']:.2f} | {'latest' if restored else 'WRONG'} |")
+            print(rows[-1], file=sys.stderr, flush=True)
+    return head, rows
+
+
+def _keys_under(s3, store: keys.StoreURL, run: str) -> tuple[int, int]:
+    """(keys, bytes) of the run in the store (its `.runs` index marker is the namespace's, not counted)."""
+    count = size = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=store.key(run) + "/"):
+        for obj in page.get("Contents", ()):
+            count += 1
+            size += obj["Size"]
+    return count, size
+
+
 def curve_f(bench: Bench, trees: list[Code], sizes: list[int], repeat: int) -> tuple[str, list[str]]:
     head = ("| F | code | step | requests (by kind) | wall s | client CPU ms / file | peak RSS MiB "
             "| bytes PUT |")
@@ -258,7 +297,8 @@ def curve_n(bench: Bench, trees: list[Code], sizes: list[int], repeat: int) -> t
 CURVES = {"R": ("Restore every replica: restore-init, `restore-replicas: all`", curve_r),
           "M": ("History: one more commit on a replica with M manifests", curve_m),
           "F": ("Many small files (4 KiB each)", curve_f),
-          "N": ("`runsync runs NS` over N runs", curve_n)}
+          "N": ("`runsync runs NS` over N runs", curve_n),
+          "H": ("History bounded: `runsync gc` of a replica with M manifests", curve_h)}
 
 
 def main(argv=None) -> None:
