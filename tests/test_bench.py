@@ -62,13 +62,13 @@ def test_bench_checkpoint_peer_times_both_formats_against_s3torchconnector(tmp_p
 @pytest.mark.slow
 def test_bench_scale_prints_every_curve_with_requests_by_kind(tmp_path):
     out = tmp_path / "scale.md"
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "scale.py"), "--scale", "R,M,F,N", "--R", "2",
-                           "--M", "3", "--F", "20", "--N", "3", "--repeat", "1", "--out", str(out)],
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "scale.py"), "--scale", "R,M,F,N,H", "--R", "2",
+                           "--M", "3", "--F", "20", "--N", "3", "--H", "6", "--repeat", "1", "--out", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     md = out.read_text()
     sections = {part[0]: part for part in md.split("\n## ")[1:]}
-    assert set(sections) == set("RMFN"), md
+    assert set(sections) == set("RMFNH"), md
 
     def rows(curve: str) -> list[list[str]]:  # this code's rows, cells stripped
         return [[c.strip() for c in line.strip("|").split("|")] for line in sections[curve].splitlines()
@@ -79,3 +79,6 @@ def test_bench_scale_prints_every_curve_with_requests_by_kind(tmp_path):
     assert [r[2] for r in rows("F")] == ["first sync", "no-op sync", "sync of 1 changed", "restore-init"], md
     assert "PutObject" not in rows("F")[1][3], md  # a no-op sync writes nothing
     assert "ListObjectsV2" in rows("N")[0][2] and "GetObject" not in rows("N")[0][2], md  # the runs index
+    history = rows("H")[0]  # M=6: gc keeps 3 manifests (and what they need), a commit and restore still work
+    before, after = (int(history[i].split(" ")[0]) for i in (2, 5))
+    assert "DeleteObjects" in history[3] and after < before and history[-1] == "latest", md
