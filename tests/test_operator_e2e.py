@@ -329,6 +329,7 @@ def test_the_patched_pod_runs_and_its_replacement_resumes(operator, s3_server, s
         side = subprocess.Popen(local.argv(sidecar), env=local.env(sidecar),
                                 stdout=open(tmp_path / f"{name}-sidecar.log", "wb"), stderr=subprocess.STDOUT)
         try:
+            local.wait_started(sidecar, side)  # the kubelet starts the app after the sidecar's startupProbe
             app = local.container("trainer")
             app_env = local.env(app)
             assert Path(app_env[contract.ENV_DIR]) == Path(local.paths["runsync-run"])

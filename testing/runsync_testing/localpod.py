@@ -15,6 +15,10 @@ own). Without root nothing can be switched: commands run as the current user and
 from __future__ import annotations
 
 import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from kubernetes.utils import parse_quantity
@@ -132,6 +136,31 @@ class LocalPod:
         if command[0] != "runsync":
             raise ValueError(f"container {container['name']} runs {command[0]!r}, not runsync")
         return self.command(container, [RUNSYNC, *command[1:], *container.get("args", [])])
+
+    def wait_started(self, container: dict, process: subprocess.Popen) -> None:
+        """Block as the kubelet does before it starts the containers after a native sidecar: until
+        the sidecar's startupProbe (an httpGet) answers 2xx; RuntimeError if the process exits or
+        the probe's failureThreshold x periodSeconds passes. Polled every 0.1 s, not every period."""
+        probe = container["startupProbe"]["httpGet"]
+        port = probe["port"]
+        if not isinstance(port, int):  # a named port: the container's own
+            port = next(p["containerPort"] for p in container["ports"] if p["name"] == port)
+        port = self.ports.get(str(port), str(port))
+        url = f"http://127.0.0.1:{port}{probe['path']}"
+        spec = container["startupProbe"]
+        deadline = time.monotonic() + spec.get("failureThreshold", 3) * spec.get("periodSeconds", 10)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"container {container['name']} exited ({process.returncode}) before its "
+                                   f"startupProbe {url} passed")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    if 200 <= resp.status < 300:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass  # not listening yet
+            time.sleep(0.1)
+        raise RuntimeError(f"container {container['name']}'s startupProbe {url} did not pass in time")
 
     def pre_stop(self, container: dict) -> list[str]:
         command = container["lifecycle"]["preStop"]["exec"]["command"]
