@@ -1,7 +1,7 @@
 """runsync at scale (issue 18): four curves, each with S3 requests by kind, wall time, CPU and RSS
 of the runsync process a user or a pod runs, before and after.
 
-    bench/run --scale R,M,F,N [--R 1,8,32,128] [--M 10,100,1000] [--F 1000,10000,50000]
+    bench/run --scale R,M,F,N,H [--R 1,8,32,128] [--M 10,100,1000] [--F 1000,10000,50000]
               [--N 10,100,1000] [--H 10,100,1000] [--repeat 3] [--before DIR] [--latency-ms 0] [--out FILE]
 
 - R: restore-init with `runsync.dev/restore-replicas: all` over a run of R replicas (each left by
@@ -303,7 +303,7 @@ CURVES = {"R": ("Restore every replica: restore-init, `restore-replicas: all`", 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", default="R,M,F,N", help="the curves to run, comma-separated")
+    parser.add_argument("--scale", default="R,M,F,N,H", help="the curves to run, comma-separated")
     for name, default in DEFAULTS.items():
         parser.add_argument(f"--{name}", default=default, help=f"comma-separated sizes of curve {name}")
     parser.add_argument("--replicas", help="the same as --R (kept for older command lines)")
