@@ -9,7 +9,7 @@ built four ways over the same bytes, so the entry's format and the object's orig
 - `f1 put`: format 1 as it was written before format 2 (tests/test_format1_compat.py):
   boto3 `upload_file` to `files/<name>~<sha16>` (s3transfer multipart, 16 MiB parts), a
   format-1 manifest;
-- `f2 copy`: bench/down.py's "f2": `copy_object` of the `f1 put` objects, format-2 entries with
+- `f2 copy`: bench/down.py's "f2" until 2026-12-04: `copy_object` of the `f1 put` objects, format-2 entries with
   part CRCs computed here (16 MiB);
 - `s5cmd`: `cp` of the `f2 sync` objects (`s5cmd sync-obj`) and of objects s5cmd put itself.
 Each repetition runs every variant once, interleaved. Per sample: wall s, the client's CPU-s
@@ -68,6 +68,27 @@ def write_format_1(s3, store: keys.StoreURL, run: str, entries: list[dict]) -> N
     s3.put_object(Bucket=store.bucket, Key=f"{prefix}lease.json", Body=json.dumps(lease).encode())
 
 
+def copy_format_2(s3, store: keys.StoreURL, src: str, dst: str) -> None:
+    """Run `dst` names `copy_object` copies of `src`'s objects with format-2 entries (part CRCs
+    computed here, and the SHA-256): how bench/down.py built its "f2" run until 2026-12-04."""
+    latest = manifest.latest(s3, keys.Layout(store, keys.RunPath.parse(src), "0"))
+    layout = keys.Layout(store, keys.RunPath.parse(dst), "0")
+    entries = []
+    for e in latest.files.values():
+        data = s3.get_object(Bucket=store.bucket, Key=e.key)["Body"].read()
+        crcs = []
+        for i in range(checksums.part_count(e.size, checksums.PART_SIZE)):
+            off, n = checksums.part_range(i, e.size, checksums.PART_SIZE)
+            crcs.append(checksums.encode(checksums.crc64nvme(memoryview(data)[off:off + n])))
+        sha = e.sha256 or hashlib.sha256(data).hexdigest()
+        key = layout.file_key(e.name, sha)
+        s3.copy_object(Bucket=store.bucket, Key=key, CopySource={"Bucket": store.bucket, "Key": e.key})
+        entries.append(manifest.FileEntry(e.name, key, e.size, e.mtime_ns, sha, e.policy,
+                                          checksums.PART_SIZE if e.size else 0, tuple(crcs)))
+        del data
+    manifest.commit(s3, layout, None, entries, final=True, writer="bench")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
@@ -119,7 +140,7 @@ def main() -> None:
                 f1.append({"name": p.name, "key": key, "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns,
                            "sha256": shas[p.name], "policy": "end"})
             write_format_1(s3, store, run + "-f1put", f1)
-            down.commit_format_2(s3, store, run + "-f1put", run + "-f2copy")
+            copy_format_2(s3, store, run + "-f1put", run + "-f2copy")
             subprocess.run(s5._cmd(env) + [f"{src}/*", f"s3://{bucket}/s5/{i}/"], env=env, check=True,
                            stdout=subprocess.DEVNULL)
             obj = latest.files
