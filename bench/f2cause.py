@@ -2,6 +2,7 @@
 built four ways over the same bytes, so the entry's format and the object's origin vary apart.
 
     .venv/bin/python bench/f2cause.py [--repeat 3] [--sets "1 x 1 GiB,8 x 128 MiB"] [--profile DIR]
+                                      [--before WORKTREE] [--only "f2 sync,f1 put,..."]
 
 - `f2 sync`: `runsync sync` of the data set (what new runs write: format 2, part CRCs, objects
   under `objects/` uploaded by the CRT, multipart, a CRC64NVME per part checked by S3);
@@ -12,7 +13,8 @@ built four ways over the same bytes, so the entry's format and the object's orig
 - `f2 copy`: bench/down.py's "f2" until 2026-12-04: `copy_object` of the `f1 put` objects, format-2 entries with
   part CRCs computed here (16 MiB);
 - `s5cmd`: `cp` of the `f2 sync` objects (`s5cmd sync-obj`) and of objects s5cmd put itself.
-Each repetition runs every variant once, interleaved. Per sample: wall s, the client's CPU-s
+With `--before`, also `f2 sync before` and `f1 put before`: that worktree's code restoring the
+same runs. Each repetition runs every variant once, interleaved. Per sample: wall s, the client's CPU-s
 per GiB (children's rusage) and the SeaweedFS server's CPU-s per GiB (/proc), and the load.
 No test asserts a time.
 """
@@ -23,6 +25,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -39,8 +42,8 @@ from runsync import checksums, contract, keys, manifest
 from runsync_testing import locals3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import down  # noqa: E402
 import main as bench_main  # noqa: E402
+import startup  # noqa: E402
 import tools  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -66,6 +69,34 @@ def write_format_1(s3, store: keys.StoreURL, run: str, entries: list[dict]) -> N
     lease = {"holder": "bench", "epoch": 1, "heartbeat": time.time() - 3600, "state": "released", "ttl": 15.0,
              "epochs": [[1, 0]]}
     s3.put_object(Bucket=store.bucket, Key=f"{prefix}lease.json", Body=json.dumps(lease).encode())
+
+
+def summary(raw: Path, n: int = 14) -> str:
+    """py-spy's raw samples (`--native --threads`) by thread, then by the Python frame nearest the
+    leaf with the leaf's library (a native leaf shows where the bytes are: libc's copies and
+    syscalls, libcrypto's SHA-256, awscrt's CRC)."""
+    by_thread: dict[str, int] = {}
+    by_frame: dict[str, int] = {}
+    total = idle = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames, c = stack.split(";"), int(count)
+        if len(frames) <= 2 and not any(".py:" in f for f in frames):  # a thread parked in a syscall, no
+            idle += c                                                    # Python frame py-spy could merge
+            continue
+        total += c
+        thread = re.sub(r"\(?0x[0-9a-f]+\)?|\d+", "", frames[0]).strip() or frames[0]
+        by_thread[thread] = by_thread.get(thread, 0) + c
+        leaf = frames[-1]
+        lib = m.group(1) if (m := re.search(r"\(([^()]*\.so[^()]*)\)", leaf)) else "python"
+        py = next((re.sub(r":\d+\)", ")", f) for f in reversed(frames[1:]) if ".py:" in f or "<frozen" in f), "(no Python frame)")
+        key = f"{py} [{lib}]"
+        by_frame[key] = by_frame.get(key, 0) + c
+    total = total or 1
+    out = [f"{total} samples ({idle} more parked: one native frame, left out); by thread: " + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in
+                                                     sorted(by_thread.items(), key=lambda x: -x[1])[:6])]
+    out += [f"{100 * v / total:5.1f}%  {k}" for k, v in sorted(by_frame.items(), key=lambda x: -x[1])[:n]]
+    return "\n".join(out) + "\n"
 
 
 def copy_format_2(s3, store: keys.StoreURL, src: str, dst: str) -> None:
@@ -94,6 +125,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--sets", default="1 x 1 GiB,8 x 128 MiB")
     ap.add_argument("--profile", type=Path)
+    ap.add_argument("--before", type=Path)
     ap.add_argument("--only", default="", help="comma-separated variant labels to time (default: all)")
     args = ap.parse_args()
     chosen = {k: SETS[k] for k in args.sets.split(",")}
@@ -152,6 +184,11 @@ def main() -> None:
         shutil.rmtree(tmp / "data")
         dest = tmp / "dest"
         variants = ["s5cmd s5-put", "s5cmd sync-obj", "f2 sync", "f1 sync-obj", "f1 put", "f2 copy"]
+        after = startup.Code("after")
+        before = startup.Code.checkout("before", args.before, tmp / "before") if args.before else None
+        if before:
+            variants[2:2] = ["f2 sync before"]
+            variants[5:5] = ["f1 put before"]
         if args.only:
             variants = [v for v in variants if v in args.only.split(",")]
         rows: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
@@ -160,6 +197,8 @@ def main() -> None:
                 count, size = chosen[name]
                 gib = count * size / 2**30
                 run = f"bench/c/set{i}"
+                envs = {"f2 sync before": before.env(env) if before else env,
+                        "f1 put before": before.env(env) if before else env}
                 cmds = {
                     "s5cmd s5-put": s5._cmd(env) + [f"s3://{bucket}/s5/{i}/*", f"{dest}/"],
                     "s5cmd sync-obj": s5._cmd(env) + [
@@ -169,11 +208,14 @@ def main() -> None:
                     "f1 put": [str(BIN / "runsync"), "restore", run + "-f1put", "--to", str(dest)],
                     "f2 copy": [str(BIN / "runsync"), "restore", run + "-f2copy", "--to", str(dest)],
                 }
+                if before:
+                    cmds["f2 sync before"] = before.command("restore", run, "--to", str(dest))
+                    cmds["f1 put before"] = before.command("restore", run + "-f1put", "--to", str(dest))
                 for label in variants:
                     shutil.rmtree(dest, ignore_errors=True)
                     subprocess.run(["sync"])
                     w0 = tools.proc_cpu(server.process.pid)
-                    sample = tools.run_timed(cmds[label], env)
+                    sample = tools.run_timed(cmds[label], envs.get(label, env))
                     w = tools.proc_cpu(server.process.pid) - w0
                     load = os.getloadavg()[0]
                     rows.setdefault((name, label), []).append((sample.seconds, sample.cpu / gib, w / gib))
@@ -183,14 +225,15 @@ def main() -> None:
             args.profile.mkdir(parents=True, exist_ok=True)
             for i, name in enumerate(sets):
                 run = f"bench/c/set{i}"
-                for label, r in (("f2sync", run), ("f1put", run + "-f1put"), ("f2copy", run + "-f2copy")):
-                    raw = args.profile / f"{name.replace(' ', '')}-{label}.raw"
-                    shutil.rmtree(dest, ignore_errors=True)
-                    subprocess.run([str(BIN / "py-spy"), "record", "-f", "raw", "-r", "200", "--native", "-o", str(raw),
-                                    "--", str(BIN / "runsync"), "restore", r, "--to", str(dest)],
-                                   env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                    (args.profile / f"{raw.stem}.txt").write_text(down.top_frames(raw, 20))
-                    print(f"profile {raw} load {os.getloadavg()[0]:.1f}", flush=True)
+                for code in [after] + ([before] if before else []):
+                    for label, r in (("f2sync", run), ("f1put", run + "-f1put"), ("f2copy", run + "-f2copy")):
+                        raw = args.profile / f"{name.replace(' ', '')}-{label}-{code.label}.raw"
+                        shutil.rmtree(dest, ignore_errors=True)
+                        subprocess.run([str(BIN / "py-spy"), "record", "-f", "raw", "-r", "200", "--native", "--threads",
+                                        "-o", str(raw), "--", *code.command("restore", r, "--to", str(dest))],
+                                       env=code.env(env), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        (args.profile / f"{raw.stem}.txt").write_text(summary(raw))
+                        print(f"profile {raw} load {os.getloadavg()[0]:.1f}", flush=True)
         print("\n| set | variant | median s | MB/s | client CPU-s/GiB | server CPU-s/GiB | vs s5cmd (same objects) |")
         print("|---|---|---|---|---|---|---|")
         for (name, label), xs in rows.items():
