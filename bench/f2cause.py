@@ -126,6 +126,10 @@ def main() -> None:
     ap.add_argument("--sets", default="1 x 1 GiB,8 x 128 MiB")
     ap.add_argument("--profile", type=Path)
     ap.add_argument("--before", type=Path)
+    ap.add_argument("--code", action="append", default=[], metavar="LABEL=WORKTREE",
+                    help="also `f2 sync LABEL`: that worktree's code restoring the format-2 run (repeatable)")
+    ap.add_argument("--perf", type=Path, help="also `perf record` one restore per timed variant of the first set, "
+                    "its busiest symbols (kernel and native included) written to DIR")
     ap.add_argument("--only", default="", help="comma-separated variant labels to time (default: all)")
     args = ap.parse_args()
     chosen = {k: SETS[k] for k in args.sets.split(",")}
@@ -189,9 +193,14 @@ def main() -> None:
         if before:
             variants[2:2] = ["f2 sync before"]
             variants[5:5] = ["f1 put before"]
+        others = {label: startup.Code.checkout(label, Path(tree), tmp / f"code-{label}")
+                  for label, tree in (c.split("=", 1) for c in args.code)}
+        variants[3:3] = [f"f2 sync {label}" for label in others]
         if args.only:
-            variants = [v for v in variants if v in args.only.split(",")]
+            variants = [v for v in variants if v in args.only.split(",") or v.removeprefix("f2 sync ") in others]
         rows: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+        cmds_of: list[dict] = []
+        envs_of: list[dict] = []
         for rep in range(args.repeat):
             for i, (name, src) in enumerate(sets.items()):
                 count, size = chosen[name]
@@ -208,9 +217,15 @@ def main() -> None:
                     "f1 put": [str(BIN / "runsync"), "restore", run + "-f1put", "--to", str(dest)],
                     "f2 copy": [str(BIN / "runsync"), "restore", run + "-f2copy", "--to", str(dest)],
                 }
+                for label, code in others.items():
+                    cmds[f"f2 sync {label}"] = code.command("restore", run, "--to", str(dest))
+                    envs[f"f2 sync {label}"] = code.env(env)
                 if before:
                     cmds["f2 sync before"] = before.command("restore", run, "--to", str(dest))
                     cmds["f1 put before"] = before.command("restore", run + "-f1put", "--to", str(dest))
+                if rep == 0:
+                    cmds_of.append(cmds)
+                    envs_of.append(envs)
                 for label in variants:
                     shutil.rmtree(dest, ignore_errors=True)
                     subprocess.run(["sync"])
@@ -221,6 +236,18 @@ def main() -> None:
                     rows.setdefault((name, label), []).append((sample.seconds, sample.cpu / gib, w / gib))
                     print(f"rep {rep} {name:>12} {label:>15} {sample.seconds:7.2f} s  client {sample.cpu / gib:5.2f} "
                           f"CPU-s/GiB  server {w / gib:5.2f} CPU-s/GiB  load {load:.1f}", flush=True)
+        if args.perf:  # CPU by symbol, kernel and libc included: where py-spy sees only "native"
+            args.perf.mkdir(parents=True, exist_ok=True)
+            for label in variants:
+                data = args.perf / f"{label.replace(' ', '-')}.data"
+                shutil.rmtree(dest, ignore_errors=True)
+                subprocess.run(["perf", "record", "-q", "-F", "997", "-o", str(data), "--", *cmds_of[0][label]],
+                               env=envs_of[0].get(label, env), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                report = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", "dso,sym"],
+                                        capture_output=True, text=True).stdout
+                lines = [ln for ln in report.splitlines() if ln.strip() and not ln.startswith("#")][:25]
+                (args.perf / f"{label.replace(' ', '-')}.txt").write_text("\n".join(lines) + "\n")
+                print(f"perf {label} load {os.getloadavg()[0]:.1f}", flush=True)
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
             for i, name in enumerate(sets):
