@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -81,12 +82,22 @@ def top_frames(raw: Path, n: int = 12) -> str:
     return "\n".join(f"{100 * c / total:5.1f}%  {leaf}" for leaf, c in sorted(leaves.items(), key=lambda x: -x[1])[:n]) + "\n"
 
 
+CPU: list[float] = []
+"""CPU seconds (user + system) of each `timed` command, in order: the load-proof measure."""
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def timed(cmd: list[str], env: dict[str, str], dest: Path) -> float:
     shutil.rmtree(dest, ignore_errors=True)
     subprocess.run(["sync"])
-    t = time.perf_counter()
+    cpu, t = _children_cpu(), time.perf_counter()
     done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - t
+    CPU.append(_children_cpu() - cpu)
     if done.returncode:
         raise RuntimeError(f"{cmd[:3]} failed: {done.stderr[-2000:]}")
     return seconds
@@ -125,6 +136,7 @@ def main() -> None:
                            stdout=subprocess.DEVNULL)
         shutil.rmtree(tmp / "data")
         samples: dict[tuple[str, str], list[float]] = {}
+        cpu: dict[tuple[str, str], list[float]] = {}
         dest = tmp / "dest"
         for rep in range(args.repeat):
             for i, (name, src) in enumerate(sets.items()):
@@ -142,7 +154,10 @@ def main() -> None:
                 for label, cmd, e in runs:
                     s = timed(cmd, e, dest)
                     samples.setdefault((name, label), []).append(s)
-                    print(f"rep {rep} {name:>14} {label:>20} {s:7.2f} s  load {os.getloadavg()[0]:.1f}", flush=True)
+                    count, size = bench_main.FULL_SETS[name]
+                    cpu.setdefault((name, label), []).append(CPU[-1] / (count * size / 2**30))
+                    print(f"rep {rep} {name:>14} {label:>20} {s:7.2f} s  {cpu[(name, label)][-1]:.2f} CPU-s/GiB  "
+                          f"load {os.getloadavg()[0]:.1f}", flush=True)
         if args.profile:  # py-spy, all threads (the work is in the pools): the busiest leaf frames
             args.profile.mkdir(parents=True, exist_ok=True)
             for i, name in enumerate(sets):
@@ -151,11 +166,11 @@ def main() -> None:
                     timed([str(BIN / "py-spy"), "record", "-f", "raw", "-r", "200", "-o", str(raw), "--",
                            *codes[0].command("restore", run, "--to", str(dest))], env, dest)
                     (args.profile / f"{raw.stem}.txt").write_text(top_frames(raw))
-        print(f"\n| set | tool | median s | MB/s | vs s5cmd |\n|---|---|---|---|---|")
+        print(f"\n| set | tool | median s | MB/s | vs s5cmd | CPU-s/GiB |\n|---|---|---|---|---|---|")
         for (name, label), xs in samples.items():
             count, size = bench_main.FULL_SETS[name]
             med, base = statistics.median(xs), statistics.median(samples[(name, "s5cmd")])
-            print(f"| {name} | {label} | {med:.2f} | {count * size / med / 2**20:.0f} | {base / med:.2f}x |")
+            print(f"| {name} | {label} | {med:.2f} | {count * size / med / 2**20:.0f} | {base / med:.2f}x | {statistics.median(cpu[(name, label)]):.2f} |")
         print(f"\nload average {os.getloadavg()}")
     finally:
         server.stop()
