@@ -3,12 +3,15 @@
     .venv/bin/python bench/down.py [--before .before] [--repeat 3] [--sets "1 x 2 GiB,..."] [--profile DIR]
                                    [--restore-init]
 
-The data sets of bench/main.py are synced once (format 1, this code), and committed a second
-time as format 2 (the same objects, part CRC64NVMEs computed here). Each repetition then runs,
-interleaved so all see the same load: s5cmd `cp` (as bench/tools.py runs it), the `--before`
-code's restore of the format-1 run, this code's restore of the format-1 run and of the format-2
-run (`--restore-init`: also each code's `runsync restore-init` of the format-1 run, as a pod
-runs it, into an empty run dir). Medians, ratios to s5cmd and the load average are printed; `--profile DIR` also writes
+The data sets of bench/main.py are synced once by this code (`runsync sync` writes format 2:
+objects the CRT uploaded, part CRC64NVMEs), and written a second time as format 1, as runsync
+wrote it before format 2 (boto3 `upload_file` to `files/<name>~<sha16>`, a format-1 manifest;
+tests/test_format1_compat.py). Until 2026-12-04 the "f1" rows here were in fact that format-2
+sync, and the "f2" rows format-2 entries over `copy_object` copies (bench/README.md, "Format-2
+large restore: the cause"). Each repetition then runs, interleaved so all see the same load:
+s5cmd `cp` (as bench/tools.py runs it), the `--before` code's restore of the format-2 run, this
+code's restore of the format-2 run and of the format-1 run (`--restore-init`: also each code's
+`runsync restore-init` of the format-2 run, as a pod runs it, into an empty run dir). Medians, ratios to s5cmd and the load average are printed; `--profile DIR` also writes
 py-spy's busiest frames (all threads) of one restore of each set by this code. No test asserts a time.
 """
 
@@ -16,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -27,8 +32,9 @@ import uuid
 from pathlib import Path
 
 import boto3
+from boto3.s3.transfer import TransferConfig
 
-from runsync import checksums, contract, keys, manifest
+from runsync import contract, keys
 from runsync_testing import locals3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -37,26 +43,32 @@ import startup  # noqa: E402
 import tools  # noqa: E402
 
 BIN = Path(sys.executable).parent
+MiB = 1024 * 1024
 
 
-def commit_format_2(s3, store: keys.StoreURL, src: str, dst: str) -> None:
-    """Run `dst` names the objects of `src`'s latest manifest, with part CRCs (format 2)."""
-    latest = manifest.latest(s3, keys.Layout(store, keys.RunPath.parse(src), "0"))
-    layout = keys.Layout(store, keys.RunPath.parse(dst), "0")
+def write_format_1(s3, store: keys.StoreURL, src: Path, run: str) -> None:
+    """Run `run` holds the files of `src` as runsync wrote them before format 2: boto3 puts
+    (s3transfer multipart, 16 MiB parts) at `files/<name>~<sha16>`, one format-1 manifest naming
+    them (SHA-256 entries, no part CRCs), under a released lease (tests/test_format1_compat.py)."""
+    prefix = keys.Layout(store, keys.RunPath.parse(run), "0").replica_prefix
+    config = TransferConfig(multipart_threshold=16 * MiB, multipart_chunksize=16 * MiB)
     entries = []
-    for e in latest.files.values():
-        data = s3.get_object(Bucket=store.bucket, Key=e.key)["Body"].read()
-        crcs = []
-        for i in range(checksums.part_count(e.size, checksums.PART_SIZE)):
-            off, n = checksums.part_range(i, e.size, checksums.PART_SIZE)
-            crcs.append(checksums.encode(checksums.crc64nvme(memoryview(data)[off:off + n])))
-        sha = e.sha256 or hashlib.sha256(data).hexdigest()  # entries written now carry part CRCs only
-        key = layout.file_key(e.name, sha)
-        s3.copy_object(Bucket=store.bucket, Key=key, CopySource={"Bucket": store.bucket, "Key": e.key})
-        entries.append(manifest.FileEntry(e.name, key, e.size, e.mtime_ns, sha, e.policy,
-                                          checksums.PART_SIZE if e.size else 0, tuple(crcs)))
-        del data
-    manifest.commit(s3, layout, None, entries, final=True, writer="bench")
+    for path in sorted(src.iterdir()):
+        sha = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(8 * MiB):
+                sha.update(block)
+        key = f"{prefix}files/{path.name}~{sha.hexdigest()[:16]}"
+        s3.upload_file(str(path), store.bucket, key, Config=config)
+        st = path.stat()
+        entries.append({"name": path.name, "key": key, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                        "sha256": sha.hexdigest(), "policy": "end"})
+    doc = {"format": 1, "run": run, "replica": "0", "seq": 1, "created": time.time(), "final": True,
+           "writer": "bench", "epoch": 1, "files": entries, "checkpoints": {}}
+    s3.put_object(Bucket=store.bucket, Key=f"{prefix}manifests/{1:012d}.json", Body=json.dumps(doc).encode())
+    lease = {"holder": "bench", "epoch": 1, "heartbeat": time.time() - 3600, "state": "released", "ttl": 15.0,
+             "epochs": [[1, 0]]}
+    s3.put_object(Bucket=store.bucket, Key=f"{prefix}lease.json", Body=json.dumps(lease).encode())
 
 
 def top_frames(raw: Path, n: int = 12) -> str:
@@ -70,12 +82,22 @@ def top_frames(raw: Path, n: int = 12) -> str:
     return "\n".join(f"{100 * c / total:5.1f}%  {leaf}" for leaf, c in sorted(leaves.items(), key=lambda x: -x[1])[:n]) + "\n"
 
 
+CPU: list[float] = []
+"""CPU seconds (user + system) of each `timed` command, in order: the load-proof measure."""
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def timed(cmd: list[str], env: dict[str, str], dest: Path) -> float:
     shutil.rmtree(dest, ignore_errors=True)
     subprocess.run(["sync"])
-    t = time.perf_counter()
+    cpu, t = _children_cpu(), time.perf_counter()
     done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - t
+    CPU.append(_children_cpu() - cpu)
     if done.returncode:
         raise RuntimeError(f"{cmd[:3]} failed: {done.stderr[-2000:]}")
     return seconds
@@ -109,17 +131,18 @@ def main() -> None:
             run = f"bench/p/set{i}"
             subprocess.run([str(BIN / "runsync"), "sync", str(src), "--run", run], env=env, check=True,
                            stdout=subprocess.DEVNULL)
-            commit_format_2(s3, store, run, run + "-f2")
+            write_format_1(s3, store, src, run + "-f1")
             subprocess.run(s5._cmd(env) + [f"{src}/*", f"s3://{bucket}/s5/{i}/"], env=env, check=True,
                            stdout=subprocess.DEVNULL)
         shutil.rmtree(tmp / "data")
         samples: dict[tuple[str, str], list[float]] = {}
+        cpu: dict[tuple[str, str], list[float]] = {}
         dest = tmp / "dest"
         for rep in range(args.repeat):
             for i, (name, src) in enumerate(sets.items()):
                 runs = [("s5cmd", s5._cmd(env) + [f"s3://{bucket}/s5/{i}/*", f"{dest}/"], env)]
                 for code in reversed(codes):
-                    runs.append((f"runsync {code.label} f1", code.command("restore", f"bench/p/set{i}", "--to", str(dest)),
+                    runs.append((f"runsync {code.label} f2", code.command("restore", f"bench/p/set{i}", "--to", str(dest)),
                                  code.env(env)))
                 if args.restore_init:  # the same holder each time: the lease is ours, no wait
                     pod = {contract.ENV_DIR: str(dest), contract.ENV_RUN_PATH: f"bench/p/set{i}",
@@ -127,24 +150,27 @@ def main() -> None:
                     for code in reversed(codes):  # its run dir must exist: `timed` empties it first
                         runs.append((f"restore-init {code.label}", ["sh", "-c", 'mkdir -p "$0" && exec "$@"', str(dest),
                                      *code.command("restore-init")], code.env(env | pod)))
-                runs.append(("runsync after f2", codes[0].command("restore", f"bench/p/set{i}-f2", "--to", str(dest)), env))
+                runs.append(("runsync after f1", codes[0].command("restore", f"bench/p/set{i}-f1", "--to", str(dest)), env))
                 for label, cmd, e in runs:
                     s = timed(cmd, e, dest)
                     samples.setdefault((name, label), []).append(s)
-                    print(f"rep {rep} {name:>14} {label:>20} {s:7.2f} s  load {os.getloadavg()[0]:.1f}", flush=True)
+                    count, size = bench_main.FULL_SETS[name]
+                    cpu.setdefault((name, label), []).append(CPU[-1] / (count * size / 2**30))
+                    print(f"rep {rep} {name:>14} {label:>20} {s:7.2f} s  {cpu[(name, label)][-1]:.2f} CPU-s/GiB  "
+                          f"load {os.getloadavg()[0]:.1f}", flush=True)
         if args.profile:  # py-spy, all threads (the work is in the pools): the busiest leaf frames
             args.profile.mkdir(parents=True, exist_ok=True)
             for i, name in enumerate(sets):
-                for fmt, run in (("f1", f"bench/p/set{i}"), ("f2", f"bench/p/set{i}-f2")):
+                for fmt, run in (("f2", f"bench/p/set{i}"), ("f1", f"bench/p/set{i}-f1")):
                     raw = args.profile / f"{name.replace(' ', '')}-{fmt}.raw"
                     timed([str(BIN / "py-spy"), "record", "-f", "raw", "-r", "200", "-o", str(raw), "--",
                            *codes[0].command("restore", run, "--to", str(dest))], env, dest)
                     (args.profile / f"{raw.stem}.txt").write_text(top_frames(raw))
-        print(f"\n| set | tool | median s | MB/s | vs s5cmd |\n|---|---|---|---|---|")
+        print(f"\n| set | tool | median s | MB/s | vs s5cmd | CPU-s/GiB |\n|---|---|---|---|---|---|")
         for (name, label), xs in samples.items():
             count, size = bench_main.FULL_SETS[name]
             med, base = statistics.median(xs), statistics.median(samples[(name, "s5cmd")])
-            print(f"| {name} | {label} | {med:.2f} | {count * size / med / 2**20:.0f} | {base / med:.2f}x |")
+            print(f"| {name} | {label} | {med:.2f} | {count * size / med / 2**20:.0f} | {base / med:.2f}x | {statistics.median(cpu[(name, label)]):.2f} |")
         print(f"\nload average {os.getloadavg()}")
     finally:
         server.stop()

@@ -296,11 +296,15 @@ class LinkProxy:
     """A loopback TCP proxy in front of S3, for a link that misbehaves: `up_rate` forwards each
     connection's request bytes at that many bytes/s (a slow uplink); `cut_after`, while `cut` is
     set, closes a connection once the server has sent that many bytes on it (a download dropped
-    midway, as a network or a dying server drops it; counted in `cuts`)."""
+    midway, as a network or a dying server drops it; counted in `cuts`); `stall_after`, likewise,
+    holds a connection open but sends nothing more once the server has sent that many bytes on
+    it (a peer gone silent mid-body; counted in `stalls`, released by `close`)."""
 
-    def __init__(self, endpoint: str, up_rate: float | None = None, cut_after: int | None = None):
+    def __init__(self, endpoint: str, up_rate: float | None = None, cut_after: int | None = None,
+                 stall_after: int | None = None):
         host, port = endpoint.removeprefix("http://").split(":")
         self.upstream, self.up_rate, self.cut_after, self.cut = (host, int(port)), up_rate, cut_after, True
+        self.stall_after, self.stalls, self._closed = stall_after, 0, threading.Event()
         self.cuts = 0
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
@@ -324,6 +328,11 @@ class LinkProxy:
                     dst.sendall(data[:self.cut_after - sent])
                     self.cuts += 1
                     break
+                if downstream and self.stall_after is not None and sent + len(data) > self.stall_after:
+                    dst.sendall(data[:self.stall_after - sent])
+                    self.stalls += 1
+                    self._closed.wait()
+                    break
                 dst.sendall(data)
                 sent += len(data)
                 if not downstream and self.up_rate:
@@ -338,4 +347,5 @@ class LinkProxy:
             s.close()
 
     def close(self) -> None:
+        self._closed.set()
         self.sock.close()

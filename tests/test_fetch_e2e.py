@@ -125,6 +125,28 @@ def test_a_download_cut_midway_places_nothing_and_the_next_attempt_succeeds(cli,
         proxy.close()
 
 
+@pytest.mark.parametrize("part_size", [4 * MiB, None], ids=["format 2", "format 1"])
+def test_a_ranged_get_that_stalls_mid_body_times_out_naming_the_file_and_places_nothing(s3_env, scratch_store,
+                                                                                       tmp_path, monkeypatch, part_size):
+    # (from wip/bigrestore's a43bc85, without its 64 MiB ranges: 40 MiB is several ranged GETs here)
+    from runsync import transfer
+    data = os.urandom(40 * MiB)
+    entry = commit(scratch_store, {"ckpt/model.pt": data}, part_size)["ckpt/model.pt"]
+    proxy = LinkProxy(s3_env["AWS_ENDPOINT_URL_S3"], stall_after=3 * MiB + 11)
+    (tmp_path / "dest").mkdir()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
+        settings = transfer.Settings(max_attempts=2, connect_timeout=1.0, read_timeout=1.0)
+        with transfer.Transfers(transfer.client(settings), scratch_store.layout.store, settings) as transfers:
+            with pytest.raises(transfer.StoreError) as failed:
+                transfers.fetch(entry, tmp_path / "dest" / ".model.pt.part")
+    finally:
+        proxy.close()
+    assert proxy.stalls > 0
+    assert "model.pt not restored" in str(failed.value) and "Read timeout" in str(failed.value)
+    assert everything(tmp_path / "dest") == []  # no temp file left
+
+
 # ---------------------------------------------------------------- objects in one GET: the CRT's path
 
 def restore_counted(cli, tmp_path, dest, crt: bool):
