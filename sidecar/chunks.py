@@ -22,10 +22,10 @@ SIZE = 10_000
 def write(s3, bucket: str, prefix: str, token: str, docs: Iterable[dict], size: int = SIZE) -> list[list[str]]:
     """PUT the sorted `docs` in chunks under `prefix`; [[key, sha256], ...] in order."""
     written: list[list[str]] = []
-    batch: list[dict] = []
+    batch: list[str] = []  # each entry's line as it comes: a str holds it in half a dict's memory
 
     def flush() -> None:
-        body = gzip.compress("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in batch).encode(), 6, mtime=0)
+        body = gzip.compress("".join(batch).encode(), 6, mtime=0)
         digest = hashlib.sha256(body).digest()
         key = f"{prefix}{len(written):06d}-{token}.jsonl.gz"
         s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/gzip",
@@ -34,7 +34,7 @@ def write(s3, bucket: str, prefix: str, token: str, docs: Iterable[dict], size: 
         batch.clear()
 
     for doc in docs:
-        batch.append(doc)
+        batch.append(json.dumps(doc, ensure_ascii=False) + "\n")
         if len(batch) == size:
             flush()
     if batch:

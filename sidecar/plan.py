@@ -19,7 +19,7 @@ from .manifest import FileEntry, Manifest
 from .watch import LocalFile
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)  # slots: a sync may plan 100,000 of these
 class Intent:
     """Upload `file` under `name` with `policy`."""
 

@@ -5,6 +5,7 @@ This is `runsync sync`. The sidecar runs the same plan, transfer and manifest st
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import socket
@@ -60,7 +61,6 @@ def sync(
 
 
 def _sync(s3, run_dir, layout, rules, ignore, clean, settings, hooks) -> SyncReport:
-    store = layout.store
     report = SyncReport()
     durable = manifest.latest(s3, layout)
 
@@ -72,37 +72,60 @@ def _sync(s3, run_dir, layout, rules, ignore, clean, settings, hooks) -> SyncRep
     report.unchanged = len(the_plan.unchanged)
     report.skipped += [(b.file.relpath, f"same stored name {b.name!r} as {a.file.relpath!r}")
                        for a, b in the_plan.collisions]
-
-    changes: list[manifest.FileEntry] = []
-    to_upload: list[tuple[plan.Intent, transfer.Digest]] = []
-    hashed: list[tuple[plan.Intent, transfer.Digest, str]] = []  # read in this run as the object at key
-    for intent, seen, previous in _look_all(the_plan.uploads, durable, settings, report):
-        if previous is not None:  # touched, not changed: record the new mtime, upload nothing
-            changes.append(previous)
-            report.unchanged += 1
-            hashed.append((intent, seen, previous.key))
-            continue
-        to_upload.append((intent, seen))
+    planned = (len(the_plan.uploads), sum(i.file.size for i in the_plan.uploads))
+    pending = collections.deque(the_plan.uploads)
+    # `clean` walks the plan again at the end; else each file's intent (and the scan's record of
+    # it) is let go once the file is sent: memory does not grow with the files synced.
+    kept, hashed = (the_plan, []) if clean else (None, None)
+    """hashed: (intent, digest, key) of the files read in this run as the object at key, which
+    `clean` trusts."""
+    del found, the_plan
 
     report.committed = durable
-    if to_upload or changes or durable is None or not durable.final:  # else no lease is needed
+    if pending or durable is None or not durable.final:  # else no lease is needed
         with _Writer(s3, layout) as writer:
-            _upload(s3, layout, to_upload, writer.objects, settings, hooks, report, changes, hashed)
+            changes = _send(s3, layout, pending, planned, durable, writer.objects, settings, hooks, report, hashed)
             if changes or durable is None or not durable.final:  # not when every upload failed
                 report.committed = writer.commit(durable, changes)
     if clean:
-        report.cleaned = _clean(the_plan, hashed, report.committed)
+        report.cleaned = _clean(kept, hashed, report.committed)
     return report
 
 
-def _upload(s3, layout, seen_files, objects: keys.ObjectKeys, settings, hooks, report: SyncReport,
-            changes: list, hashed: list) -> None:
-    to_upload = [(intent, transfer.Upload(intent.file.path, objects.next(), seen)) for intent, seen in seen_files]
-    hooks.on_plan(len(to_upload), sum(u.digest.size for _, u in to_upload))
-    by_path = {u.path: intent for intent, u in to_upload}
+WINDOW_PER_REQUEST = 8
+"""Files looked at or submitted ahead of the one awaited, per parallel request: enough to keep
+every connection busy, few enough that 50,000 files cost no more memory than 50."""
+
+
+def _send(s3, layout, pending: collections.deque, planned: tuple[int, int], durable, objects: keys.ObjectKeys,
+          settings, hooks, report: SyncReport, hashed: list | None) -> list[manifest.FileEntry]:
+    """Look at each planned file (taken off `pending`), upload what changed, as a stream: a
+    file's look, upload and entry are made one after another, a bounded window of them at once
+    (memory flat in the number of files). The committed entries of this run: sent, or touched
+    but unchanged."""
+    hooks.on_plan(*planned)  # files and bytes as planned: a touched one may turn out unchanged
+
+    def intents():
+        while pending:
+            yield pending.popleft()
+    window = WINDOW_PER_REQUEST * settings.max_concurrency
+    changes: list[manifest.FileEntry] = []
+    sending: dict[str, plan.Intent] = {}  # path → intent of the uploads in the window
+
+    def to_send():
+        for intent, seen, previous in _look_all(intents(), durable, settings, report, window):
+            if previous is not None:  # touched, not changed: record the new mtime, upload nothing
+                changes.append(previous)
+                report.unchanged += 1
+                if hashed is not None:
+                    hashed.append((intent, seen, previous.key))
+                continue
+            sending[intent.file.path] = intent
+            yield transfer.Upload(intent.file.path, objects.next(), seen)
+
     with transfer.Transfers(s3, layout.store, settings) as transfers:
-        for up, err in transfers.upload((u for _, u in to_upload), hooks.on_bytes):
-            intent = by_path[up.path]
+        for up, err in transfers.upload(to_send(), hooks.on_bytes, window=window):
+            intent = sending.pop(up.path)
             if err is not None:
                 if isinstance(err, transfer.FileChanged):
                     report.skipped.append((intent.file.relpath, "changed while reading; not complete"))
@@ -113,13 +136,15 @@ def _upload(s3, layout, seen_files, objects: keys.ObjectKeys, settings, hooks, r
             entry = versions.entry_of(intent.name, up, intent.policy.value)
             changes.append(entry)
             report.uploaded.append(entry)
-            hashed.append((intent, up.digest, up.key))
+            if hashed is not None:
+                hashed.append((intent, up.digest, up.key))
+    return changes
 
 
-def _look_all(intents, durable, settings, report: SyncReport):
+def _look_all(intents, durable, settings, report: SyncReport, window: int):
     """(intent, size/mtime/inode, the committed entry if the file still holds it) of each file,
-    looked at in parallel (a touched small file is read for its part CRCs, native: no GIL); files
-    still being written or gone are skipped."""
+    looked at in parallel, `window` ahead of the caller (a touched small file is read for its part
+    CRCs, native: no GIL); files still being written or gone are skipped."""
     def one(intent: plan.Intent):
         previous = durable.files.get(intent.name) if durable else None
         try:
@@ -131,7 +156,15 @@ def _look_all(intents, durable, settings, report: SyncReport):
             report.skipped.append((intent.file.relpath, "deleted before upload"))
         return None
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        return [r for r in pool.map(one, intents) if r is not None]
+        ahead: collections.deque = collections.deque()
+        for intent in intents:
+            ahead.append(pool.submit(one, intent))
+            if len(ahead) >= window:
+                if (looked := ahead.popleft().result()) is not None:
+                    yield looked
+        while ahead:
+            if (looked := ahead.popleft().result()) is not None:
+                yield looked
 
 
 class _Writer:
