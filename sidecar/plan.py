@@ -80,10 +80,11 @@ def for_sync(
             continue
         name, policy = name_of(rules, f.relpath)
         intent = Intent(f, name, policy)
-        if name in claimed:
-            collisions.append((claimed[name], intent))
-            continue
-        claimed[name] = intent
+        if rules:  # else every name is a path of the scan, each once: nothing to claim (100,000 entries)
+            if name in claimed:
+                collisions.append((claimed[name], intent))
+                continue
+            claimed[name] = intent
         entry = known.get(name)
         if entry is not None and (entry.size, entry.mtime_ns) == (f.size, f.mtime_ns):
             unchanged.append((intent, entry))
