@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import os
 import socket
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -64,56 +66,70 @@ def _sync(s3, run_dir, layout, rules, ignore, clean, settings, hooks) -> SyncRep
     report = SyncReport()
     durable = manifest.latest(s3, layout)
 
-    found = watch.scan(run_dir)
-    report.skipped += [(p, "symlink, not followed") for p in found.symlinks]
-    report.skipped += [(p, "not valid UTF-8, cannot be an S3 key") for p in found.unnamable]
-    the_plan = plan.for_sync(rules, ignore, found.files, durable)
-    report.ignored = len(the_plan.ignored)
-    report.unchanged = len(the_plan.unchanged)
-    report.skipped += [(b.file.relpath, f"same stored name {b.name!r} as {a.file.relpath!r}")
-                       for a, b in the_plan.collisions]
-    planned = (len(the_plan.uploads), sum(i.file.size for i in the_plan.uploads))
-    pending = collections.deque(the_plan.uploads)
-    # `clean` walks the plan again at the end; else each file's intent (and the scan's record of
-    # it) is let go once the file is sent: memory does not grow with the files synced.
-    kept, hashed = (the_plan, []) if clean else (None, None)
-    """hashed: (intent, digest, key) of the files read in this run as the object at key, which
-    `clean` trusts."""
-    del found, the_plan
+    # The run dir is walked, planned, looked at and sent as one stream: a file's records are let
+    # go once it is sent, so memory does not grow with the files of the dir (issue 18).
+    walk = watch.Walk(run_dir)
+    collided: list[tuple[str, str]] = []
+    kept: tuple[list, list] | None = ([], []) if clean else None
+    """The plan's uploads and unchanged files, which `clean` walks again at the end."""
+    hashed: list | None = [] if clean else None
+    """(intent, digest, key) of the files read in this run as the object at key, which `clean` trusts."""
 
+    def uploads():
+        files = nbytes = 0
+        for kind, a, b in plan.each_for_sync(rules, ignore, walk, durable):
+            if kind == "upload":
+                files, nbytes = files + 1, nbytes + a.file.size
+                if files % PLAN_EVERY == 1:
+                    hooks.on_plan(files, nbytes)
+                if kept is not None:
+                    kept[0].append(a)
+                yield a
+            elif kind == "unchanged":
+                report.unchanged += 1
+                if kept is not None:
+                    kept[1].append((a, b))
+            elif kind == "ignored":
+                report.ignored += 1
+            else:
+                collided.append((b.file.relpath, f"same stored name {b.name!r} as {a.file.relpath!r}"))
+        hooks.on_plan(files, nbytes)
+
+    planned = uploads()
+    first = next(planned, None)  # walked as far as the first file to send, or to the end
     report.committed = durable
-    if pending or durable is None or not durable.final:  # else no lease is needed
+    if first is not None or durable is None or not durable.final:  # else no lease is needed
         with _Writer(s3, layout) as writer:
-            changes = _send(s3, layout, pending, planned, durable, writer.objects, settings, hooks, report, hashed)
+            changes = _send(s3, layout, itertools.chain(() if first is None else (first,), planned), durable,
+                            writer.objects, settings, hooks, report, hashed)
             if changes or durable is None or not durable.final:  # not when every upload failed
                 report.committed = writer.commit(durable, changes)
+    report.skipped[:0] = [*((p, "symlink, not followed") for p in sorted(walk.symlinks)),
+                          *((p, "not valid UTF-8, cannot be an S3 key") for p in sorted(walk.unnamable)),
+                          *collided]
     if clean:
         report.cleaned = _clean(kept, hashed, report.committed)
     return report
 
 
+PLAN_EVERY = 1000
+"""`hooks.on_plan` is told the files and bytes found so far every this many (and at the end)."""
 WINDOW_PER_REQUEST = 8
 """Files looked at or submitted ahead of the one awaited, per parallel request: enough to keep
 every connection busy, few enough that 50,000 files cost no more memory than 50."""
 
 
-def _send(s3, layout, pending: collections.deque, planned: tuple[int, int], durable, objects: keys.ObjectKeys,
+def _send(s3, layout, intents: Iterator[plan.Intent], durable, objects: keys.ObjectKeys,
           settings, hooks, report: SyncReport, hashed: list | None) -> list[manifest.FileEntry]:
-    """Look at each planned file (taken off `pending`), upload what changed, as a stream: a
-    file's look, upload and entry are made one after another, a bounded window of them at once
-    (memory flat in the number of files). The committed entries of this run: sent, or touched
-    but unchanged."""
-    hooks.on_plan(*planned)  # files and bytes as planned: a touched one may turn out unchanged
-
-    def intents():
-        while pending:
-            yield pending.popleft()
+    """Look at each planned file, upload what changed, as a stream: a file's look, upload and
+    entry are made one after another, a bounded window of them at once (memory flat in the
+    number of files). The committed entries of this run: sent, or touched but unchanged."""
     window = WINDOW_PER_REQUEST * settings.max_concurrency
     changes: list[manifest.FileEntry] = []
     sending: dict[str, plan.Intent] = {}  # path → intent of the uploads in the window
 
     def to_send():
-        for intent, seen, previous in _look_all(intents(), durable, settings, report, window):
+        for intent, seen, previous in _look_all(intents, durable, settings, report, window):
             if previous is not None:  # touched, not changed: record the new mtime, upload nothing
                 changes.append(previous)
                 report.unchanged += 1
@@ -219,15 +235,15 @@ class _Writer:
         return committed
 
 
-def _clean(the_plan: plan.SyncPlan, digests, committed: manifest.Manifest) -> list[str]:
+def _clean(planned: tuple[list, list], digests, committed: manifest.Manifest) -> list[str]:
     """Delete the local files whose exact content is in the committed manifest, and only those.
 
     Every file is hashed again right before it is deleted unless it was hashed in this run
     and has not changed since: a size-and-mtime match is good enough to skip an upload, not
-    to delete someone's data.
+    to delete someone's data. `planned`: the plan's uploads, and its unchanged (intent, entry).
     """
     hashed = {intent.file.path: (d, key) for intent, d, key in digests}
-    candidates = [i for i in the_plan.uploads] + [i for i, _ in the_plan.unchanged]
+    candidates = planned[0] + [i for i, _ in planned[1]]
     cleaned = []
     for intent in candidates:
         entry = committed.files.get(intent.name)
