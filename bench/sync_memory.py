@@ -8,7 +8,9 @@ F files of 4 KiB (1,000 a dir, as bench/scale.py lays them out) are synced once 
 - `--tracemalloc`: snapshots of what Python holds near its peak (taken whenever the traced total
   passes its last high by 5 %, sampled every 0.1 s), just before the commit (every upload done, its
   entry kept) and when `sync` returns, top lines by size, and tracemalloc's own peak;
-- `--cprofile`: cProfile's top functions by internal and by cumulative CPU time.
+- `--cprofile`: cProfile's top functions by internal and by cumulative CPU time;
+- `--rss`: this process's RSS (VmRSS) sampled every 0.1 s: before the sync, at each tenth of
+  its wall time, when the commit starts, and its high-water mark (VmHWM).
 Wall clock and peak RSS under a tracer say little (both slow every call); bench/scale.py
 --scale F measures the CLI as a process (wait4: CPU and peak RSS). Numbers of one machine.
 """
@@ -49,11 +51,18 @@ def top(snapshot: tracemalloc.Snapshot, n: int) -> str:
     return "\n".join(lines)
 
 
+def _status(field: str) -> int:
+    """A field of /proc/self/status, in KiB."""
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith(field + ":")).split()[1])
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=20000)
     ap.add_argument("--tracemalloc", action="store_true")
     ap.add_argument("--cprofile", action="store_true")
+    ap.add_argument("--rss", action="store_true")
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--work", type=Path, default=None, help="where the run dir is made (default: a temp dir)")
     args = ap.parse_args(argv)
@@ -87,6 +96,23 @@ def main(argv=None) -> None:
                             peak_snap[:] = [current, tracemalloc.take_snapshot()]
                 sampler = threading.Thread(target=near_peak, daemon=True)
                 sampler.start()
+            rss: list[tuple[float, int]] = []
+            if args.rss:
+                commit_at: list[float] = []
+                commit_next = manifest.commit_next
+
+                def marked(*a, **kw):
+                    commit_at.append(time.monotonic())
+                    return commit_next(*a, **kw)
+                manifest.commit_next = marked
+                sampling = threading.Event()
+
+                def sample() -> None:
+                    while not sampling.wait(0.1):
+                        rss.append((time.monotonic(), _status("VmRSS")))
+                rss.append((time.monotonic(), _status("VmRSS")))
+                sampler_rss = threading.Thread(target=sample, daemon=True)
+                sampler_rss.start()
             prof = cProfile.Profile(time.process_time) if args.cprofile else None
             cpu0 = time.process_time()
             if prof:
@@ -113,6 +139,18 @@ def main(argv=None) -> None:
                 for label, snap in snaps:
                     print(f"{label}:")
                     print(top(snap, args.top))
+            if args.rss:
+                sampling.set()
+                sampler_rss.join()
+                t0, t1 = rss[0][0], rss[-1][0]
+                marks = [("before", rss[0][1])]
+                for k in range(1, 11):
+                    at = t0 + (t1 - t0) * k / 10
+                    marks.append((f"{k / 10:.0%} of the wall", next(v for t, v in rss if t >= at - 1e-9)))
+                if commit_at:
+                    marks.append(("the commit starts", next((v for t, v in rss if t >= commit_at[0]), rss[-1][1])))
+                print("RSS (MiB): " + "; ".join(f"{label} {v / 1024:.0f}" for label, v in marks)
+                      + f"; high-water {_status('VmHWM') / 1024:.0f}")
             if prof:
                 for key in ("tottime", "cumulative"):
                     out = io.StringIO()
