@@ -2,7 +2,8 @@
 of the runsync process a user or a pod runs, before and after.
 
     bench/run --scale R,M,F,N,H [--R 1,8,32,128] [--M 10,100,1000] [--F 1000,10000,50000]
-              [--N 10,100,1000] [--H 10,100,1000] [--repeat 3] [--before DIR] [--latency-ms 0] [--out FILE]
+              [--N 10,100,1000] [--H 10,100,1000] [--F-steps first,noop,changed,restore] [--repeat 3]
+              [--before DIR] [--latency-ms 0] [--out FILE]
 
 - R: restore-init with `runsync.dev/restore-replicas: all` over a run of R replicas (each left by
   a `runsync sync --replica r` of its log file and its shard of a DCP checkpoint; replica 0 adds
@@ -12,7 +13,8 @@ of the runsync process a user or a pod runs, before and after.
   wall, bytes PUT.
 - F: F small (4 KiB) files: a first `sync`, a no-op `sync`, a `sync` after one changed file (its
   bytes PUT: the 4 KiB file and the manifest record), restore-init into an empty dir: wall, client
-  CPU ms per file, peak RSS, requests.
+  CPU ms per file, peak RSS, requests. `--F-steps first` runs only the first sync (its memory
+  and CPU per file, bench/sync_memory.py for where they go).
 - N: `runsync runs NS --json` over N runs (written as bench/runs_catalog.py writes them).
 - H: history bounded: a replica with M manifests (as curve M writes them), then `runsync gc RUN
   --keep 3 --min-age 0s`: the run's keys and bytes before and after, gc's requests, wall and RSS,
@@ -57,6 +59,7 @@ SHARD_BYTES = 4096
 SMALL_FILE = 4096
 DEFAULTS = {"R": "1,8,32,128", "M": "10,100,1000", "F": "1000,10000,50000", "N": "10,100,1000",
             "H": "10,100,1000"}
+F_STEPS = ("first", "noop", "changed", "restore")
 
 
 class Bench:
@@ -73,6 +76,7 @@ class Bench:
         self.serial = 0
         self.buckets: set[str] = set()
         self._making = threading.Lock()
+        self.f_steps: tuple[str, ...] = F_STEPS
 
     def store(self, code: Code) -> str:
         bucket = f"scale-{code.label}"
@@ -253,15 +257,20 @@ def curve_f(bench: Bench, trees: list[Code], sizes: list[int], repeat: int) -> t
                 src, run = bench.work / f"f{f}-{code.label}-{i}", f"team-a/scale/f{f}-{i}"
                 small_files(src, f)
                 changed = next((src / "d000").iterdir())
-                steps = [("first sync", bench.sync(code, src, run)), ("no-op sync", bench.sync(code, src, run))]
-                changed.write_bytes(os.urandom(SMALL_FILE))
-                steps.append(("sync of 1 changed", bench.sync(code, src, run)))
+                steps = [("first sync", bench.sync(code, src, run))]
+                if "noop" in bench.f_steps:
+                    steps.append(("no-op sync", bench.sync(code, src, run)))
+                if "changed" in bench.f_steps:
+                    changed.write_bytes(os.urandom(SMALL_FILE))
+                    steps.append(("sync of 1 changed", bench.sync(code, src, run)))
                 pod = bench.work / f"pod-f{f}-{code.label}-{i}"
-                steps.append(("restore-init", bench.restore_init(code, run, pod, {contract.SAVE: "**:live"})))
-                if steps[-1][1]["files"] != f:
-                    raise SystemExit(f"F={f} ({code.label}): restore-init put {steps[-1][1]['files']} files, want {f}")
+                if "restore" in bench.f_steps:
+                    steps.append(("restore-init", bench.restore_init(code, run, pod, {contract.SAVE: "**:live"})))
+                    if steps[-1][1]["files"] != f:
+                        raise SystemExit(f"F={f} ({code.label}): restore-init put {steps[-1][1]['files']} files, "
+                                         f"want {f}")
                 shutil.rmtree(src)
-                shutil.rmtree(pod)
+                shutil.rmtree(pod, ignore_errors=True)
                 if i == repeat - 1:  # one repeat's rows; the earlier ones warm the same path
                     for name, res in steps:
                         rows.append(f"| {f} | {code.label} | {name} | {requests_cell(res['requests'])} | "
@@ -307,6 +316,8 @@ def main(argv=None) -> None:
     for name, default in DEFAULTS.items():
         parser.add_argument(f"--{name}", default=default, help=f"comma-separated sizes of curve {name}")
     parser.add_argument("--replicas", help="the same as --R (kept for older command lines)")
+    parser.add_argument("--F-steps", default=",".join(F_STEPS),
+                        help="curve F's steps after the first sync, comma-separated: noop,changed,restore")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--before", type=Path, help="a checkout of the code to compare with (its repo root)")
     parser.add_argument("--latency-ms", type=float, default=0,
@@ -320,6 +331,10 @@ def main(argv=None) -> None:
                          f"fix: pick from {','.join(CURVES)}")
     if args.replicas:
         args.R = args.replicas
+    f_steps = tuple(x.strip() for x in args.F_steps.split(",") if x.strip())
+    if set(f_steps) - set(F_STEPS):
+        raise SystemExit(f"bench/scale.py: unknown step(s) {','.join(sorted(set(f_steps) - set(F_STEPS)))} in "
+                         f"--F-steps {args.F_steps!r}; fix: pick from {','.join(F_STEPS)}")
     started = time.time()
     server = locals3.start()
     os.environ.update(server.env())  # curve N writes its runs in this process
@@ -331,6 +346,7 @@ def main(argv=None) -> None:
             if args.before:
                 trees.insert(0, Code.checkout("before", args.before, Path(tmp) / "before-tree"))
             bench = Bench(server, Path(tmp), args.latency_ms)
+            bench.f_steps = f_steps
             for name in chosen:
                 title, curve = CURVES[name]
                 sizes = [int(x) for x in getattr(args, name).split(",")]

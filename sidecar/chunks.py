@@ -14,30 +14,39 @@ import base64
 import gzip
 import hashlib
 import json
+import zlib
 from collections.abc import Iterable, Iterator
 
 SIZE = 10_000
 
 
 def write(s3, bucket: str, prefix: str, token: str, docs: Iterable[dict], size: int = SIZE) -> list[list[str]]:
-    """PUT the sorted `docs` in chunks under `prefix`; [[key, sha256], ...] in order."""
+    """PUT the sorted `docs` in chunks under `prefix`; [[key, sha256], ...] in order. Each line
+    is compressed as it comes: a chunk is held only compressed (about 1 MB at 10,000 entries,
+    not the 3 MB of its text, twice over, beside it)."""
     written: list[list[str]] = []
-    batch: list[dict] = []
+    parts: list[bytes] = []
+    packer, count = None, 0
 
     def flush() -> None:
-        body = gzip.compress("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in batch).encode(), 6, mtime=0)
+        parts.append(packer.flush())
+        body = b"".join(parts)
+        parts.clear()
         digest = hashlib.sha256(body).digest()
         key = f"{prefix}{len(written):06d}-{token}.jsonl.gz"
         s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/gzip",
                       ChecksumSHA256=base64.b64encode(digest).decode())
         written.append([key, digest.hex()])
-        batch.clear()
 
     for doc in docs:
-        batch.append(doc)
-        if len(batch) == size:
+        if packer is None:  # gzip, level 6, no name, mtime 0: the bytes gzip.compress(text, 6, mtime=0) gives
+            packer, count = zlib.compressobj(6, zlib.DEFLATED, 31), 0
+        parts.append(packer.compress((json.dumps(doc, ensure_ascii=False) + "\n").encode()))
+        count += 1
+        if count == size:
             flush()
-    if batch:
+            packer = None
+    if packer is not None:
         flush()
     return written
 

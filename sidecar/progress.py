@@ -34,10 +34,17 @@ class Meter:
             self._left[token] = size
 
     def sent(self, token: object, n: int) -> None:
+        now = self._clock()
         with self._lock:
             if token in self._left:
                 self._left[token] = max(0, self._left[token] - n)
-            self._samples.append((self._clock(), n))
+            self._samples.append((now, n))
+            self._trim(now)  # here too: a meter no one asks (`runsync sync`, a sidecar between
+            # final flushes) would keep a sample of every file it ever sent
+
+    def _trim(self, now: float) -> None:
+        while self._samples and self._samples[0][0] < now - WINDOW:
+            self._samples.popleft()
 
     def done(self, token: object) -> None:
         with self._lock:
@@ -49,8 +56,7 @@ class Meter:
         may come back, and only the deadline decides then)."""
         now = self._clock()
         with self._lock:
-            while self._samples and self._samples[0][0] < now - WINDOW:
-                self._samples.popleft()
+            self._trim(now)
             left = sum(self._left.values())
             if not left:
                 return 0.0

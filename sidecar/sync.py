@@ -5,10 +5,13 @@ This is `runsync sync`. The sidecar runs the same plan, transfer and manifest st
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import itertools
 import os
 import socket
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -60,49 +63,85 @@ def sync(
 
 
 def _sync(s3, run_dir, layout, rules, ignore, clean, settings, hooks) -> SyncReport:
-    store = layout.store
     report = SyncReport()
     durable = manifest.latest(s3, layout)
 
-    found = watch.scan(run_dir)
-    report.skipped += [(p, "symlink, not followed") for p in found.symlinks]
-    report.skipped += [(p, "not valid UTF-8, cannot be an S3 key") for p in found.unnamable]
-    the_plan = plan.for_sync(rules, ignore, found.files, durable)
-    report.ignored = len(the_plan.ignored)
-    report.unchanged = len(the_plan.unchanged)
-    report.skipped += [(b.file.relpath, f"same stored name {b.name!r} as {a.file.relpath!r}")
-                       for a, b in the_plan.collisions]
+    # The run dir is walked, planned, looked at and sent as one stream: a file's records are let
+    # go once it is sent, so memory does not grow with the files of the dir (issue 18).
+    walk = watch.Walk(run_dir)
+    collided: list[tuple[str, str]] = []
+    kept: tuple[list, list] | None = ([], []) if clean else None
+    """The plan's uploads and unchanged files, which `clean` walks again at the end."""
+    hashed: list | None = [] if clean else None
+    """(intent, digest, key) of the files read in this run as the object at key, which `clean` trusts."""
 
-    changes: list[manifest.FileEntry] = []
-    to_upload: list[tuple[plan.Intent, transfer.Digest]] = []
-    hashed: list[tuple[plan.Intent, transfer.Digest, str]] = []  # read in this run as the object at key
-    for intent, seen, previous in _look_all(the_plan.uploads, durable, settings, report):
-        if previous is not None:  # touched, not changed: record the new mtime, upload nothing
-            changes.append(previous)
-            report.unchanged += 1
-            hashed.append((intent, seen, previous.key))
-            continue
-        to_upload.append((intent, seen))
+    def uploads():
+        files = nbytes = 0
+        for kind, a, b in plan.each_for_sync(rules, ignore, walk, durable):
+            if kind == "upload":
+                files, nbytes = files + 1, nbytes + a.file.size
+                if files % PLAN_EVERY == 1:
+                    hooks.on_plan(files, nbytes)
+                if kept is not None:
+                    kept[0].append(a)
+                yield a
+            elif kind == "unchanged":
+                report.unchanged += 1
+                if kept is not None:
+                    kept[1].append((a, b))
+            elif kind == "ignored":
+                report.ignored += 1
+            else:
+                collided.append((b.file.relpath, f"same stored name {b.name!r} as {a.file.relpath!r}"))
+        hooks.on_plan(files, nbytes)
 
+    planned = uploads()
+    first = next(planned, None)  # walked as far as the first file to send, or to the end
     report.committed = durable
-    if to_upload or changes or durable is None or not durable.final:  # else no lease is needed
+    if first is not None or durable is None or not durable.final:  # else no lease is needed
         with _Writer(s3, layout) as writer:
-            _upload(s3, layout, to_upload, writer.objects, settings, hooks, report, changes, hashed)
+            changes = _send(s3, layout, itertools.chain(() if first is None else (first,), planned), durable,
+                            writer.objects, settings, hooks, report, hashed)
             if changes or durable is None or not durable.final:  # not when every upload failed
                 report.committed = writer.commit(durable, changes)
+    report.skipped[:0] = [*((p, "symlink, not followed") for p in sorted(walk.symlinks)),
+                          *((p, "not valid UTF-8, cannot be an S3 key") for p in sorted(walk.unnamable)),
+                          *collided]
     if clean:
-        report.cleaned = _clean(the_plan, hashed, report.committed)
+        report.cleaned = _clean(kept, hashed, report.committed)
     return report
 
 
-def _upload(s3, layout, seen_files, objects: keys.ObjectKeys, settings, hooks, report: SyncReport,
-            changes: list, hashed: list) -> None:
-    to_upload = [(intent, transfer.Upload(intent.file.path, objects.next(), seen)) for intent, seen in seen_files]
-    hooks.on_plan(len(to_upload), sum(u.digest.size for _, u in to_upload))
-    by_path = {u.path: intent for intent, u in to_upload}
+PLAN_EVERY = 1000
+"""`hooks.on_plan` is told the files and bytes found so far every this many (and at the end)."""
+WINDOW_PER_REQUEST = 8
+"""Files looked at or submitted ahead of the one awaited, per parallel request: enough to keep
+every connection busy, few enough that 50,000 files cost no more memory than 50."""
+
+
+def _send(s3, layout, intents: Iterator[plan.Intent], durable, objects: keys.ObjectKeys,
+          settings, hooks, report: SyncReport, hashed: list | None) -> list[manifest.FileEntry]:
+    """Look at each planned file, upload what changed, as a stream: a file's look, upload and
+    entry are made one after another, a bounded window of them at once (memory flat in the
+    number of files). The committed entries of this run: sent, or touched but unchanged."""
+    window = WINDOW_PER_REQUEST * settings.max_concurrency
+    changes: list[manifest.FileEntry] = []
+    sending: dict[str, plan.Intent] = {}  # path → intent of the uploads in the window
+
+    def to_send():
+        for intent, seen, previous in _look_all(intents, durable, settings, report, window):
+            if previous is not None:  # touched, not changed: record the new mtime, upload nothing
+                changes.append(previous)
+                report.unchanged += 1
+                if hashed is not None:
+                    hashed.append((intent, seen, previous.key))
+                continue
+            sending[intent.file.path] = intent
+            yield transfer.Upload(intent.file.path, objects.next(), seen)
+
     with transfer.Transfers(s3, layout.store, settings) as transfers:
-        for up, err in transfers.upload((u for _, u in to_upload), hooks.on_bytes):
-            intent = by_path[up.path]
+        for up, err in transfers.upload(to_send(), hooks.on_bytes, window=window):
+            intent = sending.pop(up.path)
             if err is not None:
                 if isinstance(err, transfer.FileChanged):
                     report.skipped.append((intent.file.relpath, "changed while reading; not complete"))
@@ -113,25 +152,51 @@ def _upload(s3, layout, seen_files, objects: keys.ObjectKeys, settings, hooks, r
             entry = versions.entry_of(intent.name, up, intent.policy.value)
             changes.append(entry)
             report.uploaded.append(entry)
-            hashed.append((intent, up.digest, up.key))
+            if hashed is not None:
+                hashed.append((intent, up.digest, up.key))
+    return changes
 
 
-def _look_all(intents, durable, settings, report: SyncReport):
-    """(intent, size/mtime/inode, the committed entry if the file still holds it) of each file,
-    looked at in parallel (a touched small file is read for its part CRCs, native: no GIL); files
-    still being written or gone are skipped."""
-    def one(intent: plan.Intent):
-        previous = durable.files.get(intent.name) if durable else None
+def _look_all(intents, durable, settings, report: SyncReport, window: int):
+    """(intent, size/mtime/inode, the committed entry if the file still holds it) of each file, in
+    order; files still being written or gone are skipped. A look is an open and an fstat, done
+    here; only a touched small file, read for its part CRCs (native: no GIL), goes to a pool of
+    readers, `window` ahead (a pool for every look cost 0.1 ms of CPU a file: bench/README.md)."""
+    small = settings.multipart_threshold
+
+    def decided(intent: plan.Intent, previous, seen):
         try:
-            seen = transfer.look(intent.file.path)
-            return intent, seen, versions.unchanged(previous, intent.file.path, seen, settings.multipart_threshold)
+            return intent, seen, versions.unchanged(previous, intent.file.path, seen, small)
         except transfer.FileChanged:
             report.skipped.append((intent.file.relpath, "changed while reading; not complete"))
         except FileNotFoundError:
             report.skipped.append((intent.file.relpath, "deleted before upload"))
         return None
+
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        return [r for r in pool.map(one, intents) if r is not None]
+        ahead: collections.deque = collections.deque()  # answers, or futures of the reads
+        for intent in intents:
+            previous = durable.files.get(intent.name) if durable else None
+            try:
+                seen = transfer.look(intent.file.path)
+            except transfer.FileChanged:
+                report.skipped.append((intent.file.relpath, "changed while reading; not complete"))
+                continue
+            except FileNotFoundError:
+                report.skipped.append((intent.file.relpath, "deleted before upload"))
+                continue
+            if versions.reads(previous, seen, small):
+                ahead.append(pool.submit(decided, intent, previous, seen))
+            else:
+                ahead.append(decided(intent, previous, seen))
+            while ahead and (len(ahead) >= window or not isinstance(ahead[0], Future)):
+                looked = ahead.popleft()
+                if (looked := looked.result() if isinstance(looked, Future) else looked) is not None:
+                    yield looked
+        while ahead:
+            looked = ahead.popleft()
+            if (looked := looked.result() if isinstance(looked, Future) else looked) is not None:
+                yield looked
 
 
 class _Writer:
@@ -186,15 +251,15 @@ class _Writer:
         return committed
 
 
-def _clean(the_plan: plan.SyncPlan, digests, committed: manifest.Manifest) -> list[str]:
+def _clean(planned: tuple[list, list], digests, committed: manifest.Manifest) -> list[str]:
     """Delete the local files whose exact content is in the committed manifest, and only those.
 
     Every file is hashed again right before it is deleted unless it was hashed in this run
     and has not changed since: a size-and-mtime match is good enough to skip an upload, not
-    to delete someone's data.
+    to delete someone's data. `planned`: the plan's uploads, and its unchanged (intent, entry).
     """
     hashed = {intent.file.path: (d, key) for intent, d, key in digests}
-    candidates = [i for i in the_plan.uploads] + [i for i, _ in the_plan.unchanged]
+    candidates = planned[0] + [i for i, _ in planned[1]]
     cleaned = []
     for intent in candidates:
         entry = committed.files.get(intent.name)

@@ -402,17 +402,28 @@ class Transfers:
 
     def upload(
         self, uploads: Iterable[Upload], on_bytes: Callable[[int], None] = lambda n: None,
+        window: int | None = None,
     ) -> Iterator[tuple[Upload, Exception | None]]:
-        """Submit every upload, then yield `(upload, None)` once it is durable, with the part
-        CRCs of what it sent (`sums`), or `(upload, error)`."""
-        submitted = [(up, self._submit(up, on_bytes)) for up in uploads]
-        for up, future in submitted:
-            try:
-                sums = self._finish(up, future)
-            except Exception as err:  # noqa: BLE001 - reported per file
-                yield up, err
-            else:
-                yield dataclasses.replace(up, sums=sums), None
+        """Submit the uploads, then yield `(upload, None)` once it is durable, with the part
+        CRCs of what it sent (`sums`), or `(upload, error)`, in the order given.
+
+        `window`: at most this many submitted and not yet yielded, `uploads` read as they go (a
+        generator is never drained ahead): memory stays flat however many files come. None:
+        every upload submitted at once (the meter then knows every byte still to go)."""
+        submitted: collections.deque = collections.deque()
+        for up in uploads:
+            submitted.append((up, self._submit(up, on_bytes)))
+            if window is not None and len(submitted) >= window:
+                yield self._finished(*submitted.popleft())
+        while submitted:
+            yield self._finished(*submitted.popleft())
+
+    def _finished(self, up: Upload, future) -> tuple[Upload, Exception | None]:
+        try:
+            sums = self._finish(up, future)
+        except Exception as err:  # noqa: BLE001 - reported per file
+            return up, err
+        return dataclasses.replace(up, sums=sums), None
 
     def cancel(self) -> None:
         """Cancel every transfer in flight (their futures raise); multipart uploads are aborted.

@@ -23,6 +23,11 @@ def unchanged(prev: manifest.FileEntry | None, path: str, seen: transfer.Digest,
     return dataclasses.replace(prev, mtime_ns=seen.mtime_ns)
 
 
+def reads(prev: manifest.FileEntry | None, seen: transfer.Digest, small: int) -> bool:
+    """Whether `unchanged` reads the file to answer: a touched small file (same size, another mtime)."""
+    return prev is not None and prev.size == seen.size and prev.mtime_ns != seen.mtime_ns and seen.size < small
+
+
 def entry_of(name: str, up: transfer.Upload, policy: str) -> manifest.FileEntry:
     """The manifest entry of a finished upload: its key and the part CRCs of the bytes it sent
     (no SHA-256: docs/format-2.md, "Content identity")."""

@@ -84,41 +84,78 @@ class Scan:
 
 
 def scan(run_dir: str | Path) -> Scan:
-    root = os.path.abspath(run_dir)
+    walk = Walk(run_dir)
     relpaths: list[str] = []
     sizes, mtimes = array.array("q"), array.array("q")
-    links: list[str] = []
-    bad: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        rel_dir = os.path.relpath(dirpath, root)
-        rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
-        if not rel_dir:
-            dirnames[:] = [d for d in dirnames if d != STATE_DIR]
-        for d in list(dirnames):
-            if os.path.islink(os.path.join(dirpath, d)):
-                links.append(rel_dir + d)
-                dirnames.remove(d)
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            relpath = rel_dir + name
+    for f in walk:  # packed as found: no LocalFile outlives its step (see Listed)
+        relpaths.append(f.relpath)
+        sizes.append(f.size)
+        mtimes.append(f.mtime_ns)
+    return Scan(Listed(walk.root, relpaths, sizes, mtimes), tuple(sorted(walk.symlinks)), tuple(sorted(walk.unnamable)))
+
+
+class Walk:
+    """The regular files under a run dir as `LocalFile`s, in `relpath` order, found as they are
+    read: one directory's names are held at a time, not the whole tree (`runsync sync` of
+    100,000 files). The symlinks (never followed) and the paths that are not UTF-8 met on the
+    way are in `symlinks` and `unnamable` once the walk has passed them."""
+
+    def __init__(self, run_dir: str | Path):
+        self.root = os.path.abspath(run_dir)
+        self.symlinks: list[str] = []
+        self.unnamable: list[str] = []
+
+    def __iter__(self) -> Iterator[LocalFile]:
+        return self._under(self.root, "")
+
+    def _under(self, dirpath: str, rel_dir: str) -> Iterator[LocalFile]:
+        try:
+            with os.scandir(dirpath) as listing:
+                entries = list(listing)
+        except OSError:
+            return  # gone or unreadable meanwhile: os.walk's choice too
+        # A directory sorts as its name and a "/": its files come where their relpaths sort.
+        order = []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                is_dir = False
+            if not rel_dir and entry.name == STATE_DIR and (is_dir or _is_dir(entry.path)):
+                continue  # runsync's own, a directory (or a link to one) at the top: not part of the run
+            order.append((entry.name + "/" if is_dir else entry.name, entry))
+        order.sort(key=lambda pair: pair[0])
+        del entries
+        for key, entry in order:
+            relpath = rel_dir + entry.name
+            if key[-1] == "/":
+                yield from self._under(entry.path, relpath + "/")
+                continue
+            if entry.is_symlink() and _is_dir(entry.path):  # a symlinked directory: reported, not entered
+                self.symlinks.append(relpath)
+                continue
             try:
                 relpath.encode("utf-8")
             except UnicodeEncodeError:
-                bad.append(relpath.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+                self.unnamable.append(relpath.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
                 continue
             try:
-                st = os.lstat(path)
+                st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue  # deleted while walking
             if stat.S_ISLNK(st.st_mode):  # from the one lstat: 100,000 files, 100,000 calls
-                links.append(relpath)
+                self.symlinks.append(relpath)
                 continue
             if not stat.S_ISREG(st.st_mode):
                 continue  # sockets, fifos, devices
-            relpaths.append(relpath)
-            sizes.append(st.st_size)
-            mtimes.append(st.st_mtime_ns)
-    return Scan(Listed(root, relpaths, sizes, mtimes), tuple(sorted(links)), tuple(sorted(bad)))
+            yield LocalFile(relpath, entry.path, st.st_size, st.st_mtime_ns)
+
+
+def _is_dir(path: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 # ------------------------------------------------------------------ the event watcher
