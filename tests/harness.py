@@ -215,6 +215,27 @@ def write_slowly(path: Path, data: bytes, chunks: int = 10, pause: float = 0.03)
             time.sleep(pause)
 
 
+_LAUNCHER = """
+import os, subprocess, sys
+with open(sys.argv[1], "wb") as out, open(sys.argv[2], "wb") as err:
+    proc = subprocess.Popen(sys.argv[3:], stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+    _, status, usage = os.wait4(proc.pid, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024)
+"""
+
+
+def measured(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[int, str, str, int]:
+    """Run `runsync ARGS` as a process: exit code, stdout, stderr and its peak RSS in bytes
+    (wait4's ru_maxrss). A small launcher forks it: a child's ru_maxrss counts the image it was
+    forked from, and the test process may hold a large expected listing."""
+    full = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNSYNC_"))}, **env}
+    out_path, err_path = tmp_path / "stdout", tmp_path / "stderr"
+    launched = subprocess.run([sys.executable, "-c", _LAUNCHER, str(out_path), str(err_path), RUNSYNC, *args],
+                              env=full, capture_output=True, text=True, timeout=600, check=True)
+    code, peak = (int(x) for x in launched.stdout.split())
+    return code, out_path.read_text(), err_path.read_text(), peak
+
+
 def uploaded_files(records: list[dict]) -> list[str]:
     return [r["file"] for r in records if r.get("msg") == "uploaded"]
 

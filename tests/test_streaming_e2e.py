@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from runsync import contract, keys, lease, manifest
 from runsync_testing import downward
 
+from harness import measured
+
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
 
-RUNSYNC = str(Path(sys.executable).with_name("runsync"))
 MiB = 1024 * 1024
 BIG = 120_000
 SLACK_MIB = 60
@@ -59,32 +56,11 @@ def _write_run(store, run: str, count: int) -> dict[str, manifest.FileEntry]:
     return dict(top.files)
 
 
-_LAUNCHER = """
-import os, subprocess, sys
-with open(sys.argv[1], "wb") as out, open(sys.argv[2], "wb") as err:
-    proc = subprocess.Popen(sys.argv[3:], stdin=subprocess.DEVNULL, stdout=out, stderr=err)
-    _, status, usage = os.wait4(proc.pid, 0)
-print(os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024)
-"""
-
-
-def _measured(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[int, str, str, int]:
-    """Run `runsync ARGS` as a process: exit code, stdout, stderr and its peak RSS in bytes
-    (wait4's ru_maxrss). A small launcher forks it: a child's ru_maxrss counts the image it was
-    forked from, and this test process holds the expected listing."""
-    full = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNSYNC_"))}, **env}
-    out_path, err_path = tmp_path / "stdout", tmp_path / "stderr"
-    launched = subprocess.run([sys.executable, "-c", _LAUNCHER, str(out_path), str(err_path), RUNSYNC, *args],
-                              env=full, capture_output=True, text=True, timeout=600, check=True)
-    code, peak = (int(x) for x in launched.stdout.split())
-    return code, out_path.read_text(), err_path.read_text(), peak
-
-
 @pytest.fixture
 def tiny_peak(store, s3_env, tmp_path) -> int:
     """Peak RSS of `runsync ls --json` of a run of 3 entries: the interpreter, boto3, the CLI."""
     _write_run(store, "team-a/proj/tiny", 3)
-    code, _, err, peak = _measured(tmp_path, s3_env, "ls", "team-a/proj/tiny", "--json")
+    code, _, err, peak = measured(tmp_path, s3_env, "ls", "team-a/proj/tiny", "--json")
     assert code == 0, err
     return peak
 
@@ -93,7 +69,7 @@ def tiny_peak(store, s3_env, tmp_path) -> int:
 def test_ls_of_a_big_run_lists_the_latest_commit_in_bounded_memory(store, s3_env, tmp_path, tiny_peak):
     expected = _write_run(store, "team-a/proj/big", BIG)
 
-    code, out, err, peak = _measured(tmp_path, s3_env, "ls", "team-a/proj/big", "--json")
+    code, out, err, peak = measured(tmp_path, s3_env, "ls", "team-a/proj/big", "--json")
     assert code == 0, err
     rows = json.loads(out)
     assert [r["name"] for r in rows] == sorted(expected)  # sorted, each once, removals gone
@@ -105,7 +81,7 @@ def test_ls_of_a_big_run_lists_the_latest_commit_in_bounded_memory(store, s3_env
     assert peak < tiny_peak + SLACK_MIB * MiB, f"ls --json peaked at {peak // MiB} MiB (a tiny run: {tiny_peak // MiB})"
     del rows, out
 
-    code, out, err, peak = _measured(tmp_path, s3_env, "ls", "team-a/proj/big")
+    code, out, err, peak = measured(tmp_path, s3_env, "ls", "team-a/proj/big")
     assert code == 0, err
     table = [line.split() for line in out.splitlines() if line.startswith("0 ")]
     assert [cells[1] for cells in table] == sorted(expected)
@@ -121,7 +97,7 @@ def test_restore_of_a_few_files_of_a_big_run_streams_its_listing(store, s3_env, 
     expected = _write_run(store, "team-a/proj/big", BIG)
     to = tmp_path / "restored"
 
-    code, out, err, peak = _measured(tmp_path, s3_env, "restore", "team-a/proj/big", PICK, "--to", str(to), "--json")
+    code, out, err, peak = measured(tmp_path, s3_env, "restore", "team-a/proj/big", PICK, "--to", str(to), "--json")
     assert code == 0, err
     assert sorted(json.loads(out)["written"]) == sorted(PICKED)
     assert {str(p.relative_to(to)) for p in to.rglob("*") if p.is_file()} == PICKED
@@ -140,7 +116,7 @@ def test_restore_init_of_a_big_run_streams_its_listing(store, s3_env, tmp_path, 
            contract.ENV_REPLICA: "0", contract.ENV_ANNOTATIONS: str(annotations), contract.ENV_HOLDER: "pod-b",
            contract.ENV_GRACE: "5"}
 
-    code, out, err, peak = _measured(tmp_path, env, "restore-init")
+    code, out, err, peak = measured(tmp_path, env, "restore-init")
     assert code == 0, out + err
     assert {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file() and ".runsync" not in p.parts} == PICKED
     assert peak < tiny_peak + SLACK_MIB * MiB, f"restore-init peaked at {peak // MiB} MiB (a tiny run: {tiny_peak // MiB})"

@@ -6,40 +6,19 @@ still names every file, and `--json` still lists every name uploaded."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from harness import measured
+
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
 
-RUNSYNC = str(Path(sys.executable).with_name("runsync"))
 MiB = 1024 * 1024
 MANY = 10_000
 SLACK_MIB = 16
 """What MANY files may add over a sync of a few: their names, keys and part CRCs until the
 commit (a few hundred bytes a file). About 4 KiB a file (40 MiB) is what it took before."""
-
-_LAUNCHER = """
-import os, subprocess, sys
-with open(sys.argv[1], "wb") as out, open(sys.argv[2], "wb") as err:
-    proc = subprocess.Popen(sys.argv[3:], stdin=subprocess.DEVNULL, stdout=out, stderr=err)
-    _, status, usage = os.wait4(proc.pid, 0)
-print(os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024)
-"""
-
-
-def _measured(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[int, str, str, int]:
-    """`runsync ARGS` as a process: exit code, stdout, stderr and its peak RSS in bytes (wait4's
-    ru_maxrss, from a small launcher: a child's ru_maxrss counts the image it was forked from)."""
-    full = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNSYNC_"))}, **env}
-    out_path, err_path = tmp_path / "stdout", tmp_path / "stderr"
-    launched = subprocess.run([sys.executable, "-c", _LAUNCHER, str(out_path), str(err_path), RUNSYNC, *args],
-                              env=full, capture_output=True, text=True, timeout=600, check=True)
-    code, peak = (int(x) for x in launched.stdout.split())
-    return code, out_path.read_text(), err_path.read_text(), peak
 
 
 def _small_files(root: Path, count: int) -> list[str]:
@@ -59,9 +38,9 @@ def test_a_first_sync_of_many_small_files_stays_in_bounded_memory(s3_env, store,
     _small_files(few, 3)
     names = _small_files(many, MANY)
 
-    code, out, err, few_peak = _measured(tmp_path, s3_env, "sync", str(few), "--run", "team-a/proj/few", "--json")
+    code, out, err, few_peak = measured(tmp_path, s3_env, "sync", str(few), "--run", "team-a/proj/few", "--json")
     assert code == 0, err
-    code, out, err, peak = _measured(tmp_path, s3_env, "sync", str(many), "--run", "team-a/proj/run-1", "--json")
+    code, out, err, peak = measured(tmp_path, s3_env, "sync", str(many), "--run", "team-a/proj/run-1", "--json")
     assert code == 0, err
 
     report = json.loads(out)
