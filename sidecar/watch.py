@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import dataclasses
+import itertools
 import os
 import stat
 import threading
@@ -40,18 +41,12 @@ class Listed(Sequence[LocalFile]):
     __slots__ = ("_root", "_names", "_ends", "_sizes", "_mtimes")
 
     def __init__(self, root: str, relpaths: list[str], sizes: array.array, mtimes: array.array):
-        """`relpaths`, `sizes`, `mtimes`: one item a file, in any order (sorted here); `relpaths`
-        is emptied as it is packed."""
-        order = sorted(range(len(relpaths)), key=relpaths.__getitem__)
+        """`relpaths`, `sizes`, `mtimes`: one item a file, in `relpath` order (as `Walk` finds
+        them); `relpaths` is emptied as it is packed."""
         self._root = root
-        self._sizes = array.array("q", (sizes[i] for i in order))
-        self._mtimes = array.array("q", (mtimes[i] for i in order))
-        self._ends = array.array("q")
-        end = 0
-        for i in order:
-            end += len(relpaths[i])
-            self._ends.append(end)
-        self._names = "".join(relpaths[i] for i in order)  # relpaths never hold "\0", but need no separator
+        self._sizes, self._mtimes = sizes, mtimes
+        self._ends = array.array("q", itertools.accumulate(map(len, relpaths)))
+        self._names = "".join(relpaths)  # no separator: `_ends` marks where each path ends
         relpaths.clear()
 
     def __len__(self) -> int:
