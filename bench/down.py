@@ -46,23 +46,35 @@ BIN = Path(sys.executable).parent
 MiB = 1024 * 1024
 
 
-def write_format_1(s3, store: keys.StoreURL, src: Path, run: str) -> None:
+def sha256_of(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 * MiB):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def write_format_1(s3, store: keys.StoreURL, src: Path, run: str, shas: dict[str, str] | None = None) -> None:
     """Run `run` holds the files of `src` as runsync wrote them before format 2: boto3 puts
     (s3transfer multipart, 16 MiB parts) at `files/<name>~<sha16>`, one format-1 manifest naming
-    them (SHA-256 entries, no part CRCs), under a released lease (tests/test_format1_compat.py)."""
+    them (SHA-256 entries, no part CRCs), under a released lease (tests/test_format1_compat.py).
+    `shas`: each file's SHA-256 by name, when the caller has them already."""
     prefix = keys.Layout(store, keys.RunPath.parse(run), "0").replica_prefix
     config = TransferConfig(multipart_threshold=16 * MiB, multipart_chunksize=16 * MiB)
     entries = []
     for path in sorted(src.iterdir()):
-        sha = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(8 * MiB):
-                sha.update(block)
-        key = f"{prefix}files/{path.name}~{sha.hexdigest()[:16]}"
+        sha = shas[path.name] if shas else sha256_of(path)
+        key = f"{prefix}files/{path.name}~{sha[:16]}"
         s3.upload_file(str(path), store.bucket, key, Config=config)
         st = path.stat()
         entries.append({"name": path.name, "key": key, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                        "sha256": sha.hexdigest(), "policy": "end"})
+                        "sha256": sha, "policy": "end"})
+    commit_format_1(s3, store, run, entries)
+
+
+def commit_format_1(s3, store: keys.StoreURL, run: str, entries: list[dict]) -> None:
+    """A format-1 manifest naming `entries` (dicts as format 1 stored them), under a released lease."""
+    prefix = keys.Layout(store, keys.RunPath.parse(run), "0").replica_prefix
     doc = {"format": 1, "run": run, "replica": "0", "seq": 1, "created": time.time(), "final": True,
            "writer": "bench", "epoch": 1, "files": entries, "checkpoints": {}}
     s3.put_object(Bucket=store.bucket, Key=f"{prefix}manifests/{1:012d}.json", Body=json.dumps(doc).encode())

@@ -31,17 +31,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 import boto3
-from boto3.s3.transfer import TransferConfig
 
 from runsync import checksums, contract, keys, manifest
 from runsync_testing import locals3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import down  # noqa: E402  (its format-1 writer and SHA-256 of a file)
 import main as bench_main  # noqa: E402
 import startup  # noqa: E402
 import tools  # noqa: E402
@@ -50,25 +49,6 @@ BIN = Path(sys.executable).parent
 MiB = 1024 * 1024
 SETS = {"1 x 1 GiB": (1, 1024 * MiB), "8 x 128 MiB": (8, 128 * MiB), "1 x 2 GiB": (1, 2048 * MiB),
         "16 x 128 MiB": (16, 128 * MiB), "2 x 48 MiB": (2, 48 * MiB)}
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 * MiB):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def write_format_1(s3, store: keys.StoreURL, run: str, entries: list[dict]) -> None:
-    """A format-1 manifest (as tests/test_format1_compat.py writes one) naming `entries`."""
-    prefix = keys.Layout(store, keys.RunPath.parse(run), "0").replica_prefix
-    doc = {"format": 1, "run": run, "replica": "0", "seq": 1, "created": time.time(), "final": True,
-           "writer": "bench", "epoch": 1, "files": entries, "checkpoints": {}}
-    s3.put_object(Bucket=store.bucket, Key=f"{prefix}manifests/{1:012d}.json", Body=json.dumps(doc).encode())
-    lease = {"holder": "bench", "epoch": 1, "heartbeat": time.time() - 3600, "state": "released", "ttl": 15.0,
-             "epochs": [[1, 0]]}
-    s3.put_object(Bucket=store.bucket, Key=f"{prefix}lease.json", Body=json.dumps(lease).encode())
 
 
 def summary(raw: Path, n: int = 14) -> str:
@@ -146,7 +126,6 @@ def main() -> None:
         env[contract.ENV_STORE] = str(store)
         sets = bench_main.make_sets(tmp / "data", chosen)
         s5 = tools.S5cmd()
-        cfg = TransferConfig(multipart_threshold=16 * MiB, multipart_chunksize=16 * MiB)
         for i, (name, src) in enumerate(sets.items()):
             run = f"bench/c/set{i}"
             subprocess.run([str(BIN / "runsync"), "sync", str(src), "--run", run], env=env, check=True,
@@ -155,7 +134,7 @@ def main() -> None:
             e0 = next(iter(latest.files.values()))
             print(f"{name}: sync wrote format {json.loads(s3.get_object(Bucket=bucket, Key=keys.Layout(store, keys.RunPath.parse(run), '0').manifest_key(latest.seq))['Body'].read()).get('format')}, "
                   f"key {e0.key}, part_size {e0.part_size}, parts {len(e0.crc64nvme)}, sha256 {e0.sha256!r}", flush=True)
-            shas = {p.name: sha256_of(p) for p in sorted(src.iterdir())}
+            shas = {p.name: down.sha256_of(p) for p in sorted(src.iterdir())}
             # f1 over objects runsync uploaded: a second sync, its format-2 records replaced by a format-1 manifest
             subprocess.run([str(BIN / "runsync"), "sync", str(src), "--run", run + "-f1obj"], env=env, check=True,
                            stdout=subprocess.DEVNULL)
@@ -164,18 +143,11 @@ def main() -> None:
             for o in s3.list_objects_v2(Bucket=bucket, Prefix=layout.replica_prefix).get("Contents", []):
                 if not o["Key"].startswith(layout.objects_prefix):
                     s3.delete_object(Bucket=bucket, Key=o["Key"])
-            write_format_1(s3, store, run + "-f1obj", [
+            down.commit_format_1(s3, store, run + "-f1obj", [
                 {"name": e.name, "key": e.key, "size": e.size, "mtime_ns": e.mtime_ns, "sha256": shas[e.name],
                  "policy": "end"} for e in mine.files.values()])
             # f1 as written before format 2: boto3 multipart puts at files/<name>~<sha16>
-            prefix = keys.Layout(store, keys.RunPath.parse(run + "-f1put"), "0").replica_prefix
-            f1 = []
-            for p in sorted(src.iterdir()):
-                key = f"{prefix}files/{p.name}~{shas[p.name][:16]}"
-                s3.upload_file(str(p), bucket, key, Config=cfg)
-                f1.append({"name": p.name, "key": key, "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns,
-                           "sha256": shas[p.name], "policy": "end"})
-            write_format_1(s3, store, run + "-f1put", f1)
+            down.write_format_1(s3, store, src, run + "-f1put", shas)
             copy_format_2(s3, store, run + "-f1put", run + "-f2copy")
             subprocess.run(s5._cmd(env) + [f"{src}/*", f"s3://{bucket}/s5/{i}/"], env=env, check=True,
                            stdout=subprocess.DEVNULL)
