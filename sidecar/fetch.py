@@ -11,8 +11,9 @@ A mismatch or a failure removes the temp file and raises; nothing is left to pla
 
 For large objects, our own thread pool of ranged `get_object` rather than the CRT's S3 client:
 the CRT's `recv_filepath` writes the file itself and checks no part against our manifest, and
-the CRT measured no faster here (docs/format-2.md, bench/README.md); boto3's reads and
-hashlib/awscrt release the GIL for the bytes.
+the CRT measured no faster here (docs/format-2.md, bench/README.md); the socket reads and
+hashlib/awscrt release the GIL for the bytes. A range's body is received straight into our
+buffer by http.client (`_Socket`), not through botocore's and urllib3's per-block copies.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import concurrent.futures
 import dataclasses
 import errno
 import hashlib
+import http.client
 import os
 import threading
 from collections.abc import Callable
@@ -178,14 +180,20 @@ class _Job:
                 sha = self.sha = hashlib.sha256()  # (again from the start when the GET is retried)
         check = _Check(self, offset, offset + length, sha)
         buffer = memoryview(bytearray(min(BLOCK, length) or 1))  # reused: no new bytes per block
+        socket = _Socket.under(body, self.want.key)
+        read = socket.readinto if socket else body.readinto
         while check.pos < check.end:
             if self.stop.is_set():
                 raise StoreError(f"fetch of {self.want.key} stopped: another part failed")
-            n = body.readinto(buffer[:min(BLOCK, check.end - check.pos)])
+            n = read(buffer[:min(BLOCK, check.end - check.pos)])
             if not n:  # the length was checked above: the connection ended early
                 raise _Short(f"a body that ends at byte {check.pos} of {self.want.key}")
             _pwrite_all(self.fd, buffer[:n], check.pos)
             check.update(buffer[:n])
+        if socket:
+            if not socket.finish():
+                raise self._damaged(f"more than the {length} bytes asked for at offset {offset}")
+            return
         try:
             if body.read(1):  # also where botocore compares the checksum S3 sent
                 raise self._damaged(f"more than the {length} bytes asked for at offset {offset}")
@@ -250,6 +258,52 @@ class _Job:
         return Damaged(f"checksum mismatch restoring {self.want.name}: s3://{self.f.bucket}/{self.want.key} "
                        f"holds {what}; the stored object is damaged and nothing was placed; fix: restore "
                        "an earlier checkpoint, or sync the file again from a good copy")
+
+
+class _Socket:
+    """The body's bytes straight from the connection into our buffer. botocore's and urllib3's
+    `readinto` read a new bytes object per block and copy it over (urllib3 2.x): on a large
+    restore that copy and its allocation cost more CPU than checking the bytes (bench/README.md,
+    "Reading past the wrappers"). http.client's own `readinto` receives into the buffer we give.
+    Only a plain body: botocore checks no checksum on it and nothing is content-encoded."""
+
+    def __init__(self, raw, response: http.client.HTTPResponse, key: str):
+        self.raw, self.response, self.key = raw, response, key
+
+    @classmethod
+    def under(cls, body, key: str) -> "_Socket | None":
+        from botocore.response import StreamingBody  # (a StreamingChecksumBody is its subclass)
+
+        raw = getattr(body, "_raw_stream", None)
+        response = getattr(raw, "_fp", None)
+        if type(body) is not StreamingBody or not isinstance(response, http.client.HTTPResponse) \
+                or raw.headers.get("content-encoding", "identity").lower() not in ("", "identity"):
+            return None
+        return cls(raw, response, key)
+
+    def readinto(self, buffer: memoryview) -> int:
+        """As botocore's: a stall is its ReadTimeoutError (the message names the endpoint), a cut
+        or reset connection is asked again."""
+        try:
+            return self.response.readinto(buffer)
+        except TimeoutError as err:
+            from botocore.exceptions import ReadTimeoutError
+
+            self.raw.close()
+            raise ReadTimeoutError(endpoint_url=self.raw.geturl() or self.key, error=err) from None
+        except (OSError, http.client.HTTPException) as err:
+            self.raw.close()
+            raise _Short(f"the connection failed while reading {self.key}: {err}") from None
+
+    def finish(self) -> bool:
+        """After the last byte asked for: whether the body ended there. http.client counts the
+        length and closes its response at the end; urllib3's connection then goes back to its
+        pool, as after urllib3's own last read."""
+        if self.response.read(1) or not self.response.isclosed():  # (an empty body is closed here)
+            self.raw.close()  # bytes left over: this connection is not reused
+            return False
+        self.raw.release_conn()
+        return True
 
 
 class _Check:

@@ -319,14 +319,15 @@ class LinkProxy:
     set, closes a connection once the server has sent that many bytes on it (a download dropped
     midway, as a network or a dying server drops it; counted in `cuts`); `stall_after`, likewise,
     holds a connection open but sends nothing more once the server has sent that many bytes on
-    it (a peer gone silent mid-body; counted in `stalls`, released by `close`)."""
+    it (a peer gone silent mid-body; counted in `stalls`, released by `close`). `connections`
+    counts the connections clients opened."""
 
     def __init__(self, endpoint: str, up_rate: float | None = None, cut_after: int | None = None,
                  stall_after: int | None = None):
         host, port = endpoint.removeprefix("http://").split(":")
         self.upstream, self.up_rate, self.cut_after, self.cut = (host, int(port)), up_rate, cut_after, True
         self.stall_after, self.stalls, self._closed = stall_after, 0, threading.Event()
-        self.cuts = 0
+        self.cuts = self.connections = 0
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         threading.Thread(target=self._accept, daemon=True).start()
@@ -337,6 +338,7 @@ class LinkProxy:
                 client, _ = self.sock.accept()
             except OSError:
                 return
+            self.connections += 1
             server = socket.create_connection(self.upstream)
             threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
             threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()

@@ -147,6 +147,30 @@ def test_a_ranged_get_that_stalls_mid_body_times_out_naming_the_file_and_places_
     assert everything(tmp_path / "dest") == []  # no temp file left
 
 
+@pytest.mark.parametrize("part_size", [4 * MiB, None], ids=["format 2", "format 1"])
+def test_ranged_gets_give_their_connections_back_a_second_restore_opens_none(s3_env, scratch_store, tmp_path,
+                                                                             monkeypatch, part_size):
+    # fetch.py reads a range's body from http.client itself, past botocore's and urllib3's
+    # wrappers; the connection must still go back to urllib3's pool when the range is whole.
+    from runsync import transfer
+    data = os.urandom(40 * MiB)  # three ranged GETs
+    entry = commit(scratch_store, {"ckpt/model.pt": data}, part_size)["ckpt/model.pt"]
+    proxy = LinkProxy(s3_env["AWS_ENDPOINT_URL_S3"])
+    (tmp_path / "dest").mkdir()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
+        settings = transfer.Settings()
+        with transfer.Transfers(transfer.client(settings), scratch_store.layout.store, settings) as transfers:
+            for i in range(2):
+                transfers.fetch(entry, tmp_path / "dest" / f"model-{i}.pt")
+                assert (tmp_path / "dest" / f"model-{i}.pt").read_bytes() == data
+                if i == 0:
+                    first = proxy.connections
+    finally:
+        proxy.close()
+    assert 1 <= first <= 3 and proxy.connections == first
+
+
 # ---------------------------------------------------------------- objects in one GET: the CRT's path
 
 def restore_counted(cli, tmp_path, dest, crt: bool):
