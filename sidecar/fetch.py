@@ -238,14 +238,21 @@ class _Job:
         hashes at a time; a range landing meanwhile is picked up by the re-check."""
         while self._hashing.acquire(blocking=blocking):
             try:
+                buffer = None
                 while True:
                     with self._lock:
                         if self._next not in self._done:
                             break
                         i = self._next
                     offset, length = self.ranges[i]
-                    for at in range(offset, offset + length, 4 * MiB):
-                        self.sha.update(os.pread(self.fd, min(4 * MiB, offset + length - at), at))
+                    buffer = buffer or memoryview(bytearray(4 * MiB))  # one per pass, not a bytes per read
+                    at = offset
+                    while at < offset + length:
+                        n = os.preadv(self.fd, [buffer[:min(4 * MiB, offset + length - at)]], at)
+                        if not n:
+                            raise StoreError(f"{self.tmp} is shorter than the {at} bytes just written to it")
+                        self.sha.update(buffer[:n])
+                        at += n
                     with self._lock:
                         self._next += 1
             finally:
