@@ -68,6 +68,9 @@ def throughput(server, env, s3, sets, chosen, repeat, tmp, log, rows: list[dict]
                 dest = tmp / "down"
                 try:
                     for direction in directions:
+                        # The upload's bytes are still being written back by the server: a download
+                        # timed meanwhile pays for that writeback (measured: 2-5 CPU-s/GiB for every tool).
+                        os.sync()
                         srv0 = tools.proc_cpu(server.process.pid)
                         sample = tool.up(src, bucket, "d", env) if direction == "up" else tool.down(bucket, "d", dest, env)
                         srv = tools.proc_cpu(server.process.pid) - srv0

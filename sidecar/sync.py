@@ -10,13 +10,15 @@ import dataclasses
 import itertools
 import os
 import socket
+import tempfile
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import config, globs, hashing, keys, lease, manifest, plan, runmeta, transfer, versions, watch
+from . import config, durable as durable_index, globs, hashing, keys, lease, manifest, plan, runmeta, transfer, \
+    versions, watch
 from .errors import StoreError
 from .logs import log
 
@@ -63,8 +65,18 @@ def sync(
 
 
 def _sync(s3, run_dir, layout, rules, ignore, clean, settings, hooks) -> SyncReport:
+    # The latest commit's entries go into a scratch sqlite index as they stream (durable.py, as the
+    # sidecar holds them), not into a dict of every entry: a sync of a run of 1,000,000 files
+    # looks each file up there, in memory bounded by a chunk (issue 18). The report's commit reads
+    # the index after it returns: its connection outlives the deleted scratch dir.
+    with tempfile.TemporaryDirectory(prefix="runsync-sync-") as scratch:
+        index = durable_index.Index(scratch)
+        durable = index.adopt(manifest.latest_listing(s3, layout))
+        return _sync_onto(s3, run_dir, layout, rules, ignore, clean, settings, hooks, durable)
+
+
+def _sync_onto(s3, run_dir, layout, rules, ignore, clean, settings, hooks, durable) -> SyncReport:
     report = SyncReport()
-    durable = manifest.latest(s3, layout)
 
     # The run dir is walked, planned, looked at and sent as one stream: a file's records are let
     # go once it is sent, so memory does not grow with the files of the dir (issue 18).

@@ -1,16 +1,20 @@
 """A first `runsync sync` of many small files in bounded memory (issue 18): its peak RSS stays
 near that of a sync of a few files, where it once grew by about 4 KiB a file (a future, a lock
 and a condition per file submitted at once, then per-file records kept to the end). The commit
-still names every file, and `--json` still lists every name uploaded."""
+still names every file, and `--json` still lists every name uploaded. A sync that changes
+nothing in a run whose latest commit names 100,000 files looks its files up there without
+holding that commit in memory (it held about 1 KiB a file)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
-from harness import measured
+from harness import Store, measured
+from runsync import manifest
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
 
@@ -51,3 +55,36 @@ def test_a_first_sync_of_many_small_files_stays_in_bounded_memory(s3_env, store,
     print(f"peak RSS {peak // MiB} MiB for {MANY} files, {few_peak // MiB} MiB for 3")
     assert peak < few_peak + SLACK_MIB * MiB, \
         f"sync of {MANY} files peaked at {peak // MiB} MiB (3 files: {few_peak // MiB} MiB)"
+
+
+NOOP_SLACK_MIB = 16
+"""What 100,000 committed entries may add to a sync that changes nothing, over a run of 3: the
+index's sqlite pages. Holding them as a dict took about 100 MiB."""
+
+
+@pytest.mark.timeout(600)
+def test_a_sync_that_changes_nothing_does_not_hold_the_latest_commit_in_memory(s3_env, tmp_path):
+    few = tmp_path / "few"
+    names = _small_files(few, 3)
+    big, small = Store(s3_env, run="team-a/proj/big"), Store(s3_env, run="team-a/proj/small")
+    for run in ("team-a/proj/big", "team-a/proj/small"):
+        code, out, err, _ = measured(tmp_path, s3_env, "sync", str(few), "--run", run, "--json")
+        assert code == 0, err
+    # the big run's latest commit: these 3 files beside 100,000 others (committed elsewhere)
+    latest = big.latest()
+    mine = next(iter(latest.files.values()))
+    others = [dataclasses.replace(mine, name=f"elsewhere/{i // 1000:03d}/f{i:06d}.bin",
+                                  key=mine.key) for i in range(100_000)]
+    manifest.commit(big.client, big.layout, latest, others, final=True, writer="test", epoch=latest.epoch)
+    del others, latest
+
+    code, out, err, small_peak = measured(tmp_path, s3_env, "sync", str(few), "--run", "team-a/proj/small", "--json")
+    assert code == 0, err
+    code, out, err, big_peak = measured(tmp_path, s3_env, "sync", str(few), "--run", "team-a/proj/big", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["uploaded"] == [] and report["unchanged"] == 3 and report["manifest"] == 2  # nothing committed
+    assert sorted(big.files())[:3] == sorted(names) and len(big.files()) == 100_003
+    print(f"no-op sync: peak RSS {big_peak // MiB} MiB beside 100,003 committed files, {small_peak // MiB} MiB beside 3")
+    assert big_peak < small_peak + NOOP_SLACK_MIB * MiB, \
+        f"a no-op sync beside 100,003 committed files peaked at {big_peak // MiB} MiB (3: {small_peak // MiB} MiB)"
