@@ -250,8 +250,9 @@ class Index(Mapping[str, FileEntry]):
     def _fall_back(self, err: Exception) -> None:
         log.warning("the durable index is kept in memory", extra={"fields": {
             "path": str(self.path), "error": str(err),
-            "fix": "make the run dir's .runsync/ writable and give it space; the sidecar works meanwhile, "
-                   "but holds the index in memory and rebuilds it from the store at each start"}})
+            "fix": f"make {self.path.parent if self.path else 'its directory'} writable and give it space "
+                   "(the sidecar's: the run dir's .runsync/; `sync`'s: the temp dir, TMPDIR); it works "
+                   "meanwhile, but holds the index in memory"}})
         self.path = None
 
     def _read_meta(self) -> dict | None:

@@ -221,6 +221,21 @@ class Overlay(MutableMapping[str, FileEntry]):
     def __len__(self) -> int:
         return self._len
 
+    def total_size(self) -> int:
+        """The bytes of all entries (`Manifest.size`): the base's own total where it keeps one
+        (durable.Index sums in sqlite), less what left or was replaced, plus the changes; a
+        commit of one file beside 1,000,000 asks about that one, not about every name."""
+        base_total = getattr(self.base, "total_size", None)
+        if base_total is None:
+            return sum(e.size for e in self.values())
+        total = base_total()
+        for name in self.removed | self.changed.keys():
+            try:
+                total -= self.base[name].size
+            except KeyError:  # a new name: nothing of the base's to take away
+                pass
+        return total + sum(e.size for e in self.changed.values())
+
     def under(self, prefix: str) -> list[str]:
         """The names starting with `prefix`."""
         if hasattr(self.base, "under"):

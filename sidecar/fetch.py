@@ -289,10 +289,26 @@ class _Socket:
         return cls(raw, response, key)
 
     def readinto(self, buffer: memoryview) -> int:
-        """As botocore's: a stall is its ReadTimeoutError (the message names the endpoint), a cut
-        or reset connection is asked again."""
+        n = self._io(self.response.readinto, buffer)
+        if not n:
+            self.raw.close()  # ended early: this connection is not reused
+        return n
+
+    def finish(self) -> bool:
+        """After the last byte asked for: whether the body ended there. http.client counts the
+        length and closes its response at the end (a chunked one at its last chunk, read here);
+        urllib3's connection then goes back to its pool, as after urllib3's own last read."""
+        if self._io(self.response.read, 1) or not self.response.isclosed():  # (an empty body closes here)
+            self.raw.close()  # bytes left over: this connection is not reused
+            return False
+        self.raw.release_conn()
+        return True
+
+    def _io(self, call, arg):
+        """As botocore's reads: a stall is its ReadTimeoutError (the message names the endpoint), a
+        cut or reset connection is asked again; either way this connection is not reused."""
         try:
-            return self.response.readinto(buffer)
+            return call(arg)
         except TimeoutError as err:
             from botocore.exceptions import ReadTimeoutError
 
@@ -301,16 +317,6 @@ class _Socket:
         except (OSError, http.client.HTTPException) as err:
             self.raw.close()
             raise _Short(f"the connection failed while reading {self.key}: {err}") from None
-
-    def finish(self) -> bool:
-        """After the last byte asked for: whether the body ended there. http.client counts the
-        length and closes its response at the end; urllib3's connection then goes back to its
-        pool, as after urllib3's own last read."""
-        if self.response.read(1) or not self.response.isclosed():  # (an empty body is closed here)
-            self.raw.close()  # bytes left over: this connection is not reused
-            return False
-        self.raw.release_conn()
-        return True
 
 
 class _Check:

@@ -94,3 +94,21 @@ def test_a_damaged_file_is_replaced_not_trusted(tmp_path):
     assert index.manifest() is None and index.path == tmp_path / durable.FILE
     index.adopt(Opened(meta(1), [entry("a")]))
     assert durable.Index(tmp_path).manifest().seq == 1
+
+
+def test_a_commits_size_over_the_index_asks_about_its_changes_only(tmp_path):
+    # runmeta and `sync`'s report read Manifest.size after each commit: over 1,000,000 durable
+    # files, one changed file must not mean a query per name
+    index = durable.Index(tmp_path)
+    listed = [entry(f"f{i:04d}", size=i) for i in range(1000)]
+    previous = index.adopt(Opened(meta(1), listed))
+    files, _ = settle(previous, [entry("new", size=5000), entry("f0003", size=70)], {"f0010"}, DEFAULT_MARKERS)
+    asked = []
+    real = type(index).__getitem__
+    try:
+        type(index).__getitem__ = lambda self, name: asked.append(name) or real(self, name)
+        size = dataclasses.replace(previous, seq=2, files=files).size
+    finally:
+        type(index).__getitem__ = real
+    assert size == sum(range(1000)) - 3 - 10 + 70 + 5000 == sum(e.size for e in files.values())
+    assert sorted(asked) == ["f0003", "f0010", "new"]
