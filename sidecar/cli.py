@@ -16,10 +16,10 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn, TimeRemainingColumn
-from rich.table import Table
 
-from . import catalog, config, contract, keys, logs, manifest, sync as syncing, transfer
+# Each command imports what only it needs (catalog, sync, rich's tables and bars): a command's
+# start-up pays for its own modules, not every command's (issue 18, "CLI start-up").
+from . import config, contract, keys, logs, manifest, transfer
 from . import retention  # gc's defaults
 from .errors import InputError, RunsyncError
 
@@ -79,6 +79,8 @@ def sync_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Upload a local run dir once: changed files only, then commit a manifest."""
+    from . import sync as syncing
+
     def go():
         store, run_path = _store(), keys.RunPath.parse(run)
         rules = config.parse_save(save, "--save") if save else ()
@@ -119,6 +121,8 @@ def ls_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """The files of the run's latest committed manifest (every replica): name, size, time, checksum."""
+    from . import catalog
+
     def go():
         store, run_path = _store(), keys.RunPath.parse(run)
         s3 = transfer.client()
@@ -194,6 +198,10 @@ def runs_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """The runs in the store, with last update, size and state."""
+    from rich.table import Table
+
+    from . import catalog
+
     def go():
         store = _store()
         namespace, _, project = (scope or "").partition("/")
@@ -265,9 +273,11 @@ def restore_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Download a run's latest committed files, each verified against its checksum."""
-    from . import restorer, sdk
+    from . import restorer
 
     if code:
+        from . import sdk
+
         made = _run(lambda: sdk.restore_code(keys.RunPath.parse(run).__str__(), ".", store=_store()))
         applied = (f"with the recorded diff applied to {_files(len(made.files))}" if made.files
                    else "the run recorded no uncommitted changes")
@@ -333,6 +343,8 @@ def gc_cmd(
             "deleted": [{"run": str(run), "key": d.key, "size": d.size, "why": d.why, "kind": d.kind}
                         for run, d in report.drops]})
     else:
+        from rich.table import Table
+
         table = Table("run", "key", "size", "why", box=None, title="would go" if dry_run else "deleted")
         for run, d in report.drops:
             table.add_row(str(run), d.key[len(keys.Layout(_store(), run, "0").run_prefix):], _size(d.size), d.why)
@@ -389,11 +401,13 @@ class _progress:
 
     def __init__(self, what: str):
         self.what = what
-        self.bar: Progress | None = None
+        self.bar = None
 
     def __enter__(self) -> transfer.Hooks:
         if not err.is_terminal:
             return transfer.Hooks()
+        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn, TimeRemainingColumn
+
         self.bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                             TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True)
         self.bar.start()
