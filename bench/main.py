@@ -68,8 +68,9 @@ def throughput(server, env, s3, sets, chosen, repeat, tmp, log, rows: list[dict]
                 dest = tmp / "down"
                 try:
                     for direction in directions:
-                        # The upload's bytes are still being written back by the server: a download
-                        # timed meanwhile pays for that writeback (measured: 2-5 CPU-s/GiB for every tool).
+                        # The upload's bytes may still be being written back by the server: each
+                        # transfer starts with them on disk, so none is timed beside another's writeback
+                        # (downloads still swung 3-6 CPU-s/GiB for every tool after this: bench/README.md).
                         os.sync()
                         srv0 = tools.proc_cpu(server.process.pid)
                         sample = tool.up(src, bucket, "d", env) if direction == "up" else tool.down(bucket, "d", dest, env)
