@@ -30,7 +30,8 @@ RUNSYNC = str(Path(sys.executable).with_name("runsync"))
 
 
 def idle(server, files: int, seconds: float, bucket: str = "bench-idle", before: Path | None = None,
-         repeat: int = 1, profile: Path | None = None, warm: bool = False) -> dict | list[dict]:
+         repeat: int = 1, profile: Path | None = None, warm: bool = False,
+         restore_init: bool = False) -> dict | list[dict]:
     """One run dir of `files` durable files (one `runsync sync`), then a sidecar started on it
     `repeat` times; with `before` (a checkout's root), the older code's sidecar right before each,
     on the same data and server, so both see the same load. Returns one dict (no `before`, one
@@ -64,9 +65,15 @@ def idle(server, files: int, seconds: float, bucket: str = "bench-idle", before:
                 else:
                     for kept in ("manifest.json", "durable.sqlite"):
                         (run_dir / ".runsync" / kept).unlink(missing_ok=True)
+                    if restore_init:  # as in a pod: restore-init first (the files are there: none downloaded)
+                        t = time.perf_counter()
+                        subprocess.run([RUNSYNC, "restore-init"], env=code_env, check=True, stdout=subprocess.DEVNULL)
+                        init_s = time.perf_counter() - t
                 one = _idle_sidecar(code_env, Path(tmp) / f"sidecar-{code or 'x'}-{r}.log", seconds,
                                     profile and profile.with_name(f"{profile.stem}-{code or 'x'}-{r}{profile.suffix}"))
-                out.append({"code": code, "repeat": r, "files": files, "start": "warm" if warm else "new pod", "sync_all_s": round(sync_s, 1),
+                start = "warm" if warm else "new pod, restore-init first" if restore_init else "new pod"
+                out.append({"code": code, "repeat": r, "files": files, "start": start, "sync_all_s": round(sync_s, 1),
+                            **({"restore_init_s": round(init_s, 2)} if restore_init and not warm else {}),
                             "load": round(os.getloadavg()[0], 1), **one})
                 print(json.dumps(out[-1]), file=sys.stderr, flush=True)
         return out[0] if len(out) == 1 else out
@@ -176,6 +183,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="sidecars started per code on the one synced run dir")
     ap.add_argument("--warm", action="store_true", help="each sidecar a restart in the same pod: after one "
                     "start of the same code on the run dir, with what it kept in .runsync/")
+    ap.add_argument("--restore-init", action="store_true", help="each new pod's sidecar after its restore-init "
+                    "(as the operator's pod runs them; the synced files are there, so none is downloaded)")
     ap.add_argument("--profile", type=Path, help="py-spy each sidecar into this path (-<code>-<repeat> added)")
     args = ap.parse_args()
     with locals3.start() as server:
@@ -184,7 +193,7 @@ def main() -> None:
                      aws_secret_access_key=server.credentials.secret_key).create_bucket(Bucket="bench-idle")
         doc = {} if args.idle_only else {"admission": admission(server, args.rate, args.requests)}
         doc["idle_sidecar"] = idle(server, args.files, args.idle_seconds, before=args.before, repeat=args.repeat,
-                                   profile=args.profile, warm=args.warm)
+                                   profile=args.profile, warm=args.warm, restore_init=args.restore_init)
         print(json.dumps(doc, indent=1))
 
 

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from harness import RUNSYNC, describes, wait_for
+from harness import RUNSYNC, describes, restore_init, tree, wait_for
 from runsync import contract, durable, keys
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
@@ -23,7 +23,7 @@ SAVE = {contract.SAVE: "**:live"}
 def synced(run_dir, s3_env) -> None:
     for i in range(FILES):
         d = run_dir / f"d{i // 100}"
-        d.mkdir(exist_ok=True)
+        d.mkdir(parents=True, exist_ok=True)
         (d / f"f{i:04d}.txt").write_text(str(i))
     subprocess.run([RUNSYNC, "sync", str(run_dir), "--run", "team-a/proj/run-1"], env={**os.environ, **s3_env},
                    check=True, stdout=subprocess.DEVNULL)
@@ -91,3 +91,36 @@ def test_a_state_dir_that_cannot_hold_the_index_keeps_it_in_memory_with_a_warnin
     assert warned and warned[0]["path"] == str(path) and "writable" in warned[0]["fix"], warned
     files = store.files()
     assert describes(files["a.bin"], b"one") and all(files[n] == e for n, e in before.items())
+
+
+def test_a_new_pod_s_sidecar_keeps_the_index_its_restore_init_left(sidecars, store, s3_env, tmp_path):
+    """restore-init reads the latest commit's entries to restore them; it leaves them indexed in
+    `.runsync/`, so the new pod's sidecar answers without reading and indexing them again."""
+    synced(tmp_path / "old-pod", s3_env)
+    sc = sidecars(SAVE, extra_env={contract.ENV_HOLDER: "pod-b"})  # one pod: restore-init's holder
+    done = restore_init(s3_env, sc.run_dir, SAVE, tmp_path, holder="pod-b")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert tree(sc.run_dir) == tree(tmp_path / "old-pod")
+    assert index_of(sc.run_dir).records(store.latest()) and len(index_of(sc.run_dir)) == FILES
+
+    before = store.files()
+    sc.start()
+    (sc.run_dir / "a.bin").write_bytes(b"one")
+    assert sc.flush()["durable"]
+    assert sc.terminate()[0] == 0
+    assert index_said(sc) == ["durable index kept"]
+    files = store.files()
+    assert describes(files["a.bin"], b"one") and len(files) == FILES + 1
+    assert all(files[n] == e for n, e in before.items()), "a restored file was sent again"
+    assert index_of(sc.run_dir).records(store.latest())
+
+
+def test_restore_init_leaves_no_index_of_another_run_or_of_nothing(store, s3_env, tmp_path):
+    """A warm start restores another run's files: their entries are not this run's commits, so
+    no index is left (the sidecar builds its own); nor is one for a run with no commit."""
+    synced(tmp_path / "pretrain", s3_env)  # team-a/proj/run-1
+    warm = tmp_path / "warm"
+    done = restore_init(s3_env, warm, {contract.RESTORE_FROM: "proj/run-1"}, tmp_path, run="team-a/proj/run-2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert tree(warm) == tree(tmp_path / "pretrain")
+    assert not (warm / keys.STATE_DIR / durable.FILE).exists() or index_of(warm).manifest() is None
