@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
+from . import globs
 from .entries import FileEntry, Manifest, Overlay
 from .logs import log
 
@@ -212,6 +213,17 @@ class Index(Mapping[str, FileEntry]):
         """The bytes of all entries (run.json's size after each commit)."""
         with self._lock:
             return self._db.execute("SELECT coalesce(sum(size), 0) FROM entries").fetchone()[0]
+
+    def named_like(self, bases: tuple[globs.Glob, ...]) -> list[str]:
+        """The names in a directory whose last segment may match one of `bases` (a superset, for
+        `plan.marked_dirs` to decide): one query in C, where iterating 100,000 names from Python
+        takes a GIL hand-over a row (slow beside the start-up rescan's listing thread)."""
+        if not bases:
+            return []
+        loose = ["*/" + globs.sqlite_superset(g.pattern) for g in bases]
+        with self._lock:
+            return [r[0] for r in self._db.execute(
+                f"SELECT name FROM entries WHERE {' OR '.join(['name GLOB ?'] * len(loose))}", loose)]
 
     def under(self, prefix: str) -> list[str]:
         """The names starting with `prefix` (a checkpoint dir's, `prefix` ending in "/")."""

@@ -96,10 +96,13 @@ class Engine:
 
     def loop(self) -> int:
         self._reload(first=True)
-        self.committer.load()  # the first rescan waits for the durable manifest (see _loaded)
+        self.committer.load()
+        # The run dir is listed while the lease is taken and the latest commit read (a thread's
+        # lstats); its files are compared with what is durable once that is known (_rescan_step).
+        self._rescan()
         while not self.finished:
             try:  # a rescan under way goes on at once when no message waits
-                message = self.inbox.get(timeout=self.rescans.wait)
+                message = self.inbox.get(timeout=self.rescans.wait if self.loaded else 0.1)
             except queue.Empty:
                 message = None
             while message is not None:
@@ -122,7 +125,8 @@ class Engine:
         self.uploads.retry_due(now)
         if now - self.last_reload >= self.settings.reload:
             self._reload()
-        if self.mode == "running" and self.loaded and now - self.last_rescan >= self.settings.rescan:
+        if (self.mode == "running" and self.loaded and not self.rescans.busy
+                and now - self.last_rescan >= self.settings.rescan):
             self._rescan()
         self._rescan_step(now)
         for relpath in self.sightings.settled(now):
@@ -224,7 +228,7 @@ class Engine:
         self._classify(watch.scan(self.root).files, self.clock(), ending=True)
 
     def _rescan_step(self, now: float) -> None:
-        if self.rescans.busy and self.mode != "final":
+        if self.rescans.busy and self.loaded and self.mode != "final":
             files = self.rescans.next()
             if files:
                 self._classify(files, now, ending=False, since=self.rescans.since)
@@ -282,13 +286,10 @@ class Engine:
     def _loaded(self, loaded: Loaded) -> None:
         if self.books.loaded(loaded.manifest):
             self.rules.mark(loaded.manifest)
-        first = not self.loaded
         self.loaded = True
         self.worker.loaded(self.committer.epoch)  # the lease is held by now: our keys carry its epoch
-        if first:
-            # What is on disk before start is compared with what is durable, not re-hashed
-            # and re-checked against the store file by file.
-            self._rescan()
+        # The rescan begun at start (loop) now compares what is on disk with what is durable,
+        # not re-hashed and re-checked against the store file by file.
 
     # ------------------------------------------------------------------ requests and the end
 

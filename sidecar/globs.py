@@ -104,6 +104,27 @@ def _union(globs: tuple) -> re.Pattern[str] | None:
 
 
 @functools.lru_cache(maxsize=4096)
+def sqlite_superset(pattern: str) -> str:
+    """A sqlite GLOB matching every path the pattern matches, and maybe more: a first cut made
+    in sqlite over many names, for `Glob.matches` to decide. sqlite's `*` and `?` also match
+    `/`, so a `**` segment becomes `*` (with the `/` after it: `a/**/b` names `a/b`), a class
+    `?` (one character either way: their syntaxes differ), a literal `[` `[[]`; a `*` at the
+    end stands for what is below a directory the pattern names. Both are case-sensitive."""
+    out: list[str] = []
+    for segment in pattern.split("/"):
+        if segment == "**":
+            out.append("*")  # no `/` after it: zero directories too
+            continue
+        i, n = 0, len(segment)
+        while i < n:
+            c = segment[i]
+            end = _class_end(segment, i) if c == "[" else -1
+            out.append("?" if end >= 0 else "[[]" if c == "[" else c)
+            i = end + 1 if end >= 0 else i + 1
+        out.append("/")
+    return "".join(out).rstrip("/") + "*"
+
+
 def _compile(pattern: str) -> re.Pattern[str]:
     segments = pattern.split("/")
     parts: list[str] = []

@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from . import config, keys, manifest, plan, statedir, watch
+from . import config, durable, keys, manifest, plan, statedir, watch
 from .errors import ConfigError
 from .logs import log
 
@@ -63,7 +63,9 @@ class Rules:
     def mark(self, m: manifest.Manifest | None) -> None:
         """Directories with a durable marker are checkpoint directories (plan.decide)."""
         if m is not None:
-            self.checkpoint_dirs |= plan.marked_dirs(m.files, self.cfg.complete_markers)
+            markers = self.cfg.complete_markers
+            names = m.files.named_like(markers) if isinstance(m.files, durable.Index) else m.files
+            self.checkpoint_dirs |= plan.marked_dirs(names, markers)
 
     def add(self, payload: dict, root: str, layout: keys.Layout) -> list[tuple[str, str]]:
         """A rule from the API (`{glob, policy?, base_path?}`), kept in the state dir. Returns

@@ -112,3 +112,24 @@ def test_a_commits_size_over_the_index_asks_about_its_changes_only(tmp_path):
         type(index).__getitem__ = real
     assert size == sum(range(1000)) - 3 - 10 + 70 + 5000 == sum(e.size for e in files.values())
     assert sorted(asked) == ["f0003", "f0010", "new"]
+
+
+def test_marked_dirs_over_the_index_are_plans_over_every_name(tmp_path):
+    """Rules.mark asks the index for the names that may be markers (one sqlite GLOB, a superset:
+    its `*` also matches `/`, its classes differ) and plan decides: the same dirs as plan over
+    every durable name, whatever the marker globs."""
+    from runsync import globs, plan
+
+    names = ["ck/.metadata", ".metadata", "a/b/trainer_state.json", "a/b.metadata", "x/y.done", "x/y/z.done.bak",
+             "q/step-1.ok", "q/step-12.ok", "r/aready", "r/xready", "s/a[", "s/b/a[", "t/.hidden", "u/ünï/.metadata",
+             "v/dir.done/file", "w/UPPER.DONE", "y/.done"] + [f"bulk/d{i // 100}/f{i}.pt" for i in range(1000)]
+    index = durable.Index(tmp_path)
+    index.adopt(Opened(meta(1), [entry(n) for n in sorted(names)]))
+    for markers in (DEFAULT_MARKERS, ("*.done",), ("step-?.ok",), ("[!x]ready",), ("a[",), (".*",), ("*",),
+                    ("b/a[",), ("*.DONE", "trainer_state.json")):
+        markers = tuple(globs.Glob(m) for m in markers) if isinstance(markers[0], str) else markers
+        every = plan.marked_dirs(names, markers)
+        assert plan.marked_dirs(index.named_like(markers), markers) == every, markers
+        if markers[0].pattern != "*":
+            assert len(index.named_like(markers)) < 20  # a few candidates, not the 1,000 others
+    assert index.named_like(()) == []

@@ -5,7 +5,7 @@ import warnings
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from runsync.globs import Glob, GlobError, Literal
+from runsync.globs import Glob, GlobError, Literal, sqlite_superset
 
 MATCHES = [
     # pattern, path, matches
@@ -92,3 +92,36 @@ def test_any_pattern_is_a_glob_or_a_glob_error(pattern, path):
 ])
 def test_a_literal_is_a_name(name, path, expected):
     assert Literal(name).matches(path) is expected
+
+
+def test_the_sqlite_superset_matches_every_path_the_glob_matches():
+    """`sqlite_superset` is a first cut made inside sqlite (durable.Index.named_like): a path the
+    glob names that it missed would be a checkpoint dir taken for a plain one."""
+    import sqlite3
+
+    db = sqlite3.connect(":memory:")
+    patterns = ["*.pt", "ckpt/**/shard-*", "**/x.pt", "a/**/b", "step-?.ok", "[!x]ready", "w[1].pt", "a[", "[]]x",
+                "[!]]y", ".metadata", "ckpt", "d*/e?/[a-c]*", "**", "é/*.bin", "a**b"]
+    paths = ["x.pt", "d/x.pt", "ckpt/shard-1", "ckpt/a/b/shard-2", "a/b", "a/c/d/b", "step-1.ok", "step-12.ok",
+             "aready", "xready", "w1.pt", "w[1].pt", "a[", "]x", "zy", "]y", ".metadata", "ckpt/sub/f", "d1/e2/b9",
+             "é/f.bin", "aXYb", "a/b/c", "ready", "A.PT"]
+    for pattern in patterns:
+        loose = sqlite_superset(pattern)
+        for path in paths:
+            if Glob(pattern).matches(path):
+                assert db.execute("SELECT ? GLOB ?", (path, loose)).fetchone()[0], (pattern, loose, path)
+    assert not db.execute("SELECT ? GLOB ?", ("A.PT", sqlite_superset("*.pt"))).fetchone()[0]  # case kept
+
+
+@settings(deadline=None)
+@given(st.lists(GLOB_CHARS, max_size=12).map("".join), st.text(alphabet="ab/.-|&~^\\[]!*?", max_size=12))
+def test_the_sqlite_superset_of_any_glob_misses_nothing_it_names(pattern, path):
+    import sqlite3
+
+    try:
+        glob = Glob(pattern)
+    except GlobError:
+        return
+    if glob.matches(path):
+        loose = sqlite_superset(glob.pattern)
+        assert sqlite3.connect(":memory:").execute("SELECT ? GLOB ?", (path, loose)).fetchone()[0], (glob, loose, path)
