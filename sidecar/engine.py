@@ -239,9 +239,10 @@ class Engine:
         """Files of a rescan, handed on as their events would be (`since`: the flush event the
         rescan stands for)."""
         durable = self.books.durable_stats([f.relpath for f in files])  # one read a step, not one a file
+        uploading = () if ending else {task.relpath for task in self.uploads.inflight.values()}
         found = plan.rescan(self.rules.cfg, self.rules.extra, self.rules.checkpoint_dirs, files,
                             lambda relpath, name: (self.books.known.get(relpath), self.books.stat(name, durable)),
-                            now, self.settings.settle, ending)
+                            now, self.settings.settle, ending, uploading)
         self.books.known.update((f.relpath, (f.size, f.mtime_ns)) for f in found.known)
         for relpath, when in found.ready:
             self._ready(relpath, when, found=since)

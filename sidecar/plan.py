@@ -12,7 +12,7 @@ import dataclasses
 import enum
 import heapq
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 
 from . import config, globs, keys
 from .manifest import FileEntry, Manifest
@@ -328,11 +328,16 @@ class Rescan:
 
 def rescan(cfg: config.RunConfig, extra: tuple[config.SaveRule, ...], checkpoint_dirs: set[str],
            files: Iterable[LocalFile], sent: Callable[[str, str], tuple], now: float, settle: float,
-           ending: bool) -> Rescan:
+           ending: bool, uploading: Container[str] = ()) -> Rescan:
     """Sort the files of a rescan (`sent(relpath, name)` gives the (size, mtime_ns) they were
     sent with). At the end newest first: when the grace period is short, the latest checkpoint
     is what matters. A marker found complete makes its directory a checkpoint directory for the
-    files after it, as its event would."""
+    files after it, as its event would.
+
+    `uploading`: paths whose upload is under way, not handed on again (a marker among them still
+    makes its directory a checkpoint directory): the task looked at each when it began, and a
+    file it sends that changes before the upload is done fails it as "changed" (it goes again).
+    Handed on, each would be sent a second time after it, and a flush wait a commit more."""
     dirs = set(checkpoint_dirs)
     found = Rescan()
     files = list(files)
@@ -354,10 +359,11 @@ def rescan(cfg: config.RunConfig, extra: tuple[config.SaveRule, ...], checkpoint
         elif seen is Seen.DIR_AT_END:
             found.dirs_at_end.setdefault(d.checkpoint_dir, (d.policy, f.mtime_ns / 1e9))
         elif seen is Seen.READY:
-            found.ready.append((f.relpath, f.mtime_ns / 1e9))
+            if f.relpath not in uploading:
+                found.ready.append((f.relpath, f.mtime_ns / 1e9))
             if unit is Unit.MARKER:
                 dirs.add(d.checkpoint_dir)
-        elif seen is Seen.WATCH:
+        elif seen is Seen.WATCH and f.relpath not in uploading:
             found.watch.append(f)
     if found.dirs_at_end:
         marked = marked_dirs((f.relpath for f in files), cfg.complete_markers)

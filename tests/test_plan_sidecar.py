@@ -99,6 +99,14 @@ def test_a_rescan_takes_what_settled_watches_what_did_not_and_skips_what_was_sen
     assert found.dirs_at_end == {}
 
 
+def test_a_rescan_leaves_a_file_being_uploaded_to_its_upload():
+    found = plan.rescan(CFG, (), set(), FILES, lambda relpath, name: (), NOW, 5.0, False,
+                        uploading={"ckpt/step-1/.metadata", "results/new.csv"})
+    assert found.ready == [("results/old.csv", 100.0)] and [f.relpath for f in found.watch] == ["logs/a"]
+    # the marker, in flight, still makes its dir a checkpoint dir: w.bin is not sent alone
+    assert "ckpt/step-1/w.bin" not in [f.relpath for f in found.watch] + [r for r, _ in found.ready]
+
+
 def test_a_rescan_classifies_a_file_sent_under_another_name_and_knows_it():
     """A `base_path` rule stores `out/model.pt` as `model.pt`: the path alone says nothing."""
     cfg = config.parse({"runsync.dev/save": "- glob: out/**\n  base_path: out\n"})

@@ -72,3 +72,23 @@ def test_a_flush_right_after_restart_covers_files_changed_while_down(sidecars, s
     files = store.files()  # read once the flush returned: no waiting here
     for name, data in changed.items():
         assert name in files and describes(files[name], data), f"{name} not covered by the flush"
+
+
+def test_a_rescan_during_an_upload_leaves_the_file_to_that_upload(sidecars, store, s3_env):
+    """The periodic rescan (every 5 s here) finds a file whose upload is under way (8 MiB over a
+    1 MiB/s link: 8 s): it is that upload's, not queued to go again after it. One commit names
+    it, and nothing is pending once the flush answered (the old code checked the file a second
+    time and committed again, about a second later)."""
+    from harness import LinkProxy
+
+    uplink = LinkProxy(s3_env["AWS_ENDPOINT_URL_S3"], up_rate=1024 * 1024)
+    try:
+        sc = sidecars({SAVE: "*.pt:live"}, extra_env={"AWS_ENDPOINT_URL_S3": uplink.endpoint}).start()
+        data = os.urandom(8 * 1024 * 1024)
+        (sc.run_dir / "model.pt").write_bytes(data)
+        assert sc.flush(timeout=120)["durable"]
+        assert describes(store.files()["model.pt"], data)
+        wait_for(lambda: not sc.status()["pending"] and not sc.status()["uploading"], timeout=30, what="nothing pending")
+        assert [m.seq for m in store.manifests()] == [1], "a second commit for the same file"
+    finally:
+        uplink.close()
