@@ -58,8 +58,8 @@ def close_to_durable(env: dict[str, str], bucket: str, size: int, count: int, wa
                     assert car.flush(timeout=600)["durable"]
                 while True:
                     st = car.status()
-                    if ((st["manifest"] or 0) > before and st["durable_files"] == 1 and not st["pending"]
-                            and not st["uploading"]):
+                    if (st["manifest"] or 0) > before and st["durable_files"] == 1 and (
+                            wait == "flush" or not st["pending"] and not st["uploading"]):
                         break
                     assert wait == "poll", f"flush answered before {path.name} was durable: {st}"
                     time.sleep(0.005)
