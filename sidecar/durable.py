@@ -220,6 +220,8 @@ class Index(Mapping[str, FileEntry]):
         takes a GIL hand-over a row (slow beside the start-up rescan's listing thread)."""
         if not bases:
             return []
+        if not all(type(g) is globs.Glob for g in bases):  # a Literal's `[` is no class: every name
+            return list(self)
         loose = ["*/" + globs.sqlite_superset(g.pattern) for g in bases]
         with self._lock:
             return [r[0] for r in self._db.execute(

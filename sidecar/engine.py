@@ -239,7 +239,7 @@ class Engine:
         """Files of a rescan, handed on as their events would be (`since`: the flush event the
         rescan stands for)."""
         durable = self.books.durable_stats([f.relpath for f in files])  # one read a step, not one a file
-        uploading = () if ending else {task.relpath for task in self.uploads.inflight.values()}
+        uploading = {} if ending else self.uploads.looked()
         found = plan.rescan(self.rules.cfg, self.rules.extra, self.rules.checkpoint_dirs, files,
                             lambda relpath, name: (self.books.known.get(relpath), self.books.stat(name, durable)),
                             now, self.settings.settle, ending, uploading)

@@ -103,7 +103,6 @@ def _union(globs: tuple) -> re.Pattern[str] | None:
     return re.compile("|".join(f"(?:{_compile(g.pattern).pattern})" for g in globs), re.DOTALL)
 
 
-@functools.lru_cache(maxsize=4096)
 def sqlite_superset(pattern: str) -> str:
     """A sqlite GLOB matching every path the pattern matches, and maybe more: a first cut made
     in sqlite over many names, for `Glob.matches` to decide. sqlite's `*` and `?` also match
@@ -125,6 +124,7 @@ def sqlite_superset(pattern: str) -> str:
     return "".join(out).rstrip("/") + "*"
 
 
+@functools.lru_cache(maxsize=4096)
 def _compile(pattern: str) -> re.Pattern[str]:
     segments = pattern.split("/")
     parts: list[str] = []

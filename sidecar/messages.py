@@ -57,6 +57,9 @@ class Task:
     require_marker: bool = True
     """False for a replica's part of a directory whose marker another replica writes."""
     attempt: int = 0
+    looked: tuple[int, int] | None = None
+    """A file's (size, mtime_ns) when its upload was handed out (None: a directory, or gone):
+    a rescan that lists it so leaves it to this upload (plan.rescan)."""
 
     @property
     def is_dir(self) -> bool:

@@ -12,7 +12,7 @@ import dataclasses
 import enum
 import heapq
 import re
-from collections.abc import Callable, Container, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from . import config, globs, keys
 from .manifest import FileEntry, Manifest
@@ -328,19 +328,21 @@ class Rescan:
 
 def rescan(cfg: config.RunConfig, extra: tuple[config.SaveRule, ...], checkpoint_dirs: set[str],
            files: Iterable[LocalFile], sent: Callable[[str, str], tuple], now: float, settle: float,
-           ending: bool, uploading: Container[str] = ()) -> Rescan:
+           ending: bool, uploading: Mapping[str, tuple[int, int]] | None = None) -> Rescan:
     """Sort the files of a rescan (`sent(relpath, name)` gives the (size, mtime_ns) they were
     sent with). At the end newest first: when the grace period is short, the latest checkpoint
     is what matters. A marker found complete makes its directory a checkpoint directory for the
     files after it, as its event would.
 
-    `uploading`: paths whose upload is under way, not handed on again (a marker among them still
-    makes its directory a checkpoint directory): the task looked at each when it began, and a
-    file it sends that changes before the upload is done fails it as "changed" (it goes again).
-    Handed on, each would be sent a second time after it, and a flush wait a commit more."""
+    `uploading`: path → (size, mtime_ns) of the files whose upload is under way, as they were
+    when it was handed out. A file listed as it was then is left to that upload, not handed on
+    again (a marker still makes its directory a checkpoint directory): handed on, it would be
+    checked a second time after it and a flush wait a commit more. One that changed since (a
+    rename over it whose event was lost) is handed on, to go after it."""
     dirs = set(checkpoint_dirs)
     found = Rescan()
     files = list(files)
+    uploading = uploading or {}
     # A file sent or durable under its own path with its size and mtime now is left as it is,
     # whatever it is part of (known, ignored or a member: `on_rescan` does nothing with any of
     # them), so it need not be classified: most of a big run dir, most of the time. Exact only
@@ -359,11 +361,11 @@ def rescan(cfg: config.RunConfig, extra: tuple[config.SaveRule, ...], checkpoint
         elif seen is Seen.DIR_AT_END:
             found.dirs_at_end.setdefault(d.checkpoint_dir, (d.policy, f.mtime_ns / 1e9))
         elif seen is Seen.READY:
-            if f.relpath not in uploading:
+            if uploading.get(f.relpath) != (f.size, f.mtime_ns):
                 found.ready.append((f.relpath, f.mtime_ns / 1e9))
             if unit is Unit.MARKER:
                 dirs.add(d.checkpoint_dir)
-        elif seen is Seen.WATCH and f.relpath not in uploading:
+        elif seen is Seen.WATCH and uploading.get(f.relpath) != (f.size, f.mtime_ns):
             found.watch.append(f)
     if found.dirs_at_end:
         marked = marked_dirs((f.relpath for f in files), cfg.complete_markers)

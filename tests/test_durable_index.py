@@ -133,3 +133,12 @@ def test_marked_dirs_over_the_index_are_plans_over_every_name(tmp_path):
         if markers[0].pattern != "*":
             assert len(index.named_like(markers)) < 20  # a few candidates, not the 1,000 others
     assert index.named_like(()) == []
+
+
+def test_named_like_of_a_literal_is_every_name(tmp_path):
+    """A Literal's `[` is a character, not a class: no GLOB is made of it (every name is a candidate)."""
+    from runsync import globs
+
+    index = durable.Index(tmp_path)
+    index.adopt(Opened(meta(1), [entry("a/w[1].pt"), entry("b/x")]))
+    assert index.named_like((globs.Literal("w[1].pt"),)) == ["a/w[1].pt", "b/x"]

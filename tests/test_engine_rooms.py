@@ -77,6 +77,8 @@ def test_the_time_kept_for_the_commit_grows_with_the_slowest_commit():
 
 
 class FakeWorker:
+    root = "/nonexistent-run-dir"  # no file there to stat: a rescan would hand on what is in flight
+
     def __init__(self):
         self.started: list[messages.Task] = []
 

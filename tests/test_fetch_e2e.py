@@ -175,7 +175,7 @@ def test_ranged_gets_give_their_connections_back_a_second_restore_opens_none(s3_
 
 def restore_counted(cli, tmp_path, dest, crt: bool):
     """`runsync restore` into `dest` with the CRT on or off (RUNSYNC_CRT); its result and the
-    GetObject requests botocore sent (runsync_testing.s3count: the CRT's own GETs pass no hook)."""
+    GetObject requests botocore sent (runsync_testing.s3count counts the CRT's apart)."""
     from runsync_testing import s3count
     counts = tmp_path / f"counts-{dest.name}.json"
     env = {**cli.env, **s3count.environ(counts, tmp_path), "RUNSYNC_CRT": "1" if crt else "0"}

@@ -99,9 +99,10 @@ def test_a_rescan_takes_what_settled_watches_what_did_not_and_skips_what_was_sen
     assert found.dirs_at_end == {}
 
 
-def test_a_rescan_leaves_a_file_being_uploaded_to_its_upload():
-    found = plan.rescan(CFG, (), set(), FILES, lambda relpath, name: (), NOW, 5.0, False,
-                        uploading={"ckpt/step-1/.metadata", "results/new.csv"})
+def test_a_rescan_leaves_a_file_being_uploaded_as_it_is_to_its_upload():
+    as_handed_out = {"ckpt/step-1/.metadata": (1, int(900e9)), "results/new.csv": (1, int(998e9)),
+                     "results/old.csv": (1, int(99e9))}  # old.csv changed since its upload began
+    found = plan.rescan(CFG, (), set(), FILES, lambda relpath, name: (), NOW, 5.0, False, uploading=as_handed_out)
     assert found.ready == [("results/old.csv", 100.0)] and [f.relpath for f in found.watch] == ["logs/a"]
     # the marker, in flight, still makes its dir a checkpoint dir: w.bin is not sent alone
     assert "ckpt/step-1/w.bin" not in [f.relpath for f in found.watch] + [r for r, _ in found.ready]

@@ -229,6 +229,7 @@ def test_restore_all_reads_each_replica_once(tmp_path, s3_env, store, monkeypatc
     requests = s3count.read(counts)
     # check_store's LIST; the own lease: GET, max_seq (GET head.json, HEAD its commit, HEAD the
     # number after it), PUT; the LIST of the run; all through the CRT (crtclient.py), counted as
-    # botocore's. The files' GETs (crtobjects.py) are not counted.
+    # botocore's; each restored file in one GET of the CRT's (crtobjects.py).
     assert requests == {"ListObjectsV2": 1 + 1, "HeadObject": 2,
-                        "GetObject": 1 + 1 + 2 * replicas + 1, "PutObject": 1}, requests  # +1: the fenced-off one
+                        "GetObject": 1 + 1 + 2 * replicas + 1, "PutObject": 1,  # +1: the fenced-off one
+                        "GetObject (CRT)": len(restored)}, requests

@@ -115,8 +115,9 @@ def test_small_files_go_through_the_crt_with_their_crc_and_through_botocore_with
                      env={**cli.env, **s3count.environ(counts, tmp_path), "RUNSYNC_CRT": crt})
         assert result.returncode == 0, result.stdout + result.stderr
         assert sorted(json.loads(result.stdout)["uploaded"]) == sorted(files)
-        puts[crt] = s3count.read(counts)["PutObject"]  # botocore's alone: the CRT's pass no hook
-    assert puts["0"] - puts["1"] == len(files)  # every file's PUT left botocore for the CRT
+        puts[crt] = s3count.read(counts)
+    assert puts["0"]["PutObject"] - puts["1"]["PutObject"] == len(files)  # every file's PUT left botocore
+    assert puts["1"]["PutObject (CRT)"] == len(files) and "PutObject (CRT)" not in puts["0"]  # for the CRT
     check_committed(store, files)
     key = store.files()["data/07.bin"].key  # S3 was sent our CRC64NVME and checked the bytes with it
     head = store.client.head_object(Bucket=store.layout.store.bucket, Key=key, ChecksumMode="ENABLED")

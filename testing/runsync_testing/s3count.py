@@ -89,13 +89,34 @@ def install() -> None:
 
 
 def _count_crtclient(count, sent, lock, delay) -> None:
-    """restore-init's requests through the CRT (runsync.crtclient), counted as botocore's are.
-    The CRT's whole-file GETs and PUTs (crtobjects.py) are still not counted."""
+    """The requests made through the CRT: restore-init's (runsync.crtclient) under botocore's
+    names; small files' whole-object GETs and PUTs (runsync.crtobjects; one request each, the
+    objects being under the CRT's 8 MiB part size) as "GetObject (CRT)" and "PutObject (CRT)",
+    so a test can tell which path a file took. Large files' CRT multipart uploads (s3transfer's
+    CRT manager) are not counted."""
     try:
-        from runsync import crtclient
+        from runsync import crtclient, crtobjects
     except ImportError:
         return
     import types
+
+    get, put = crtobjects.Objects.get, crtobjects.Objects.put
+
+    def counted_get(self, key, on_headers, on_body):
+        count(types.SimpleNamespace(name="GetObject (CRT)"))
+        if delay:
+            delay()
+        return get(self, key, on_headers, on_body)
+
+    def counted_put(self, key, body, crc64nvme):
+        count(types.SimpleNamespace(name="PutObject (CRT)"))
+        with lock:
+            sent["PutObject (CRT)"] += len(body)
+        if delay:
+            delay()
+        return put(self, key, body, crc64nvme)
+
+    crtobjects.Objects.get, crtobjects.Objects.put = counted_get, counted_put
 
     original = crtclient.Client._call
 
