@@ -2,7 +2,8 @@
 restart and what restore-init tells the sidecar.
 
     rules.json      save rules added through the API (`runsync.save`), one YAML list
-    durable.sqlite  the entries of the replica's latest commit (durable.py), kept while the store agrees
+    durable.sqlite  the entries of the replica's latest commit (durable.py), kept while the store agrees;
+                    restore-init leaves the commit it restored, so the pod's sidecar starts from it
     restore.json    restore-init's report (bytes, seconds, files), turned into metrics
     fence-N         the watcher's fences (watch.py)
     code/diff-*.patch  a code-state patch the SDK hands to the sidecar (`/v1/code`), removed once stored
