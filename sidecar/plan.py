@@ -356,16 +356,17 @@ def rescan(cfg: config.RunConfig, extra: tuple[config.SaveRule, ...], checkpoint
             unit = Unit.QUIET_MEMBER  # never had its marker: at the end it goes up as it is
         known = d.name is not None and (f.size, f.mtime_ns) in sent(f.relpath, d.name)
         seen = on_rescan(unit, known=known, settled=now - f.mtime_ns / 1e9 >= settle, ending=ending)
+        in_flight = uploading.get(f.relpath) == (f.size, f.mtime_ns)  # left to the upload under way
         if seen is Seen.KNOWN:
             found.known.append(f)
         elif seen is Seen.DIR_AT_END:
             found.dirs_at_end.setdefault(d.checkpoint_dir, (d.policy, f.mtime_ns / 1e9))
         elif seen is Seen.READY:
-            if uploading.get(f.relpath) != (f.size, f.mtime_ns):
+            if not in_flight:
                 found.ready.append((f.relpath, f.mtime_ns / 1e9))
             if unit is Unit.MARKER:
                 dirs.add(d.checkpoint_dir)
-        elif seen is Seen.WATCH and uploading.get(f.relpath) != (f.size, f.mtime_ns):
+        elif seen is Seen.WATCH and not in_flight:
             found.watch.append(f)
     if found.dirs_at_end:
         marked = marked_dirs((f.relpath for f in files), cfg.complete_markers)

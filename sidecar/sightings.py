@@ -7,10 +7,9 @@ file of it has closed for `settle` seconds. A flush waits for both.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
-from . import config, messages
+from . import config, messages, watch
 from .flushes import Flushes
 
 Stat = tuple[int, int]
@@ -38,7 +37,7 @@ class Sightings:
     def add(self, relpath: str, stat: Stat | None = None, since: int | None = None) -> None:
         """`since`: an older flush event the sighting stands for (the rescan that found it)."""
         if stat is None:
-            stat = self._stat(relpath)
+            stat = watch.file_stat(self.root, relpath)
             if stat is None:
                 return
         if relpath not in self._seen:
@@ -61,7 +60,7 @@ class Sightings:
         for relpath, (stat, due) in list(self._seen.items()):
             if due > now:
                 continue
-            current = self._stat(relpath)
+            current = watch.file_stat(self.root, relpath)
             if current is None:
                 self.drop(relpath)
             elif current == stat and now - current[1] / 1e9 >= self.settle:
@@ -86,9 +85,3 @@ class Sightings:
             del self._quiet[d]
         return due
 
-    def _stat(self, relpath: str) -> Stat | None:
-        try:
-            st = os.lstat(os.path.join(self.root, relpath))
-        except OSError:
-            return None
-        return st.st_size, st.st_mtime_ns

@@ -5,10 +5,9 @@ books, the flushes and the rules only to fill in a task."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
-from . import config, tasks, transfer
+from . import config, tasks, transfer, watch
 from .flushes import Flushes
 from .ledger import Ledger
 from .logs import log
@@ -84,18 +83,10 @@ class Uploads:
         return len(self.dirty) + len(self.retries)
 
     def _start(self, task: Task) -> None:
-        task.looked = None if task.is_dir else _stat(os.path.join(self.worker.root, task.relpath))
+        task.looked = None if task.is_dir else watch.file_stat(self.worker.root, task.relpath)
         self.inflight[task.key] = task
         self.worker.start(task)
 
     def looked(self) -> dict[str, tuple[int, int]]:
         """relpath → (size, mtime_ns) of each file in flight, as it was when handed out."""
         return {t.relpath: t.looked for t in self.inflight.values() if t.looked is not None}
-
-
-def _stat(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns

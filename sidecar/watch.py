@@ -146,6 +146,15 @@ class Walk:
             yield LocalFile(relpath, entry.path, st.st_size, st.st_mtime_ns)
 
 
+def file_stat(root: str, relpath: str) -> tuple[int, int] | None:
+    """(size, mtime_ns) of the file at `relpath` (not followed if a link); None if it is gone."""
+    try:
+        st = os.lstat(os.path.join(root, relpath))
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
 def _is_dir(path: str) -> bool:
     try:
         return stat.S_ISDIR(os.stat(path).st_mode)
