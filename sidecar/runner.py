@@ -306,7 +306,8 @@ def _restore_init(pod: PodEnv, s3) -> int:
         # record: beside 100,000 files that is about a second of CPU before it answers.
         index = durable.Index(state.path)
         try:
-            index.adopt(found[pod.replica])
+            if index.path is not None:  # in memory (the state dir cannot hold it) it would help no one
+                index.adopt(found[pod.replica])
         except Exception as err:  # noqa: BLE001 - only a head start: the sidecar builds its own
             log.warning("the restored commit was not indexed for the sidecar; it will read it itself",
                         extra={"fields": {"path": str(index.path), "error": str(err)}})
