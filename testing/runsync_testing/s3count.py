@@ -100,35 +100,29 @@ def _count_crtclient(count, sent, lock, delay) -> None:
         return
     import types
 
-    get, put = crtobjects.Objects.get, crtobjects.Objects.put
-
-    def counted_get(self, key, on_headers, on_body):
-        count(types.SimpleNamespace(name="GetObject (CRT)"))
+    def sending(kind: str, body: bytes | None) -> None:
+        """One request of `kind` with `body`, counted (and delayed) as botocore's hooks do."""
+        count(types.SimpleNamespace(name=kind))
+        with lock:
+            sent[kind] += len(body or b"")
         if delay:
             delay()
+
+    get, put, call = crtobjects.Objects.get, crtobjects.Objects.put, crtclient.Client._call
+
+    def counted_get(self, key, on_headers, on_body):
+        sending("GetObject (CRT)", None)
         return get(self, key, on_headers, on_body)
 
     def counted_put(self, key, body, crc64nvme):
-        count(types.SimpleNamespace(name="PutObject (CRT)"))
-        with lock:
-            sent["PutObject (CRT)"] += len(body)
-        if delay:
-            delay()
+        sending("PutObject (CRT)", body)
         return put(self, key, body, crc64nvme)
 
-    crtobjects.Objects.get, crtobjects.Objects.put = counted_get, counted_put
+    def counted_call(self, operation, method, bucket, key, query=None, headers=(), body=None):
+        sending(operation, body)
+        return call(self, operation, method, bucket, key, query, headers, body)
 
-    original = crtclient.Client._call
-
-    def call(self, operation, method, bucket, key, query=None, headers=(), body=None):
-        count(types.SimpleNamespace(name=operation))
-        with lock:
-            sent[operation] += len(body or b"")
-        if delay:
-            delay()
-        return original(self, operation, method, bucket, key, query, headers, body)
-
-    crtclient.Client._call = call
+    crtobjects.Objects.get, crtobjects.Objects.put, crtclient.Client._call = counted_get, counted_put, counted_call
 
 
 def add_latency(ms: float):
