@@ -292,8 +292,8 @@ def restore_cmd(
         with _progress("downloading") as hooks:
             return _store_call(lambda: restorer.restore(
                 s3, store, run_path, to, replica=keys.check_replica(replica), all_replicas=all_replicas,
-                patterns=globs_, replace=replace, must_match=True,
-                hooks=hooks), store, s3)
+                patterns=globs_, replace=replace, must_match=True, hooks=hooks,
+                keep_names=as_json), store, s3)
     report = _run(go)
     if as_json:
         _print_json({
@@ -304,8 +304,8 @@ def restore_cmd(
     if report.empty:
         err.print(f"runsync: {run} has no committed files in {_State.store}", markup=False, highlight=False)
         raise typer.Exit(1)
-    out.print(f"restored {_files(len(report.written))} ({_size(report.bytes)}) into {to}; "
-              f"{len(report.up_to_date)} up to date, {len(report.kept_newer)} newer locally (kept)")
+    out.print(f"restored {_files(report.files)} ({_size(report.bytes)}) into {to}; "
+              f"{report.files_up_to_date} up to date, {len(report.kept_newer)} newer locally (kept)")
     for line in restorer.describe_looked_back(report):
         out.print(line, markup=False, highlight=False)
     for d in report.incomplete:

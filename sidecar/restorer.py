@@ -50,6 +50,12 @@ class RestoreReport:
     written: list[str] = dataclasses.field(default_factory=list)
     up_to_date: list[str] = dataclasses.field(default_factory=list)
     kept_newer: list[str] = dataclasses.field(default_factory=list)
+    files: int = 0
+    """Files written (`len(written)` when the names are kept)."""
+    files_up_to_date: int = 0
+    keep_names: bool = True
+    """False: `written` and `up_to_date` stay empty, only counted. restore-init needs the counts
+    alone, and 1,000,000 names held to the end would be its largest cost in memory (issue 18)."""
     incomplete: tuple[str, ...] = ()
     manifests: dict[str, int] = dataclasses.field(default_factory=dict)
     looked_back: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
@@ -89,13 +95,15 @@ def restore(
     settings: transfer.Settings = transfer.Settings(),
     hooks: transfer.Hooks = transfer.Hooks(),
     manifests: dict[str, listing.Listing] | None = None,
+    keep_names: bool = True,
 ) -> RestoreReport:
     """Restore the latest commits of `run` (`manifests`, when the caller has read them already
     with `latest_manifests`: restore-init does, to choose the source) into `dest`.
 
     The listings are streamed (plan.RestoreStream): read once to survey, once to size the
     restore (the free-space check comes before the first byte), once to restore, a window of
-    units at a time; memory grows with the checkpoint dirs, not with the files."""
+    units at a time; memory grows with the checkpoint dirs, not with the files (and with the
+    names restored, unless not `keep_names`: then the report only counts them)."""
     started = time.monotonic()
     if markers is None:  # the defaults of SPEC.md; an empty tuple would make no dir a checkpoint
         markers = config.RunConfig().complete_markers
@@ -104,7 +112,7 @@ def restore(
     try:
         if manifests is None:
             manifests = latest_manifests(s3, store, run, replica, all_replicas)
-        report = RestoreReport(manifests={r: m.seq for r, m in manifests.items()})
+        report = RestoreReport(manifests={r: m.seq for r, m in manifests.items()}, keep_names=keep_names)
         if not manifests:
             return report
         chosen = plan.restore_stream({r: m.entries for r, m in manifests.items()},
@@ -173,7 +181,9 @@ def _restore_units(s3, store, settings, dest: Path, units, replace: bool, hooks:
                 unit = running.pop(future)
                 err = future.result()
                 if err is None:
-                    report.written.extend(n for n, _ in unit)
+                    report.files += len(unit)
+                    if report.keep_names:
+                        report.written.extend(n for n, _ in unit)
                     report.bytes += sum(e.size for _, e in unit)
                 else:
                     failures.append(err)
@@ -192,7 +202,9 @@ def _restore_units(s3, store, settings, dest: Path, units, replace: bool, hooks:
             for name, _, entry in unit:
                 state = _local_state(_target(dest, name), entry, replace)
                 if state == "same":
-                    report.up_to_date.append(name)
+                    report.files_up_to_date += 1
+                    if report.keep_names:
+                        report.up_to_date.append(name)
                 elif state == "newer":
                     report.kept_newer.append(name)
                 else:
@@ -351,8 +363,8 @@ def _check_space(dest: Path, need: int) -> None:
 
 def log_report(report: RestoreReport, what: str) -> None:
     log.info("restore done", extra={"fields": {
-        "run": what, "manifests": report.manifests, "files": len(report.written), "bytes": report.bytes,
-        "seconds": round(report.seconds, 3), "up_to_date": len(report.up_to_date),
+        "run": what, "manifests": report.manifests, "files": report.files, "bytes": report.bytes,
+        "seconds": round(report.seconds, 3), "up_to_date": report.files_up_to_date,
         "kept_newer": report.kept_newer, "incomplete_checkpoints": list(report.incomplete),
         "looked_back": report.looked_back}})
 

@@ -296,11 +296,12 @@ def _restore_init(pod: PodEnv, s3) -> int:
         log.info("warm start", extra={"fields": {"restore_from": str(source)}})
     report = restorer.restore(
         s3, pod.store, source, pod.run_dir, replica=pod.replica, all_replicas=all_replicas,
-        patterns=cfg.restore.globs, markers=cfg.complete_markers, manifests=found if source == pod.run else None)
+        patterns=cfg.restore.globs, markers=cfg.complete_markers, manifests=found if source == pod.run else None,
+        keep_names=False)
     report.seconds = time.monotonic() - started  # the discovery above is part of the restore
     restorer.log_report(report, str(source))
     state = statedir.StateDir(pod.run_dir)
-    state.write_restore_report(report.bytes, report.seconds, len(report.written))
+    state.write_restore_report(report.bytes, report.seconds, report.files)
     if source == pod.run and pod.replica in found:
         # The sidecar of this pod (same lease) finds the commit indexed and reads only its
         # record: beside 100,000 files that is about a second of CPU before it answers.

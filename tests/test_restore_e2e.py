@@ -111,6 +111,34 @@ def test_restore_init_resumes_own_run_then_warm_starts_from_another(cli, tmp_pat
                                     "expected PROJECT/RUN of a run in the pod's own namespace")
 
 
+def _restore_done(result) -> dict:
+    lines = [json.loads(line) for line in (result.stdout + result.stderr).splitlines() if line.startswith("{")]
+    return next(r for r in lines if r.get("msg") == "restore done")
+
+
+def test_restore_init_counts_what_it_wrote_and_what_was_already_there(cli, tmp_path, s3_env):
+    # restore-init counts names instead of holding them (1,000,000 of them would be its largest
+    # memory): the counts it logs and leaves for the sidecar must still be the files'.
+    src = tmp_path / "src"
+    for i in range(30):
+        (src / f"d{i % 3}" / f"f{i}.txt").parent.mkdir(parents=True, exist_ok=True)
+        (src / f"d{i % 3}" / f"f{i}.txt").write_text(f"file {i}")
+    assert cli("sync", str(src), "--run", RUN).returncode == 0
+    pod = tmp_path / "pod"
+    first = restore_init(s3_env, pod, {}, tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert tree(pod) == tree(src)
+    done = _restore_done(first)
+    assert (done["files"], done["up_to_date"]) == (30, 0), done
+    assert json.loads((pod / ".runsync/restore.json").read_text())["files"] == 30
+    (pod / "d0" / "f0.txt").unlink()
+    again = restore_init(s3_env, pod, {}, tmp_path, holder="pod-c")
+    assert again.returncode == 0, again.stderr
+    done = _restore_done(again)
+    assert (done["files"], done["up_to_date"]) == (1, 29), done
+    assert json.loads((pod / ".runsync/restore.json").read_text())["files"] == 1
+
+
 def test_restore_strict_fails_on_an_empty_run(tmp_path, s3_env):
     lax = restore_init(s3_env, tmp_path / "a", {}, tmp_path, run="team-a/proj/new")
     assert lax.returncode == 0, lax.stderr
