@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS entries (name TEXT PRIMARY KEY, key TEXT NOT NULL, si
 _COLUMNS = "name, key, size, mtime_ns, sha256, policy, part_size, crc"
 _INSERT = f"INSERT OR REPLACE INTO entries ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)"
 _META = ("run", "replica", "seq", "created", "final", "writer", "epoch", "base", "chain", "chain_entries",
-         "base_count", "requires")
+         "base_count", "summary", "requires")
 
 
 class Index(Mapping[str, FileEntry]):
@@ -61,7 +61,8 @@ class Index(Mapping[str, FileEntry]):
         if self._meta is None:
             return None
         doc = self._meta
-        return Manifest(**{k: doc[k] for k in _META if k != "requires"}, requires=tuple(doc["requires"]),
+        # (an index written before a field existed lacks it: the dataclass's default)
+        return Manifest(**{k: doc[k] for k in _META if k != "requires" and k in doc}, requires=tuple(doc["requires"]),
                         checkpoints={d: tuple(n) for d, n in doc["checkpoints"].items()}, files=self)
 
     def records(self, m: Manifest) -> bool:

@@ -69,6 +69,9 @@ class Manifest:
     """Format 2: entries and removals those deltas carry."""
     base_count: int = 0
     """Format 2: entries in the base."""
+    summary: int = 0
+    """Format 2: the delta of its chain that folded every change since the base (records.py),
+    0 if none: readers need no record between the base and it."""
     requires: tuple[str, ...] = ()
     """Format 2: the other keys it is read from (its base's record and chunks, the deltas
     between): what `runsync gc` keeps with it."""

@@ -9,10 +9,13 @@ body is `{"format": 2, "kind": "base" | "delta", ...}`:
 - a delta names the entries changed and the names removed since `prev` (the writer's previous
   commit, usually seq - 1) and the `base` the chain starts from.
 
-So a commit after one changed file PUTs a record of O(changed) bytes. A new base comes every
-`BASE_EVERY` deltas, when the deltas since the base outgrow a quarter of it (and `DELTA_FLOOR`),
-or on the first commit after a format-1 manifest: a reader fetches at most the base's chunks and
-`BASE_EVERY` small records, those in parallel.
+So a commit after one changed file PUTs a record of O(changed) bytes. When the chain reaches
+`BASE_EVERY` deltas, or the entries its deltas carry outgrow a quarter of the base (and
+`DELTA_FLOOR`), the writer folds the chain into one *summary* delta (its `prev` the base itself:
+every change since the base, once), unless even that outgrows the quarter: then a new base, as on
+the first commit after a format-1 manifest. A reader fetches at most the base's chunks and
+`BASE_EVERY` small records, those in parallel; a base is rewritten only when a quarter of it
+changed, never because many small commits went by (beside 1,000,000 files, a base is ~270 MB).
 """
 
 from __future__ import annotations
@@ -54,28 +57,64 @@ def prepare(client, layout: keys.Layout, previous: Manifest | None, m: Manifest)
             changed = [e for name, e in m.files.items() if previous.files.get(name) != e]
             removed = [name for name in previous.files if name not in m.files]
         carried = previous.chain_entries + len(changed) + len(removed)
-        if previous.chain < BASE_EVERY and carried <= max(previous.base_count // 4, DELTA_FLOOR):
+        limit = max(previous.base_count // 4, DELTA_FLOOR)
+        if previous.chain < BASE_EVERY and carried <= limit:
             m = dataclasses.replace(m, base=previous.base, chain=previous.chain + 1, chain_entries=carried,
-                                    base_count=previous.base_count)
-            doc = {**common, "kind": "delta", "base": m.base, "prev": previous.seq, "chain": m.chain,
-                   "chain_entries": carried, "base_count": m.base_count,
-                   "files": [entry_doc(e) for e in sorted(changed, key=lambda e: e.name)],
-                   "removed": sorted(removed),
-                   "checkpoints": {d: list(n) for d, n in sorted(m.checkpoints.items())
-                                   if previous.checkpoints.get(d) != n},
-                   "checkpoints_removed": sorted(d for d in previous.checkpoints if d not in m.checkpoints)}
-            return m, _dump(doc)
+                                    base_count=previous.base_count, summary=previous.summary)
+            return m, _dump(_delta_doc(common, m, previous.seq, changed, removed, previous.checkpoints))
+        if previous.chain:  # fold the chain into one summary of every change since the base
+            folded = _since_base(client, layout, previous, changed, removed, limit)
+            if folded is not None:
+                since, base_checkpoints = folded
+                m = dataclasses.replace(m, base=previous.base, chain=1, chain_entries=len(since),
+                                        base_count=previous.base_count, summary=m.seq)
+                changed = [e for e in since.values() if e is not None]
+                removed = [n for n, e in since.items() if e is None]
+                return m, _dump(_delta_doc(common, m, previous.base, changed, removed, base_checkpoints))
     docs = (entry_doc(m.files[n]) for n in sorted(m.files))
     inline = len(m.files) <= SMALL
     written = [] if inline else chunks.write(client, layout.store.bucket, f"{layout.manifests_prefix}{m.seq:012d}.base/",
                                              secrets.token_hex(4), docs)
-    m = dataclasses.replace(m, base=m.seq, chain=0, chain_entries=0, base_count=len(m.files),
+    m = dataclasses.replace(m, base=m.seq, chain=0, chain_entries=0, base_count=len(m.files), summary=0,
                             requires=tuple(k for k, _ in written))
     doc = {**common, "kind": "base", "count": len(m.files), "chunks": written,
            "checkpoints": {d: list(n) for d, n in sorted(m.checkpoints.items())}}
     if inline:
         doc["files"] = list(docs)
     return m, _dump(doc)
+
+
+def _delta_doc(common: dict, m: Manifest, prev: int, changed: list[FileEntry], removed: list[str],
+               checkpoints_before) -> dict:
+    """The record of delta `m` on top of commit `prev`, whose checkpoint units were `checkpoints_before`."""
+    doc = {**common, "kind": "delta", "base": m.base, "prev": prev, "chain": m.chain,
+           "chain_entries": m.chain_entries, "base_count": m.base_count,
+           "files": [entry_doc(e) for e in sorted(changed, key=lambda e: e.name)],
+           "removed": sorted(removed),
+           "checkpoints": {d: list(n) for d, n in sorted(m.checkpoints.items()) if checkpoints_before.get(d) != n},
+           "checkpoints_removed": sorted(d for d in checkpoints_before if d not in m.checkpoints)}
+    if m.summary:
+        doc["summary"] = m.summary  # readers fetch the base and the records from here on, no more
+    return doc
+
+
+def _since_base(client, layout: keys.Layout, previous: Manifest, changed: list[FileEntry], removed: list[str],
+                limit: int) -> tuple[dict[str, FileEntry | None], dict] | None:
+    """Every change since `previous`'s base, this commit's included (name → entry, or None:
+    removed), and the base's checkpoint units; None when that is more than `limit` entries (then
+    a new base is cheaper to read). Reads `previous`'s chain as a reader does: at most
+    `BASE_EVERY` small records, in parallel, once per chain."""
+    body = _get(client, layout, previous.seq)
+    if body is None:
+        return None  # gc took it meanwhile: a base needs nothing read
+    base_doc, chain = _chain(lambda seqs: _fetch(client, layout, seqs), json.loads(body))
+    since = _fold(chain, layout)
+    for name in removed:
+        since[name] = None
+    since.update((e.name, e) for e in changed)
+    if len(since) > limit:
+        return None
+    return since, checkpoints_from_doc(base_doc["checkpoints"])
 
 
 def read(client, layout: keys.Layout, seq: int, owner: int | None = None) -> Manifest | str | None:
@@ -178,7 +217,25 @@ def _open(client, layout: keys.Layout, seq: int, doc: dict, damaged, fetch=None,
     if doc["kind"] != "delta":
         raise ValueError(f"kind {doc['kind']!r} is neither base nor delta")
     base = int(doc["base"])
-    fetched = fetch(range(base, seq))
+    base_doc, chain = _chain(fetch, doc)
+    checkpoints = checkpoints_from_doc(base_doc["checkpoints"])
+    for delta in reversed(chain):
+        for d in delta["checkpoints_removed"]:
+            checkpoints.pop(str(d), None)
+        checkpoints.update(checkpoints_from_doc(delta["checkpoints"]))
+    requires = (_chunk_keys(base_doc) + [layout.manifest_key(int(d["seq"])) for d in chain[1:]]
+                + [layout.manifest_key(base)])
+    return listing.Listing(_manifest(doc, checkpoints, base, requires),
+                           lambda: base_entries(base_doc), _fold(chain, layout), damaged)
+
+
+def _chain(fetch, doc: dict) -> tuple[dict, list[dict]]:
+    """(the base's record, the deltas from `doc` back to it, newest first) of delta `doc`. The
+    records fetched are the base's and those from the chain's summary on (older deltas were folded
+    into it: gc may have taken them); a record without a summary needs every number since the base."""
+    base, seq = int(doc["base"]), int(doc["seq"])
+    since = max(base + 1, int(doc.get("summary") or 0))
+    fetched = fetch([base, *range(since, seq)])
     chain, current = [doc], doc
     while int(current["prev"]) != base:  # back along prev, which skips fenced-off numbers
         prev = int(current["prev"])
@@ -189,20 +246,18 @@ def _open(client, layout: keys.Layout, seq: int, doc: dict, damaged, fetch=None,
     base_doc = fetched.get(base)
     if base_doc is None or base_doc.get("kind") != "base":
         raise ValueError(f"its base {base} is missing")
-    # The chain folded oldest first into one overlay: the last word on each name wins.
+    return base_doc, chain
+
+
+def _fold(chain: list[dict], layout: keys.Layout) -> dict[str, FileEntry | None]:
+    """The deltas of `chain` (newest first) folded oldest first into one overlay: name → entry,
+    or None (removed); the last word on each name wins."""
     overlay: dict[str, FileEntry | None] = {}
-    checkpoints = checkpoints_from_doc(base_doc["checkpoints"])
     for delta in reversed(chain):
         for name in delta["removed"]:
             overlay[str(name)] = None
         overlay.update((e.name, e) for e in (entry_from_doc(raw, layout) for raw in delta["files"]))
-        for d in delta["checkpoints_removed"]:
-            checkpoints.pop(str(d), None)
-        checkpoints.update(checkpoints_from_doc(delta["checkpoints"]))
-    requires = (_chunk_keys(base_doc) + [layout.manifest_key(int(d["seq"])) for d in chain[1:]]
-                + [layout.manifest_key(base)])
-    return listing.Listing(_manifest(doc, checkpoints, base, requires),
-                           lambda: base_entries(base_doc), overlay, damaged)
+    return overlay
 
 
 def _manifest(doc: dict, checkpoints, base: int, requires: list[str]) -> Manifest:
@@ -212,6 +267,7 @@ def _manifest(doc: dict, checkpoints, base: int, requires: list[str]) -> Manifes
         files={}, final=bool(doc.get("final", False)), writer=str(doc.get("writer", "")),
         epoch=int(doc.get("epoch", 0)), checkpoints=checkpoints, base=base,
         chain=int(doc["chain"]) if delta else 0, chain_entries=int(doc["chain_entries"]) if delta else 0,
+        summary=int(doc.get("summary") or 0) if delta else 0,
         base_count=int(doc["base_count"]) if delta else int(doc["count"]), requires=tuple(requires))
 
 

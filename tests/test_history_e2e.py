@@ -133,14 +133,19 @@ def _ten_commits(store, monkeypatch) -> tuple[keys.Layout, dict[str, bytes]]:
     return layout, expected
 
 
-def test_commits_leave_deltas_and_periodic_bases_and_restore_gives_the_latest(tmp_path, cli, store, monkeypatch):
+def test_commits_leave_deltas_and_a_summary_and_restore_gives_the_latest(tmp_path, cli, store, monkeypatch):
     from harness import tree
 
     layout, expected = _ten_commits(store, monkeypatch)
 
-    kinds = {seq: r["kind"] for seq, r in _records(store, layout).items()}
-    assert kinds == {1: "base", 2: "delta", 3: "delta", 4: "delta", 5: "delta",
-                     6: "base", 7: "delta", 8: "delta", 9: "delta", 10: "delta"}
+    records = _records(store, layout)
+    assert {seq: r["kind"] for seq, r in records.items()} == {1: "base", **{seq: "delta" for seq in range(2, 11)}}
+    # the 5th delta folds the 4 before it (read from the base and itself, as are those after it
+    # up to the next summary), and so on
+    assert (records[6]["prev"], records[6]["summary"], records[6]["chain"]) == (1, 6, 1)
+    assert (records[7]["prev"], records[7]["summary"], records[7]["chain"]) == (6, 6, 2)
+    assert (records[10]["prev"], records[10]["summary"], records[10]["chain"]) == (1, 10, 1)
+    assert "summary" not in records[5] and records[5]["prev"] == 4
     result = cli("restore", RUN, "--to", str(tmp_path / "out"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert tree(tmp_path / "out") == expected
@@ -209,8 +214,8 @@ def test_gc_keeps_the_chain_a_kept_commit_needs(tmp_path, cli, store, monkeypatc
     assert result.returncode == 0, result.stdout + result.stderr
 
     left = _records(store, layout)
-    assert sorted(left) == [6, 7, 8, 9, 10]  # the latest, its base and the deltas between
-    assert not [k for k in store.keys() if k.startswith(layout.manifests_prefix + "000000000001.base/")]
+    assert sorted(left) == [1, 10]  # the latest (a summary) and its base
+    assert [k for k in store.keys() if k.startswith(layout.manifests_prefix + "000000000001.base/")]
     restored = cli("restore", RUN, "--to", str(tmp_path / "out"))
     assert restored.returncode == 0, restored.stdout + restored.stderr
     assert tree(tmp_path / "out") == expected
@@ -224,14 +229,91 @@ def test_gc_reads_each_record_and_each_base_once(tmp_path, cli, store, monkeypat
 
     layout, _ = _ten_commits(store, monkeypatch)
     manifest_keys = [k for k in store.keys() if k.startswith(layout.manifests_prefix)]
-    assert len(manifest_keys) == 12  # 10 records, a chunk for each of the 2 bases
+    assert len(manifest_keys) == 11  # 10 records, the base's chunk
     counts = tmp_path / "counts.json"
     result = cli("gc", RUN, "--keep", "1", "--min-age", "0", "--dry-run", "--json",
                  env={**cli.env, **s3count.environ(counts, tmp_path)})
     assert result.returncode == 0, result.stdout + result.stderr
     # Besides the manifests: the lease (read when judging and again before deleting) and head.json.
     assert s3count.read(counts)["GetObject"] <= len(manifest_keys) + 3, s3count.read(counts)
-    # and it still judges each one: the first base, its deltas and its chunk would go
+    # and it still judges each one: the deltas the latest summary folded would go
     going = {d["key"] for d in json.loads(result.stdout)["deleted"] if d["kind"] == "manifest"}
-    first = layout.manifests_prefix + "000000000001.base/"
-    assert {layout.manifest_key(s) for s in range(1, 6)} | {k for k in manifest_keys if k.startswith(first)} == going
+    assert {layout.manifest_key(s) for s in range(2, 10)} == going
+
+
+def test_a_chain_that_changes_a_quarter_of_its_base_gets_a_new_base(tmp_path, cli, store, monkeypatch):
+    from harness import tree
+
+    from runsync import records
+
+    monkeypatch.setattr(records, "SMALL", 0)
+    monkeypatch.setattr(records, "DELTA_FLOOR", 0)  # a quarter of 8 files: 2 entries
+    layout = keys.Layout(store.layout.store, keys.RunPath.parse(RUN), "0")
+    expected = {f"f{i}.txt": f"first {i}".encode() for i in range(8)}
+    steps = [(dict(expected), [])]
+    for i in range(6):  # a different file each commit: what changed since the base only grows
+        steps.append(({f"f{i}.txt": f"second {i}".encode()}, []))
+        expected[f"f{i}.txt"] = f"second {i}".encode()
+    _commit_files(store, layout, steps)
+
+    kinds = {seq: r["kind"] for seq, r in _records(store, layout).items()}
+    assert kinds == {1: "base", 2: "delta", 3: "delta", 4: "base", 5: "delta", 6: "delta", 7: "base"}
+    restored = cli("restore", RUN, "--to", str(tmp_path / "out"))
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert tree(tmp_path / "out") == expected
+
+
+# ------------------------------------------------- a long chain beside a large listing: summaries
+
+def _big_base_then_one_file_a_commit(store, layout: keys.Layout, count: int, commits: int) -> list[manifest.FileEntry]:
+    """A base of `count` entries (all pointing at one object), then `commits` commits that each
+    change log.txt, as a sidecar beside a large run dir commits a log line a second. The log
+    entries, in order (the i-th is what commit i + 2 holds)."""
+    s3 = store.client
+    key = layout.objects_prefix + "00000001/shared"
+    s3.put_object(Bucket=layout.store.bucket, Key=key, Body=b"x")
+    held = lease.acquire(s3, layout, "trainer", wait=0, max_seq=lambda: manifest.max_seq(s3, layout))
+    previous = manifest.commit_next(
+        s3, layout, None, [manifest.FileEntry(f"data/{i:06d}.bin", key, 1, 1, "0" * 64, "live") for i in range(count)],
+        final=False, writer="trainer", epoch=held.lease.epoch)
+    logs = []
+    for i in range(commits):
+        logs.append(manifest.FileEntry("log.txt", key, 1, 1_000 + i, "0" * 64, "live"))
+        previous = manifest.commit_next(s3, layout, previous, [logs[-1]], final=False, writer="trainer",
+                                        epoch=held.lease.epoch)
+    lease.renew(s3, layout, held, state="released")
+    return logs
+
+
+def test_a_long_chain_beside_a_large_listing_never_rewrites_the_listing(cli, store):
+    """One changed file a commit for 140 commits beside 5,000 files: the listing is written once.
+    A new base every 64 commits rewrote all of it (beside 1,000,000 files and a commit a second:
+    ~270 MB every minute); the writer now folds its chain into one summary delta instead."""
+    import json
+
+    layout = keys.Layout(store.layout.store, keys.RunPath.parse(RUN), "0")
+    logs = _big_base_then_one_file_a_commit(store, layout, 5000, 140)
+    records = _records(store, layout)
+    assert [seq for seq, r in sorted(records.items()) if r["kind"] == "base"] == [1]
+    chunks = [k for k in store.keys() if k.startswith(layout.manifests_prefix) and layout.manifest_seq(k) is None]
+    assert chunks and all(k.startswith(layout.manifests_prefix + "000000000001.base/") for k in chunks), chunks
+    written = sum(len(store.read(layout.manifest_key(seq))) for seq in records if seq > 1)
+    assert written < 140 * 2048, written  # O(changed): about a record of one entry per commit
+
+    # Every commit still reads as what it committed: across summaries, around them, the latest.
+    for seq in (2, 64, 65, 66, 67, 129, 130, 131, 141):
+        m = manifest.read(store.client, layout, seq)
+        assert len(m.files) == 5001 and m.files["log.txt"] == logs[seq - 2], seq
+        assert m.files["data/004999.bin"].name == "data/004999.bin"
+    listed = cli("ls", RUN, "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert len(rows) == 5001 and next(r for r in rows if r["name"] == "log.txt")["mtime"] == logs[-1].mtime_ns / 1e9
+
+    # gc keeps what the latest needs (its base, the summary, the deltas since) and drops the rest.
+    gc = cli("gc", RUN, "--keep", "1", "--min-age", "0")
+    assert gc.returncode == 0, gc.stdout + gc.stderr
+    left = sorted(_records(store, layout))
+    assert left[0] == 1 and len(left) <= 1 + 64 and left[-1] == 141, left
+    after = json.loads(cli("ls", RUN, "--json").stdout)
+    assert after == rows

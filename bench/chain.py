@@ -1,0 +1,127 @@
+"""A long chain of small commits beside a large listing (issue 18: a sidecar committing a log
+line a second for weeks beside F files): what each commit writes, before and after.
+
+    .venv/bin/python bench/chain.py [--files 100000] [--commits 200] [--before TREE]
+
+One local SeaweedFS. Per code (`--before TREE`, e.g. `git worktree add .before df48cd9`), a
+child process with that tree's `runsync` writes a base of F entries with the product's commit
+code (manifest.commit_next, as the sidecar's committer calls it), then `--commits` commits of one
+changed file each, and reports: the bases and summaries written, the bytes under `manifests/`
+added by those commits (records and chunks, listed from the bucket), the requests they sent by
+kind (a botocore hook on the writer's client), their wall time (median and slowest commit) and the child's CPU
+and peak RSS. Prints a Markdown table; numbers of one machine, not assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BUCKET = "bench-chain"
+
+
+def child(files: int, commits: int, prefix: str) -> None:
+    import collections
+
+    from runsync import keys, lease, manifest, transfer
+
+    s3 = transfer.client()
+    counts: collections.Counter = collections.Counter()
+    counting = [False]
+    s3.meta.events.register("before-call.s3", lambda model, **_: counting[0] and counts.update([model.name]))
+    layout = keys.Layout(keys.StoreURL.parse(f"s3://{BUCKET}/{prefix}"), keys.RunPath("team-a", "chain", "run"), "0")
+    key = layout.objects_prefix + "00000001/shared"
+    s3.put_object(Bucket=BUCKET, Key=key, Body=b"x")
+    entry = lambda name, t: manifest.FileEntry(name, key, 1, t, "0" * 64, "live")  # noqa: E731
+    held = lease.acquire(s3, layout, "bench", wait=0, max_seq=lambda: manifest.max_seq(s3, layout))
+    previous = manifest.commit_next(s3, layout, None, [entry(f"data/{i:07d}.bin", 1) for i in range(files)],
+                                    final=False, writer="bench", epoch=held.lease.epoch)
+
+    def manifest_bytes() -> int:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=layout.manifests_prefix)
+        return sum(o["Size"] for page in pages for o in page.get("Contents", ()))
+
+    before, walls = manifest_bytes(), []
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    counting[0] = True
+    for i in range(commits):
+        started = time.perf_counter()
+        previous = manifest.commit_next(s3, layout, previous, [entry("log.txt", 1_000 + i)], final=False,
+                                        writer="bench", epoch=held.lease.epoch)
+        walls.append(time.perf_counter() - started)
+    counting[0] = False
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    kinds = {"base": 0, "summary": 0, "delta": 0}
+    for seq in range(2, previous.seq + 1):
+        doc = json.loads(s3.get_object(Bucket=BUCKET, Key=layout.manifest_key(seq))["Body"].read())
+        kinds["summary" if doc.get("summary") == seq else doc["kind"]] += 1
+    lease.renew(s3, layout, held, state="released")
+    print(json.dumps({"kinds": kinds, "bytes": manifest_bytes() - before, "requests": dict(counts),
+                      "median_ms": 1000 * statistics.median(walls), "max_ms": 1000 * max(walls),
+                      "cpu_s": cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime,
+                      "rss_mib": cpu1.ru_maxrss / 1024}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--files", type=int, default=100_000)
+    ap.add_argument("--commits", type=int, default=200)
+    ap.add_argument("--before", type=Path, help="a checkout of the code to compare with (its repo root)")
+    ap.add_argument("--child", action="store_true")
+    ap.add_argument("--prefix", default="")
+    args = ap.parse_args()
+    if args.child:
+        child(args.files, args.commits, args.prefix)
+        return
+    from runsync_testing import locals3
+
+    server = locals3.start()
+    try:
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNSYNC_"))}, **server.env()}
+        import boto3
+
+        boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
+                     aws_access_key_id=server.credentials.access_key,
+                     aws_secret_access_key=server.credentials.secret_key).create_bucket(Bucket=BUCKET)
+        rows = []
+        with tempfile.TemporaryDirectory(prefix="runsync-chain-") as tmp:
+            codes = [("after", "")]
+            if args.before:
+                link = Path(tmp) / "before"
+                link.mkdir()
+                (link / "runsync").symlink_to(args.before.resolve() / "sidecar")
+                codes.insert(0, ("before", str(link)))
+            for label, code in codes:
+                cenv = {**env, **({"PYTHONPATH": os.pathsep.join(p for p in (code, env.get("PYTHONPATH")) if p)}
+                                  if code else {})}
+                out = subprocess.run([sys.executable, __file__, "--child", "--files", str(args.files), "--commits",
+                                      str(args.commits), "--prefix", label], env=cenv, check=True,
+                                     capture_output=True, text=True).stdout
+                row = json.loads(out.strip().splitlines()[-1])
+                rows.append((label, row))
+                print(label, json.dumps(row), f"load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
+        print(f"F = {args.files:,} entries, {args.commits} commits of one changed file each; "
+              f"load average {os.getloadavg()[0]:.2f}")
+        print("| code | bases / summaries / deltas | manifest bytes written | bytes per commit | requests (by kind) "
+              "| commit ms median / slowest | CPU s | peak RSS MiB |")
+        print("|---|---|---|---|---|---|---|---|")
+        for label, r in rows:
+            k = r["kinds"]
+            reqs = ", ".join(f"{n} {c}" for n, c in sorted(r["requests"].items()))
+            print(f"| {label} | {k['base']} / {k['summary']} / {k['delta']} | {r['bytes']:,} | "
+                  f"{r['bytes'] // args.commits:,} | {reqs} | {r['median_ms']:.0f} / {r['max_ms']:.0f} | "
+                  f"{r['cpu_s']:.1f} | {r['rss_mib']:.0f} |")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
