@@ -36,7 +36,10 @@ def child(files: int, commits: int, prefix: str) -> None:
     s3 = transfer.client()
     counts: collections.Counter = collections.Counter()
     counting = [False]
-    s3.meta.events.register("before-call.s3", lambda model, **_: counting[0] and counts.update([model.name]))
+    def count(model, **_) -> None:  # (a before-call handler that returns a value answers the call)
+        if counting[0]:
+            counts[model.name] += 1
+    s3.meta.events.register("before-call.s3", count)
     layout = keys.Layout(keys.StoreURL.parse(f"s3://{BUCKET}/{prefix}"), keys.RunPath("team-a", "chain", "run"), "0")
     key = layout.objects_prefix + "00000001/shared"
     s3.put_object(Bucket=BUCKET, Key=key, Body=b"x")
@@ -102,10 +105,11 @@ def main() -> None:
             for label, code in codes:
                 cenv = {**env, **({"PYTHONPATH": os.pathsep.join(p for p in (code, env.get("PYTHONPATH")) if p)}
                                   if code else {})}
-                out = subprocess.run([sys.executable, __file__, "--child", "--files", str(args.files), "--commits",
-                                      str(args.commits), "--prefix", label], env=cenv, check=True,
-                                     capture_output=True, text=True).stdout
-                row = json.loads(out.strip().splitlines()[-1])
+                done = subprocess.run([sys.executable, __file__, "--child", "--files", str(args.files), "--commits",
+                                       str(args.commits), "--prefix", label], env=cenv, capture_output=True, text=True)
+                if done.returncode:
+                    raise SystemExit(f"{label}: {done.stderr[-3000:]}")
+                row = json.loads(done.stdout.strip().splitlines()[-1])
                 rows.append((label, row))
                 print(label, json.dumps(row), f"load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
         print(f"F = {args.files:,} entries, {args.commits} commits of one changed file each; "

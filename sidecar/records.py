@@ -71,7 +71,7 @@ def prepare(client, layout: keys.Layout, previous: Manifest | None, m: Manifest)
                 changed = [e for e in since.values() if e is not None]
                 removed = [n for n, e in since.items() if e is None]
                 return m, _dump(_delta_doc(common, m, previous.base, changed, removed, base_checkpoints))
-    docs = (entry_doc(m.files[n]) for n in sorted(m.files))
+    docs = (entry_doc(e) for e in _sorted_entries(m.files))
     inline = len(m.files) <= SMALL
     written = [] if inline else chunks.write(client, layout.store.bucket, f"{layout.manifests_prefix}{m.seq:012d}.base/",
                                              secrets.token_hex(4), docs)
@@ -82,6 +82,17 @@ def prepare(client, layout: keys.Layout, previous: Manifest | None, m: Manifest)
     if inline:
         doc["files"] = list(docs)
     return m, _dump(doc)
+
+
+def _sorted_entries(files) -> Iterator[FileEntry]:
+    """`files` in name order. Over the durable index (the sidecar's, sync's), its own sorted pages
+    merged with the changes: a base of 1,000,000 entries without a list of every name in memory
+    and a query per name."""
+    if isinstance(files, Overlay) and hasattr(files.base, "entries"):
+        overlay: dict[str, FileEntry | None] = dict.fromkeys(files.removed)
+        overlay.update(files.changed)
+        return listing.merged(files.base.entries(), overlay)
+    return (files[n] for n in sorted(files))
 
 
 def _delta_doc(common: dict, m: Manifest, prev: int, changed: list[FileEntry], removed: list[str],
