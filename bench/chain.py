@@ -4,17 +4,20 @@ line a second for weeks beside F files): what each commit writes, before and aft
     .venv/bin/python bench/chain.py [--files 100000] [--commits 200] [--before TREE]
 
 One local SeaweedFS. Per code (`--before TREE`, e.g. `git worktree add .before df48cd9`), a
-child process with that tree's `runsync` writes a base of F entries with the product's commit
-code (manifest.commit_next, as the sidecar's committer calls it), then `--commits` commits of one
-changed file each, and reports: the bases and summaries written, the bytes under `manifests/`
-added by those commits (records and chunks, listed from the bucket), the requests they sent by
-kind (a botocore hook on the writer's client), their wall time (median and slowest commit) and the child's CPU
-and peak RSS. Prints a Markdown table; numbers of one machine, not assertions.
+child process with that tree's `runsync` writes a base of F entries (each with its own key and
+CRC, as a 4 KiB file's) with the product's commit code (manifest.commit_next), then `--commits`
+commits of one changed file each on the sqlite index of durable entries, as the sidecar's
+committer makes them (durable.Index), and reports: the bases and summaries written, the bytes
+under `manifests/` added by those commits (records and chunks, listed from the bucket), the
+requests they sent by kind (a botocore hook on the writer's client), their wall time (median and
+slowest commit) and the child's CPU and peak RSS. Prints a Markdown table; numbers of one
+machine, not assertions.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import resource
@@ -31,7 +34,7 @@ BUCKET = "bench-chain"
 def child(files: int, commits: int, prefix: str) -> None:
     import collections
 
-    from runsync import keys, lease, manifest, transfer
+    from runsync import durable, keys, lease, manifest, transfer
 
     s3 = transfer.client()
     counts: collections.Counter = collections.Counter()
@@ -41,12 +44,17 @@ def child(files: int, commits: int, prefix: str) -> None:
             counts[model.name] += 1
     s3.meta.events.register("before-call.s3", count)
     layout = keys.Layout(keys.StoreURL.parse(f"s3://{BUCKET}/{prefix}"), keys.RunPath("team-a", "chain", "run"), "0")
-    key = layout.objects_prefix + "00000001/shared"
-    s3.put_object(Bucket=BUCKET, Key=key, Body=b"x")
-    entry = lambda name, t: manifest.FileEntry(name, key, 1, t, "0" * 64, "live")  # noqa: E731
+    def entry(name: str, t: int) -> manifest.FileEntry:  # as a 4 KiB file's entry is: its own key and CRC
+        crc = base64.b64encode(os.urandom(8)).decode()
+        return manifest.FileEntry(name, f"{layout.objects_prefix}00000001/{os.urandom(8).hex()}", 4096, t, "",
+                                  "live", 16 << 20, (crc,))
+
     held = lease.acquire(s3, layout, "bench", wait=0, max_seq=lambda: manifest.max_seq(s3, layout))
-    previous = manifest.commit_next(s3, layout, None, [entry(f"data/{i:07d}.bin", 1) for i in range(files)],
-                                    final=False, writer="bench", epoch=held.lease.epoch)
+    manifest.commit_next(s3, layout, None, [entry(f"data/{i:07d}.bin", 1) for i in range(files)],
+                         final=False, writer="bench", epoch=held.lease.epoch)
+    # The sidecar's committer: the durable entries in its sqlite index, each commit overlaid on it.
+    index = durable.Index(tempfile.mkdtemp(prefix="runsync-chain-index-"))
+    previous = index.adopt(manifest.latest_listing(s3, layout))
 
     def manifest_bytes() -> int:
         pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=layout.manifests_prefix)
@@ -57,10 +65,13 @@ def child(files: int, commits: int, prefix: str) -> None:
     counting[0] = True
     for i in range(commits):
         started = time.perf_counter()
-        previous = manifest.commit_next(s3, layout, previous, [entry("log.txt", 1_000 + i)], final=False,
-                                        writer="bench", epoch=held.lease.epoch)
+        previous = index.committed(manifest.commit_next(s3, layout, previous, [entry("log.txt", 1_000 + i)],
+                                                        final=False, writer="bench", epoch=held.lease.epoch))
         walls.append(time.perf_counter() - started)
     counting[0] = False
+    latest = manifest.read(s3, layout, previous.seq)  # as a reader finds it: every file, the last log line
+    if len(latest.files) != files + 1 or latest.files["log.txt"].mtime_ns != 1_000 + commits - 1:
+        raise SystemExit(f"commit {previous.seq} reads back wrong: {len(latest.files)} files")
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     kinds = {"base": 0, "summary": 0, "delta": 0}
     for seq in range(2, previous.seq + 1):
