@@ -27,10 +27,11 @@ import secrets
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from . import chunks, keys, listing
 from .entries import FENCED, FileEntry, Manifest, Overlay, checkpoints_from_doc, entry_doc, entry_from_doc, unreadable
+from .logs import log
 
 FORMAT = 2
 BASE_EVERY = 64
@@ -62,8 +63,10 @@ def prepare(client, layout: keys.Layout, previous: Manifest | None, m: Manifest)
             m = dataclasses.replace(m, base=previous.base, chain=previous.chain + 1, chain_entries=carried,
                                     base_count=previous.base_count, summary=previous.summary)
             return m, _dump(_delta_doc(common, m, previous.seq, changed, removed, previous.checkpoints))
-        if previous.chain:  # fold the chain into one summary of every change since the base
-            folded = _since_base(client, layout, previous, changed, removed, limit)
+        # Fold the chain into one summary of every change since the base, if that is at most
+        # half the limit: a summary near the limit would be written again on the next commits.
+        if previous.chain and len(changed) + len(removed) <= limit // 2:
+            folded = _since_base(client, layout, previous, changed, removed, limit // 2)
             if folded is not None:
                 since, base_checkpoints = folded
                 m = dataclasses.replace(m, base=previous.base, chain=1, chain_entries=len(since),
@@ -112,14 +115,19 @@ def _delta_doc(common: dict, m: Manifest, prev: int, changed: list[FileEntry], r
 def _since_base(client, layout: keys.Layout, previous: Manifest, changed: list[FileEntry], removed: list[str],
                 limit: int) -> tuple[dict[str, FileEntry | None], dict] | None:
     """Every change since `previous`'s base, this commit's included (name → entry, or None:
-    removed), and the base's checkpoint units; None when that is more than `limit` entries (then
-    a new base is cheaper to read). Reads `previous`'s chain as a reader does: at most
+    removed), and the base's checkpoint units; None when that is more than `limit` entries, or the
+    chain cannot be read (then a new base). Reads `previous`'s chain as a reader does: at most
     `BASE_EVERY` small records, in parallel, once per chain."""
-    body = _get(client, layout, previous.seq)
-    if body is None:
-        return None  # gc took it meanwhile: a base needs nothing read
-    base_doc, chain = _chain(lambda seqs: _fetch(client, layout, seqs), json.loads(body))
-    since = _fold(chain, layout)
+    try:
+        body = _get(client, layout, previous.seq)
+        base_doc, chain = _chain(lambda seqs: _fetch(client, layout, seqs), json.loads(body or b"null"))
+        since = _fold(chain, layout)
+    except (ValueError, KeyError, TypeError, AttributeError, ClientError, BotoCoreError) as err:
+        # A damaged or missing record of the chain: a base needs nothing read, and the writer holds
+        # the whole listing. (Failing the commit would fail every commit after it.)
+        log.warning("delta chain unreadable; writing a new base", extra={"fields": {
+            "seq": previous.seq, "base": previous.base, "error": str(err)}})
+        return None
     for name in removed:
         since[name] = None
     since.update((e.name, e) for e in changed)
