@@ -69,10 +69,10 @@ def child(files: int, commits: int, prefix: str) -> None:
                                                         final=False, writer="bench", epoch=held.lease.epoch))
         walls.append(time.perf_counter() - started)
     counting[0] = False
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     latest = manifest.read(s3, layout, previous.seq)  # as a reader finds it: every file, the last log line
     if len(latest.files) != files + 1 or latest.files["log.txt"].mtime_ns != 1_000 + commits - 1:
         raise SystemExit(f"commit {previous.seq} reads back wrong: {len(latest.files)} files")
-    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     kinds = {"base": 0, "summary": 0, "delta": 0}
     for seq in range(2, previous.seq + 1):
         doc = json.loads(s3.get_object(Bucket=BUCKET, Key=layout.manifest_key(seq))["Body"].read())
