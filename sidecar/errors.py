@@ -43,3 +43,10 @@ class SaveError(InputError):
 
 class StoreURLError(InputError, StoreError):
     """A malformed `s3://BUCKET/PREFIX`."""
+
+
+def precondition_failed(err) -> bool:
+    """A conditional write (If-Match, If-None-Match) lost (`err`, botocore's ClientError): someone else wrote first. SeaweedFS and
+    S3 spell it differently; the lease, head.json, run.json (runmeta) and the commit ask here."""
+    return err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412") or \
+        err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412

@@ -19,7 +19,7 @@ import threading
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import keys, lease
+from . import errors, keys
 from .logs import log
 
 FORMAT = 2
@@ -62,7 +62,7 @@ def write(s3, layout: keys.Layout, seq: int, epoch: int) -> None:
                 put = s3.put_object(Bucket=layout.store.bucket, Key=layout.head_key, Body=Head(seq, epoch).to_json(),
                                     ContentType="application/json", **condition)
             except ClientError as err:
-                if not lease.precondition_failed(err):
+                if not errors.precondition_failed(err):
                     raise
                 read(s3, layout)  # someone wrote it since we looked: look again
                 looked = True

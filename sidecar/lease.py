@@ -33,7 +33,7 @@ from collections.abc import Callable
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import keys
-from .errors import StoreError
+from .errors import StoreError, precondition_failed
 
 DEFAULT_TTL = 15.0
 """An active holder's heartbeat is fresh this long: a successor waits for it (its final flush)."""
@@ -208,13 +208,6 @@ def renew(s3, layout: keys.Layout, held: Held, clock: Callable[[], float] = time
     except BotoCoreError:
         raise
     return Held(new, put["ETag"])
-
-
-def precondition_failed(err: ClientError) -> bool:
-    """A conditional write (If-Match, If-None-Match) lost: someone else wrote first. SeaweedFS and
-    S3 spell it differently; the lease and run.json (runmeta) both ask here."""
-    return err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412") or \
-        err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412
 
 
 class Beating:

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 
 from botocore.exceptions import ClientError
 
-from . import head, keys, lease
+from . import errors, head, keys, lease
 from .entries import CommitConflict, DEFAULT_MARKERS, FENCED, FileEntry, Manifest, settle
 from .entries import entry_doc, entry_from_doc, whole_crc64nvme  # noqa: F401 - callers say manifest.*
 from .errors import StoreError
@@ -163,7 +163,7 @@ def commit(
             ChecksumSHA256=base64.b64encode(hashlib.sha256(body).digest()).decode(),
         )
     except ClientError as err:
-        if lease.precondition_failed(err):
+        if errors.precondition_failed(err):
             raise CommitConflict(f"manifest {manifest.seq} of {layout.run} replica "
                                  f"{layout.replica} was committed by another writer") from None
         raise

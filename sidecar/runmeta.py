@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 
 from botocore.exceptions import ClientError
 
-from . import config, contract, keys, lease, runsindex
+from . import config, contract, errors, keys, runsindex
 from .logs import log
 
 FORMAT = 1
@@ -120,7 +120,7 @@ def update_run(s3, layout: keys.Layout, change: Callable[[dict], dict | None], a
             s3.put_object(Bucket=layout.store.bucket, Key=layout.run_metadata_key, ContentType="application/json",
                           Body=json.dumps(new, indent=1, sort_keys=True).encode(), **condition)
         except ClientError as err:
-            if not lease.precondition_failed(err):
+            if not errors.precondition_failed(err):
                 raise
         else:
             runsindex.publish(s3, layout, doc, new, damaged=doc is None and etag is not None, deadline=deadline,
@@ -311,7 +311,7 @@ class Recorder:
                                      Body=json.dumps(self.doc, indent=1, sort_keys=True).encode(), **condition)
             self._etag = put["ETag"]
         except ClientError as err:
-            if lease.precondition_failed(err):
+            if errors.precondition_failed(err):
                 self._fenced = True  # another pod took this replica: its metadata is its own
                 log.warning("replica.json written by another pod; this one stops writing metadata",
                             extra={"fields": {"key": key}})
