@@ -55,6 +55,14 @@ import runs_catalog  # noqa: E402
 from startup import Code  # noqa: E402  (the tree to run: this one, or --before's checkout)
 
 HERE = Path(__file__).resolve().parent
+LAUNCHER = ("import json, os, subprocess, sys; p = subprocess.Popen(sys.argv[2:]); _, status, u = os.wait4(p.pid, 0); "
+            "open(sys.argv[1], 'w').write(json.dumps([os.waitstatus_to_exitcode(status), u.ru_utime + u.ru_stime, "
+            "u.ru_maxrss]))")
+"""Starts each measured process from a small one: Linux seeds a child's peak RSS (ru_maxrss) with
+its parent's at exec (vfork shares the parent's memory until then), so a bench that had grown
+would report its own peak for every process it started (2026-12-05: restore-init "613 MiB" at
+1,000,000 files, 53 MiB by its own VmHWM at 150,000). `-I`: the launcher itself runs no
+sitecustomize (s3count's would write its own empty counts over the child's)."""
 SHARD_BYTES = 4096
 SMALL_FILE = 4096
 DEFAULTS = {"R": "1,8,32,128", "M": "10,100,1000", "F": "1000,10000,50000", "N": "10,100,1000",
@@ -110,15 +118,17 @@ class Bench:
                 p for p in (site["PYTHONPATH"], env.get("PYTHONPATH")) if p)}
         argv = [sys.executable, *args] if args[0].endswith(".py") else code.command(*args)
         out, err = self.work / f"out-{self.serial}", self.work / f"err-{self.serial}"
+        usage_file = self.work / f"usage-{self.serial}.json"
         started = time.perf_counter()
         with open(out, "wb") as o, open(err, "wb") as e:
-            child = subprocess.Popen(argv, env=env, stdout=o, stderr=e, stdin=subprocess.DEVNULL)
-            _, status, usage = os.wait4(child.pid, 0)  # the child's own CPU and peak RSS
+            subprocess.run([sys.executable, "-I", "-c", LAUNCHER, str(usage_file), *argv], env=env, stdout=o, stderr=e,
+                           stdin=subprocess.DEVNULL, check=True)
         wall = time.perf_counter() - started
-        if os.waitstatus_to_exitcode(status):
+        code_, cpu, maxrss = json.loads(usage_file.read_text())
+        if code_:
             raise SystemExit(f"{' '.join(args)} ({code.label}) failed: {out.read_text()[-2000:]} "
                              f"{err.read_text()[-2000:]}")
-        return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_mib": usage.ru_maxrss / 1024,
+        return {"wall": wall, "cpu": cpu, "rss_mib": maxrss / 1024,
                 "requests": s3count.read(counts) if counted else {},
                 "sent": s3count.read_bytes(counts) if counted else {}, "out": out.read_text()}
 
