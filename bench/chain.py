@@ -95,24 +95,14 @@ def main() -> None:
     if args.child:
         child(args.files, args.commits, args.prefix)
         return
-    from runsync_testing import locals3
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import tools
 
-    server = locals3.start()
+    server, env = tools.server_with_bucket(BUCKET)
     try:
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNSYNC_"))}, **server.env()}
-        import boto3
-
-        boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
-                     aws_access_key_id=server.credentials.access_key,
-                     aws_secret_access_key=server.credentials.secret_key).create_bucket(Bucket=BUCKET)
         rows = []
         with tempfile.TemporaryDirectory(prefix="runsync-chain-") as tmp:
-            codes = [("after", "")]
-            if args.before:
-                link = Path(tmp) / "before"
-                link.mkdir()
-                (link / "runsync").symlink_to(args.before.resolve() / "sidecar")
-                codes.insert(0, ("before", str(link)))
+            codes = tools.codes(args.before, tmp)
             for label, code in codes:
                 cenv = {**env, **({"PYTHONPATH": os.pathsep.join(p for p in (code, env.get("PYTHONPATH")) if p)}
                                   if code else {})}

@@ -78,25 +78,17 @@ def main() -> None:
         child(int(args.child), args.prefix)
         return
     from runsync import contract
-    from runsync_testing import downward, locals3
+    from runsync_testing import downward
 
-    server = locals3.start()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import tools
+
+    server, env = tools.server_with_bucket(BUCKET)
     try:
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNSYNC_"))}, **server.env()}
-        import boto3
-
-        boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
-                     aws_access_key_id=server.credentials.access_key,
-                     aws_secret_access_key=server.credentials.secret_key).create_bucket(Bucket=BUCKET)
         runsync = [sys.executable, "-c", "import sys; from runsync.launch import main; sys.argv[0] = 'runsync'; sys.exit(main())"]
         rows = []
         with tempfile.TemporaryDirectory(prefix="runsync-streaming-") as tmp:
-            codes = [("after", "")]
-            if args.before:
-                link = Path(tmp) / "before"
-                link.mkdir()
-                (link / "runsync").symlink_to(args.before.resolve() / "sidecar")
-                codes.insert(0, ("before", str(link)))
+            codes = tools.codes(args.before, tmp)
             annotations = Path(tmp) / "annotations"
             annotations.write_text(downward.format_annotations_file({contract.RESTORE: PICK}))
             for size in [int(f) for f in args.files.split(",") if f]:

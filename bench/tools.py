@@ -247,3 +247,30 @@ def drop_bucket(s3, bucket: str) -> None:
         if keys:
             s3.delete_objects(Bucket=bucket, Delete={"Objects": keys})
     s3.delete_bucket(Bucket=bucket)
+
+
+def server_with_bucket(bucket: str):
+    """One local SeaweedFS with `bucket` made; (server, the environment a child process runs in:
+    the server's credentials and endpoint, no AWS_* or RUNSYNC_* of the caller's)."""
+    import boto3
+
+    from runsync_testing import locals3
+
+    server = locals3.start()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNSYNC_"))}, **server.env()}
+    boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
+                 aws_access_key_id=server.credentials.access_key,
+                 aws_secret_access_key=server.credentials.secret_key).create_bucket(Bucket=bucket)
+    return server, env
+
+
+def codes(before, tmp) -> list[tuple[str, str]]:
+    """(label, PYTHONPATH) of the code to run: this tree's (installed), and before it the
+    `--before` checkout's, as a package `runsync` linked from a dir under `tmp`."""
+    found = [("after", "")]
+    if before:
+        link = Path(tmp) / "before"
+        link.mkdir()
+        (link / "runsync").symlink_to(Path(before).resolve() / "sidecar")
+        found.insert(0, ("before", str(link)))
+    return found
