@@ -72,15 +72,17 @@ def throughput(server, env, s3, sets, chosen, repeat, tmp, log, rows: list[dict]
                         # transfer starts with them on disk, so none is timed beside another's writeback
                         # (downloads still swung 3-6 CPU-s/GiB for every tool after this: bench/README.md).
                         os.sync()
+                        tools.warm_pages(tmp, nbytes * 3 // 2)  # after the sync: its dirty pages are not written back
                         srv0 = tools.proc_cpu(server.process.pid)
                         sample = tool.up(src, bucket, "d", env) if direction == "up" else tool.down(bucket, "d", dest, env)
                         srv = tools.proc_cpu(server.process.pid) - srv0
                         rows.append({"rep": rep, "dataset": name, "direction": direction, "tool": tool.name,
                                      "seconds": round(sample.seconds, 3), "MBps": round(nbytes / sample.seconds / MiB, 1),
                                      "client_cpu_s_per_GiB": round(sample.cpu / gib, 3),
+                                     "client_user_cpu_s_per_GiB": None if sample.user is None else round(sample.user / gib, 3),
                                      "server_cpu_s_per_GiB": round(srv / gib, 3)})
                         log(f"{rep} {name:>14} {direction:>4} {tool.name:>30} {rows[-1]['MBps']:>8} MB/s "
-                            f"{rows[-1]['client_cpu_s_per_GiB']:>6} CPU-s/GiB "
+                            f"{rows[-1]['client_cpu_s_per_GiB']:>6} CPU-s/GiB (user {rows[-1]['client_user_cpu_s_per_GiB']}) "
                             f"(server {rows[-1]['server_cpu_s_per_GiB']})")
                     got = tree_bytes(dest) if "down" in directions else stored(s3, bucket, count, nbytes)
                     if got != (count, nbytes):  # a benchmark that moved the wrong bytes measures nothing

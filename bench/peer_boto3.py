@@ -66,9 +66,10 @@ def with_crt(direction: str, root: Path, bucket: str, prefix: str) -> None:
 def main(argv: list[str]) -> None:
     kind, direction, root, bucket, prefix = argv
     Path(root).mkdir(parents=True, exist_ok=True)
-    c0, t0 = cpu(), time.perf_counter()
+    c0, u0, t0 = cpu(), resource.getrusage(resource.RUSAGE_SELF).ru_utime, time.perf_counter()
     (with_crt if kind == "crt" else with_tm)(direction, Path(root), bucket, prefix)
-    print(json.dumps({"seconds": time.perf_counter() - t0, "cpu": cpu() - c0}))
+    print(json.dumps({"seconds": time.perf_counter() - t0, "cpu": cpu() - c0,
+                      "user": resource.getrusage(resource.RUSAGE_SELF).ru_utime - u0}))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         out.append({"dataset": dataset, "direction": direction, "tool": tool, "runs": len(rs),
                     "MBps": round(statistics.median(r["MBps"] for r in rs), 1),
                     "client_cpu_s_per_GiB": round(statistics.median(r["client_cpu_s_per_GiB"] for r in rs), 2),
+                    "client_user_cpu_s_per_GiB": _median(r.get("client_user_cpu_s_per_GiB") for r in rs),
                     "server_cpu_s_per_GiB": round(statistics.median(r["server_cpu_s_per_GiB"] for r in rs), 2)})
     for s in out:
         peers = [p for p in out if p["dataset"] == s["dataset"] and p["direction"] == s["direction"]
@@ -30,7 +31,17 @@ def summarise(rows: list[dict]) -> list[dict]:
             s["speed_vs_best"] = round(s["MBps"] / fastest["MBps"], 2) if fastest["MBps"] else None
             s["cpu_vs_leanest"] = (round(s["client_cpu_s_per_GiB"] / leanest["client_cpu_s_per_GiB"], 2)
                                    if leanest["client_cpu_s_per_GiB"] else None)
+            users = [p for p in peers if p.get("client_user_cpu_s_per_GiB")]
+            if users and s.get("client_user_cpu_s_per_GiB") is not None:
+                least = min(users, key=lambda p: p["client_user_cpu_s_per_GiB"])
+                s["user_cpu_vs_leanest"] = round(s["client_user_cpu_s_per_GiB"] / least["client_user_cpu_s_per_GiB"], 2)
     return sorted(out, key=lambda s: (s["dataset"], s["direction"], -s["MBps"]))
+
+
+def _median(values) -> float | None:
+    """The median of the values given (samples of older runs have no user CPU: None)."""
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present), 2) if present else None
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -42,14 +53,17 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def markdown(summary: list[dict]) -> str:
-    lines = ["| data set | dir | tool | MB/s | client CPU-s/GiB | server CPU-s/GiB | speed / best peer | CPU / leanest peer |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| data set | dir | tool | MB/s | client CPU-s/GiB | of it user | server CPU-s/GiB | speed / best peer "
+             "| CPU / leanest peer | user CPU / leanest peer's |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         mark = "**" if s["tool"] in RUNSYNC else ""
         lines.append(f"| {s['dataset']} | {s['direction']} | {mark}{s['tool']}{mark} | {s['MBps']} | "
-                     f"{s['client_cpu_s_per_GiB']} | {s['server_cpu_s_per_GiB']} | "
+                     f"{s['client_cpu_s_per_GiB']} | {'' if s.get('client_user_cpu_s_per_GiB') is None else s['client_user_cpu_s_per_GiB']} | "
+                     f"{s['server_cpu_s_per_GiB']} | "
                      f"{s.get('speed_vs_best', '') if s['tool'] in RUNSYNC else ''} | "
-                     f"{s.get('cpu_vs_leanest', '') if s['tool'] in RUNSYNC else ''} |")
+                     f"{s.get('cpu_vs_leanest', '') if s['tool'] in RUNSYNC else ''} | "
+                     f"{s.get('user_cpu_vs_leanest', '') if s['tool'] in RUNSYNC else ''} |")
     return "\n".join(lines)
 
 

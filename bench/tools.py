@@ -25,6 +25,7 @@ from runsync_testing import downward
 
 BIN = Path(sys.executable).parent
 HERE = Path(__file__).resolve().parent
+MiB = 1024 * 1024
 sys.path.insert(0, str(HERE.parent / "tests"))
 from harness import Sidecar  # noqa: E402  (the same process wrapper the end-to-end tests use)
 
@@ -33,19 +34,24 @@ from harness import Sidecar  # noqa: E402  (the same process wrapper the end-to-
 class Sample:
     seconds: float
     cpu: float
+    user: float | None = None
+    """The user-mode part of `cpu`: the tool's own work, apart from the kernel's (page cache,
+    sockets), which swung 10x between runs on these VMs (`warm_pages`)."""
 
 
-def _children_cpu() -> float:
+def _children_cpu() -> tuple[float, float]:
+    """(user + sys, user) CPU seconds of the reaped children."""
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
+    return r.ru_utime + r.ru_stime, r.ru_utime
 
 
 def run_timed(cmd: list[str], env: dict[str, str]) -> Sample:
-    c0, t0 = _children_cpu(), time.perf_counter()
+    (c0, u0), t0 = _children_cpu(), time.perf_counter()
     done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if done.returncode:
         raise RuntimeError(f"{cmd[0]} failed ({done.returncode}): {done.stderr[-2000:]}")
-    return Sample(time.perf_counter() - t0, _children_cpu() - c0)
+    c1, u1 = _children_cpu()
+    return Sample(time.perf_counter() - t0, c1 - c0, u1 - u0)
 
 
 class Tool:
@@ -88,12 +94,13 @@ class RunsyncPod(Tool):
             car = Sidecar(run_dir, {**env, contract.ENV_STORE: f"s3://{bucket}/{prefix}"},
                           {contract.SAVE: "**:live"}, Path(work), run="bench/p/r", settle=0.5).start()
             try:
-                c0 = proc_cpu(car.proc.pid)
+                c0, u0 = proc_cpu(car.proc.pid), proc_cpu(car.proc.pid, user=True)
                 t0 = time.perf_counter()
                 for p in sorted(staging.iterdir()):
                     os.rename(p, run_dir / p.name)
                 doc = car.flush(timeout=3600)
-                sample = Sample(time.perf_counter() - t0, proc_cpu(car.proc.pid) - c0)
+                sample = Sample(time.perf_counter() - t0, proc_cpu(car.proc.pid) - c0,
+                                proc_cpu(car.proc.pid, user=True) - u0)
                 if not doc.get("durable"):
                     raise RuntimeError(f"sidecar flush not durable: {doc}")
                 code, _ = car.terminate()  # final flush and lease release, so restore-init needs no wait
@@ -193,7 +200,7 @@ class Boto3(Tool):
         if done.returncode:
             raise RuntimeError(f"{self.name} failed: {done.stderr[-2000:]}")
         doc = json.loads(done.stdout.strip().splitlines()[-1])
-        return Sample(doc["seconds"], doc["cpu"])
+        return Sample(doc["seconds"], doc["cpu"], doc.get("user"))
 
     def up(self, src, bucket, prefix, env):
         return self._run("up", src, bucket, prefix, env)
@@ -202,10 +209,29 @@ class Boto3(Tool):
         return self._run("down", dest, bucket, prefix, env)
 
 
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + sys) of a running process and its reaped children, from /proc."""
+def warm_pages(where: Path, nbytes: int) -> None:
+    """Write and delete a file of `nbytes` in `where`, just before a timed transfer, so every tool
+    lands its bytes on memory the guest kernel has just freed. On these VMs a GiB written to a
+    new file cost 0.8-6.7 s of kernel CPU, the same GiB right after this warm-up 0.19-0.22 s
+    (ext4; tmpfs swung alike, so memory, not the disk; bench/README.md, "The kernel's share"):
+    more than any tool's own work on the 1 GiB sets. It narrows the swing, it does not end it:
+    read the user CPU column for the tools' own work."""
+    block = os.urandom(8 * MiB)
+    path = where / f".warm-{os.getpid()}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for _ in range(0, nbytes, len(block)):
+            os.write(fd, block)
+    finally:
+        os.close(fd)
+        path.unlink()
+
+
+def proc_cpu(pid: int, user: bool = False) -> float:
+    """CPU seconds (user + sys; user alone if `user`) of a running process and its reaped
+    children, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return sum(int(x) for x in (fields[11:15:2] if user else fields[11:15])) / os.sysconf("SC_CLK_TCK")
 
 
 def proc_rss(pid: int) -> int:

@@ -43,7 +43,17 @@ RANGE = 16 * MiB
 WORKERS = 16
 """Ranged GETs in flight for large objects, across all files (s5cmd's `-c 16` of the bench)."""
 BLOCK = MiB
-"""Bytes read from a response and written per step."""
+"""Bytes read from a response per step."""
+WRITE = 32 * 1024
+"""Bytes per `pwrite` of an object that comes in one piece (one writer per file). The kernel
+gives a larger write a large page-cache folio, from the buddy allocator's high-order free
+blocks; up to 32 KiB (order 3) come from the per-CPU free lists, pages just freed. On VMs whose
+free high-order blocks go back to the host (virtio-balloon free page reporting), a large folio is
+memory the host must fault in again: a GiB written in 1 MiB pwrites took 4.4-9.5 s of kernel CPU
+here, in 32 KiB ones 0.3-0.4 s (s5cmd writes 32 KiB at a time too: Go's io.Copy); elsewhere the
+smaller writes cost about 30 syscalls a MiB. The ranges of a large object write a `BLOCK` a call:
+16 writers of one file queue on its inode lock, and at 32 KiB that wait cost more than the folios
+(2 GiB in 16 x 128 MiB: 14-19 s of kernel CPU against 8 s; bench/README.md)."""
 class _Short(Exception):
     """A body that ended before its Content-Length said: a cut connection, asked again."""
 
@@ -188,7 +198,7 @@ class _Job:
             n = read(buffer[:min(BLOCK, check.end - check.pos)])
             if not n:  # the length was checked above: the connection ended early
                 raise _Short(f"a body that ends at byte {check.pos} of {self.want.key}")
-            _pwrite_all(self.fd, buffer[:n], check.pos)
+            _pwrite_all(self.fd, buffer[:n], check.pos, WRITE if whole else BLOCK)
             check.update(buffer[:n])
         if socket:
             if not socket.finish():
@@ -218,7 +228,7 @@ class _Job:
                 raise StoreError(f"the CRT delivered bytes at {offset} of {self.want.key}, expected {check.pos}")
             if offset + len(chunk) > self.want.size:
                 raise self._damaged(f"more than the {self.want.size} bytes the manifest says")
-            _pwrite_all(self.fd, chunk, offset)
+            _pwrite_all(self.fd, chunk, offset, WRITE)
             check.update(chunk)
 
         try:
@@ -359,8 +369,9 @@ def _preallocate(fd: int, size: int) -> None:
         os.ftruncate(fd, size)
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def _pwrite_all(fd: int, data: bytes, offset: int, step: int) -> None:
+    """All of `data` at `offset`, at most `step` bytes a call (`WRITE`)."""
     view = memoryview(data)
     while view:
-        n = os.pwrite(fd, view, offset)
+        n = os.pwrite(fd, view[:step], offset)
         view, offset = view[n:], offset + n
