@@ -191,6 +191,14 @@ class _ListPaginator:
             kwargs["ContinuationToken"] = page["NextContinuationToken"]
 
 
+def for_restore(settings):
+    """The client a restore asks through: a `Client` when the CRT is on (no botocore client to
+    build: about half of a new process's CPU before its first request), else botocore's."""
+    from . import transfer
+
+    return client(settings) if available() else transfer.client(settings)
+
+
 def client(settings) -> Client:
     """A `Client` from the standard AWS environment (as transfer.client reads it)."""
     from . import transfer

@@ -25,6 +25,7 @@ import dataclasses
 import errno
 import itertools
 import os
+import queue
 import secrets
 import shutil
 import time
@@ -170,23 +171,24 @@ def _restore_units(s3, store, settings, dest: Path, units, replace: bool, hooks:
     """Restore each unit's files that are missing or older here; (failures, units tried)."""
     failures: list[str] = []
     running: dict[concurrent.futures.Future, list] = {}
+    finished: queue.SimpleQueue[concurrent.futures.Future] = queue.SimpleQueue()
     total = 0
 
     def settle(limit: int) -> None:
-        """Take finished units, in any order (one large file must not hold the window), until at
-        most `limit` run."""
+        """Take finished units, in the order they finish (one large file must not hold the
+        window), until at most `limit` run. Each future reports itself to `finished`: waiting
+        on all of the window's futures for every file cost more than restoring a small one."""
         while len(running) > limit:
-            done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
-            for future in done:
-                unit = running.pop(future)
-                err = future.result()
-                if err is None:
-                    report.files += len(unit)
-                    if report.keep_names:
-                        report.written.extend(n for n, _ in unit)
-                    report.bytes += sum(e.size for _, e in unit)
-                else:
-                    failures.append(err)
+            future = finished.get()
+            unit = running.pop(future)
+            err = future.result()
+            if err is None:
+                report.files += len(unit)
+                if report.keep_names:
+                    report.written.extend(n for n, _ in unit)
+                report.bytes += sum(e.size for _, e in unit)
+            else:
+                failures.append(err)
 
     # A single file (most units) downloads on its unit's own thread: no second hand-off per file.
     # A checkpoint dir's files download on `files`, in parallel; a unit waits only on files,
@@ -211,8 +213,10 @@ def _restore_units(s3, store, settings, dest: Path, units, replace: bool, hooks:
                     todo.append((name, entry))
             if todo:
                 total += 1
-                running[pool.submit(_restore_unit, transfers, dest, todo, hooks,
-                                    files if len(todo) > 1 else None, places)] = todo
+                future = pool.submit(_restore_unit, transfers, dest, todo, hooks,
+                                     files if len(todo) > 1 else None, places)
+                running[future] = todo
+                future.add_done_callback(finished.put)
                 settle(WINDOW)
         settle(0)
     return failures, total
@@ -273,7 +277,7 @@ def _restore_unit(transfers: transfer.Transfers, dest: Path, unit: list[tuple[st
     places = places or _Places(dest)
     temps: list[tuple[Path, Path, manifest.FileEntry]] = []
     futures: list[concurrent.futures.Future] = []
-    current = unit[0][0]
+    current, placed = unit[0][0], 0
     try:
         for name, entry in unit:
             target = _target(dest, name)
@@ -294,6 +298,7 @@ def _restore_unit(transfers: transfer.Transfers, dest: Path, unit: list[tuple[st
                 fetch(tmp, entry)
         for tmp, target, _ in temps:  # markers come last in a unit
             os.replace(tmp, target)
+            placed += 1
         return None
     except OSError as err:
         if err.errno == errno.ENOSPC:
@@ -303,7 +308,7 @@ def _restore_unit(transfers: transfer.Transfers, dest: Path, unit: list[tuple[st
         return str(err)
     finally:
         concurrent.futures.wait(futures)  # a download still running would leave its temp file behind
-        for tmp, _, _ in temps:
+        for tmp, _, _ in temps[placed:]:  # (the placed ones are renamed: no failing unlink per file)
             try:
                 tmp.unlink()
             except FileNotFoundError:

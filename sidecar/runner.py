@@ -253,22 +253,16 @@ def pre_stop(env=os.environ, timeout: float = 10.0) -> str:
 def restore_init(env=os.environ) -> int:
     """`runsync restore-init`: take the replica's lease (after the previous pod's final flush),
     then restore the run's files into the run dir before any app container starts."""
+    from . import crtclient
+
     pod = PodEnv.read(env)
     os.umask(SHARED_UMASK)
     logs.setup(sys.stdout)
-    s3 = _restore_client()
+    s3 = crtclient.for_restore(transfer.Settings())
     try:
         return _restore_init(pod, s3)
     except (ClientError, BotoCoreError) as err:
         raise transfer.describe(err, pod.store, s3) from None
-
-
-def _restore_client():
-    """The CRT's S3 client when it is on (crtclient.py: no botocore client to build, about half of
-    restore-init's CPU before its first request); else botocore's."""
-    from . import crtclient
-
-    return crtclient.client(transfer.Settings()) if crtclient.available() else transfer.client()
 
 
 def _restore_init(pod: PodEnv, s3) -> int:
