@@ -72,7 +72,7 @@ def throughput(server, env, s3, sets, chosen, repeat, tmp, log, rows: list[dict]
                         # transfer starts with them on disk, so none is timed beside another's writeback
                         # (downloads still swung 3-6 CPU-s/GiB for every tool after this: bench/README.md).
                         os.sync()
-                        tools.warm_pages(tmp, nbytes * 3 // 2)  # after the sync: its dirty pages are not written back
+                        tools.warm_pages(tmp, nbytes * 3 // 2)  # (deleted within seconds: little of it is written back)
                         srv0 = tools.proc_cpu(server.process.pid)
                         sample = tool.up(src, bucket, "d", env) if direction == "up" else tool.down(bucket, "d", dest, env)
                         srv = tools.proc_cpu(server.process.pid) - srv0

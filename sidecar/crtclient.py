@@ -27,6 +27,7 @@ from types import SimpleNamespace
 from botocore.exceptions import ClientError, EndpointConnectionError, FlexibleChecksumError, NoCredentialsError
 
 from . import contract, crtobjects, encryption
+from .errors import StoreError
 
 _HEADERS = {  # response header → botocore's name for it (HEAD / GET)
     "content-length": "ContentLength", "etag": "ETag", "content-type": "ContentType",
@@ -193,10 +194,15 @@ class _ListPaginator:
 
 def for_restore(settings):
     """The client a restore asks through: a `Client` when the CRT is on (no botocore client to
-    build: about half of a new process's CPU before its first request), else botocore's."""
+    build: about half of a new process's CPU before its first request), else botocore's. Also
+    botocore's when no variable names the region (a laptop's profile may, which only botocore
+    reads) and the store is AWS itself: botocore follows S3's redirect to a bucket's region, the
+    CRT signs for the one region it was given. Pods always have AWS_REGION (the operator sets it)."""
     from . import transfer
 
-    return client(settings) if available() else transfer.client(settings)
+    region_known = bool(os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+                        or transfer.endpoint_override())
+    return client(settings) if available() and region_known else transfer.client(settings)
 
 
 def client(settings) -> Client:
@@ -226,8 +232,13 @@ def _s3_client(settings, endpoint: str | None, region: str):
     bundle = os.environ.get("AWS_CA_BUNDLE")
     if bundle and not plain:  # a private CA, as botocore honours it
         options = TlsContextOptions()
-        options.override_default_trust_store_from_path(None, bundle)
-        tls = ClientTlsContext(options).new_connection_options()
+        try:
+            options.override_default_trust_store_from_path(None, bundle)
+            tls = ClientTlsContext(options).new_connection_options()
+        except Exception as err:  # noqa: BLE001 - a missing file (OSError) or a bad PEM (the CRT's error)
+            raise StoreError(f"AWS_CA_BUNDLE={bundle} cannot be read as a CA bundle ({err}); fix: point "
+                             "AWS_CA_BUNDLE at the PEM file of the CA that signed the S3 endpoint's "
+                             "certificate, or unset it") from None
     return S3Client(
         bootstrap=bootstrap, region=region, credential_provider=credentials,
         tls_mode=S3RequestTlsMode.DISABLED if plain else S3RequestTlsMode.ENABLED, tls_connection_options=tls,

@@ -163,3 +163,40 @@ def test_an_untrusted_certificate_is_named_with_its_fix_through_the_crt_and_boto
     for line in lines.values():
         assert f"the S3 endpoint {endpoint}" in line and "certificate" in line, line
         assert "fix: set AWS_CA_BUNDLE" in line, line
+
+
+@pytest.mark.parametrize("command", ["restore-init", "runsync restore"])
+def test_a_missing_aws_ca_bundle_is_one_line_naming_it_not_a_traceback(s3_env, tmp_path, cli, command):
+    """Both restores build the CRT's TLS context from AWS_CA_BUNDLE before their first request: a
+    path that is not there is named with its fix (it was a FileNotFoundError traceback)."""
+    trustme = pytest.importorskip("trustme")
+    endpoint = _tls_proxy(s3_env["AWS_ENDPOINT_URL_S3"], trustme.CA())
+    missing = tmp_path / "no-such-ca.pem"
+    env = {**s3_env, "RUNSYNC_CRT": "1", "AWS_ENDPOINT_URL_S3": endpoint, "AWS_CA_BUNDLE": str(missing)}
+    if command == "restore-init":
+        result = restore_init(env, tmp_path / "pod", {}, tmp_path)
+    else:
+        result = cli("restore", "team-a/proj/run-1", "--to", str(tmp_path / "laptop"), env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    line = _error_line(result)
+    assert f"AWS_CA_BUNDLE={missing}" in line and "fix: point AWS_CA_BUNDLE" in line, line
+
+
+def test_runsync_restore_without_a_region_variable_asks_through_botocore(s3_env, tmp_path, cli, monkeypatch):
+    """A laptop's region may be in its AWS profile, which only botocore reads (and botocore follows
+    S3's redirect to the bucket's region): without AWS_REGION / AWS_DEFAULT_REGION and on AWS itself,
+    `runsync restore` builds botocore's client; with a region variable, the CRT's."""
+    from runsync import crtclient, transfer
+
+    monkeypatch.setenv("RUNSYNC_CRT", "1")
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    assert not isinstance(crtclient.for_restore(transfer.Settings()), crtclient.Client)
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    assert isinstance(crtclient.for_restore(transfer.Settings()), crtclient.Client)
+    monkeypatch.delenv("AWS_REGION")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_env["AWS_ENDPOINT_URL_S3"])  # an S3-compatible server: no redirects
+    assert isinstance(crtclient.for_restore(transfer.Settings()), crtclient.Client)
