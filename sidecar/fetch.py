@@ -45,12 +45,12 @@ WORKERS = 16
 BLOCK = MiB
 """Bytes read from a response per step."""
 WRITE = 32 * 1024
-"""Bytes per `pwrite` of an object that comes in one piece (one writer per file). The kernel
-gives a larger write a large page-cache folio, from the buddy allocator's high-order free
-blocks; up to 32 KiB (order 3) come from the per-CPU free lists, pages just freed. On VMs whose
-free high-order blocks go back to the host (virtio-balloon free page reporting), a large folio is
-memory the host must fault in again: a GiB written in 1 MiB pwrites took 4.4-9.5 s of kernel CPU
-here, in 32 KiB ones 0.3-0.4 s (s5cmd writes 32 KiB at a time too: Go's io.Copy); elsewhere the
+"""Bytes per `pwrite` of an object that comes in one piece (one writer per file). On VMs whose
+free memory goes back to the host, a GiB written in 1 MiB pwrites took 4.4-9.5 s of kernel CPU
+here, in 32 KiB ones 0.3-0.4 s. Likely why (it fits the threshold): a larger write gets a large
+page-cache folio from the buddy allocator's high-order free blocks, which free page reporting
+hands back to the host, to be faulted in again; up to 32 KiB (order 3) come from the per-CPU
+free lists, pages just freed (s5cmd writes 32 KiB at a time too: Go's io.Copy); elsewhere the
 smaller writes cost about 30 syscalls a MiB. The ranges of a large object write a `BLOCK` a call:
 16 writers of one file queue on its inode lock, and at 32 KiB that wait cost more than the folios
 (2 GiB in 16 x 128 MiB: 14-19 s of kernel CPU against 8 s; bench/README.md)."""
