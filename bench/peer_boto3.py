@@ -22,9 +22,10 @@ from boto3.s3.transfer import TransferConfig
 import botocore.session
 
 
-def cpu() -> float:
+def cpu() -> tuple[float, float]:
+    """(user + sys, user) CPU seconds of this process."""
     r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    return r.ru_utime + r.ru_stime, r.ru_utime
 
 
 def with_tm(direction: str, root: Path, bucket: str, prefix: str) -> None:
@@ -66,10 +67,10 @@ def with_crt(direction: str, root: Path, bucket: str, prefix: str) -> None:
 def main(argv: list[str]) -> None:
     kind, direction, root, bucket, prefix = argv
     Path(root).mkdir(parents=True, exist_ok=True)
-    c0, u0, t0 = cpu(), resource.getrusage(resource.RUSAGE_SELF).ru_utime, time.perf_counter()
+    (c0, u0), t0 = cpu(), time.perf_counter()
     (with_crt if kind == "crt" else with_tm)(direction, Path(root), bucket, prefix)
-    print(json.dumps({"seconds": time.perf_counter() - t0, "cpu": cpu() - c0,
-                      "user": resource.getrusage(resource.RUSAGE_SELF).ru_utime - u0}))
+    c1, u1 = cpu()
+    print(json.dumps({"seconds": time.perf_counter() - t0, "cpu": c1 - c0, "user": u1 - u0}))
 
 
 if __name__ == "__main__":

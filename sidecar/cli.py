@@ -19,7 +19,7 @@ from rich.console import Console
 
 # Each command imports what only it needs (catalog, sync, rich's tables and bars): a command's
 # start-up pays for its own modules, not every command's (issue 18, "CLI start-up").
-from . import config, contract, crtclient, keys, logs, manifest, transfer
+from . import config, contract, keys, logs, manifest, transfer
 from . import retention  # gc's defaults
 from .errors import InputError, RunsyncError
 
@@ -287,6 +287,8 @@ def restore_cmd(
     def go():
         store, run_path = _store(), keys.RunPath.parse(run)
         globs_ = tuple(config.parse_globs(p, "GLOB")[0] for p in patterns or ())
+        from . import crtclient  # here: the other commands start without it
+
         s3 = crtclient.for_restore(transfer.Settings())  # as restore-init asks: no botocore client to build
         transfer.check_store(s3, store)
         with _progress("downloading") as hooks:
