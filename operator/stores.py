@@ -58,8 +58,8 @@ def stores_by_name(namespace: str, name: str, spec: dict, **_):
 
 def check_health(spec: StoreSpec, credentials: tuple[str, str] | None, now: datetime.datetime | None = None,
                  namespace: str = "default") -> dict:
-    """A `Ready` condition: can these credentials list the store's bucket, and does S3 apply the
-    Store's server-side encryption (a PUT and a HEAD under the namespace, as its pods will)?"""
+    """A `Ready` condition: can these credentials list the store's bucket, is it in the Store's
+    region, and does S3 apply the Store's server-side encryption (a PUT and a HEAD under the namespace, as its pods will)?"""
     import boto3
     import botocore.config
 
@@ -78,6 +78,7 @@ def check_health(spec: StoreSpec, credentials: tuple[str, str] | None, now: date
     sse = encryption.Encryption.parse(spec.sse, spec.kms_key_id)  # the CRD's enum and rule keep it valid
     encryption.install(s3.meta.events, sse)
     for reason, check in (("StoreUnreachable", lambda: transfer.check_store(s3, store)),
+                          ("WrongRegion", lambda: check_region(s3, spec)),
                           ("EncryptionNotApplied", lambda: encryption.check(
                               s3, store.bucket, keys.store_sse_check_key(store, namespace), sse, spec.url))):
         try:
@@ -90,6 +91,22 @@ def check_health(spec: StoreSpec, credentials: tuple[str, str] | None, now: date
     return {"type": "Ready", "status": "True", "reason": "BucketReachable",
             "message": f"{spec.url} can be listed with the configured credentials{encrypted}",
             "lastTransitionTime": stamp}
+
+
+def check_region(s3, spec: StoreSpec) -> None:
+    """The bucket is in the Store's region. botocore follows S3 to a bucket's region on its own, so
+    the listing above passes either way; a pod's restore-init and uploads sign for spec.region
+    through the CRT, which does not: they would fail. A server that names no region passes."""
+    from botocore.exceptions import ClientError
+
+    try:
+        answer = s3.head_bucket(Bucket=spec.bucket)
+    except ClientError:  # the listing passed: the bucket works; which region it is in stays unknown
+        return
+    region = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region")
+    if region and region != spec.region:
+        raise ValueError(f"bucket {spec.bucket!r} is in region {region}, not {spec.region} (the Store's "
+                         f"spec.region, which its pods sign requests for); fix: set spec.region: {region}")
 
 
 class CredentialsUnavailable(Exception):

@@ -137,13 +137,12 @@ def tls_refused(endpoint: str) -> str | None:
 def _client_error(err) -> ClientError:
     """S3's error response as botocore raises it: the code and message of its XML body (none for
     a response without one: then the status, as botocore's "404" / "403")."""
-    code, message = str(err.status_code), err.message
+    error = {"Code": str(err.status_code), "Message": err.message}
     if err.body:
-        try:
-            root = ElementTree.fromstring(err.body)
-            code = root.findtext("Code") or code
-            message = root.findtext("Message") or message
+        try:  # every field, as botocore keeps them (a wrong region's <Region>, a redirect's <Endpoint>)
+            error.update({node.tag.rpartition("}")[2]: node.text for node in ElementTree.fromstring(err.body) if node.text})
         except ElementTree.ParseError:
             pass
-    return ClientError({"Error": {"Code": code, "Message": message},
-                        "ResponseMetadata": {"HTTPStatusCode": err.status_code}}, err.operation_name or "GetObject")
+    headers = {name.lower(): value for name, value in (err.headers or [])}
+    return ClientError({"Error": error, "ResponseMetadata": {"HTTPStatusCode": err.status_code, "HTTPHeaders": headers}},
+                       err.operation_name or "GetObject")

@@ -211,6 +211,11 @@ def describe(err: Exception, store: keys.StoreURL, client_=None) -> StoreError:
     if isinstance(err, ClientError):
         code = err.response.get("Error", {}).get("Code", "")
         status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        signed = getattr(getattr(client_, "meta", None), "region_name", None) or os.environ.get("AWS_REGION")
+        region = bucket_region(err)
+        if status in (301, 307, 400) and region and region != signed:
+            return StoreError(f"bucket {store.bucket!r} is in region {region}, not {signed} (the region requests "
+                              f"are signed for); fix: set AWS_REGION={region} (in a pod: the Store's spec.region)")
         if code == "SignatureDoesNotMatch":
             return StoreError(f"the secret key for access key {key_id!r} is wrong at {endpoint} "
                               f"(SignatureDoesNotMatch); fix: set AWS_SECRET_ACCESS_KEY to that key's secret")
@@ -231,6 +236,13 @@ def describe(err: Exception, store: keys.StoreURL, client_=None) -> StoreError:
     if isinstance(err, BotoCoreError):
         return StoreError(f"S3 client error on {store} at {endpoint}: {err}")
     return StoreError(f"{store}: {err}")
+
+
+def bucket_region(err: ClientError) -> str | None:
+    """The region S3 names for a bucket when a request was signed for another one: the <Region> of
+    its error, else its x-amz-bucket-region header (a HEAD's error has no body)."""
+    headers = err.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    return err.response.get("Error", {}).get("Region") or headers.get("x-amz-bucket-region") or None
 
 
 def check_store(s3, store: keys.StoreURL) -> None:
