@@ -296,7 +296,7 @@ def _restore_unit(transfers: transfer.Transfers, dest: Path, unit: list[tuple[st
         else:
             for (current, _), (tmp, _, entry) in zip(unit, temps):
                 fetch(tmp, entry)
-        for tmp, target, _ in temps:  # markers come last in a unit
+        for (current, _), (tmp, target, _) in zip(unit, temps):  # markers come last in a unit
             os.replace(tmp, target)
             placed += 1
         return None

@@ -74,6 +74,27 @@ def test_a_corrupted_object_fails_clearly_and_leaves_nothing(cli, tmp_path, stor
     assert [p for p in dest.rglob("*") if p.is_file()] == []
 
 
+def test_a_file_that_cannot_be_put_in_place_is_the_one_named(cli, tmp_path):
+    """A checkpoint dir's files are downloaded, then renamed into place; a rename that fails (a
+    directory stands where a shard goes) names that shard, and the unit's later files stay out."""
+    src = tmp_path / "src"
+    (src / "ckpt/step-1").mkdir(parents=True)
+    for name in ("__0_0.distcp", "__1_0.distcp"):
+        (src / "ckpt/step-1" / name).write_bytes(os.urandom(50_000))
+    (src / "ckpt/step-1/.metadata").write_bytes(b"m")
+    assert cli("sync", str(src), "--run", RUN).returncode == 0
+    dest = tmp_path / "dest"
+    (dest / "ckpt/step-1/__1_0.distcp").mkdir(parents=True)
+    (dest / "ckpt/step-1/__1_0.distcp/mine.txt").write_text("not a checkpoint")
+    result = cli("restore", RUN, "--to", str(dest))
+    assert result.returncode == 1
+    line = [x for x in result.stderr.splitlines() if "distcp" in x or "metadata" in x][-1]
+    assert "ckpt/step-1/__1_0.distcp" in line and ".metadata" not in line, result.stderr
+    assert not (dest / "ckpt/step-1/.metadata").exists()  # the marker never lands before its shards
+    assert (dest / "ckpt/step-1/__1_0.distcp/mine.txt").read_text() == "not a checkpoint"
+    assert [p.name for p in (dest / "ckpt/step-1").iterdir() if p.name.startswith(".runsync")] == []
+
+
 def test_files_under_a_symlinked_dir_are_refused_the_rest_restored(cli, tmp_path):
     # Parent dirs are checked once per restore, not once per file: every file under the
     # symlink is still refused, and nothing lands where it points.
