@@ -59,7 +59,8 @@ def stores_by_name(namespace: str, name: str, spec: dict, **_):
 def check_health(spec: StoreSpec, credentials: tuple[str, str] | None, now: datetime.datetime | None = None,
                  namespace: str = "default") -> dict:
     """A `Ready` condition: can these credentials list the store's bucket, is it in the Store's
-    region, and does S3 apply the Store's server-side encryption (a PUT and a HEAD under the namespace, as its pods will)?"""
+    region, and does S3 apply the Store's server-side encryption (a PUT and a HEAD under the
+    namespace, as its pods will)?"""
     import boto3
     import botocore.config
 
@@ -77,8 +78,9 @@ def check_health(spec: StoreSpec, credentials: tuple[str, str] | None, now: date
     store = keys.StoreURL.parse(spec.url)
     sse = encryption.Encryption.parse(spec.sse, spec.kms_key_id)  # the CRD's enum and rule keep it valid
     encryption.install(s3.meta.events, sse)
+    refusals = _region_refusals(s3)
     for reason, check in (("StoreUnreachable", lambda: transfer.check_store(s3, store)),
-                          ("WrongRegion", lambda: check_region(s3, spec)),
+                          ("WrongRegion", lambda: check_region(spec, refusals)),
                           ("EncryptionNotApplied", lambda: encryption.check(
                               s3, store.bucket, keys.store_sse_check_key(store, namespace), sse, spec.url))):
         try:
@@ -93,20 +95,33 @@ def check_health(spec: StoreSpec, credentials: tuple[str, str] | None, now: date
             "lastTransitionTime": stamp}
 
 
-def check_region(s3, spec: StoreSpec) -> None:
-    """The bucket is in the Store's region. botocore follows S3 to a bucket's region on its own, so
-    the listing above passes either way; a pod's restore-init and uploads sign for spec.region
-    through the CRT, which does not: they would fail. A server that names no region passes."""
-    from botocore.exceptions import ClientError
+def _region_refusals(s3) -> list[str]:
+    """The regions S3 named while refusing this client's requests for being signed for its own
+    (filled as responses arrive, before botocore follows them to the bucket's region)."""
+    from runsync import regions
 
-    try:
-        answer = s3.head_bucket(Bucket=spec.bucket)
-    except ClientError:  # the listing passed: the bucket works; which region it is in stays unknown
-        return
-    region = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region")
-    if region and region != spec.region:
-        raise ValueError(f"bucket {spec.bucket!r} is in region {region}, not {spec.region} (the Store's "
-                         f"spec.region, which its pods sign requests for); fix: set spec.region: {region}")
+    found: list[str] = []
+
+    def seen(parsed_response=None, **_) -> None:
+        if parsed_response is not None:
+            region = regions.refused_for(parsed_response, s3.meta.region_name)
+            if region is not None:
+                found.append(region)
+
+    s3.meta.events.register("response-received.s3", seen)
+    return found
+
+
+def check_region(spec: StoreSpec, refusals: list[str]) -> None:
+    """The bucket answers requests signed for the Store's region. botocore followed S3 to the
+    bucket's region on its own, so the listing passed either way; a pod's restore-init and small
+    uploads sign for spec.region through the CRT, which does not follow: they would fail. A
+    server that names another region but answers anyway (MinIO's `US`) passes."""
+    if refusals:
+        from runsync import regions
+
+        raise ValueError(regions.wrong(spec.bucket, refusals[0], spec.region,
+                                       "set the Store's spec.region: {region}"))
 
 
 class CredentialsUnavailable(Exception):

@@ -27,7 +27,7 @@ from botocore.exceptions import (
 
 # boto3, s3transfer and botocore's client are imported where they are used: restore-init asks
 # its questions through the CRT (crtclient.py) and starts without them (issue 17).
-from . import checksums, contract, crt, crtobjects, encryption, fetch, hashing, keys, progress, stored
+from . import checksums, contract, crt, crtobjects, encryption, fetch, hashing, keys, progress, regions, stored
 from .hashing import _FD_PATH, Digest, FileChanged, NotRegular, hash_file, look, open_regular  # noqa: F401 - callers' names
 from .errors import StoreError
 
@@ -211,11 +211,12 @@ def describe(err: Exception, store: keys.StoreURL, client_=None) -> StoreError:
     if isinstance(err, ClientError):
         code = err.response.get("Error", {}).get("Code", "")
         status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        signed = getattr(getattr(client_, "meta", None), "region_name", None) or os.environ.get("AWS_REGION")
-        region = bucket_region(err)
-        if status in (301, 307, 400) and region and region != signed:
-            return StoreError(f"bucket {store.bucket!r} is in region {region}, not {signed} (the region requests "
-                              f"are signed for); fix: set AWS_REGION={region} (in a pod: the Store's spec.region)")
+        signed = getattr(getattr(client_, "meta", None), "region_name", None) or \
+            os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        region = regions.refused_for(err.response, signed)
+        if region is not None:
+            return StoreError(regions.wrong(store.bucket, region, signed,
+                                            "set AWS_REGION={region} (in a pod: the Store's spec.region)"))
         if code == "SignatureDoesNotMatch":
             return StoreError(f"the secret key for access key {key_id!r} is wrong at {endpoint} "
                               f"(SignatureDoesNotMatch); fix: set AWS_SECRET_ACCESS_KEY to that key's secret")
@@ -236,13 +237,6 @@ def describe(err: Exception, store: keys.StoreURL, client_=None) -> StoreError:
     if isinstance(err, BotoCoreError):
         return StoreError(f"S3 client error on {store} at {endpoint}: {err}")
     return StoreError(f"{store}: {err}")
-
-
-def bucket_region(err: ClientError) -> str | None:
-    """The region S3 names for a bucket when a request was signed for another one: the <Region> of
-    its error, else its x-amz-bucket-region header (a HEAD's error has no body)."""
-    headers = err.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-    return err.response.get("Error", {}).get("Region") or headers.get("x-amz-bucket-region") or None
 
 
 def check_store(s3, store: keys.StoreURL) -> None:
