@@ -42,18 +42,20 @@ RANGE = 16 * MiB
 """Bytes per ranged GET of a format-1 object (a format-2 one: whole parts, about this much)."""
 WORKERS = 16
 """Ranged GETs in flight for large objects, across all files (s5cmd's `-c 16` of the bench)."""
-BLOCK = MiB
-"""Bytes read from a response per step."""
-WRITE = 32 * 1024
-"""Bytes per `pwrite` of an object that comes in one piece (one writer per file). On VMs whose
-free memory goes back to the host, a GiB written in 1 MiB pwrites took 4.4-9.5 s of kernel CPU
-here, in 32 KiB ones 0.3-0.4 s. Likely why (it fits the threshold): a larger write gets a large
-page-cache folio from the buddy allocator's high-order free blocks, which free page reporting
-hands back to the host, to be faulted in again; up to 32 KiB (order 3) come from the per-CPU
-free lists, pages just freed (s5cmd writes 32 KiB at a time too: Go's io.Copy); elsewhere the
-smaller writes cost about 30 syscalls a MiB. The ranges of a large object write a `BLOCK` a call:
-16 writers of one file queue on its inode lock, and at 32 KiB that wait cost more than the folios
-(2 GiB in 16 x 128 MiB: 14-19 s of kernel CPU against 8 s; bench/README.md)."""
+BLOCK = 2 * MiB
+"""Bytes read from a response per step (a ranged GET's; each is then one aligned `pwrite`)."""
+HUGE = 2 * MiB
+"""A write of whole 2 MiB pages at a 2 MiB boundary: one huge page-cache folio each."""
+SMALL = 32 * 1024
+"""The most written in one call elsewhere (below 64 KiB: a small folio)."""
+# Why both (`_pwrite_all`): on VMs whose free memory goes back to the host, a GiB written to a new
+# file cost 3-8 s of kernel CPU in 256 KiB or 1 MiB writes, 0.2-0.4 s in writes of 64 KiB or less
+# and in writes of 2, 4 or 8 MiB (sequential, and 16 writers of 16 MiB ranges alike; every size
+# three times, interleaved: bench/README.md, "Write sizes"). The page cache gives a write a folio
+# as large as its length and alignment allow; the middle orders are the costly ones there. s5cmd
+# (Go's 32 KiB io.Copy) and the CRT (whole 8 MiB parts) each stay on one cheap side.
+
+
 class _Short(Exception):
     """A body that ended before its Content-Length said: a cut connection, asked again."""
 
@@ -198,7 +200,7 @@ class _Job:
             n = read(buffer[:min(BLOCK, check.end - check.pos)])
             if not n:  # the length was checked above: the connection ended early
                 raise _Short(f"a body that ends at byte {check.pos} of {self.want.key}")
-            _pwrite_all(self.fd, buffer[:n], check.pos, WRITE if whole else BLOCK)
+            _pwrite_all(self.fd, buffer[:n], check.pos)
             check.update(buffer[:n])
         if socket:
             if not socket.finish():
@@ -228,7 +230,7 @@ class _Job:
                 raise StoreError(f"the CRT delivered bytes at {offset} of {self.want.key}, expected {check.pos}")
             if offset + len(chunk) > self.want.size:
                 raise self._damaged(f"more than the {self.want.size} bytes the manifest says")
-            _pwrite_all(self.fd, chunk, offset, WRITE)
+            _pwrite_all(self.fd, chunk, offset)
             check.update(chunk)
 
         try:
@@ -369,9 +371,15 @@ def _preallocate(fd: int, size: int) -> None:
         os.ftruncate(fd, size)
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int, step: int) -> None:
-    """All of `data` at `offset`, at most `step` bytes a call (`WRITE`)."""
+def _pwrite_all(fd: int, data, offset: int) -> None:
+    """All of `data` at `offset`: whole 2 MiB pages at a 2 MiB boundary in one call (a huge folio
+    each), the rest `SMALL` at a time, never across a boundary (small folios): see `HUGE`."""
     view = memoryview(data)
     while view:
-        n = os.pwrite(fd, view[:step], offset)
+        into = offset % HUGE
+        if not into and len(view) >= HUGE:
+            n = len(view) - len(view) % HUGE
+        else:
+            n = min(len(view), SMALL, HUGE - into)
+        n = os.pwrite(fd, view[:n], offset)
         view, offset = view[n:], offset + n
