@@ -202,8 +202,9 @@ def main() -> None:
         idle = admission = f"not measured (--only {args.only})"
         if not args.only:
             s3.create_bucket(Bucket="bench-idle")
-            idle = section("idle sidecar", lambda: standing.idle(
-                server, args.idle_files or (300 if smoke else 100_000), 3 if smoke else 60, "bench-idle"), "failed")
+            idle = section("idle sidecar", lambda: standing.idle(  # after restore-init, as in every pod
+                server, args.idle_files or (300 if smoke else 100_000), 3 if smoke else 60, "bench-idle",
+                restore_init=True), "failed")
             log(f"idle sidecar {json.dumps(idle)}")
             admission = section("admission", lambda: standing.admission(server, 50, 25 if smoke else 500), "failed")
             log(f"admission {json.dumps(admission)}")
