@@ -30,7 +30,7 @@ MIN_MEMORY_LIMIT = 256 * MiB
 """The least the CRT accepts (AWS_ERROR_S3_INVALID_MEMORY_LIMIT_CONFIG under it)."""
 RESERVE = 192 * MiB
 """What the process holds besides the CRT's buffers: the interpreter and boto3 (about 60 MiB),
-16 workers hashing 1 MiB blocks, small bodies in flight (20 of up to 1 MiB, 4 of up to 16 MiB:
+16 range workers' 2 MiB blocks, small bodies in flight (20 of up to 1 MiB, 4 of up to 16 MiB:
 transfer._LARGE_BODIES), the watcher's state."""
 
 

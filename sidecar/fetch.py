@@ -42,12 +42,12 @@ RANGE = 16 * MiB
 """Bytes per ranged GET of a format-1 object (a format-2 one: whole parts, about this much)."""
 WORKERS = 16
 """Ranged GETs in flight for large objects, across all files (s5cmd's `-c 16` of the bench)."""
-BLOCK = 2 * MiB
-"""Bytes read from a response per step (a ranged GET's; each is then one aligned `pwrite`)."""
 HUGE = 2 * MiB
 """A write of whole 2 MiB pages at a 2 MiB boundary: one huge page-cache folio each."""
 SMALL = 32 * 1024
 """The most written in one call elsewhere (below 64 KiB: a small folio)."""
+BLOCK = HUGE
+"""Bytes read from a response per step, up to the next page boundary: then one `pwrite`."""
 # Why both (`_pwrite_all`): on VMs whose free memory goes back to the host, a GiB written to a new
 # file cost 3-8 s of kernel CPU in 256 KiB or 1 MiB writes, 0.2-0.4 s in writes of 64 KiB or less
 # and in writes of 2, 4 or 8 MiB (sequential, and 16 writers of 16 MiB ranges alike; every size
@@ -197,7 +197,9 @@ class _Job:
         while check.pos < check.end:
             if self.stop.is_set():
                 raise StoreError(f"fetch of {self.want.key} stopped: another part failed")
-            n = read(buffer[:min(BLOCK, check.end - check.pos)])
+            # Each read ends on a page boundary (BLOCK is HUGE): a range that starts off one, as
+            # ranges of parts that are not whole pages do, still writes whole pages after its first.
+            n = read(buffer[:min(BLOCK - check.pos % BLOCK, check.end - check.pos)])
             if not n:  # the length was checked above: the connection ended early
                 raise _Short(f"a body that ends at byte {check.pos} of {self.want.key}")
             _pwrite_all(self.fd, buffer[:n], check.pos)
@@ -382,4 +384,6 @@ def _pwrite_all(fd: int, data, offset: int) -> None:
         else:
             n = min(len(view), SMALL, HUGE - into)
         n = os.pwrite(fd, view[:n], offset)
+        if n <= 0:  # (no regular file does this; a broken FUSE one could, and would spin here)
+            raise OSError(errno.EIO, f"pwrite wrote nothing at byte {offset}")
         view, offset = view[n:], offset + n
