@@ -18,53 +18,50 @@ D = Path(sys.argv[1])
 D.mkdir(exist_ok=True)
 GiB = 1 << 30; MiB = 1 << 20
 buf = os.urandom(8 * MiB)
-def seq(fd, step, pre):
-    if pre: os.posix_fallocate(fd, 0, GiB)
-    off = 0
-    while off < GiB:
-        off += os.pwrite(fd, memoryview(buf)[:step], off)
-def par(fd, step, pre, n=16):
-    if pre: os.posix_fallocate(fd, 0, GiB)
-    else: os.ftruncate(fd, GiB)
-    rng = GiB // n
-    def w(i):
-        off = i * rng
-        while off < (i + 1) * rng:
-            off += os.pwrite(fd, memoryview(buf)[:step], off)
-    ts = [threading.Thread(target=w, args=(i,)) for i in range(n)]
-    [t.start() for t in ts]; [t.join() for t in ts]
-def ranged16(fd, step, pre):
-    # 16 MiB ranges handed to 16 workers in order, as fetch.py does
-    if pre: os.posix_fallocate(fd, 0, GiB)
-    else: os.ftruncate(fd, GiB)
-    nxt = [0]; lock = threading.Lock()
-    def w():
+
+
+def _fill(fd, start: int, end: int, step: int) -> None:
+    while start < end:
+        start += os.pwrite(fd, memoryview(buf)[:step], start)
+
+
+def seq(fd, step: int, pre: bool) -> None:
+    """One writer, in order."""
+    if pre:
+        os.posix_fallocate(fd, 0, GiB)
+    _fill(fd, 0, GiB, step)
+
+
+def ranged16(fd, step: int, pre: bool) -> None:
+    """16 MiB ranges handed to 16 workers in order, as fetch.py does."""
+    if pre:
+        os.posix_fallocate(fd, 0, GiB)
+    else:
+        os.ftruncate(fd, GiB)
+    ranges = iter(range(0, GiB, 16 * MiB))
+    lock = threading.Lock()
+
+    def work():
         while True:
             with lock:
-                r = nxt[0]; nxt[0] += 16 * MiB
-            if r >= GiB: return
-            off = r
-            while off < r + 16 * MiB:
-                off += os.pwrite(fd, memoryview(buf)[:step], off)
-    ts = [threading.Thread(target=w) for _ in range(16)]
-    [t.start() for t in ts]; [t.join() for t in ts]
-cases = {
- "seq 64K": lambda fd: seq(fd, 64 << 10, False),
- "seq 256K": lambda fd: seq(fd, 256 << 10, False),
- "seq 2M": lambda fd: seq(fd, 2 * MiB, False),
- "seq 4M": lambda fd: seq(fd, 4 * MiB, False),
- "ranged16 8M sparse": lambda fd: ranged16(fd, 8 * MiB, False),
- "ranged16 4M sparse": lambda fd: ranged16(fd, 4 * MiB, False),
- "ranged16 2M falloc": lambda fd: ranged16(fd, 2 * MiB, True),
- "ranged16 8M falloc": lambda fd: ranged16(fd, 8 * MiB, True),
- "seq 8M": lambda fd: seq(fd, 8 * MiB, False),
- "seq 1M": lambda fd: seq(fd, MiB, False),
- "seq 32K": lambda fd: seq(fd, 32 << 10, False),
- "seq 1M falloc": lambda fd: seq(fd, MiB, True),
- "ranged16 1M falloc": lambda fd: ranged16(fd, MiB, True),
- "ranged16 1M sparse": lambda fd: ranged16(fd, MiB, False),
- "ranged16 32K sparse": lambda fd: ranged16(fd, 32 << 10, False),
-}
+                r = next(ranges, None)
+            if r is None:
+                return
+            _fill(fd, r, r + 16 * MiB, step)
+
+    threads = [threading.Thread(target=work) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+SIZES = {"32K": 32 << 10, "64K": 64 << 10, "256K": 256 << 10, "1M": MiB, "2M": 2 * MiB, "4M": 4 * MiB, "8M": 8 * MiB}
+cases = {f"seq {k}": (lambda fd, n=n: seq(fd, n, False)) for k, n in SIZES.items()}
+cases["seq 1M falloc"] = lambda fd: seq(fd, MiB, True)
+for k, n in SIZES.items():
+    cases[f"ranged16 {k} sparse"] = lambda fd, n=n: ranged16(fd, n, False)
+    cases[f"ranged16 {k} falloc"] = lambda fd, n=n: ranged16(fd, n, True)
 only = sys.argv[2].split(",") if len(sys.argv) > 2 else list(cases)
 res = {k: [] for k in only}
 for rep in range(int(os.environ.get("REPS", "3"))):

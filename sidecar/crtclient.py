@@ -200,7 +200,7 @@ def for_restore(settings):
     CRT signs for the one region it was given. Pods always have AWS_REGION (the operator sets it)."""
     from . import transfer
 
-    region_known = bool(_env_region() or transfer.endpoint_override())
+    region_known = bool(transfer.env_region() or transfer.endpoint_override())
     return client(settings) if available() and region_known else transfer.client(settings)
 
 
@@ -209,14 +209,9 @@ def client(settings) -> Client:
     from . import transfer
 
     endpoint = transfer.endpoint_override()
-    region = _env_region() or contract.DEFAULT_REGION
+    region = transfer.env_region() or contract.DEFAULT_REGION
     probe = transfer._note_first_request if os.environ.get(transfer.BENCH_PROBE) else None
     return Client(settings, endpoint, region, probe)
-
-
-def _env_region() -> str | None:
-    """The region the AWS variables name, if any (a profile's is botocore's to read)."""
-    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
 
 
 def _s3_client(settings, endpoint: str | None, region: str):

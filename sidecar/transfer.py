@@ -79,6 +79,11 @@ def endpoint_override() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+def env_region() -> str | None:
+    """The region the standard AWS variables name, if any (a profile's is botocore's to read)."""
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+
+
 def client(settings: Settings = Settings()):
     """A new S3 client from the standard AWS environment; every object it writes is encrypted as
     RUNSYNC_SSE says (encryption.py). A caller may register its own events on it; `shared()`
@@ -86,7 +91,7 @@ def client(settings: Settings = Settings()):
     import botocore.config
 
     endpoint = endpoint_override()
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or contract.DEFAULT_REGION
+    region = env_region() or contract.DEFAULT_REGION
     config = botocore.config.Config(
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
@@ -211,8 +216,7 @@ def describe(err: Exception, store: keys.StoreURL, client_=None) -> StoreError:
     if isinstance(err, ClientError):
         code = err.response.get("Error", {}).get("Code", "")
         status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        signed = getattr(getattr(client_, "meta", None), "region_name", None) or \
-            os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        signed = getattr(getattr(client_, "meta", None), "region_name", None) or env_region()
         region = regions.refused_for(err.response, signed)
         if region is not None:
             return StoreError(regions.wrong(store.bucket, region, signed,

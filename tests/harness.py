@@ -240,6 +240,13 @@ def uploaded_files(records: list[dict]) -> list[str]:
     return [r["file"] for r in records if r.get("msg") == "uploaded"]
 
 
+def error_line(result) -> str:
+    """The last `runsync: error:` line a command printed (it fails the test if there is none)."""
+    lines = [line for line in result.stderr.splitlines() if line.startswith("runsync: error:")]
+    assert lines, result.stdout + result.stderr
+    return lines[-1]
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

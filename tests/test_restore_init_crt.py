@@ -9,14 +9,10 @@ import socket
 
 import pytest
 
-from harness import restore_init, sha
+from harness import error_line, restore_init, sha
 from runsync import contract
 
 pytestmark = [pytest.mark.s3]
-
-
-def _error_line(result) -> str:
-    return [line for line in result.stderr.splitlines() if line.startswith("runsync: error:")][-1]
 
 
 @pytest.mark.parametrize("fault, says", [
@@ -42,7 +38,7 @@ def test_restore_init_fails_with_botocores_words_through_the_crt(s3_env, tmp_pat
         result = restore_init({**env, "RUNSYNC_CRT": crt}, tmp_path / f"pod-{crt}", {}, tmp_path)
         assert result.returncode == 1, result.stdout + result.stderr
         assert "Traceback" not in result.stderr
-        lines[crt] = _error_line(result)
+        lines[crt] = error_line(result)
     assert lines["1"] == lines["0"]
     for words in says:
         assert words in lines["1"]
@@ -159,7 +155,7 @@ def test_an_untrusted_certificate_is_named_with_its_fix_through_the_crt_and_boto
         result = restore_init(env, tmp_path / f"pod-{crt}", {}, tmp_path)
         assert result.returncode == 1, result.stdout + result.stderr
         assert "Traceback" not in result.stderr
-        lines[crt] = _error_line(result)
+        lines[crt] = error_line(result)
     for line in lines.values():
         assert f"the S3 endpoint {endpoint}" in line and "certificate" in line, line
         assert "fix: set AWS_CA_BUNDLE" in line, line
@@ -179,7 +175,7 @@ def test_a_missing_aws_ca_bundle_is_one_line_naming_it_not_a_traceback(s3_env, t
         result = cli("restore", "team-a/proj/run-1", "--to", str(tmp_path / "laptop"), env=env)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
-    line = _error_line(result)
+    line = error_line(result)
     assert f"AWS_CA_BUNDLE={missing}" in line and "fix: point AWS_CA_BUNDLE" in line, line
 
 

@@ -21,7 +21,7 @@ import urllib.parse
 
 import pytest
 
-from harness import restore_init
+from harness import error_line, restore_init
 from runsync_operator import stores as store_handlers
 
 pytestmark = [pytest.mark.s3]
@@ -95,12 +95,6 @@ def _regional_front(target: str, refusal: str = "malformed", region: str = BUCKE
     return f"http://127.0.0.1:{server.server_address[1]}"
 
 
-def _error_line(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.startswith("runsync: error:")]
-    assert lines, result.stdout + result.stderr
-    return lines[-1]
-
-
 def _says_the_region(line: str) -> None:
     assert f"is in region {BUCKET_REGION}" in line, line
     assert "us-east-1" in line and f"fix: set AWS_REGION={BUCKET_REGION}" in line, line
@@ -130,7 +124,7 @@ def test_a_wrong_region_is_one_line_naming_the_buckets_region(s3_env, tmp_path, 
         result = cli("sync", str(tmp_path / "src"), "--run", "team-a/proj/run-1", env=env)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
-    _says_the_region(_error_line(result))
+    _says_the_region(error_line(result))
     assert not (tmp_path / "pod" / "notes.txt").exists() and not (tmp_path / "laptop" / "notes.txt").exists()
 
 
