@@ -28,6 +28,7 @@ import os
 import queue
 import secrets
 import shutil
+import stat
 import time
 from pathlib import Path
 
@@ -148,13 +149,19 @@ def restore(
                         yield None, [(n, *v)]
 
         count, need = 0, 0
-        for _, unit in units():  # sizes from lstat alone: a file the hash would find unchanged counts
+        # Sizes from lstat alone: a file the hash would find unchanged counts. Which files are
+        # the same by size and mtime is kept (a bit each, in the order `units()` yields them),
+        # so the restore looks at each of them once: a pod's PVC may hold 100,000.
+        same = bytearray()
+        for _, unit in units():
             for name, _, entry in unit:
-                if _local_state(_target(dest, name), entry, replace, hash_equal=False) == "missing":
+                state = _local_state(_path(dest, name), entry, replace, hash_equal=False)
+                same.append(state == "same")
+                if state == "missing":
                     count, need = count + 1, need + entry.size
         _check_space(dest, need)
         hooks.on_plan(count, need)
-        failures, total = _restore_units(s3, store, settings, dest, units(), replace, hooks, report)
+        failures, total = _restore_units(s3, store, settings, dest, units(), replace, hooks, report, iter(same))
         report.incomplete = tuple(sorted(set(chosen.incomplete()) | {
             d for more in older for d in more.incomplete if d not in chosen.groups and d not in more.groups}))
     except (ClientError, BotoCoreError) as err:
@@ -167,8 +174,9 @@ def restore(
 
 
 def _restore_units(s3, store, settings, dest: Path, units, replace: bool, hooks: transfer.Hooks,
-                   report: RestoreReport) -> tuple[list[str], int]:
-    """Restore each unit's files that are missing or older here; (failures, units tried)."""
+                   report: RestoreReport, same) -> tuple[list[str], int]:
+    """Restore each unit's files that are missing or older here; (failures, units tried).
+    `same`: a flag a file, in order, true where the survey found it the same by size and mtime."""
     failures: list[str] = []
     running: dict[concurrent.futures.Future, list] = {}
     finished: queue.SimpleQueue[concurrent.futures.Future] = queue.SimpleQueue()
@@ -202,7 +210,7 @@ def _restore_units(s3, store, settings, dest: Path, units, replace: bool, hooks:
         for _, unit in units:
             todo = []
             for name, _, entry in unit:
-                state = _local_state(_target(dest, name), entry, replace)
+                state = "same" if next(same) else _local_state(_path(dest, name), entry, replace)
                 if state == "same":
                     report.files_up_to_date += 1
                     if report.keep_names:
@@ -316,8 +324,13 @@ def _restore_unit(transfers: transfer.Transfers, dest: Path, unit: list[tuple[st
 
 
 def _target(dest: Path, name: str) -> Path:
-    keys.check_stored_name(name)
-    return dest.joinpath(*name.split("/"))
+    return Path(_path(dest, name))
+
+
+def _path(dest: Path, name: str) -> str:
+    """Where the stored `name` goes under `dest` (a str: the survey makes one a file)."""
+    keys.check_stored_name(name)  # no "..", no absolute, no empty part: it stays under dest
+    return f"{dest}/{name}"
 
 
 def _make_parents(dest: Path, target: Path) -> None:
@@ -335,7 +348,7 @@ def _make_parents(dest: Path, target: Path) -> None:
                                "or not a directory, and could lead outside the run dir")
 
 
-def _local_state(target: Path, entry: manifest.FileEntry, replace: bool, hash_equal: bool = True) -> str:
+def _local_state(target: str, entry: manifest.FileEntry, replace: bool, hash_equal: bool = True) -> str:
     """same | newer | missing-or-older. Content equal by size and mtime, else by its part CRCs or
     format 1's SHA-256 (`hashing.holds`), unless not `hash_equal`: then a same-size file of
     another mtime is taken as different."""
@@ -343,8 +356,8 @@ def _local_state(target: Path, entry: manifest.FileEntry, replace: bool, hash_eq
         st = os.lstat(target)
     except (FileNotFoundError, NotADirectoryError):
         return "missing"
-    if os.path.islink(target) or not os.path.isfile(target):
-        return "missing"  # replaced by the rename, never followed
+    if not stat.S_ISREG(st.st_mode):
+        return "missing"  # a link, a directory: replaced by the rename, never followed
     if (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns):
         return "same"
     if st.st_size == entry.size and hash_equal:
