@@ -139,7 +139,7 @@ class Engine:
         elif self.loaded:
             self.committer.pace(now, busy=True)  # the final flush: a successor waits for it
         self.flushes.answer(now, self.loaded, self.books.seq, self.skipped.names)
-        status.queue_gauges(self.metrics, self.root, self.uploads.inflight, self.uploads.waiting())
+        status.queue_gauges(self.metrics, len(self.uploads.inflight), self.uploads.inflight_bytes, self.uploads.waiting())
         if self.mode == "final":
             self._final_step(now)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import hashlib
 import os
 import stat
@@ -53,13 +54,19 @@ def open_regular(path: str | Path, root: str | Path | None = None) -> int:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise NotRegular(f"{path}: not a regular file")
         if root is not None and _FD_PATH is not None:
-            real, top = os.readlink(_FD_PATH.format(fd)), os.path.realpath(root)
+            real, top = os.readlink(_FD_PATH.format(fd)), _real_root(root)
             if not real.startswith(top.rstrip("/") + "/"):
                 raise NotRegular(f"{path}: leads out of the run dir {top} (to {real})")
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+@functools.lru_cache(maxsize=16)
+def _real_root(root: str | Path) -> str:
+    """The run dir's real path, resolved once: a few lstats a file were the small uploads' cost."""
+    return os.path.realpath(root)
 
 
 def hash_file(path: str | Path, root: str | Path | None = None, block: int = MiB) -> Digest:

@@ -94,10 +94,7 @@ class Worker:
     def _batches(self, task: Task) -> list[list[tuple[str, str]]] | None:
         """[(relpath, stored name)] to upload in order; None when there is nothing to upload:
         the file is gone, or the directory has no marker (yet)."""
-        if not task.is_dir:
-            path = os.path.join(self.root, task.relpath)
-            if not os.path.isfile(path) or os.path.islink(path):
-                return None
+        if not task.is_dir:  # gone, a link or not a regular file: `run`'s look says so (NotRegular)
             return [[(task.relpath, task.key)]]
         members, markers = [], []
         for f in watch.scan(os.path.join(self.root, task.relpath)).files:

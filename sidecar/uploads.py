@@ -30,6 +30,8 @@ class Uploads:
         self.metrics = metrics
         self.clock = clock
         self.inflight: dict[str, Task] = {}
+        self.inflight_bytes = 0
+        """The files' in flight, as each was when handed out (a directory's are not counted)."""
         self.dirty: dict[str, Newer] = {}
 
     def __contains__(self, key: str) -> bool:
@@ -52,7 +54,8 @@ class Uploads:
 
     def finished(self, done: Done) -> None:
         """A task came back: no longer in flight; each file it sent is counted (and logged)."""
-        self.inflight.pop(done.task.key, None)
+        if self.inflight.pop(done.task.key, None) is not None:
+            self.inflight_bytes -= _size(done.task)
         if done.outcome in ("uploaded", "unchanged"):
             for entry, relpath, how in done.entries:
                 self.metrics.record(how, entry.policy, entry.size)
@@ -85,8 +88,13 @@ class Uploads:
     def _start(self, task: Task) -> None:
         task.looked = None if task.is_dir else watch.file_stat(self.worker.root, task.relpath)
         self.inflight[task.key] = task
+        self.inflight_bytes += _size(task)
         self.worker.start(task)
 
     def looked(self) -> dict[str, tuple[int, int]]:
         """relpath → (size, mtime_ns) of each file in flight, as it was when handed out."""
         return {t.relpath: t.looked for t in self.inflight.values() if t.looked is not None}
+
+
+def _size(task: Task) -> int:
+    return task.looked[0] if task.looked is not None else 0

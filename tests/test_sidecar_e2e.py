@@ -195,6 +195,25 @@ def test_metrics_match_what_was_written(sidecars, store):
     assert sc.metric("runsync_queue_files") == 0
 
 
+def test_the_queue_gauges_show_the_files_and_bytes_in_flight(sidecars, s3_env):
+    """Over a slow link (1 MiB/s), three files of 4 MiB are in flight at once (4 s each): the gauges say
+    so while they go, and nothing once they are durable."""
+    from harness import LinkProxy
+
+    uplink = LinkProxy(s3_env["AWS_ENDPOINT_URL_S3"], up_rate=1024 * 1024)
+    try:
+        sc = sidecars({SAVE: "*.bin:live"}, extra_env={"AWS_ENDPOINT_URL_S3": uplink.endpoint}).start()
+        for i in range(3):
+            (sc.run_dir / f"f{i}.bin").write_bytes(os.urandom(4 * 1024 * 1024 + i))
+        wait_for(lambda: sc.metric("runsync_queue_files") == 3, timeout=30, what="three files queued")
+        assert sc.metric("runsync_queue_bytes") == 3 * 4 * 1024 * 1024 + 3
+        assert sc.flush(timeout=120)["durable"]
+        wait_for(lambda: sc.metric("runsync_queue_files") == 0, timeout=30, what="the queue empty")
+        assert sc.metric("runsync_queue_bytes") == 0
+    finally:
+        uplink.close()
+
+
 def test_new_save_glob_in_annotations_takes_effect_without_restart(sidecars, store):
     sc = sidecars({SAVE: "logs/*:live"}).start()
     (sc.run_dir / "extra").mkdir()
