@@ -47,6 +47,10 @@ def open_regular(path: str | Path, root: str | Path | None = None) -> int:
     try:
         fd = os.open(path, _OPEN_FLAGS)
     except OSError as err:
+        if err.errno == errno.ENXIO:  # a socket
+            raise NotRegular(f"{path}: not a regular file") from None
+        if err.errno == errno.ENOTDIR:  # a directory on the way was replaced by a file: no such file
+            raise NotRegular(f"{path}: no such file (a part of its path is not a directory)") from None
         if err.errno not in (errno.ELOOP, errno.EMLINK):  # O_NOFOLLOW's answer to a symlink
             raise  # missing, unreadable: the caller's to tell apart
         raise NotRegular(f"{path}: a symlink, never followed") from None
@@ -63,9 +67,16 @@ def open_regular(path: str | Path, root: str | Path | None = None) -> int:
     return fd
 
 
-@functools.lru_cache(maxsize=16)
 def _real_root(root: str | Path) -> str:
-    """The run dir's real path, resolved once: a few lstats a file were the small uploads' cost."""
+    """The run dir's real path, resolved once per directory it names (a symlink to the run dir
+    pointed elsewhere is resolved again): an lstat a path component, a file, were a good part of
+    the small uploads' cost."""
+    st = os.stat(root)
+    return _resolved(root, st.st_dev, st.st_ino)
+
+
+@functools.lru_cache(maxsize=16)
+def _resolved(root: str | Path, dev: int, ino: int) -> str:
     return os.path.realpath(root)
 
 

@@ -210,7 +210,7 @@ def _restore_units(s3, store, settings, dest: Path, units, replace: bool, hooks:
         for _, unit in units:
             todo = []
             for name, _, entry in unit:
-                state = "same" if next(same) else _local_state(_path(dest, name), entry, replace)
+                state = "same" if next(same, False) else _local_state(_path(dest, name), entry, replace)
                 if state == "same":
                     report.files_up_to_date += 1
                     if report.keep_names:
@@ -330,7 +330,7 @@ def _target(dest: Path, name: str) -> Path:
 def _path(dest: Path, name: str) -> str:
     """Where the stored `name` goes under `dest` (a str: the survey makes one a file)."""
     keys.check_stored_name(name)  # no "..", no absolute, no empty part: it stays under dest
-    return f"{dest}/{name}"
+    return os.path.join(dest, name)
 
 
 def _make_parents(dest: Path, target: Path) -> None:

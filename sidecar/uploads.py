@@ -54,8 +54,9 @@ class Uploads:
 
     def finished(self, done: Done) -> None:
         """A task came back: no longer in flight; each file it sent is counted (and logged)."""
-        if self.inflight.pop(done.task.key, None) is not None:
-            self.inflight_bytes -= _size(done.task)
+        task = self.inflight.pop(done.task.key, None)
+        if task is not None:
+            self.inflight_bytes -= _size(task)
         if done.outcome in ("uploaded", "unchanged"):
             for entry, relpath, how in done.entries:
                 self.metrics.record(how, entry.policy, entry.size)

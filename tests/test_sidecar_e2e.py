@@ -7,6 +7,7 @@ import json
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -89,6 +90,28 @@ def test_policies_now_end_unnamed_ignored_and_outside_symlinks(sidecars, store, 
     assert final.files["final/report.json"].policy == "end"
     assert not [k for k in store.keys() if "outside-secret" in k or "link.pt" in k or "escape" in k
                 or k.endswith(".tmp") or ".tmp~" in k]
+
+
+def test_a_socket_moved_into_the_run_dir_is_passed_over_not_retried(sidecars, store):
+    """A unix socket renamed into the run dir arrives as a complete file's event; opening it is
+    refused (ENXIO). It is not a file to save: passed over as a symlink or a directory would be,
+    not failed and retried forever (a flush would wait on it until its timeout)."""
+    import socket
+    import tempfile
+
+    sc = sidecars({SAVE: "**:live"}).start()
+    where = Path(tempfile.mkdtemp(dir=sc.run_dir.parent))  # same filesystem: the rename is one event
+    listener = socket.socket(socket.AF_UNIX)
+    try:
+        listener.bind(str(where / "s"))
+        os.rename(where / "s", sc.run_dir / "trainer.sock")
+        (sc.run_dir / "after.txt").write_text("saved")
+        doc = sc.flush(timeout=20)
+        assert doc["durable"] is True, doc
+    finally:
+        listener.close()
+    assert set(store.files()) == {"after.txt"}
+    assert not [r for r in sc.log_records() if r.get("level") in ("WARNING", "ERROR")], sc.logs()[-3000:]
 
 
 def test_write_patterns_and_read_only_opens(sidecars, store, tmp_path):
