@@ -54,12 +54,17 @@ class Client:
         self.meta = SimpleNamespace(
             region_name=region, endpoint_url=endpoint or f"https://s3.{region}.amazonaws.com",
             config=SimpleNamespace(max_pool_connections=settings.pool_connections))
-        self._crt = _s3_client(settings, endpoint, region)
+        self._crt, self._credentials = _s3_client(settings, endpoint, region)
         self._write_headers = encryption.from_env().headers()
         self._objects: dict[str, crtobjects.Objects] = {}
         self._boto = None
         self._lock = threading.Lock()
         self._on_first = on_first_request
+
+    def access_key_id(self) -> str:
+        """The access key id the CRT signs with: the environment's, or its chain's (a profile,
+        a container's or a web identity's), for an error line that names it."""
+        return self._credentials.get_credentials().result(timeout=5).access_key_id
 
     # ------------------------------------------------------------------ botocore's calls
 
@@ -214,7 +219,7 @@ def client(settings) -> Client:
     return Client(settings, endpoint, region, probe)
 
 
-def _s3_client(settings, endpoint: str | None, region: str):
+def _s3_client(settings, endpoint: str | None, region: str) -> tuple:
     from awscrt.auth import AwsCredentialsProvider
     from awscrt.io import ClientBootstrap, ClientTlsContext, DefaultHostResolver, EventLoopGroup, TlsContextOptions
     from awscrt.s3 import S3Client, S3RequestTlsMode, S3RetryConfig
@@ -244,7 +249,7 @@ def _s3_client(settings, endpoint: str | None, region: str):
         part_size=crtobjects.PART, multipart_upload_threshold=settings.multipart_threshold,
         memory_limit=256 * 1024 * 1024,  # the CRT's least: restore-init's whole GETs are small (< 16 MiB)
         retry_config=S3RetryConfig(max_retries=settings.max_attempts - 1) if settings.max_attempts > 1 else None,
-        connect_timeout_ms=int(settings.connect_timeout * 1000))
+        connect_timeout_ms=int(settings.connect_timeout * 1000)), credentials
 
 
 def _botocore_error(err, endpoint: str) -> Exception:

@@ -197,10 +197,25 @@ def masked(key_id: str) -> str:
     return "****" + key_id[-4:] if len(key_id) > 4 else "****"
 
 
+def signing_key_id(client_) -> str:
+    """The access key id `client_` signs with: the environment's, else the one its credential
+    chain found (a profile, a container's endpoint, a web identity); "" if none is known."""
+    key = os.environ.get("AWS_ACCESS_KEY_ID", "")
+    if key or client_ is None:
+        return key
+    try:
+        if hasattr(client_, "access_key_id"):  # crtclient.Client
+            return client_.access_key_id()
+        found = client_._request_signer._credentials  # botocore keeps its chain's answer there
+        return found.get_frozen_credentials().access_key if found else ""
+    except Exception:  # noqa: BLE001 - only a detail of an error line
+        return ""
+
+
 def describe(err: Exception, store: keys.StoreURL, client_=None) -> StoreError:
     """A botocore failure → one `StoreError` line: what failed, with which value, and the fix."""
     endpoint = getattr(getattr(client_, "meta", None), "endpoint_url", None) or "AWS S3"
-    key_id = masked(os.environ.get("AWS_ACCESS_KEY_ID", ""))
+    key_id = lambda: masked(signing_key_id(client_))  # noqa: E731 - asked only where a key was refused
     if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
         return StoreError(f"no AWS credentials for {store}; fix: set AWS_ACCESS_KEY_ID and "
                           "AWS_SECRET_ACCESS_KEY (or use workload identity)")
@@ -222,16 +237,16 @@ def describe(err: Exception, store: keys.StoreURL, client_=None) -> StoreError:
             return StoreError(regions.wrong(store.bucket, region, signed,
                                             "set AWS_REGION={region} (in a pod: the Store's spec.region)"))
         if code == "SignatureDoesNotMatch":
-            return StoreError(f"the secret key for access key {key_id!r} is wrong at {endpoint} "
+            return StoreError(f"the secret key for access key {key_id()!r} is wrong at {endpoint} "
                               f"(SignatureDoesNotMatch); fix: set AWS_SECRET_ACCESS_KEY to that key's secret")
         if code == "InvalidAccessKeyId":
-            return StoreError(f"access key {key_id!r} is unknown to {endpoint} (InvalidAccessKeyId); "
+            return StoreError(f"access key {key_id()!r} is unknown to {endpoint} (InvalidAccessKeyId); "
                               "fix: set AWS_ACCESS_KEY_ID to a key of that service")
         if code in ("NoSuchBucket",) or (status == 404 and code in ("404", "NotFound")):
             return StoreError(f"bucket {store.bucket!r} does not exist at {endpoint} (NoSuchBucket); "
                               "fix: create it, or correct --store / RUNSYNC_STORE")
         if code in ("AccessDenied", "403", "Forbidden"):
-            return StoreError(f"access key {key_id!r} may not use {store} at {endpoint} (AccessDenied); "
+            return StoreError(f"access key {key_id()!r} may not use {store} at {endpoint} (AccessDenied); "
                               "fix: grant it s3:ListBucket, s3:GetObject and s3:PutObject there")
         if code == "BadDigest" or code.startswith("InvalidChecksum"):
             return StoreError(f"{store}: S3 refused an upload whose checksum did not match ({code}); "

@@ -44,6 +44,23 @@ def test_restore_init_fails_with_botocores_words_through_the_crt(s3_env, tmp_pat
         assert words in lines["1"]
 
 
+def test_a_key_from_a_profile_is_named_when_it_is_refused(s3_env, tmp_path):
+    """Keys from a profile (or a container's endpoint), not the environment: the error names the
+    key the client signed with (it said '****' when AWS_ACCESS_KEY_ID was not set)."""
+    creds = tmp_path / "credentials"
+    creds.write_text("[default]\naws_access_key_id = PROFILEKEYW9XZ\naws_secret_access_key = whatever\n")
+    env = {k: v for k, v in s3_env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    env.update({"AWS_SHARED_CREDENTIALS_FILE": str(creds), "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
+                "AWS_EC2_METADATA_DISABLED": "true"})
+    lines = {}
+    for crt in ("1", "0"):
+        result = restore_init({**env, "RUNSYNC_CRT": crt}, tmp_path / f"pod-{crt}", {}, tmp_path)
+        assert result.returncode == 1, result.stdout + result.stderr
+        lines[crt] = error_line(result)
+    assert lines["1"] == lines["0"]
+    assert "access key '****W9XZ' is unknown" in lines["1"] and "InvalidAccessKeyId" in lines["1"], lines
+
+
 def test_restore_init_through_the_crt_takes_the_lease_and_fences_the_old_holder(s3_env, tmp_path, store, cli):
     from runsync import lease, manifest
 
