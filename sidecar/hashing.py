@@ -40,6 +40,15 @@ _FD_PATH = "/proc/self/fd/{}" if os.path.isdir("/proc/self/fd") else None
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 
+_NOT_REGULAR = {
+    errno.ELOOP: "a symlink, never followed",  # O_NOFOLLOW's answer to a symlink (EMLINK on some BSDs)
+    errno.EMLINK: "a symlink, never followed",
+    errno.ENXIO: "not a regular file",  # a socket
+    errno.ENOTDIR: "no such file (a part of its path is not a directory)",  # a dir on the way became a file
+}
+"""What `os.open` refuses with, for a path that names no regular file inside the run dir."""
+
+
 def open_regular(path: str | Path, root: str | Path | None = None) -> int:
     """A descriptor of the regular file at `path`, opened without following a symlink (a FIFO
     never blocks it); with `root`, only a file that really lies inside `root` (no symlinked
@@ -47,13 +56,10 @@ def open_regular(path: str | Path, root: str | Path | None = None) -> int:
     try:
         fd = os.open(path, _OPEN_FLAGS)
     except OSError as err:
-        if err.errno == errno.ENXIO:  # a socket
-            raise NotRegular(f"{path}: not a regular file") from None
-        if err.errno == errno.ENOTDIR:  # a directory on the way was replaced by a file: no such file
-            raise NotRegular(f"{path}: no such file (a part of its path is not a directory)") from None
-        if err.errno not in (errno.ELOOP, errno.EMLINK):  # O_NOFOLLOW's answer to a symlink
+        why = _NOT_REGULAR.get(err.errno)
+        if why is None:
             raise  # missing, unreadable: the caller's to tell apart
-        raise NotRegular(f"{path}: a symlink, never followed") from None
+        raise NotRegular(f"{path}: {why}") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise NotRegular(f"{path}: not a regular file")
