@@ -172,7 +172,7 @@ class Keeper:
 
     def _write_files(self, material: Material) -> None:
         # Key first, then the certificate, each replaced whole; only when they change (once a
-        # year), since kopf restarts its server on any change of either.
+        # year). tlsserver loads the pair only once the two match.
         for path, data in ((self.keyfile, material.key), (self.certfile, material.cert)):
             if path.exists() and path.read_bytes() == data:
                 continue

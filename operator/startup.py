@@ -10,7 +10,7 @@ import kopf
 
 from runsync import contract
 
-from . import leader, readiness, servingcert, stores
+from . import leader, readiness, servingcert, stores, tlsserver
 from .kubeclient import api_client
 from .metrics import METRICS
 from .values import Values
@@ -26,10 +26,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, stores_by_name: 
     settings.watching.label_selectors["pods"] = f"{contract.INJECT_LABEL}=true"
     if values.tls_secret:
         _keep_serving_certificate(values, logger)
-    settings.admission.server = kopf.WebhookServer(
+    settings.admission.server = tlsserver.WebhookServer(
         addr=values.webhook_addr, port=values.webhook_port,
         certfile=values.certfile, pkeyfile=values.pkeyfile,
-        file_check_interval=10)                # a renewed certificate is served within 10 s
+        reload_interval=10)                    # a renewed certificate is served within 10 s
     settings.posting.level = 30                # events for warnings and errors only
     # The index kopf passes here is the live one that its Store list and watch fill.
     ready = readiness.StoreIndexReadiness(stores_by_name, functools.partial(
@@ -53,7 +53,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, stores_by_name: 
 def _keep_serving_certificate(values: Values, logger) -> None:
     """The chart's own TLS mode: make or read the CA and serving certificate now (kopf's server
     needs the files), point the webhook's caBundle at the CA, and look again every 10 minutes
-    (a renewal here or by another replica, a deleted Secret); kopf re-reads changed files."""
+    (a renewal here or by another replica, a deleted Secret); tlsserver loads changed files."""
     import kubernetes
 
     client = api_client()

@@ -517,7 +517,9 @@ def test_one_replica_runs_the_store_handlers_and_all_serve_the_webhook(tmp_path,
 def test_a_renewed_serving_certificate_is_served_without_a_restart(tmp_path, monkeypatch):
     """cert-manager renews the serving certificate into its Secret and the kubelet swaps the
     mounted files at once (a symlink to a new directory); the operator serves the new
-    certificate without a restart (kopf re-reads the files), under the same CA."""
+    certificate without a restart, under the same CA, and its port never closes meanwhile:
+    a refused connection is a refused admission (failurePolicy Fail), so a client that keeps
+    connecting through the renewal is answered every time."""
     import os
     import socket
     import ssl
@@ -528,9 +530,9 @@ def test_a_renewed_serving_certificate_is_served_without_a_restart(tmp_path, mon
     monkeypatch.setattr(localkube.trustme, "CA", lambda: ca)
     mount = tmp_path / "tls"
 
-    def secret_volume(version: str, cert) -> None:  # what the kubelet does on a Secret's update
+    def secret_volume(version: str, cert, key_of=None) -> None:  # what the kubelet does on a Secret's update
         (mount / version).mkdir(parents=True)
-        cert.private_key_pem.write_to_path(str(mount / version / "tls.key"))
+        (key_of or cert).private_key_pem.write_to_path(str(mount / version / "tls.key"))
         cert.cert_chain_pems[0].write_to_path(str(mount / version / "tls.crt"))
         os.symlink(version, mount / "..data_tmp")
         os.replace(mount / "..data_tmp", mount / "..data")
@@ -546,13 +548,24 @@ def test_a_renewed_serving_certificate_is_served_without_a_restart(tmp_path, mon
 
         first = served()
         renewed = ca.issue_cert("127.0.0.1", "localhost")
+        # First a pair that does not match (a hand-edited Secret): refused with a reason, and the
+        # current certificate stays served.
+        secret_volume("v2-wrong", renewed, key_of=ca.issue_cert("127.0.0.1"))
+        deadline = time.monotonic() + 60
+        while "cannot load the certificate" not in op.log.read_text():
+            assert served() == first
+            assert time.monotonic() < deadline, "a mismatched pair is not reported:\n" + op.log.read_text()[-3000:]
+        assert served() == first
+        assert "the current one is still served" in op.log.read_text()
         secret_volume("v2", renewed)
         wanted = ssl.PEM_cert_to_DER_cert(renewed.cert_chain_pems[0].bytes().decode())
         assert wanted != first
         deadline = time.monotonic() + 60
-        while served() != wanted:
+        handshakes = 0
+        while served() != wanted:  # back to back: a closed port in between raises here
+            handshakes += 1
             assert time.monotonic() < deadline, "the renewed certificate is not served:\n" + op.log.read_text()[-3000:]
-            time.sleep(0.2)
+        assert handshakes > 10                             # the renewal was watched, not skipped over
         assert op.proc.poll() is None                      # the same process
         assert op.review(pod())["response"]["allowed"] is False  # and it still answers (no Store here)
     finally:
