@@ -53,6 +53,8 @@ class Index(Mapping[str, FileEntry]):
         self._count = self._db.execute("SELECT count(*) FROM entries").fetchone()[0] if self._meta else 0
         if self._meta is None:
             self._clear(self._db)
+        self.rebuilds = 0
+        """Times the whole index was replaced (not a commit's changes): another commit's since."""
 
     # ------------------------------------------------------------------ what is durable
 
@@ -64,6 +66,11 @@ class Index(Mapping[str, FileEntry]):
         # (an index written before a field existed lacks it: the dataclass's default)
         return Manifest(**{k: doc[k] for k in _META if k != "requires" and k in doc}, requires=tuple(doc["requires"]),
                         checkpoints={d: tuple(n) for d, n in doc["checkpoints"].items()}, files=self)
+
+    def holds(self, seq: int, epoch: int) -> bool:
+        """True when the index records commit `seq` of lease `epoch` (this replica's, by its file)."""
+        doc = self._meta
+        return doc is not None and (doc["seq"], doc["epoch"]) == (seq, epoch)
 
     def records(self, m: Manifest) -> bool:
         """True when the index holds exactly commit `m` (same replica, number, epoch, time)."""
@@ -133,6 +140,7 @@ class Index(Mapping[str, FileEntry]):
                 self._db = fresh
             self._meta = _meta_doc(meta) if meta is not None else None
             self._count = count if meta is not None else 0
+            self.rebuilds += 1
 
     def committed(self, m: Manifest) -> Manifest:
         """Commit `m` made durable: its changes written in one transaction; `m` with this index
@@ -195,6 +203,20 @@ class Index(Mapping[str, FileEntry]):
                 rows = self._db.execute(f"SELECT {_COLUMNS} FROM entries WHERE name > ? ORDER BY name LIMIT ?",
                                         (last, batch)).fetchall()
             yield from (_entry(r) for r in rows)
+            if len(rows) < batch:
+                return
+            last = rows[-1][0]
+
+    def names(self, batch: int = 10_000) -> Iterator[str]:
+        """All names in order (sqlite's BINARY order of UTF-8 is Python's order of str), `batch`
+        rows read at a time; safe beside the committer, which may replace the file meanwhile
+        (`rebuilds` tells afterwards whether it did)."""
+        last = ""
+        while True:
+            with self._lock:
+                rows = self._db.execute("SELECT name FROM entries WHERE name > ? ORDER BY name LIMIT ?",
+                                        (last, batch)).fetchall()
+            yield from (r[0] for r in rows)
             if len(rows) < batch:
                 return
             last = rows[-1][0]

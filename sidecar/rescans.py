@@ -11,9 +11,12 @@ runs waits for everything it finds. The final flush's rescan is not stepped (eng
 from __future__ import annotations
 
 import concurrent.futures
+import time
+from collections.abc import Callable, Iterator
 
 from . import messages, watch
 from .flushes import Flushes
+from .logs import log
 
 STEP = 1_000
 """Files classified per turn of the loop: a few ms each, so a request waits at most that."""
@@ -27,6 +30,9 @@ class Rescans:
         self._at = 0
         self._listing: concurrent.futures.Future | None = None
         self._lister = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rescan")
+        self._began: float | None = None  # the sidecar's first listing
+        self._logged = False  # that listing's line is written once
+        self._still: Callable[[], bool] | None = None
 
     @property
     def busy(self) -> bool:
@@ -43,19 +49,35 @@ class Rescans:
         """The flush event the files found stand for (the rescan's start)."""
         return self.flushes.pending.get(messages.RESCAN)
 
-    def start(self) -> None:
+    def start(self, checked: Callable[[], Iterator[str]] | None = None, still: Callable[[], bool] | None = None) -> None:
         """List the run dir again (a rescan under way starts over: what it has not classified
-        yet may have changed); the flush key stays as of the first start."""
+        yet may have changed); the flush key stays as of the first start.
+
+        At the sidecar's start, `checked()` may name files not to look at (restore-init's word,
+        engine.py): the listing passes them over if `still()` holds once it is done, else the
+        run dir is listed again, whole."""
         self.flushes.accept(messages.RESCAN)
-        self._files, self._at = (), 0
-        self._listing = self._lister.submit(watch.scan, self.root)  # a listing under way: its answer is dropped
+        self._files, self._at, self._still = (), 0, still
+        if self._began is None:
+            self._began = time.monotonic()
+        # a listing under way: its answer is dropped
+        self._listing = self._lister.submit(watch.scan, self.root, checked() if checked else None)
 
     def next(self) -> tuple[watch.LocalFile, ...]:
         """The next step's files (empty while the run dir is being listed, or none is under way)."""
         if self._listing is not None:
             if not self._listing.done():
                 return ()
-            self._files, self._at, self._listing = self._listing.result().files, 0, None
+            listed, self._listing = self._listing.result(), None
+            if listed.taken and not self._still():  # the commit it vouched for was replaced meanwhile
+                self.start()
+                return ()
+            self._files, self._at = listed.files, 0
+            if not self._logged:
+                self._logged = True
+                log.info("run dir listed at start", extra={"fields": {
+                    "files": len(listed.files), "taken_as_restored": listed.taken,
+                    "seconds": round(time.monotonic() - self._began, 3)}})
         step = self._files[self._at:self._at + STEP]
         self._at += len(step)
         return step

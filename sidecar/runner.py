@@ -278,6 +278,7 @@ def _restore_init(pod: PodEnv, s3) -> int:
         on_wait=lambda l: log.info("waiting for the previous pod to finish its final flush",
                                    extra={"fields": {"holder": l.holder, "epoch": l.epoch}}))
     log.info("lease taken", extra={"fields": {"holder": pod.holder, "epoch": held.lease.epoch}})
+    statedir.StateDir(pod.run_dir).drop_checked()  # an earlier pod's word holds no more
     if cfg.restore.mode == "none":
         log.info("restore disabled (runsync.dev/restore: none)")
         return 0
@@ -302,7 +303,12 @@ def _restore_init(pod: PodEnv, s3) -> int:
         index = durable.Index(state.path)
         try:
             if index.path is not None:  # in memory (the state dir cannot hold it) it would help no one
-                index.adopt(found[pod.replica])
+                adopted = index.adopt(found[pod.replica])
+                if adopted is not None and cfg.restore.mode == "auto" and not all_replicas:
+                    # Every file of the commit is here as committed, but these: the sidecar's
+                    # first listing takes our word for the rest (statedir.Checked).
+                    state.write_checked(statedir.Checked(adopted.seq, adopted.epoch, tuple(report.kept_newer),
+                                                         report.incomplete))
         except Exception as err:  # noqa: BLE001 - only a head start: the sidecar builds its own
             log.warning("the restored commit was not indexed for the sidecar; it will read it itself",
                         extra={"fields": {"path": str(index.path), "error": str(err)}})

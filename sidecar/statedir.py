@@ -5,12 +5,16 @@ restart and what restore-init tells the sidecar.
     durable.sqlite  the entries of the replica's latest commit (durable.py), kept while the store agrees;
                     restore-init leaves the commit it restored, so the pod's sidecar starts from it
     restore.json    restore-init's report (bytes, seconds, files), turned into metrics
+    checked.json    restore-init's word on which files of that commit it restored or found the same
+                    here; the sidecar's first listing takes it (once) instead of looking at them
     fence-N         the watcher's fences (watch.py)
     code/diff-*.patch  a code-state patch the SDK hands to the sidecar (`/v1/code`), removed once stored
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -23,6 +27,7 @@ from .logs import log
 
 RULES = "rules.json"
 RESTORE = "restore.json"
+CHECKED = "checked.json"
 CODE = "code"
 _CODE_PATCH = re.compile(r"diff-[0-9a-f]{16}\.patch")
 
@@ -55,6 +60,30 @@ class StateDir:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
+    def write_checked(self, word: "Checked") -> None:
+        _write_atomic(self.path / CHECKED, json.dumps(dataclasses.asdict(word)).encode())
+
+    def drop_checked(self) -> None:
+        (self.path / CHECKED).unlink(missing_ok=True)
+
+    def take_checked(self) -> "Checked | None":
+        """restore-init's word, removed as it is read: it holds only until the pod's other
+        containers start, so a sidecar that restarts later (after the trainer ran) must not
+        find it. None when there is none, or it is unreadable (then every file is looked at)."""
+        path = self.path / CHECKED
+        try:
+            text = path.read_text()
+            path.unlink()
+            doc = json.loads(text)
+            return Checked(int(doc["seq"]), int(doc["epoch"]), tuple(doc["except_names"]), tuple(doc["except_dirs"]))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as err:  # not taken: a restart would find it again
+            log.warning("restore-init's word on the files it checked cannot be read or removed; every file is "
+                        "looked at", extra={"fields": {"path": str(path), "error": str(err)}})
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
 
     def put_code_patch(self, data: bytes) -> str:
         """The SDK's side: `data` in a new file of the state dir; its name for `/v1/code`."""
@@ -80,6 +109,19 @@ class StateDir:
     def drop_code_patch(self, name: str) -> None:
         if _CODE_PATCH.fullmatch(name):
             (self.path / CODE / name).unlink(missing_ok=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Checked:
+    """restore-init's word: every file of commit `seq` (the one it left in durable.sqlite) is
+    here with the commit's size and mtime, but `except_names` and those under `except_dirs`."""
+
+    seq: int
+    epoch: int
+    except_names: tuple[str, ...] = ()
+    """Kept because newer here (restore-init does not overwrite them)."""
+    except_dirs: tuple[str, ...] = ()
+    """Checkpoint dirs not restored (incomplete in the commit)."""
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -76,29 +76,46 @@ class Scan:
     """Relative paths of symlinks, skipped."""
     unnamable: tuple[str, ...]
     """Paths that are not valid UTF-8 and so cannot become S3 keys, skipped."""
+    taken: int = 0
+    """Files passed over, on the word of `taken_as_checked` (not in `files`)."""
 
 
-def scan(run_dir: str | Path) -> Scan:
-    walk = Walk(run_dir)
+def scan(run_dir: str | Path, taken_as_checked: Iterator[str] | None = None) -> Scan:
+    walk = Walk(run_dir, taken_as_checked)
     relpaths: list[str] = []
     sizes, mtimes = array.array("q"), array.array("q")
     for f in walk:  # packed as found: no LocalFile outlives its step (see Listed)
         relpaths.append(f.relpath)
         sizes.append(f.size)
         mtimes.append(f.mtime_ns)
-    return Scan(Listed(walk.root, relpaths, sizes, mtimes), tuple(sorted(walk.symlinks)), tuple(sorted(walk.unnamable)))
+    return Scan(Listed(walk.root, relpaths, sizes, mtimes), tuple(sorted(walk.symlinks)), tuple(sorted(walk.unnamable)),
+                walk.taken)
 
 
 class Walk:
     """The regular files under a run dir as `LocalFile`s, in `relpath` order, found as they are
     read: one directory's names are held at a time, not the whole tree (`runsync sync` of
     100,000 files). The symlinks (never followed) and the paths that are not UTF-8 met on the
-    way are in `symlinks` and `unnamable` once the walk has passed them."""
+    way are in `symlinks` and `unnamable` once the walk has passed them.
 
-    def __init__(self, run_dir: str | Path):
+    `taken_as_checked`: relpaths in `relpath` order whose files are passed over unlooked-at
+    (restore-init's word, statedir.Checked): read as the walk goes, a merge, not a set."""
+
+    def __init__(self, run_dir: str | Path, taken_as_checked: Iterator[str] | None = None):
         self.root = os.path.abspath(run_dir)
         self.symlinks: list[str] = []
         self.unnamable: list[str] = []
+        self.taken = 0
+        self._checked = taken_as_checked
+        self._next_checked = next(taken_as_checked, None) if taken_as_checked is not None else None
+
+    def _taken(self, relpath: str) -> bool:
+        while self._next_checked is not None and self._next_checked < relpath:
+            self._next_checked = next(self._checked, None)
+        if self._next_checked == relpath:
+            self.taken += 1
+            return True
+        return False
 
     def __iter__(self) -> Iterator[LocalFile]:
         return self._under(self.root, "")
@@ -125,6 +142,8 @@ class Walk:
             relpath = rel_dir + entry.name
             if key[-1] == "/":
                 yield from self._under(entry.path, relpath + "/")
+                continue
+            if self._next_checked is not None and self._taken(relpath):
                 continue
             if entry.is_symlink() and _is_dir(entry.path):  # a symlinked directory: reported, not entered
                 self.symlinks.append(relpath)

@@ -124,3 +124,40 @@ def test_restore_init_leaves_no_index_of_another_run_or_of_nothing(store, s3_env
     assert done.returncode == 0, done.stdout + done.stderr
     assert tree(warm) == tree(tmp_path / "pretrain")
     assert not (warm / keys.STATE_DIR / durable.FILE).exists() or index_of(warm).manifest() is None
+
+
+def start_listing(sc) -> list[dict]:
+    return [{k: r[k] for k in ("files", "taken_as_restored")} for r in sc.log_records()
+            if r.get("msg") == "run dir listed at start"]
+
+
+def test_a_new_pod_s_sidecar_takes_restore_init_s_word_for_the_files_it_restored(sidecars, store, s3_env, tmp_path):
+    """restore-init has just compared every file of the commit with the run dir (restored it, or
+    found it the same); the pod's sidecar starts right after it, before any other container can
+    write there, so its first listing does not look at those files again (beside 100,000 files,
+    a third of its start). What restore-init did not vouch for is looked at and sent: a newer
+    copy it kept, a file the commit does not hold. The word is taken once: a sidecar restarted
+    later (after the trainer ran) looks at every file again."""
+    synced(tmp_path / "old-pod", s3_env)
+    sc = sidecars(SAVE, extra_env={contract.ENV_HOLDER: "pod-b"})  # one pod: restore-init's holder
+    (sc.run_dir / "d0").mkdir(parents=True)  # what the pod's volume held already (a PVC)
+    (sc.run_dir / "d0/f0001.txt").write_text("edited here")  # newer than the commit's: kept
+    (sc.run_dir / "extra.bin").write_bytes(b"never sent")
+    done = restore_init(s3_env, sc.run_dir, SAVE, tmp_path, holder="pod-b")
+    assert done.returncode == 0, done.stdout + done.stderr
+    before = store.files()
+
+    sc.start()
+    assert sc.flush()["durable"]
+    assert sc.terminate()[0] == 0
+    assert start_listing(sc) == [{"files": 2, "taken_as_restored": FILES - 1}], sc.logs()[-3000:]
+    files = store.files()
+    assert describes(files["d0/f0001.txt"], b"edited here") and describes(files["extra.bin"], b"never sent")
+    assert len(files) == FILES + 1
+    assert all(files[n] == e for n, e in before.items() if n != "d0/f0001.txt"), "a restored file was sent again"
+
+    # The sidecar restarts later (a crash, an OOM kill) after the trainer rewrote a restored file.
+    (sc.run_dir / "d1/f0100.txt").write_text("trained")
+    again = run_once(sidecars, "restarted", {})
+    assert start_listing(again)[-1] == {"files": FILES + 1, "taken_as_restored": 0}
+    assert describes(store.files()["d1/f0100.txt"], b"trained")
