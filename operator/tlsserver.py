@@ -1,10 +1,12 @@
-"""kopf's webhook server, with a renewed serving certificate loaded into the listening socket's
-TLS context instead of a restart.
+"""kopf's webhook server, serving a renewed certificate without closing its port.
 
 kopf restarts its server when the files change: between the old socket's close and the new
 one's bind, the API server's calls are refused, and with failurePolicy Fail so is the create
-of every opted-in pod that falls in that moment. An `ssl.SSLContext` can load a new pair in
-place; each new connection takes the context's pair as it starts, so the port never closes.
+of every opted-in pod that falls in that moment. Here the listening context stays; each
+renewal is loaded whole into a new context (the way kopf builds its own), and each connection
+is handed the newest complete one as its handshake starts (OpenSSL's server-name callback,
+which runs for every ClientHello, with or without a name). A pair that does not load is never
+handed out: the current one stays served.
 """
 
 from __future__ import annotations
@@ -25,18 +27,27 @@ class WebhookServer(kopf.WebhookServer):
     def __init__(self, *, reload_interval: float = 10, **kwargs) -> None:
         super().__init__(file_check_interval=_NEVER, **kwargs)
         self.reload_interval = reload_interval
-        self._live: ssl.SSLContext | None = None
+        self._served: ssl.SSLContext | None = None
+        self._digest_served: str | None = None
 
     def _build_ssl(self):
+        """kopf's context, listened with; it hands each connection the pair served now."""
+        digest = self._digest()  # before kopf reads the files: a renewal meanwhile is loaded again
         cadata, context = super()._build_ssl()
-        self._live = context  # the one kopf's TCPSite listens with
+        if context is not None:
+            self._served, self._digest_served = context, digest
+            context.sni_callback = self._hand_over
         return cadata, context
+
+    def _hand_over(self, connection: ssl.SSLObject, _name, _context) -> None:
+        if connection.context is not self._served:
+            connection.context = self._served
 
     async def __call__(self, fn):
         reloading = None
         try:
             async for client_config in super().__call__(fn):
-                if reloading is None and self._live is not None and self.certfile and self.pkeyfile:
+                if reloading is None and self._served is not None and self.certfile and self.pkeyfile:
                     reloading = asyncio.create_task(self._reload_forever())
                 yield client_config
         finally:
@@ -44,24 +55,23 @@ class WebhookServer(kopf.WebhookServer):
                 reloading.cancel()
 
     async def _reload_forever(self) -> None:
-        served = self._digest()
         while True:
             await asyncio.sleep(self.reload_interval)
             try:
-                found = self._digest()
-                if found == served:
+                digest = self._digest()
+                if digest == self._digest_served:
                     continue
-                # A pair read across the kubelet's swap, or a key written before its certificate,
-                # does not match: tried on a spare context first, so the live one keeps serving.
-                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(self.certfile, self.pkeyfile)
-                self._live.load_cert_chain(self.certfile, self.pkeyfile)
-                served = found
-                log.info(f"webhook: serving the renewed certificate {self.certfile}")
-            except (OSError, ssl.SSLError) as err:
+                _, fresh = super()._build_ssl()  # a new context, as kopf makes it: raises if the pair does not match
+            except (OSError, ssl.SSLError, ValueError) as err:
                 log.warning(f"webhook: cannot load the certificate {self.certfile} with the key {self.pkeyfile} "
                             f"({err}); the current one is still served; retrying in {self.reload_interval:g} s")
+                continue
+            self._served, self._digest_served = fresh, digest  # one assignment: the next handshake takes it
+            log.info(f"webhook: serving the renewed certificate {self.certfile}")
 
-    def _digest(self) -> str:
+    def _digest(self) -> str | None:
+        if not (self.certfile and self.pkeyfile):
+            return None
         hasher = hashlib.sha256()  # not the key itself: only whether the files changed
         for path in (self.certfile, self.pkeyfile):
             with open(str(path), "rb") as f:

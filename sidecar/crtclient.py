@@ -24,7 +24,7 @@ import urllib.parse
 import xml.etree.ElementTree as ElementTree
 from types import SimpleNamespace
 
-from botocore.exceptions import ClientError, EndpointConnectionError, FlexibleChecksumError, NoCredentialsError
+from botocore.exceptions import ClientError, EndpointConnectionError, FlexibleChecksumError, NoCredentialsError, SSLError
 
 from . import contract, crtobjects, encryption
 from .errors import StoreError
@@ -253,9 +253,16 @@ def _s3_client(settings, endpoint: str | None, region: str) -> tuple:
 
 
 def _botocore_error(err, endpoint: str) -> Exception:
-    """A CRT failure as botocore's: no credentials found, else no connection (DNS, refused, TLS)."""
+    """A CRT failure as botocore's: no credentials found, a certificate refused, else no
+    connection (DNS, refused). The CRT names no reason for a failed handshake (it gives up on
+    one after its retries, sooner than our read timeout on a busy machine): asked as botocore
+    would, so an untrusted certificate is named as one either way."""
     if err.name.startswith("AWS_AUTH_") or "CREDENTIALS" in err.name:
         return NoCredentialsError()
+    if "_TLS_" in err.name:
+        refused = crtobjects.tls_refused(endpoint)
+        if refused:
+            return SSLError(endpoint_url=endpoint, error=refused)
     return EndpointConnectionError(endpoint_url=endpoint, error=err.name)
 
 

@@ -58,6 +58,9 @@ class Engine:
         self.sightings = Sightings(self.root, settings.settle, clock, self.flushes)
         self.rescans = rescans.Rescans(self.root, self.flushes)
         self.index = durable.Index(self.state.path)
+        # restore-init's word, taken (removed) now, before the pod's probes can pass and start
+        # its other containers: a sidecar that restarts after them must not find it (_rescan).
+        self.restore_init_word = self.state.take_checked()
         self.books = Ledger(self.index.manifest())  # until the store's latest is read (_loaded)
         backoff = transfer.Backoff(settings.retry_base, settings.retry_cap)
         self.worker = tasks.Worker(self.root, layout, transfers, settings.workers, self.post, self.skipped)
@@ -99,7 +102,8 @@ class Engine:
         self.committer.load()
         # The run dir is listed while the lease is taken and the latest commit read (a thread's
         # lstats); its files are compared with what is durable once that is known (_rescan_step).
-        self._rescan(word=self.state.take_checked())
+        self._rescan(word=self.restore_init_word)
+        self.restore_init_word = None
         while not self.finished:
             try:  # a rescan under way goes on at once when no message waits
                 message = self.inbox.get(timeout=self.rescans.wait if self.loaded else 0.1)

@@ -300,20 +300,25 @@ def _restore_init(pod: PodEnv, s3) -> int:
     if source == pod.run and pod.replica in found:
         # The sidecar of this pod (same lease) finds the commit indexed and reads only its
         # record: beside 100,000 files that is about a second of CPU before it answers.
-        index = durable.Index(state.path)
+        index, adopted = durable.Index(state.path), None
         try:
             if index.path is not None:  # in memory (the state dir cannot hold it) it would help no one
                 adopted = index.adopt(found[pod.replica])
-                if adopted is not None and cfg.restore.mode == "auto" and not all_replicas:
-                    # Every file of the commit is here as committed, but these: the sidecar's
-                    # first listing takes our word for the rest (statedir.Checked).
-                    state.write_checked(statedir.Checked(adopted.seq, adopted.epoch, tuple(report.kept_newer),
-                                                         report.incomplete))
         except Exception as err:  # noqa: BLE001 - only a head start: the sidecar builds its own
             log.warning("the restored commit was not indexed for the sidecar; it will read it itself",
                         extra={"fields": {"path": str(index.path), "error": str(err)}})
         finally:
             index.close()
+        if index.path is not None and adopted is not None and cfg.restore.mode == "auto" and not all_replicas:
+            # Every file of the commit is here as committed, but these: the sidecar's first
+            # listing takes our word for the rest (statedir.Checked). Only for an index on disk:
+            # one that fell back to memory while adopting is not the one the sidecar reads.
+            try:
+                state.write_checked(statedir.Checked(adopted.seq, adopted.epoch, tuple(report.kept_newer),
+                                                     report.incomplete))
+            except OSError as err:
+                log.warning("the restored files were not vouched for to the sidecar; it will look at each",
+                            extra={"fields": {"path": str(state.path), "error": str(err)}})
     if report.empty and cfg.restore_strict:
         raise restorer.RestoreError(f"nothing to restore for {source} in {pod.store} and runsync.dev/restore-strict is "
                          "true; fix: check runsync.dev/run and runsync.dev/store, or set restore-strict: false")

@@ -547,7 +547,8 @@ def test_a_renewed_serving_certificate_is_served_without_a_restart(tmp_path, mon
                     return tls.getpeercert(binary_form=True)
 
         first = served()
-        renewed = ca.issue_cert("127.0.0.1", "localhost")
+        # renewed with another kind of key (RSA after ECDSA): one pair replaces the other whole
+        renewed = ca.issue_cert("127.0.0.1", "localhost", key_type=trustme.KeyType.RSA)
         # First a pair that does not match (a hand-edited Secret): refused with a reason, and the
         # current certificate stays served.
         secret_volume("v2-wrong", renewed, key_of=ca.issue_cert("127.0.0.1"))

@@ -178,6 +178,22 @@ def test_an_untrusted_certificate_is_named_with_its_fix_through_the_crt_and_boto
         assert "fix: set AWS_CA_BUNDLE" in line, line
 
 
+def test_a_handshake_the_crt_gave_up_on_is_named_as_the_certificate_it_refused(s3_env):
+    """On a busy machine the CRT may give up on a refused handshake after its retries, before
+    the read timeout: its error (a TLS one, no reason given) is still worded as an untrusted
+    certificate with its fix, not as an unreachable server (seen under load in `.ci/run`)."""
+    from awscrt.exceptions import AwsCrtError
+
+    from runsync import crtclient, keys, transfer
+
+    trustme = pytest.importorskip("trustme")
+    endpoint = _tls_proxy(s3_env["AWS_ENDPOINT_URL_S3"], trustme.CA())
+    gave_up = AwsCrtError(1029, "AWS_IO_TLS_ERROR_NEGOTIATION_FAILURE", "TLS (SSL) negotiation failed")
+    line = str(transfer.describe(crtclient._botocore_error(gave_up, endpoint), keys.StoreURL.parse("s3://bucket/runs")))
+    assert endpoint in line and "certificate this client does not trust" in line, line
+    assert "fix: set AWS_CA_BUNDLE" in line, line
+
+
 @pytest.mark.parametrize("command", ["restore-init", "runsync restore"])
 def test_a_missing_aws_ca_bundle_is_one_line_naming_it_not_a_traceback(s3_env, tmp_path, cli, command):
     """Both restores build the CRT's TLS context from AWS_CA_BUNDLE before their first request: a
