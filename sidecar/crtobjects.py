@@ -113,9 +113,10 @@ class Objects:
 
 
 def tls_refused(endpoint: str) -> str | None:
-    """Why a TLS handshake with `endpoint` fails under the trust botocore would use
-    (AWS_CA_BUNDLE, else the system's), or None (plain HTTP, or the handshake succeeds, or no
-    connection at all). Asked only after a timeout: the CRT does not say a certificate was refused."""
+    """Why `endpoint`'s certificate is refused under the trust botocore would use (AWS_CA_BUNDLE,
+    else the system's), or None (plain HTTP, the handshake succeeds, no connection at all, or
+    it fails for another reason: a port that speaks plain HTTP is no certificate to trust).
+    Asked only after the CRT failed: it does not say a certificate was refused."""
     import os
     import socket
     import ssl
@@ -128,9 +129,9 @@ def tls_refused(endpoint: str) -> str | None:
         with socket.create_connection((parts.hostname, parts.port or 443), timeout=10) as raw, \
                 context.wrap_socket(raw, server_hostname=parts.hostname):
             return None
-    except ssl.SSLError as err:
+    except ssl.SSLCertVerificationError as err:
         return str(err)
-    except OSError:
+    except OSError:  # (ssl.SSLError is one)
         return None
 
 
