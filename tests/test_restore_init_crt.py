@@ -229,3 +229,20 @@ def test_runsync_restore_without_a_region_variable_asks_through_botocore(s3_env,
     monkeypatch.delenv("AWS_REGION")
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_env["AWS_ENDPOINT_URL_S3"])  # an S3-compatible server: no redirects
     assert isinstance(crtclient.for_restore(transfer.Settings()), crtclient.Client)
+
+
+@pytest.mark.parametrize("crt", ["1", "0"])
+def test_https_to_a_plain_http_port_is_named_as_the_wrong_scheme_not_a_certificate(s3_env, tmp_path, crt):
+    """AWS_ENDPOINT_URL_S3 says https:// where the server speaks plain HTTP: there is no
+    certificate to trust, so the line names the scheme, not AWS_CA_BUNDLE."""
+    plain = s3_env["AWS_ENDPOINT_URL_S3"]
+    assert plain.startswith("http://")
+    wrong = "https://" + plain[len("http://"):]
+    env = {**s3_env, "RUNSYNC_CRT": crt, "AWS_ENDPOINT_URL_S3": wrong}
+    env.pop("AWS_CA_BUNDLE", None)
+    result = restore_init(env, tmp_path / "pod", {}, tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    line = error_line(result)
+    assert wrong in line and "AWS_CA_BUNDLE" not in line, line
+    assert "fix: check AWS_ENDPOINT_URL_S3" in line, line
