@@ -197,26 +197,23 @@ class Index(Mapping[str, FileEntry]):
 
     def entries(self, batch: int = _BATCH) -> Iterator[FileEntry]:
         """All entries in name order, `batch` rows read at a time."""
-        last = ""
-        while True:
-            with self._lock:
-                rows = self._db.execute(f"SELECT {_COLUMNS} FROM entries WHERE name > ? ORDER BY name LIMIT ?",
-                                        (last, batch)).fetchall()
-            yield from (_entry(r) for r in rows)
-            if len(rows) < batch:
-                return
-            last = rows[-1][0]
+        return map(_entry, self._rows(_COLUMNS, batch))
 
     def names(self, batch: int = 10_000) -> Iterator[str]:
         """All names in order (sqlite's BINARY order of UTF-8 is Python's order of str), `batch`
         rows read at a time; safe beside the committer, which may replace the file meanwhile
         (`rebuilds` tells afterwards whether it did)."""
+        return (r[0] for r in self._rows("name", batch))
+
+    def _rows(self, columns: str, batch: int) -> Iterator[tuple]:
+        """`columns` (the name first) of every entry in name order, `batch` rows a read, the
+        lock held only for each read."""
         last = ""
         while True:
             with self._lock:
-                rows = self._db.execute("SELECT name FROM entries WHERE name > ? ORDER BY name LIMIT ?",
+                rows = self._db.execute(f"SELECT {columns} FROM entries WHERE name > ? ORDER BY name LIMIT ?",
                                         (last, batch)).fetchall()
-            yield from (r[0] for r in rows)
+            yield from rows
             if len(rows) < batch:
                 return
             last = rows[-1][0]

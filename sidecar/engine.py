@@ -233,8 +233,8 @@ class Engine:
         rule names it otherwise) and while the index holds that commit (not rebuilt since)."""
         self.last_rescan = self.clock()
         if not ending:
-            if word is not None and self.index.holds(word.seq, word.epoch) and not any(
-                    rule.base_path for rule in self.rules.cfg.save + self.rules.extra):
+            if word is not None and self.index.holds(word.seq, word.epoch) and plan.stored_under_own_paths(
+                    self.rules.cfg, self.rules.extra):
                 rebuilds = self.index.rebuilds
                 self.rescans.start(lambda: _checked_names(self.index, word),
                                    lambda: self.index.rebuilds == rebuilds)

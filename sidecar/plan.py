@@ -326,6 +326,11 @@ class Rescan:
     uploaded as incomplete, logged by name and counted."""
 
 
+def stored_under_own_paths(cfg: config.RunConfig, extra: tuple[config.SaveRule, ...]) -> bool:
+    """Whether every file is stored under its own path: no `base_path` rule names one otherwise."""
+    return not any(rule.base_path for rule in cfg.save + extra)
+
+
 def rescan(cfg: config.RunConfig, extra: tuple[config.SaveRule, ...], checkpoint_dirs: set[str],
            files: Iterable[LocalFile], sent: Callable[[str, str], tuple], now: float, settle: float,
            ending: bool, uploading: Mapping[str, tuple[int, int]] | None = None) -> Rescan:
@@ -347,7 +352,7 @@ def rescan(cfg: config.RunConfig, extra: tuple[config.SaveRule, ...], checkpoint
     # whatever it is part of (known, ignored or a member: `on_rescan` does nothing with any of
     # them), so it need not be classified: most of a big run dir, most of the time. Exact only
     # where every name is the path: a `base_path` rule stores a file under another name.
-    as_is = not any(rule.base_path for rule in cfg.save + extra)
+    as_is = stored_under_own_paths(cfg, extra)
     for f in sorted(files, key=lambda f: -f.mtime_ns) if ending else files:
         if as_is and (f.size, f.mtime_ns) in sent(f.relpath, f.relpath):
             continue

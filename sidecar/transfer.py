@@ -221,12 +221,12 @@ def describe(err: Exception, store: keys.StoreURL, client_=None) -> StoreError:
                           "AWS_SECRET_ACCESS_KEY (or use workload identity)")
     if isinstance(err, NoRegionError):
         return StoreError(f"no AWS region for {store}; fix: set AWS_REGION")
-    if isinstance(err, SSLError) and "certificate verify failed" not in str(err).lower():
-        # no certificate refused (an https:// URL on a plain-HTTP port, a protocol mismatch)
-        return StoreError(f"the TLS handshake with the S3 endpoint {endpoint} for {store} failed ({err}); fix: check "
-                          "AWS_ENDPOINT_URL_S3: https:// for a server that speaks TLS on that port, http:// for "
-                          "one that does not")
     if isinstance(err, SSLError):
+        if "certificate verify failed" not in str(err).lower():
+            # no certificate refused (an https:// URL on a plain-HTTP port, a protocol mismatch)
+            return StoreError(f"the TLS handshake with the S3 endpoint {endpoint} for {store} failed ({err}); fix: "
+                              "check AWS_ENDPOINT_URL_S3: https:// for a server that speaks TLS on that port, "
+                              "http:// for one that does not")
         return StoreError(f"the S3 endpoint {endpoint} for {store} presented a certificate this client does not "
                           f"trust ({err}); fix: set AWS_CA_BUNDLE to the CA file that signed it")
     if isinstance(err, BotoConnectionError) or crt.is_crt_error(err):  # the CRT's own: no connection, DNS, TLS
