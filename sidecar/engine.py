@@ -138,8 +138,10 @@ class Engine:
         for ckpt_dir, policy, when in self.sightings.quiet_dirs(now):
             self._dir_ready(ckpt_dir, policy, when, require_marker=False)
         if self.loaded and self.mode != "final":
-            self.committer.due(now, self.books, bool(self.flushes.waiters), busy=self.mode != "running" or bool(
-                self.uploads.inflight or self.uploads.waiting() or len(self.sightings)))
+            waiting = bool(self.flushes.waiters)
+            self.committer.due(now, self.books, waiting, waiting and self.flushes.answerable(self.books.tokens),
+                               busy=self.mode != "running" or bool(
+                                   self.uploads.inflight or self.uploads.waiting() or len(self.sightings)))
         elif self.loaded:
             self.committer.pace(now, busy=True)  # the final flush: a successor waits for it
         self.flushes.answer(now, self.loaded, self.books.seq, self.skipped.names)

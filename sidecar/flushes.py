@@ -11,7 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from . import messages
 
@@ -84,6 +84,30 @@ class Flushes:
             else:
                 still.append(w)
         self.waiters = still
+
+    def answerable(self, tokens: Iterable[tuple[str, int, float]]) -> bool:
+        """Whether committing `tokens` (key, gen, ready_at) would answer a waiter: every event
+        its fence stands for is among them. Only then does a waiting flush want a commit at
+        once; before, a commit (a manifest, a lease renewal, head.json) would answer no one.
+        The newest pending keys are looked at first: while files are still uploading, one of
+        them is, and the answer comes at the first key."""
+        fences = [w.gen for w in self.waiters if w.gen is not None]
+        if not fences:
+            return False
+        upto: dict[str, int] = {}
+        for key, gen, _ in tokens:
+            upto[key] = max(gen, upto.get(key, gen))
+
+        def answers(fence: int) -> bool:
+            for key in reversed(self.pending):
+                if self.pending[key] > fence:
+                    continue
+                done = upto.get(key)
+                if done is None or (done < fence and self.latest.get(key, 0) > done):
+                    return False  # still pending after that commit (`satisfy`)
+            return True
+
+        return any(answers(fence) for fence in fences)
 
     def first(self, limit: int) -> list[str]:
         """Up to `limit` pending keys, as people read them (for status)."""

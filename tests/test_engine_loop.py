@@ -34,6 +34,8 @@ class FakeTransfers:
         self.fail = 0
         self.gate = threading.Event()
         self.gate.set()
+        self.hold: set[str] | None = None
+        """Only these files wait at the gate (None: every file)."""
         self.waiting = threading.Event()
 
     def upload(self, uploads):
@@ -44,8 +46,9 @@ class FakeTransfers:
                 yield up, transfer.FileChanged(up.path)  # as a real upload: not the file looked at
                 continue
             data = open(up.path, "rb").read()  # a real small upload reads the file, then sends it
-            self.waiting.set()
-            self.gate.wait(60)
+            if self.hold is None or os.path.relpath(up.path, self.root) in self.hold:
+                self.waiting.set()
+                self.gate.wait(60)
             if self.fail:
                 self.fail -= 1
                 yield up, StoreError("cannot reach the S3 endpoint (test)")
@@ -94,9 +97,15 @@ class Running:
         self.engine.post(watch.FileEvent(relpath, True, self.clock()))
 
     def flush(self):
+        return self.flush_begun().result(timeout=120)
+
+    def flush_begun(self) -> concurrent.futures.Future:
+        """A flush asked for; its answer comes in the future returned."""
         self.fences += 1
         self.engine.post(watch.Fence(self.fences))
-        return self.ask("flush", {"fence": self.fences, "timeout": 600})
+        reply = concurrent.futures.Future()
+        self.engine.post(messages.Request("flush", {"fence": self.fences, "timeout": 600}, reply))
+        return reply
 
     def failures(self):
         return self.registry.get_sample_value("runsync_failures_total", {"kind": "unreachable"}) or 0
@@ -143,6 +152,36 @@ def test_a_burst_coalesces_behind_the_upload_in_flight(running):
     assert running.fake.sent == ["results/a.csv", "results/a.csv"]  # v1, then only the newest
     durable = running.engine.books.durable.files["results/a.csv"]
     assert durable.crc64nvme == hashing.of_buffer(b"v3", durable.part_size).crc64nvme
+
+
+def test_a_waiting_flush_commits_once_for_what_it_waits_for_not_as_each_file_lands(running):
+    """A commit is a manifest record, a lease renewal and head.json: while a flush waits on a
+    file still uploading, a commit of the others would answer no one. The one that answers it
+    goes at once; the others go as the interval comes (the clock stands still here, then moves)."""
+    running.write("results/a.csv", b"a")
+    first = running.flush()["manifest"]
+    running.fake.hold = {"results/b.csv"}
+    running.fake.gate.clear()
+    running.write("results/b.csv", b"b")
+    running.write("results/c.csv", b"c")
+    flushed = running.flush_begun()
+    wait_until(lambda: "results/c.csv" in running.fake.sent
+               and running.ask("status")["uploading"] == ["results/b.csv"])
+    running.fake.gate.set()
+    answer = flushed.result(timeout=120)
+    assert answer["durable"] is True
+    assert answer["manifest"] == first + 1  # b and c in one commit, not c's first
+
+    running.fake.gate.clear()
+    running.write("results/b.csv", b"b2")
+    running.write("results/d.csv", b"d")
+    flushed = running.flush_begun()
+    wait_until(lambda: "results/d.csv" in running.fake.sent)
+    running.clock.now += Settings().commit_interval  # d goes durable as the interval comes, though b waits
+    wait_until(lambda: running.ask("status")["durable_files"] == 4)
+    assert not flushed.done()
+    running.fake.gate.set()
+    assert flushed.result(timeout=120)["durable"] is True
 
 
 def test_a_failed_upload_is_retried_after_its_backoff(running):
