@@ -249,15 +249,13 @@ class Recorder:
 
     @_best_effort
     def committed(self, m) -> None:
-        """After a commit: refresh when a minute has passed (or the images arrived)."""
+        """After a commit: refresh when a minute has passed. (The images arriving are written
+        by `refresh_images` when `images_due`: a stat, not a read of the annotations a commit.)"""
         if self.doc is None:
             return
         now = self.clock()
         self.doc["manifest"] = _manifest(m)
-        images = self.facts.images()
-        if images != self.doc["images"]:
-            self.doc["images"] = images
-        elif now - self._last < self.refresh:
+        if now - self._last < self.refresh:
             return
         self._write(now, run_too=None)
 
