@@ -4,11 +4,10 @@ A small file's restore and upload were mostly botocore: about 1 ms of CPU per re
 sign, send and parse it, where the CRT does the same request in C for about 0.26 ms
 (bench/small_gets.py). A GET's body still comes to Python, chunk by chunk with its offset, so
 fetch.py checks every byte against the manifest as it writes it (the CRT's own `recv_filepath`
-would write a file no one checked). A PUT has the CRT read the file itself, with the CRC64NVME
-runsync read it for, which S3 checks: bytes that changed in between are refused, never stored
-(no copy of the file in Python, no body read through Python a chunk at a time). `awscrt.s3`
-directly rather than s3transfer's `CRTTransferManager`: that one builds every request through
-botocore's serializer, the cost this module is here to avoid.
+would write a file no one checked); a PUT sends the very buffer runsync hashed, with its
+CRC64NVME for S3 to check, as the botocore path does. `awscrt.s3` directly rather than
+s3transfer's `CRTTransferManager`: that one builds every request through botocore's serializer,
+the cost this module is here to avoid.
 
 Failures leave as the botocore path's do, so `transfer.describe` words them the same: an error
 response as a `ClientError` with S3's code and message; a request that stalls as botocore's
@@ -18,6 +17,7 @@ response as a `ClientError` with S3's code and message; a request that stalls as
 from __future__ import annotations
 
 import concurrent.futures
+import io
 import time
 import urllib.parse
 import xml.etree.ElementTree as ElementTree
@@ -70,19 +70,17 @@ class Objects:
             request=HttpRequest("GET", self._path(key), HttpHeaders([("Host", self.host)])))
         self._wait(request, key, alive)
 
-    def put_file(self, key: str, path: str, size: int, crc64nvme: str) -> None:
-        """PUT the `size` bytes of the file at `path` in one request that S3 checks against
-        `crc64nvme` (base64). The CRT reads the file itself: no copy of it passes through Python."""
+    def put(self, key: str, body: bytes, crc64nvme: str) -> None:
+        """PUT `body` at `key` in one request that S3 checks against `crc64nvme` (base64)."""
         from awscrt.http import HttpHeaders, HttpRequest
         from awscrt.s3 import S3RequestType
 
         alive = [time.monotonic()]
-        headers = HttpHeaders([("Host", self.host), ("Content-Length", str(size)),
+        headers = HttpHeaders([("Host", self.host), ("Content-Length", str(len(body))),
                                ("x-amz-checksum-crc64nvme", crc64nvme), *self.write_headers.items()])
         request = self.client.make_request(
-            type=S3RequestType.PUT_OBJECT, send_filepath=path,
-            on_progress=lambda _: alive.__setitem__(0, time.monotonic()),
-            request=HttpRequest("PUT", self._path(key), headers))
+            type=S3RequestType.PUT_OBJECT, on_progress=lambda _: alive.__setitem__(0, time.monotonic()),
+            request=HttpRequest("PUT", self._path(key), headers, io.BytesIO(body)))
         self._wait(request, key, alive)
 
     def _path(self, key: str) -> str:

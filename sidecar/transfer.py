@@ -318,17 +318,6 @@ def _open_hashed(up: "Upload") -> int:
     return fd
 
 
-def _changed(fd: int, up: "Upload") -> bool:
-    """Whether the file open at `fd` is no longer as `up.digest` saw it (size, mtime)."""
-    st = os.fstat(fd)
-    return (st.st_size, st.st_mtime_ns) != (up.digest.size, up.digest.mtime_ns)
-
-
-def _whole_crc(sums: hashing.Digests, size: int) -> str:
-    """The whole body's CRC64NVME (base64), combined from its parts' with no second pass."""
-    return checksums.encode(checksums.whole(sums.crc64nvme, size, sums.part_size))
-
-
 # ------------------------------------------------------------------------------ transfers
 
 @dataclasses.dataclass(frozen=True)
@@ -403,7 +392,7 @@ class Transfers:
         # transfer manager's futures and queues cost more CPU per small file than the request.
         self._small = concurrent.futures.ThreadPoolExecutor(settings.max_concurrency * 2,
                                                             thread_name_prefix="s3-small")
-        # Without the CRT a small file is read whole into memory: past 1 MiB, only a few at once.
+        # A small file is read whole into memory: past 1 MiB, only a few at once (crt.RESERVE).
         self._large_bodies = threading.Semaphore(_LARGE_BODIES)
         # Part CRCs of multipart uploads, read beside the manager's own reads: a few threads are
         # plenty (the CRT's CRC64NVME releases the GIL on large buffers).
@@ -515,49 +504,27 @@ class Transfers:
         return future
 
     def _put(self, up: Upload, on_bytes) -> hashing.Digests:
-        """One PUT that S3 checks against our CRC64NVME: through the CRT when it is on
-        (`_put_file`), else botocore (`_put_read`)."""
-        objects = self._crt_objects()
-        if objects is not None:
-            sums = self._put_file(objects, up)
-        else:
-            with self._large_bodies if up.digest.size > MiB else contextlib.nullcontext():
-                sums = self._put_read(up)
-        on_bytes(up.digest.size)
-        return sums
+        """Read once, CRC that buffer, send it as one PUT that S3 checks against our CRC64NVME:
+        through the CRT when it is on (crtobjects.py), else botocore. As bytes, the body goes
+        without `Expect: 100-continue` (a round trip a file object costs)."""
+        with self._large_bodies if up.digest.size > MiB else contextlib.nullcontext():
+            return self._put_read(up, on_bytes)
 
-    def _put_file(self, objects: crtobjects.Objects, up: Upload) -> hashing.Digests:
-        """The CRT reads the file itself, from our descriptor, after we read it for its CRCs (the
-        page cache serves both): S3 refuses bytes that changed in between (BadDigest), and a
-        change while it was sent (a server that checks no CRC) is caught by the mtime after."""
-        fd = _open_hashed(up)
-        try:
-            sums = hashing.of_fd(fd, up.digest.size, self.settings.multipart_chunksize)
-            try:
-                objects.put_file(up.key, _FD_PATH.format(fd) if _FD_PATH else up.path, up.digest.size,
-                                 _whole_crc(sums, up.digest.size))
-            except ClientError as err:
-                if err.response.get("Error", {}).get("Code") == "BadDigest" or _changed(fd, up):
-                    raise FileChanged(up.path) from None  # written while read: not complete yet
-                raise
-            if _changed(fd, up):
-                self._drop(up.key)  # never committed: no entry will name it
-                raise FileChanged(up.path)
-        finally:
-            os.close(fd)
-        return sums
-
-    def _put_read(self, up: Upload) -> hashing.Digests:
-        """Read once, CRC that buffer, send it as one PUT. As bytes, the body goes without
-        `Expect: 100-continue` (a round trip a file object costs)."""
+    def _put_read(self, up: Upload, on_bytes) -> hashing.Digests:
         with os.fdopen(_open_hashed(up), "rb") as f:
             body = f.read(up.digest.size + 1)
             st = os.fstat(f.fileno())
         if len(body) != up.digest.size or (st.st_size, st.st_mtime_ns) != (up.digest.size, up.digest.mtime_ns):
             raise FileChanged(up.path)  # written while read: not complete yet
         sums = hashing.of_buffer(body, self.settings.multipart_chunksize)
-        self.s3.put_object(Bucket=self.store.bucket, Key=up.key, Body=body,
-                           ChecksumCRC64NVME=_whole_crc(sums, len(body)))
+        # the parts' CRCs combined: the whole body's, with no second pass over it
+        whole = checksums.encode(checksums.whole(sums.crc64nvme, len(body), sums.part_size))
+        objects = self._crt_objects()
+        if objects is not None:
+            objects.put(up.key, body, whole)
+        else:
+            self.s3.put_object(Bucket=self.store.bucket, Key=up.key, Body=body, ChecksumCRC64NVME=whole)
+        on_bytes(up.digest.size)
         return sums
 
     def _finish(self, up: Upload, future) -> hashing.Digests:

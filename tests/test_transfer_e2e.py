@@ -63,33 +63,6 @@ def test_a_file_swapped_for_a_symlink_after_hashing_is_not_uploaded(tree, s3_env
     assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
 
 
-def test_a_small_file_rewritten_between_its_crc_and_the_crts_read_is_refused_not_stored(tree, s3_env, s3_client,
-                                                                                       bucket, monkeypatch):
-    """The CRT reads a small file itself, after runsync read it for its CRC: a writer in between
-    that keeps the size and mtime (nothing fstat can see) gets the PUT refused by S3's check of
-    that CRC, and the upload reported as not complete yet; no object holds the mix."""
-    run, _ = tree
-    path = run / "ckpt" / "small.pt"
-    path.write_bytes(os.urandom(MiB))
-    digest = transfer.hash_file(path, root=run)
-    read_for_crcs = hashing.of_fd
-
-    def then_rewritten(fd, size, part_size):
-        sums = read_for_crcs(fd, size, part_size)
-        st = os.stat(path)
-        with open(path, "r+b") as f:
-            f.write(os.urandom(4096))
-        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-        return sums
-
-    monkeypatch.setattr(hashing, "of_fd", then_rewritten)
-    store = keys.StoreURL.parse(f"s3://{bucket}/runs")
-    with transfer.Transfers(transfer.client(), store, transfer.Settings(crt=True)) as transfers:
-        ((_, error),) = transfers.upload([transfer.Upload(str(path), "runs/small.pt", digest)])
-    assert isinstance(error, transfer.FileChanged)
-    assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
-
-
 def test_a_file_renamed_over_after_hashing_uploads_the_bytes_hashed(tree, s3_env, s3_client, bucket):
     """The trainer's next checkpoint renamed into place while the last one uploads: the object is
     the version that was hashed, never a mix."""

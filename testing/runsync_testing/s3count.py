@@ -100,30 +100,29 @@ def _count_crtclient(count, sent, lock, delay) -> None:
         return
     import types
 
-    def sending(kind: str, body: bytes | None, size: int | None = None) -> None:
-        """One request of `kind` with `body` (or `size` bytes of a file), counted (and delayed)
-        as botocore's hooks do."""
+    def sending(kind: str, body: bytes | None) -> None:
+        """One request of `kind` with `body`, counted (and delayed) as botocore's hooks do."""
         count(types.SimpleNamespace(name=kind))
         with lock:
-            sent[kind] += len(body or b"") if size is None else size
+            sent[kind] += len(body or b"")
         if delay:
             delay()
 
-    get, put, call = crtobjects.Objects.get, crtobjects.Objects.put_file, crtclient.Client._call
+    get, put, call = crtobjects.Objects.get, crtobjects.Objects.put, crtclient.Client._call
 
     def counted_get(self, key, on_headers, on_body):
         sending("GetObject (CRT)", None)
         return get(self, key, on_headers, on_body)
 
-    def counted_put(self, key, path, size, crc64nvme):
-        sending("PutObject (CRT)", None, size)
-        return put(self, key, path, size, crc64nvme)
+    def counted_put(self, key, body, crc64nvme):
+        sending("PutObject (CRT)", body)
+        return put(self, key, body, crc64nvme)
 
     def counted_call(self, operation, method, bucket, key, query=None, headers=(), body=None):
         sending(operation, body)
         return call(self, operation, method, bucket, key, query, headers, body)
 
-    crtobjects.Objects.get, crtobjects.Objects.put_file, crtclient.Client._call = counted_get, counted_put, counted_call
+    crtobjects.Objects.get, crtobjects.Objects.put, crtclient.Client._call = counted_get, counted_put, counted_call
 
 
 def add_latency(ms: float):
