@@ -87,17 +87,19 @@ class Committer:
 
     # ------------------------------------------------------------------ on the loop's thread
 
-    def due(self, now: float, books: ledger.Ledger, flush_waiting: bool, answers_flush: bool = False,
-            busy: bool = True) -> None:
+    def due(self, now: float, books: ledger.Ledger, flush_waiting: bool,
+            answers_flush: Callable[[], bool] = lambda: False, busy: bool = True) -> None:
         """Renew the lease when due (`busy`: uploads in flight or waiting, files seen changing);
         start the next commit when there is something to commit and it is time: every
-        `interval`, and at once when it answers a waiting flush (`answers_flush`)."""
+        `interval`, and at once when it may answer a waiting flush (`answers_flush()`, asked
+        only then)."""
         if self.committing or self._fenced:
             return
         self.pace(now, busy or flush_waiting or bool(books.to_commit()))
         if self.meta is not None and self.meta.images_due(now):
             self._thread.submit(self.meta.refresh_images)
-        if not books.to_commit() or (now - self._last_commit < self.interval and not answers_flush):
+        if not books.to_commit() or (now - self._last_commit < self.interval
+                                     and not (flush_waiting and answers_flush())):
             return
         self.committing = True
         self.commit(books.durable, *books.snapshot())

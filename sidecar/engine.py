@@ -138,8 +138,8 @@ class Engine:
         for ckpt_dir, policy, when in self.sightings.quiet_dirs(now):
             self._dir_ready(ckpt_dir, policy, when, require_marker=False)
         if self.loaded and self.mode != "final":
-            waiting = bool(self.flushes.waiters)
-            self.committer.due(now, self.books, waiting, waiting and self.flushes.answerable(self.books.tokens),
+            self.committer.due(now, self.books, bool(self.flushes.waiters),
+                               lambda: self.flushes.answerable(self.uploads.each_unsent()),
                                busy=self.mode != "running" or bool(
                                    self.uploads.inflight or self.uploads.waiting() or len(self.sightings)))
         elif self.loaded:

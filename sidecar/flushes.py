@@ -85,29 +85,16 @@ class Flushes:
                 still.append(w)
         self.waiters = still
 
-    def answerable(self, tokens: Iterable[tuple[str, int, float]]) -> bool:
-        """Whether committing `tokens` (key, gen, ready_at) would answer a waiter: every event
-        its fence stands for is among them. Only then does a waiting flush want a commit at
-        once; before, a commit (a manifest, a lease renewal, head.json) would answer no one.
-        The newest pending keys are looked at first: while files are still uploading, one of
-        them is, and the answer comes at the first key."""
-        fences = [w.gen for w in self.waiters if w.gen is not None]
-        if not fences:
+    def answerable(self, unsent: Iterable[str]) -> bool:
+        """Whether a commit now may answer a waiter: no key still uploading or waiting to
+        (`unsent`) is pending at or before its fence. While one is, a commit would answer no
+        one (a manifest, a lease renewal, head.json, each a request): the interval's commits
+        serve. The oldest uploads come first in `unsent`: in a burst the first key decides."""
+        fences = [w.gen if w.gen is not None else self.fences.get(w.fence) for w in self.waiters]
+        fence = min((f for f in fences if f is not None), default=None)
+        if fence is None:
             return False
-        upto: dict[str, int] = {}
-        for key, gen, _ in tokens:
-            upto[key] = max(gen, upto.get(key, gen))
-
-        def answers(fence: int) -> bool:
-            for key in reversed(self.pending):
-                if self.pending[key] > fence:
-                    continue
-                done = upto.get(key)
-                if done is None or (done < fence and self.latest.get(key, 0) > done):
-                    return False  # still pending after that commit (`satisfy`)
-            return True
-
-        return any(answers(fence) for fence in fences)
+        return not any(self.pending.get(key, fence + 1) <= fence for key in unsent)
 
     def first(self, limit: int) -> list[str]:
         """Up to `limit` pending keys, as people read them (for status)."""

@@ -132,3 +132,22 @@ def test_status_lists_are_cut_short_but_counts_are_whole():
     assert len(reply["uploading"]) == status.STATUS_LIST and reply["uploading_count"] == status.STATUS_LIST + 5
     assert reply["pending"] == ["ckpt/step-1/"] and reply["owed_at_end"] == ["logs/a.txt"]
     assert (reply["manifest"], reply["durable_files"], reply["mode"], reply["loaded"]) == (None, 0, "running", True)
+
+
+def test_a_commit_may_answer_a_flush_once_nothing_it_waits_for_is_unsent():
+    import concurrent.futures
+
+    flushes = Flushes()
+    flushes.accept("a.bin")
+    flushes.accept("b.bin")
+    flushes.wait(1, deadline=100.0, reply=concurrent.futures.Future())
+    assert not flushes.answerable([])  # its fence is not delivered yet: it stands for no event
+    flushes.fenced(1)
+    flushes.accept("c.bin")  # written after the fence
+    assert not flushes.answerable(["a.bin", "c.bin"])  # a.bin is one it waits for
+    assert not flushes.answerable(iter(["c.bin", "b.bin"]))
+    assert flushes.answerable(["c.bin"])  # only what came after its fence is still going
+    flushes.accept("a.bin")  # a.bin again, after the fence: its pending event is still before it
+    assert not flushes.answerable(["a.bin"])
+    flushes.satisfy("a.bin", flushes.newest("a.bin"))
+    assert flushes.answerable(["a.bin", "c.bin"])  # a.bin committed: nothing it waits for is unsent
