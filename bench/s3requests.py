@@ -10,8 +10,9 @@ requests counted by kind inside the process (runsync_testing.s3count, written li
   an idle state, IDLE_WAIT s after the flush), every request over `--window` s is counted and
   scaled to an hour; the renewals an idle lease schedules beyond the window (every ttl/2 of the
   lease found in the store) are added to the lease's PutObject;
-- per checkpoint: a 1 MiB and then a 256 MiB `live` file written, counted from the write until
-  `flush()` says durable, and from there until the lease says idle again.
+- per checkpoint: a 1 MiB and then a 256 MiB `live` file, then 256 files of 1 MiB (a sharded
+  save), each renamed in, counted from the rename until `flush()` says durable, and from there
+  until the lease says idle again.
 
 Uploads go through botocore (`RUNSYNC_CRT=0`) so that multipart parts are counted too (the CRT
 sends them outside botocore's hooks; the count of parts is the same). A count, not a timing:
@@ -45,6 +46,8 @@ RUN = "bench/p/requests"
 IDLE_WAIT = 10.0
 """Seconds after a flush before a sidecar without an idle state is taken as idle."""
 MiB = 1024 * 1024
+CHECKPOINTS = (("1 MiB", MiB, 1), ("256 MiB", 256 * MiB, 1), ("256 x 1 MiB", MiB, 256))
+"""(name, bytes a file, files) of each checkpoint: the last a sharded save renamed in at once."""
 
 
 def kinds(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
@@ -111,9 +114,15 @@ def measure(code: Code, work: Path, env: dict[str, str], s3, store: keys.StoreUR
         out["idle_hour"] = hour
         out["idle_window"] = seen
         out["idle_state"] = found.state
-        for name, size in (("1 MiB", MiB), ("256 MiB", 256 * MiB)):
+        for name, size, count in CHECKPOINTS:
+            stage = work / f"stage-{label}-{size}-{count}"  # closed files renamed in at once, as a sharded save
+            stage.mkdir()
+            for i in range(count):
+                (stage / f"shard-{i:04d}.bin").write_bytes(os.urandom(size))
             before = s3count.read(counts)
-            (sc.run_dir / f"ckpt-{size}.bin").write_bytes(os.urandom(size))
+            (sc.run_dir / f"ckpt-{size}-{count}").mkdir()
+            for shard in sorted(stage.iterdir()):
+                shard.rename(sc.run_dir / f"ckpt-{size}-{count}" / shard.name)
             assert sc.flush(timeout=600)["durable"] is True
             durable = s3count.read(counts)
             wait_idle(s3, layout, has_idle(code))
@@ -140,7 +149,7 @@ def report(results: dict[str, dict], window: float) -> str:
         [f"**{total(r['idle_hour']):.0f}** ({show({k: round(v) for k, v in r['idle_hour'].items()})})"
          for r in results.values()])
     cell = lambda d: f"{total(d):g} ({show(d)})"  # noqa: E731
-    for name in ("1 MiB", "256 MiB"):
+    for name, _, _ in CHECKPOINTS:
         row(f"checkpoint {name}: until durable", [cell(r[name]["until_durable"]) for r in results.values()])
         row(f"checkpoint {name}: then until idle", [cell(r[name]["until_idle"]) for r in results.values()])
     return "\n".join(lines)

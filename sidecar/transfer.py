@@ -318,6 +318,16 @@ def _open_hashed(up: "Upload") -> int:
     return fd
 
 
+def _run_here(fn: Callable, *args) -> concurrent.futures.Future:
+    """`fn(*args)` run now, on this thread, as a finished future (as a pool's would be)."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    try:
+        future.set_result(fn(*args))
+    except Exception as err:  # noqa: BLE001 - raised again by `_finish`, as a pool's future would
+        future.set_exception(err)
+    return future
+
+
 # ------------------------------------------------------------------------------ transfers
 
 @dataclasses.dataclass(frozen=True)
@@ -439,10 +449,13 @@ class Transfers:
 
         `window`: at most this many submitted and not yet yielded, `uploads` read as they go (a
         generator is never drained ahead): memory stays flat however many files come. None:
-        every upload submitted at once (the meter then knows every byte still to go)."""
+        every upload submitted at once (the meter then knows every byte still to go). One
+        small upload given alone (a list of one: the sidecar's file tasks) is sent on the
+        caller's thread, which would only wait for it: two thread hand-offs fewer a file."""
+        here = isinstance(uploads, (list, tuple)) and len(uploads) == 1
         submitted: collections.deque = collections.deque()
         for up in uploads:
-            submitted.append((up, self._submit(up, on_bytes)))
+            submitted.append((up, self._submit(up, on_bytes, here)))
             if window is not None and len(submitted) >= window:
                 yield self._finished(*submitted.popleft())
         while submitted:
@@ -466,7 +479,7 @@ class Transfers:
         for future in inflight:
             future.cancel()
 
-    def _submit(self, up: Upload, on_bytes):
+    def _submit(self, up: Upload, on_bytes, here: bool = False):
         token = object()
         self.meter.started(token, up.digest.size)
 
@@ -477,7 +490,7 @@ class Transfers:
         on_bytes = counted
         fd = None
         if up.digest.size < self.settings.multipart_threshold:
-            future = self._small.submit(self._put, up, on_bytes)
+            future = _run_here(self._put, up, on_bytes) if here else self._small.submit(self._put, up, on_bytes)
         else:
             try:
                 fd = _open_hashed(up)
