@@ -259,10 +259,9 @@ def _botocore_error(err, endpoint: str) -> Exception:
     would, so an untrusted certificate is named as one either way."""
     if err.name.startswith("AWS_AUTH_") or "CREDENTIALS" in err.name:
         return NoCredentialsError()
-    if "_TLS_" in err.name:
-        refused = crtobjects.tls_refused(endpoint)
-        if refused:
-            return SSLError(endpoint_url=endpoint, error=refused)
+    refused = crtobjects.refused_certificate(err, endpoint)
+    if refused:
+        return SSLError(endpoint_url=endpoint, error=refused)
     return EndpointConnectionError(endpoint_url=endpoint, error=err.name)
 
 

@@ -112,6 +112,12 @@ class Objects:
                 concurrent.futures.wait([done])
 
 
+def refused_certificate(err, endpoint: str) -> str | None:
+    """Why `endpoint`'s certificate was refused, when `err` is one of the CRT's TLS failures
+    (it gives up on a refused handshake after its retries and names no reason); else None."""
+    return tls_refused(endpoint) if "_TLS_" in getattr(err, "name", "") else None
+
+
 def tls_refused(endpoint: str) -> str | None:
     """Why `endpoint`'s certificate is refused under the trust botocore would use (AWS_CA_BUNDLE,
     else the system's), or None (plain HTTP, the handshake succeeds, no connection at all, or

@@ -216,6 +216,8 @@ def describe(err: Exception, store: keys.StoreURL, client_=None) -> StoreError:
     """A botocore failure → one `StoreError` line: what failed, with which value, and the fix."""
     endpoint = getattr(getattr(client_, "meta", None), "endpoint_url", None) or "AWS S3"
     key_id = lambda: masked(signing_key_id(client_))  # noqa: E731 - asked only where a key was refused
+    if crt.is_crt_error(err) and (refused := crtobjects.refused_certificate(err, endpoint)):
+        err = SSLError(endpoint_url=endpoint, error=refused)  # inside a small file's GET or PUT (crtobjects)
     if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
         return StoreError(f"no AWS credentials for {store}; fix: set AWS_ACCESS_KEY_ID and "
                           "AWS_SECRET_ACCESS_KEY (or use workload identity)")

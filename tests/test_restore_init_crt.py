@@ -194,6 +194,26 @@ def test_a_handshake_the_crt_gave_up_on_is_named_as_the_certificate_it_refused(s
     assert "fix: set AWS_CA_BUNDLE" in line, line
 
 
+def test_a_handshake_refused_inside_a_small_files_get_or_put_is_named_as_the_certificate(s3_env):
+    """A small file's GET or PUT goes through the CRT itself (crtobjects.py), not through the
+    client the store was checked with: a handshake the CRT gave up on there reaches the upload's
+    or restore's error line as the CRT's own error, and is still worded as the certificate it
+    refused, with its fix (it said "cannot reach")."""
+    import types
+
+    from awscrt.exceptions import AwsCrtError
+
+    from runsync import keys, transfer
+
+    trustme = pytest.importorskip("trustme")
+    endpoint = _tls_proxy(s3_env["AWS_ENDPOINT_URL_S3"], trustme.CA())
+    client = types.SimpleNamespace(meta=types.SimpleNamespace(endpoint_url=endpoint))
+    gave_up = AwsCrtError(1029, "AWS_IO_TLS_ERROR_NEGOTIATION_FAILURE", "TLS (SSL) negotiation failed")
+    line = str(transfer.describe(gave_up, keys.StoreURL.parse("s3://bucket/runs"), client))
+    assert endpoint in line and "certificate this client does not trust" in line, line
+    assert "fix: set AWS_CA_BUNDLE" in line, line
+
+
 @pytest.mark.parametrize("command", ["restore-init", "runsync restore"])
 def test_a_missing_aws_ca_bundle_is_one_line_naming_it_not_a_traceback(s3_env, tmp_path, cli, command):
     """Both restores build the CRT's TLS context from AWS_CA_BUNDLE before their first request: a
