@@ -11,7 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from . import messages
 
@@ -85,16 +85,19 @@ class Flushes:
                 still.append(w)
         self.waiters = still
 
-    def answerable(self, unsent: Iterable[str]) -> bool:
+    def answerable(self, unsent: Iterable[str], staged_upto: Mapping[str, int]) -> bool:
         """Whether a commit now may answer a waiter: no key still uploading or waiting to
-        (`unsent`) is pending at or before its fence. While one is, a commit would answer no
+        (`unsent`) is pending at or before its fence, unless what is staged of it already
+        reaches the fence (`staged_upto`: a log rewritten all the time has its next version on
+        the way as the one the flush waits for lands). While one is, a commit would answer no
         one (a manifest, a lease renewal, head.json, each a request): the interval's commits
         serve. The oldest uploads come first in `unsent`: in a burst the first key decides."""
         fences = [w.gen if w.gen is not None else self.fences.get(w.fence) for w in self.waiters]
         fence = min((f for f in fences if f is not None), default=None)
         if fence is None:
             return False
-        return not any(self.pending.get(key, fence + 1) <= fence for key in unsent)
+        return not any(self.pending.get(key, fence + 1) <= fence and staged_upto.get(key, -1) < fence
+                       for key in unsent)
 
     def first(self, limit: int) -> list[str]:
         """Up to `limit` pending keys, as people read them (for status)."""

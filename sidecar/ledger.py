@@ -19,6 +19,8 @@ class Ledger:
         self.staged: dict[str, manifest.FileEntry] = {}
         self.removed: set[str] = set()
         self.tokens: list[Token] = []
+        self.staged_upto: dict[str, int] = {}
+        """key → the newest event its tokens stand for: what the next commit makes durable."""
         self.names: dict[str, str] = {}
         """relpath → stored name of what this sidecar sent (to map deletions)."""
         self.known: dict[str, tuple[int, int]] = {}
@@ -71,6 +73,7 @@ class Ledger:
         if unchanged and not waits:
             return False
         self.tokens.append(token)
+        self.staged_upto[token[0]] = max(token[1], self.staged_upto.get(token[0], token[1]))
         return True
 
     def gone(self, relpath: str, is_dir: bool) -> list[str]:
@@ -116,3 +119,6 @@ class Ledger:
         self.removed -= removed
         done = set(tokens)
         self.tokens = [t for t in self.tokens if t not in done]
+        self.staged_upto = {}
+        for key, gen, _ in self.tokens:  # those that came while it was committed
+            self.staged_upto[key] = max(gen, self.staged_upto.get(key, gen))

@@ -35,7 +35,8 @@ class FakeTransfers:
         self.gate = threading.Event()
         self.gate.set()
         self.hold: set[str] | None = None
-        """Only these files wait at the gate (None: every file)."""
+        """These files wait for a permit each (`permits.release()`) instead of the gate."""
+        self.permits = threading.Semaphore(0)
         self.waiting = threading.Event()
 
     def upload(self, uploads):
@@ -46,9 +47,12 @@ class FakeTransfers:
                 yield up, transfer.FileChanged(up.path)  # as a real upload: not the file looked at
                 continue
             data = open(up.path, "rb").read()  # a real small upload reads the file, then sends it
-            if self.hold is None or os.path.relpath(up.path, self.root) in self.hold:
+            if self.hold is None:
                 self.waiting.set()
                 self.gate.wait(60)
+            elif os.path.relpath(up.path, self.root) in self.hold:
+                self.waiting.set()
+                self.permits.acquire(timeout=60)
             if self.fail:
                 self.fail -= 1
                 yield up, StoreError("cannot reach the S3 endpoint (test)")
@@ -112,6 +116,7 @@ class Running:
 
     def stop(self):
         self.fake.gate.set()
+        self.fake.permits.release(100)
         self.ask("terminate")
         self.thread.join(120)
 
@@ -161,18 +166,16 @@ def test_a_waiting_flush_commits_once_for_what_it_waits_for_not_as_each_file_lan
     running.write("results/a.csv", b"a")
     first = running.flush()["manifest"]
     running.fake.hold = {"results/b.csv"}
-    running.fake.gate.clear()
     running.write("results/b.csv", b"b")
     running.write("results/c.csv", b"c")
     flushed = running.flush_begun()
     wait_until(lambda: "results/c.csv" in running.fake.sent
                and running.ask("status")["uploading"] == ["results/b.csv"])
-    running.fake.gate.set()
+    running.fake.permits.release()
     answer = flushed.result(timeout=120)
     assert answer["durable"] is True
     assert answer["manifest"] == first + 1  # b and c in one commit, not c's first
 
-    running.fake.gate.clear()
     running.write("results/b.csv", b"b2")
     running.write("results/d.csv", b"d")
     flushed = running.flush_begun()
@@ -180,8 +183,28 @@ def test_a_waiting_flush_commits_once_for_what_it_waits_for_not_as_each_file_lan
     running.clock.now += Settings().commit_interval  # d goes durable as the interval comes, though b waits
     wait_until(lambda: running.ask("status")["durable_files"] == 4)
     assert not flushed.done()
-    running.fake.gate.set()
+    running.fake.permits.release()
     assert flushed.result(timeout=120)["durable"] is True
+
+
+def test_a_flush_is_answered_at_once_while_a_newer_version_of_a_file_it_waited_for_uploads(running):
+    """A log written all the time: the version the flush waits for is sent, the next is already
+    on its way. The commit of the one sent answers the flush at once (the clock stands still: no
+    commit of the interval's can)."""
+    running.write("results/a.csv", b"a")
+    running.flush()
+    running.fake.hold = {"results/log.csv"}
+    running.write("results/log.csv", b"1")
+    wait_until(lambda: running.ask("status")["uploading"] == ["results/log.csv"])
+    flushed = running.flush_begun()
+    wait_until(lambda: running.engine.flushes.waiters and running.engine.flushes.waiters[0].gen is not None)
+    running.write("results/log.csv", b"1 2")  # after the flush's fence
+    running.fake.permits.release()  # the first version only
+    answer = flushed.result(timeout=120)
+    assert answer["durable"] is True
+    assert running.fake.sent.count("results/log.csv") == 1
+    running.fake.permits.release()
+    assert running.flush()["durable"] is True  # the newer version, before the end
 
 
 def test_a_failed_upload_is_retried_after_its_backoff(running):

@@ -141,13 +141,16 @@ def test_a_commit_may_answer_a_flush_once_nothing_it_waits_for_is_unsent():
     flushes.accept("a.bin")
     flushes.accept("b.bin")
     flushes.wait(1, deadline=100.0, reply=concurrent.futures.Future())
-    assert not flushes.answerable([])  # its fence is not delivered yet: it stands for no event
+    assert not flushes.answerable([], {})  # its fence is not delivered yet: it stands for no event
     flushes.fenced(1)
+    fence = flushes.gen
     flushes.accept("c.bin")  # written after the fence
-    assert not flushes.answerable(["a.bin", "c.bin"])  # a.bin is one it waits for
-    assert not flushes.answerable(iter(["c.bin", "b.bin"]))
-    assert flushes.answerable(["c.bin"])  # only what came after its fence is still going
-    flushes.accept("a.bin")  # a.bin again, after the fence: its pending event is still before it
-    assert not flushes.answerable(["a.bin"])
+    assert not flushes.answerable(["a.bin", "c.bin"], {})  # a.bin is one it waits for
+    assert not flushes.answerable(iter(["c.bin", "b.bin"]), {})
+    assert flushes.answerable(["c.bin"], {})  # only what came after its fence is still going
+    flushes.accept("a.bin")  # a.bin again, after the fence: its first event is still before it
+    assert not flushes.answerable(["a.bin"], {})
+    assert not flushes.answerable(["a.bin"], {"a.bin": fence - 1})  # a version older than the fence staged
+    assert flushes.answerable(["a.bin"], {"a.bin": fence})  # staged as of the fence: the next version is on its way
     flushes.satisfy("a.bin", flushes.newest("a.bin"))
-    assert flushes.answerable(["a.bin", "c.bin"])  # a.bin committed: nothing it waits for is unsent
+    assert flushes.answerable(["a.bin", "c.bin"], {})  # a.bin committed: nothing it waits for is unsent
