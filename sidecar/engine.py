@@ -139,7 +139,7 @@ class Engine:
             self._dir_ready(ckpt_dir, policy, when, require_marker=False)
         if self.loaded and self.mode != "final":
             self.committer.due(now, self.books, bool(self.flushes.waiters),
-                               lambda: self.flushes.answerable(self.uploads.each_unsent(), self.books.staged_upto),
+                               lambda: self.flushes.answerable(self.books.staged_upto),
                                busy=self.mode != "running" or bool(
                                    self.uploads.inflight or self.uploads.waiting() or len(self.sightings)))
         elif self.loaded:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import itertools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 
 from . import messages
 
@@ -34,6 +34,8 @@ class Flushes:
         """Per key: the oldest accepted event not yet committed; a flush waits on these."""
         self.fences: dict[int, int] = {}
         self.waiters: list[Waiter] = []
+        self._blocker: str | None = None
+        """The key `answerable` found in the way last."""
 
     def accept(self, key: str, since: int | None = None) -> int:
         """A new event for `key`; `since` is an older event it stands for (a sighting that
@@ -85,19 +87,27 @@ class Flushes:
                 still.append(w)
         self.waiters = still
 
-    def answerable(self, unsent: Iterable[str], staged_upto: Mapping[str, int]) -> bool:
-        """Whether a commit now may answer a waiter: no key still uploading or waiting to
-        (`unsent`) is pending at or before its fence, unless what is staged of it already
-        reaches the fence (`staged_upto`: a log rewritten all the time has its next version on
-        the way as the one the flush waits for lands). While one is, a commit would answer no
-        one (a manifest, a lease renewal, head.json, each a request): the interval's commits
-        serve. The oldest uploads come first in `unsent`: in a burst the first key decides."""
+    def answerable(self, staged_upto: Mapping[str, int]) -> bool:
+        """Whether the next commit would answer a waiter: every key pending at or before its
+        fence is staged far enough (`staged_upto`: key → the newest event its staged work stands
+        for) that the commit clears it, as `committed` will: up to its newest event, or past
+        the fence (a log rewritten all the time has its next version on the way). Until then a
+        commit (a manifest, a lease renewal, head.json, each a request) would answer no one:
+        the interval's commits serve. The key that blocked last is asked first: in a burst it
+        blocks turn after turn."""
         fences = [w.gen if w.gen is not None else self.fences.get(w.fence) for w in self.waiters]
         fence = min((f for f in fences if f is not None), default=None)
         if fence is None:
             return False
-        return not any(self.pending.get(key, fence + 1) <= fence and staged_upto.get(key, -1) < fence
-                       for key in unsent)
+
+        def blocks(key: str) -> bool:
+            return self.pending.get(key, fence + 1) <= fence \
+                and staged_upto.get(key, -1) < min(fence, self.latest.get(key, fence))
+
+        if self._blocker is not None and blocks(self._blocker):
+            return False
+        self._blocker = next((key for key in self.pending if blocks(key)), None)
+        return self._blocker is None
 
     def first(self, limit: int) -> list[str]:
         """Up to `limit` pending keys, as people read them (for status)."""

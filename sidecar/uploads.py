@@ -5,7 +5,7 @@ books, the flushes and the rules only to fill in a task."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from . import config, tasks, transfer, watch
 from .flushes import Flushes
@@ -81,13 +81,7 @@ class Uploads:
 
     def unsent(self) -> tuple[str, ...]:
         """Every key in flight or waiting (what the end names when it runs out of time)."""
-        return tuple(self.each_unsent())
-
-    def each_unsent(self) -> Iterator[str]:
-        """`unsent`, one at a time, the earliest handed out first (a caller may stop early)."""
-        yield from self.inflight
-        yield from self.dirty
-        yield from self.retries.keys()
+        return (*self.inflight, *self.dirty, *self.retries.keys())
 
     def waiting(self) -> int:
         return len(self.dirty) + len(self.retries)

@@ -134,23 +134,30 @@ def test_status_lists_are_cut_short_but_counts_are_whole():
     assert (reply["manifest"], reply["durable_files"], reply["mode"], reply["loaded"]) == (None, 0, "running", True)
 
 
-def test_a_commit_may_answer_a_flush_once_nothing_it_waits_for_is_unsent():
+def test_a_commit_is_asked_for_at_once_when_it_would_answer_a_waiting_flush():
+    """`answerable(staged_upto)`: true exactly when committing what is staged (key → the newest
+    event it stands for) clears every key pending at or before a waiter's fence."""
     import concurrent.futures
 
     flushes = Flushes()
-    flushes.accept("a.bin")
-    flushes.accept("b.bin")
+    flushes.accept("a.bin")  # event 1
+    flushes.accept("b.bin")  # event 2
     flushes.wait(1, deadline=100.0, reply=concurrent.futures.Future())
-    assert not flushes.answerable([], {})  # its fence is not delivered yet: it stands for no event
-    flushes.fenced(1)
-    fence = flushes.gen
-    flushes.accept("c.bin")  # written after the fence
-    assert not flushes.answerable(["a.bin", "c.bin"], {})  # a.bin is one it waits for
-    assert not flushes.answerable(iter(["c.bin", "b.bin"]), {})
-    assert flushes.answerable(["c.bin"], {})  # only what came after its fence is still going
-    flushes.accept("a.bin")  # a.bin again, after the fence: its first event is still before it
-    assert not flushes.answerable(["a.bin"], {})
-    assert not flushes.answerable(["a.bin"], {"a.bin": fence - 1})  # a version older than the fence staged
-    assert flushes.answerable(["a.bin"], {"a.bin": fence})  # staged as of the fence: the next version is on its way
-    flushes.satisfy("a.bin", flushes.newest("a.bin"))
-    assert flushes.answerable(["a.bin", "c.bin"], {})  # a.bin committed: nothing it waits for is unsent
+    assert not flushes.answerable({"a.bin": 1, "b.bin": 2})  # its fence is not delivered yet
+    flushes.fenced(1)  # the fence stands for events up to 2
+    assert not flushes.answerable({"a.bin": 1})  # b.bin is still uploading
+    assert flushes.answerable({"a.bin": 1, "b.bin": 2})
+    flushes.accept("c.bin")  # event 3, after the fence: not waited for
+    assert flushes.answerable({"a.bin": 1, "b.bin": 2})
+    flushes.accept("b.bin")  # event 4: b.bin's next version is on its way, the one staged is the fence's
+    assert flushes.answerable({"a.bin": 1, "b.bin": 2})
+    flushes.accept("a.bin")  # event 5: a.bin staged as of event 1, and rewritten since
+    assert not flushes.answerable({"a.bin": 1, "b.bin": 2})  # (as `satisfy`: a.bin stays pending from 2)
+
+    retried = Flushes()
+    retried.accept("log")  # event 1: its upload failed, a retry of it waits
+    retried.accept("x")  # event 2
+    retried.wait(1, deadline=100.0, reply=concurrent.futures.Future())
+    retried.fenced(1)
+    assert retried.answerable({"log": 1, "x": 2})  # staged up to its newest event: the commit clears it
+    assert not retried.answerable({"x": 2})
