@@ -73,8 +73,12 @@ class Ledger:
         if unchanged and not waits:
             return False
         self.tokens.append(token)
-        self.staged_upto[token[0]] = max(token[1], self.staged_upto.get(token[0], token[1]))
+        self._stage(token)
         return True
+
+    def _stage(self, token: Token) -> None:
+        key, gen, _ = token
+        self.staged_upto[key] = max(gen, self.staged_upto.get(key, gen))
 
     def gone(self, relpath: str, is_dir: bool) -> list[str]:
         """The trainer deleted a file (or a directory): the next manifest drops what was sent
@@ -120,5 +124,5 @@ class Ledger:
         done = set(tokens)
         self.tokens = [t for t in self.tokens if t not in done]
         self.staged_upto = {}
-        for key, gen, _ in self.tokens:  # those that came while it was committed
-            self.staged_upto[key] = max(gen, self.staged_upto.get(key, gen))
+        for token in self.tokens:  # those that came while it was committed
+            self._stage(token)
