@@ -4,8 +4,9 @@ A small file's restore and upload were mostly botocore: about 1 ms of CPU per re
 sign, send and parse it, where the CRT does the same request in C for about 0.26 ms
 (bench/small_gets.py). A GET's body still comes to Python, chunk by chunk with its offset, so
 fetch.py checks every byte against the manifest as it writes it (the CRT's own `recv_filepath`
-would write a file no one checked); a PUT sends the very buffer runsync hashed, with its
-CRC64NVME for S3 to check, as the botocore path does. `awscrt.s3` directly rather than
+would write a file no one checked); a PUT's body is read from the file straight into the CRT's
+buffer and CRC'd there (`hashing.Reading`), and the CRT sends that buffer's CRC64NVME for S3 to
+check: the manifest's CRCs name the very bytes sent. `awscrt.s3` directly rather than
 s3transfer's `CRTTransferManager`: that one builds every request through botocore's serializer,
 the cost this module is here to avoid.
 
@@ -70,17 +71,19 @@ class Objects:
             request=HttpRequest("GET", self._path(key), HttpHeaders([("Host", self.host)])))
         self._wait(request, key, alive)
 
-    def put(self, key: str, body: bytes, crc64nvme: str) -> None:
-        """PUT `body` at `key` in one request that S3 checks against `crc64nvme` (base64)."""
+    def put(self, key: str, body: io.RawIOBase, size: int) -> None:
+        """PUT the `size` bytes of stream `body` at `key` in one request. The CRT reads the whole
+        body into its buffer first and sends the CRC64NVME of that buffer for S3 to check
+        (`hashing.Reading` CRCs the same buffer as it fills it, for the manifest)."""
         from awscrt.http import HttpHeaders, HttpRequest
-        from awscrt.s3 import S3RequestType
+        from awscrt.s3 import S3ChecksumAlgorithm, S3ChecksumConfig, S3ChecksumLocation, S3RequestType
 
         alive = [time.monotonic()]
-        headers = HttpHeaders([("Host", self.host), ("Content-Length", str(len(body))),
-                               ("x-amz-checksum-crc64nvme", crc64nvme), *self.write_headers.items()])
+        headers = HttpHeaders([("Host", self.host), ("Content-Length", str(size)), *self.write_headers.items()])
         request = self.client.make_request(
             type=S3RequestType.PUT_OBJECT, on_progress=lambda _: alive.__setitem__(0, time.monotonic()),
-            request=HttpRequest("PUT", self._path(key), headers, io.BytesIO(body)))
+            checksum_config=S3ChecksumConfig(S3ChecksumAlgorithm.CRC64NVME, S3ChecksumLocation.HEADER),
+            request=HttpRequest("PUT", self._path(key), headers, body))
         self._wait(request, key, alive)
 
     def _path(self, key: str) -> str:

@@ -519,13 +519,32 @@ class Transfers:
         return future
 
     def _put(self, up: Upload, on_bytes) -> hashing.Digests:
-        """Read once, CRC that buffer, send it as one PUT that S3 checks against our CRC64NVME:
-        through the CRT when it is on (crtobjects.py), else botocore. As bytes, the body goes
-        without `Expect: 100-continue` (a round trip a file object costs)."""
+        """One PUT of the file, its part CRCs taken from the very bytes sent, which S3 checks
+        against their CRC64NVME: through the CRT when it is on (crtobjects.py), else botocore."""
         with self._large_bodies if up.digest.size > MiB else contextlib.nullcontext():
-            return self._put_read(up, on_bytes)
+            objects = self._crt_objects()
+            sums = self._put_crt(up, objects) if objects is not None else self._put_read(up)
+        on_bytes(up.digest.size)
+        return sums
 
-    def _put_read(self, up: Upload, on_bytes) -> hashing.Digests:
+    def _put_crt(self, up: Upload, objects: crtobjects.Objects) -> hashing.Digests:
+        """The CRT reads the file into its own buffer, CRC'd as it lands (hashing.Reading)."""
+        fd = _open_hashed(up)
+        try:
+            body = hashing.Reading(fd, (up.digest.size, up.digest.mtime_ns), self.settings.multipart_chunksize)
+            try:
+                objects.put(up.key, body, up.digest.size)
+            except Exception:
+                if body.changed:  # the stream ended short on purpose: nothing was sent
+                    raise FileChanged(up.path) from None
+                raise
+            return body.finish()
+        finally:
+            os.close(fd)
+
+    def _put_read(self, up: Upload) -> hashing.Digests:
+        """Read once, CRC that buffer, send it. As bytes, the body goes without
+        `Expect: 100-continue` (a round trip a file object costs)."""
         with os.fdopen(_open_hashed(up), "rb") as f:
             body = f.read(up.digest.size + 1)
             st = os.fstat(f.fileno())
@@ -534,12 +553,7 @@ class Transfers:
         sums = hashing.of_buffer(body, self.settings.multipart_chunksize)
         # the parts' CRCs combined: the whole body's, with no second pass over it
         whole = checksums.encode(checksums.whole(sums.crc64nvme, len(body), sums.part_size))
-        objects = self._crt_objects()
-        if objects is not None:
-            objects.put(up.key, body, whole)
-        else:
-            self.s3.put_object(Bucket=self.store.bucket, Key=up.key, Body=body, ChecksumCRC64NVME=whole)
-        on_bytes(up.digest.size)
+        self.s3.put_object(Bucket=self.store.bucket, Key=up.key, Body=body, ChecksumCRC64NVME=whole)
         return sums
 
     def _finish(self, up: Upload, future) -> hashing.Digests:

@@ -5,6 +5,8 @@ never followed. Real files, a real SeaweedFS. And the CRT's buffers by memory li
 from __future__ import annotations
 
 import os
+import random
+import threading
 
 import pytest
 
@@ -82,6 +84,51 @@ def test_a_file_renamed_over_after_hashing_uploads_the_bytes_hashed(tree, s3_env
     objects = s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])
     for obj in objects:
         assert s3_client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read() == first
+
+
+@pytest.mark.parametrize("crt", [True, False], ids=["crt", "python"])
+def test_a_file_rewritten_in_place_while_its_one_put_goes_is_stored_as_its_digests_say(tree, s3_env, s3_client, bucket, crt):
+    """A trainer rewriting a file in place (same size) while it uploads as one PUT: each upload
+    either says FileChanged and stores nothing, or S3 holds exactly the bytes whose part CRCs
+    it reports (what the manifest records), never other bytes. Parts of 5 MiB in one 12 MiB
+    PUT, so a CRC that crosses a part's end is checked too."""
+    run, _ = tree
+    path = run / "ckpt" / "log.bin"
+    size = 12 * MiB + 7
+    path.write_bytes(os.urandom(size))
+    stop = threading.Event()
+
+    def rewrite() -> None:  # bursts of in-place writes, with quiet gaps an upload may fall into
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            while not stop.is_set():
+                for _ in range(4):
+                    os.pwrite(fd, os.urandom(64 * 1024), random.randrange(size - 64 * 1024))
+                stop.wait(random.uniform(0, 0.03))
+        finally:
+            os.close(fd)
+
+    store = keys.StoreURL.parse(f"s3://{bucket}/runs")
+    settings = transfer.Settings(crt=crt, multipart_chunksize=5 * MiB)
+    outcomes = {"stored": 0, "changed": 0}
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        with transfer.Transfers(transfer.client(), store, settings) as transfers:
+            for i in range(30):
+                ((up, error),) = transfers.upload([transfer.Upload(str(path), f"runs/v{i}", transfer.look(path))])
+                if error is None:
+                    got = s3_client.get_object(Bucket=bucket, Key=f"runs/v{i}")["Body"].read()
+                    assert len(got) == size and hashing.of_buffer(got, 5 * MiB) == up.sums, f"v{i}"
+                    outcomes["stored"] += 1
+                else:
+                    assert isinstance(error, transfer.FileChanged), repr(error)
+                    assert "Contents" not in s3_client.list_objects_v2(Bucket=bucket, Prefix=f"runs/v{i}")
+                    outcomes["changed"] += 1
+    finally:
+        stop.set()
+        writer.join()
+    assert sum(outcomes.values()) == 30, outcomes
 
 
 # (container limit in MiB, None: none known → the CRT's buffer cap in MiB, None: no CRT)

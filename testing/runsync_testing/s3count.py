@@ -100,11 +100,12 @@ def _count_crtclient(count, sent, lock, delay) -> None:
         return
     import types
 
-    def sending(kind: str, body: bytes | None) -> None:
-        """One request of `kind` with `body`, counted (and delayed) as botocore's hooks do."""
+    def sending(kind: str, body: bytes | None, size: int | None = None) -> None:
+        """One request of `kind` with `body` (or a stream of `size` bytes), counted (and
+        delayed) as botocore's hooks do."""
         count(types.SimpleNamespace(name=kind))
         with lock:
-            sent[kind] += len(body or b"")
+            sent[kind] += len(body or b"") if size is None else size
         if delay:
             delay()
 
@@ -114,9 +115,9 @@ def _count_crtclient(count, sent, lock, delay) -> None:
         sending("GetObject (CRT)", None)
         return get(self, key, on_headers, on_body)
 
-    def counted_put(self, key, body, crc64nvme):
-        sending("PutObject (CRT)", body)
-        return put(self, key, body, crc64nvme)
+    def counted_put(self, key, body, size):
+        sending("PutObject (CRT)", None, size)
+        return put(self, key, body, size)
 
     def counted_call(self, operation, method, bucket, key, query=None, headers=(), body=None):
         sending(operation, body)
