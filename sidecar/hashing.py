@@ -131,20 +131,22 @@ def of_buffer(data: bytes, part_size: int) -> Digests:
 
 
 class Reading(io.RawIOBase):
-    """The first `size` bytes of `fd` as a stream the CRT reads one PUT's body from, CRC'd as
-    they land in the CRT's own buffer: the bytes S3 gets are the very bytes `digests` names,
-    with one copy (the kernel's, into that buffer, the GIL released) where a bytes object
-    read whole, then copied into the CRT's buffer under the GIL, cost 10-16 % more CPU a small
-    file (bench/README.md). The CRT reads the whole body before it sends a byte (it computes
-    its checksum header from the same buffer), so a file found changed at the end of the read
-    is refused by ending the stream short: no request goes out (the CRT's "body length must
-    match Content-Length"), and `finish` raises `FileChanged`. `expected`: the file's
-    (size, mtime_ns) when looked at."""
+    """The first `size` bytes of `fd` (the file at `path`) as a stream the CRT reads one PUT's
+    body from, CRC'd as they land in the CRT's own buffer: the bytes S3 gets are the very bytes
+    `finish` names, read with one copy (the kernel's, into that buffer, the GIL released) where
+    a bytes object read whole was copied again into the CRT's buffer under the GIL
+    (bench/README.md, "The CRT reads a small file itself"). The CRT reads the whole body before
+    it sends a byte (it computes its checksum header from that buffer), so a file found changed
+    at the end of the read, or a failed read, ends the stream short: the CRT refuses to send it
+    ("body length must match Content-Length") and `finish` raises why. An exception raised
+    here would reach the CRT as an unknown error, its traceback on stderr. `expected`: the
+    file's (size, mtime_ns) when looked at."""
 
-    def __init__(self, fd: int, expected: tuple[int, int], part_size: int):
+    def __init__(self, fd: int, path: str, expected: tuple[int, int], part_size: int):
         super().__init__()
-        self.fd, self.expected, self.part_size = fd, expected, part_size
-        self.changed = False
+        self.fd, self.path, self.expected, self.part_size = fd, path, expected, part_size
+        self.failed: BaseException | None = None
+        """Why the stream ended short: `FileChanged`, or the read's OSError."""
         self._reset()
 
     def _reset(self) -> None:
@@ -155,25 +157,27 @@ class Reading(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         size = self.expected[0]
-        if self.changed or self.offset >= size:
-            return 0
         view = memoryview(buffer).cast("B")
-        n = os.preadv(self.fd, [view[:size - self.offset]], self.offset)
-        if not n:
-            self.changed = True  # shorter than it was: being rewritten
+        if self.failed or self.offset >= size or not len(view):
             return 0
-        done = 0
-        while done < n:  # a read may end parts: each part's CRC is its own
-            piece = view[done:done + min(n - done, self.part_size - self.offset % self.part_size)]
-            self.crc = checksums.crc64nvme(piece, self.crc)
-            self.offset += len(piece)
-            done += len(piece)
-            if self.offset % self.part_size == 0 or self.offset == size:
-                self.crcs.append(checksums.encode(self.crc))
-                self.crc = 0
-        if self.offset == size and not self._unchanged():
-            self.changed = True
-            return 0  # this last piece never reaches the CRT's body: nothing is sent
+        try:
+            n = os.preadv(self.fd, [view[:size - self.offset]], self.offset)
+            if not n:
+                raise FileChanged(self.path)  # shorter than it was: being rewritten
+            done = 0
+            while done < n:  # a read may end parts: each part's CRC is its own
+                piece = view[done:done + min(n - done, self.part_size - self.offset % self.part_size)]
+                self.crc = checksums.crc64nvme(piece, self.crc)
+                self.offset += len(piece)
+                done += len(piece)
+                if self.offset % self.part_size == 0 or self.offset == size:
+                    self.crcs.append(checksums.encode(self.crc))
+                    self.crc = 0
+            if self.offset == size:
+                self.check()
+        except (OSError, FileChanged) as err:
+            self.failed = err
+            return 0  # this piece never reaches the CRT's body: nothing is sent
         return n
 
     readinto1 = readinto
@@ -188,15 +192,20 @@ class Reading(io.RawIOBase):
         self._reset()
         return 0
 
-    def _unchanged(self) -> bool:
+    def check(self) -> None:
+        """`FileChanged` unless the file is as it was looked at (an empty one, which the CRT
+        never reads, is asked before its PUT)."""
         st = os.fstat(self.fd)
-        return (st.st_size, st.st_mtime_ns) == self.expected
+        if (st.st_size, st.st_mtime_ns) != self.expected:
+            raise FileChanged(self.path)
 
     def finish(self) -> Digests:
-        """The digests of the bytes sent, once the PUT succeeded; `FileChanged` if the file
-        changed while read (an empty file, never read, is looked at now)."""
-        if self.changed or self.offset != self.expected[0] or (self.offset == 0 and not self._unchanged()):
-            raise FileChanged(f"fd {self.fd}: changed while read")
+        """The digests of the bytes sent, once the PUT is over; why the stream ended short, if
+        it did (then the PUT failed: nothing was sent)."""
+        if self.failed is not None:
+            raise self.failed
+        if self.offset != self.expected[0]:
+            raise FileChanged(self.path)
         return Digests(self.part_size, tuple(self.crcs))
 
 

@@ -531,12 +531,14 @@ class Transfers:
         """The CRT reads the file into its own buffer, CRC'd as it lands (hashing.Reading)."""
         fd = _open_hashed(up)
         try:
-            body = hashing.Reading(fd, (up.digest.size, up.digest.mtime_ns), self.settings.multipart_chunksize)
+            body = hashing.Reading(fd, up.path, (up.digest.size, up.digest.mtime_ns), self.settings.multipart_chunksize)
+            if not up.digest.size:
+                body.check()
             try:
                 objects.put(up.key, body, up.digest.size)
             except Exception:
-                if body.changed:  # the stream ended short on purpose: nothing was sent
-                    raise FileChanged(up.path) from None
+                if body.failed is not None:  # the stream ended short on purpose: nothing was sent
+                    raise body.failed from None
                 raise
             return body.finish()
         finally:

@@ -4,6 +4,7 @@ never followed. Real files, a real SeaweedFS. And the CRT's buffers by memory li
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import threading
@@ -129,6 +130,56 @@ def test_a_file_rewritten_in_place_while_its_one_put_goes_is_stored_as_its_diges
         stop.set()
         writer.join()
     assert sum(outcomes.values()) == 30, outcomes
+
+
+def _put_one(bucket, path, crt=True):
+    store = keys.StoreURL.parse(f"s3://{bucket}/runs")
+    with transfer.Transfers(transfer.client(), store, transfer.Settings(crt=crt)) as transfers:
+        ((up, error),) = transfers.upload([transfer.Upload(str(path), "runs/one", transfer.look(path))])
+    return up, error
+
+
+@pytest.mark.parametrize("size", [0, 3 * MiB])
+@pytest.mark.parametrize("crt", [True, False], ids=["crt", "python"])
+def test_a_file_written_again_as_its_one_put_reads_it_is_refused_and_nothing_is_stored(
+        tree, s3_env, s3_client, bucket, monkeypatch, size, crt):
+    """The trainer appends right after the upload opened the file (checked unchanged): the
+    upload says FileChanged, naming the file, and stores no object, the CRT's path and
+    botocore's alike, an empty file too (which the CRT never reads)."""
+    run, _ = tree
+    path = run / "ckpt" / "log.txt"
+    path.write_bytes(os.urandom(size))
+    opened = transfer._open_hashed
+
+    def then_appended(up):
+        fd = opened(up)
+        with open(path, "ab") as f:
+            f.write(b"more")
+        return fd
+
+    monkeypatch.setattr(transfer, "_open_hashed", then_appended)
+    _, error = _put_one(bucket, path, crt)
+    assert isinstance(error, transfer.FileChanged) and str(path) in str(error), repr(error)
+    assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+def test_a_read_error_of_a_small_file_is_named_as_the_disks_not_the_endpoints(tree, s3_env, s3_client, bucket,
+                                                                                monkeypatch, capfd):
+    """EIO while the CRT reads the file for its one PUT: the upload fails with that OSError (the
+    worker's log line names the file and the error), not as the CRT's unknown error that reads
+    "cannot reach the S3 endpoint"; nothing is stored, and no traceback lands outside the JSON log."""
+    run, _ = tree
+    path = run / "ckpt" / "model.pt"
+    path.write_bytes(os.urandom(2 * MiB))
+
+    def eio(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "preadv", eio)  # the CRT's path (botocore's reads in C: not patchable)
+    _, error = _put_one(bucket, path)
+    assert isinstance(error, OSError) and error.errno == errno.EIO, repr(error)  # not the CRT's "unknown error"
+    assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+    assert "Traceback" not in capfd.readouterr().err
 
 
 # (container limit in MiB, None: none known → the CRT's buffer cap in MiB, None: no CRT)
