@@ -8,6 +8,7 @@ engine's loop; no I/O, no clock (times are passed in).
 
 from __future__ import annotations
 
+import bisect
 import concurrent.futures
 import dataclasses
 import itertools
@@ -32,7 +33,14 @@ class Flushes:
         """Per key: the newest accepted event."""
         self.pending: dict[str, int] = {}
         """Per key: the oldest accepted event not yet committed; a flush waits on these."""
+        self._later: dict[str, list[int]] = {}
+        """Per key with more than one: its other events not yet committed, oldest first, one
+        between two fences (the newest stands for them: no flush tells them apart). A commit of
+        a version clears the events up to it, and the key is pending from the next one: a log
+        rewritten after a flush's fence is not waited for by that flush."""
         self.fences: dict[int, int] = {}
+        self._last_fence = 0
+        """The event the newest delivered fence stands for."""
         self.waiters: list[Waiter] = []
         self._blocker: str | None = None
         """The key `answerable` found in the way last."""
@@ -42,7 +50,23 @@ class Flushes:
         turned out complete)."""
         self.gen += 1
         self.latest[key] = self.gen
-        self.pending[key] = min(g for g in (self.pending.get(key), since, self.gen) if g is not None)
+        oldest = self.pending.get(key)
+        if oldest is None and (since is None or since >= self.gen):
+            self.pending[key] = self.gen  # the common case: nothing of the key is waited for yet
+            return self.gen
+        later = self._later.setdefault(key, [])
+        if oldest is None:
+            oldest = since
+        elif since is not None and since < oldest:
+            later.insert(0, oldest)
+            oldest = since
+        elif since is not None and since > oldest and since not in later:
+            bisect.insort(later, since)
+        self.pending[key] = oldest
+        if later and later[-1] > self._last_fence:
+            later[-1] = self.gen  # no fence between the two: no flush tells them apart
+        else:
+            later.append(self.gen)
         return self.gen
 
     def satisfy(self, key: str, gen: int) -> None:
@@ -50,8 +74,19 @@ class Flushes:
         if self.latest.get(key, 0) <= gen:
             self.latest.pop(key, None)
             self.pending.pop(key, None)
-        elif key in self.pending:
-            self.pending[key] = max(self.pending[key], gen + 1)
+            self._later.pop(key, None)
+        elif self.pending.get(key, gen + 1) <= gen:
+            later = self._later.pop(key, [])
+            rest = later[bisect.bisect_right(later, gen):]  # never empty: `latest` is in it
+            self.pending[key] = rest[0]
+            if len(rest) > 1:
+                self._later[key] = rest[1:]
+
+    def _last_upto(self, key: str, fence: int) -> int:
+        """The newest event of `key` not yet committed at or before `fence` (its pending one is)."""
+        later = self._later.get(key)
+        i = bisect.bisect_right(later, fence) if later else 0
+        return later[i - 1] if i else self.pending[key]
 
     def committed(self, tokens: list[tuple[str, int, float]]) -> None:
         """A manifest made these (key, gen, ready_at) durable."""
@@ -64,7 +99,7 @@ class Flushes:
 
     def fenced(self, n: int) -> None:
         """The watcher delivered fence `n`: every event before it has been accepted."""
-        self.fences[n] = self.gen
+        self.fences[n] = self._last_fence = self.gen
 
     def wait(self, fence: int, deadline: float, reply: concurrent.futures.Future) -> None:
         self.waiters.append(Waiter(fence, deadline, reply))
@@ -90,7 +125,7 @@ class Flushes:
     def answerable(self, staged_upto: Mapping[str, int]) -> bool:
         """Whether the next commit would answer a waiter: every key pending at or before its
         fence is staged far enough (`staged_upto`: key → the newest event its staged work stands
-        for) that the commit clears it, as `committed` will: up to its newest event, or past
+        for) that the commit clears it, as `committed` will: up to its last event at or before
         the fence (a log rewritten all the time has its next version on the way). Until then a
         commit (a manifest, a lease renewal, head.json, each a request) would answer no one:
         the interval's commits serve. The key that blocked last is asked first: in a burst it
@@ -101,8 +136,7 @@ class Flushes:
             return False
 
         def blocks(key: str) -> bool:
-            return self.pending.get(key, fence + 1) <= fence \
-                and staged_upto.get(key, -1) < min(fence, self.latest.get(key, fence))
+            return self.pending.get(key, fence + 1) <= fence and staged_upto.get(key, -1) < self._last_upto(key, fence)
 
         if self._blocker is not None and blocks(self._blocker):
             return False

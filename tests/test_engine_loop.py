@@ -207,6 +207,27 @@ def test_a_flush_is_answered_at_once_while_a_newer_version_of_a_file_it_waited_f
     assert running.flush()["durable"] is True  # the newer version, before the end
 
 
+def test_a_flush_does_not_wait_for_a_version_written_after_its_fence(running):
+    """A log rewritten after the flush began, other files written between its version the flush
+    waits for and the fence: once that version is durable the flush is answered, though the next
+    version (written after the fence) is still held."""
+    running.write("results/a.csv", b"a")
+    running.flush()
+    running.fake.hold = {"results/log.csv"}
+    running.write("results/log.csv", b"1")
+    wait_until(lambda: running.ask("status")["uploading"] == ["results/log.csv"])
+    running.write("results/b.csv", b"b")  # an event after the log's, before the fence
+    flushed = running.flush_begun()
+    wait_until(lambda: running.engine.flushes.waiters and running.engine.flushes.waiters[0].gen is not None)
+    running.write("results/log.csv", b"1 2")  # after the flush's fence
+    running.fake.permits.release()  # the first version only; the second stays held
+    answer = flushed.result(timeout=60)
+    assert answer["durable"] is True
+    assert running.fake.sent.count("results/log.csv") == 1 and "results/b.csv" in running.fake.sent
+    running.fake.permits.release()
+    assert running.flush()["durable"] is True  # the newer version, before the end
+
+
 def test_a_failed_upload_is_retried_after_its_backoff(running):
     running.fake.fail = 1
     running.write("results/a.csv", b"x")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import types
 
+from hypothesis import given, settings, strategies as st
 from prometheus_client import CollectorRegistry
 
 from runsync import config, keys, messages, status, tasks, transfer
@@ -151,8 +152,26 @@ def test_a_commit_is_asked_for_at_once_when_it_would_answer_a_waiting_flush():
     assert flushes.answerable({"a.bin": 1, "b.bin": 2})
     flushes.accept("b.bin")  # event 4: b.bin's next version is on its way, the one staged is the fence's
     assert flushes.answerable({"a.bin": 1, "b.bin": 2})
-    flushes.accept("a.bin")  # event 5: a.bin staged as of event 1, and rewritten since
-    assert not flushes.answerable({"a.bin": 1, "b.bin": 2})  # (as `satisfy`: a.bin stays pending from 2)
+    flushes.accept("a.bin")  # event 5, after the fence: a.bin's version of event 1 is the one waited for
+    assert flushes.answerable({"a.bin": 1, "b.bin": 2})
+    flushes.committed([("a.bin", 1, 0.0), ("b.bin", 2, 0.0)])  # and the commit clears it: pending from 5
+    assert flushes.pending == {"c.bin": 3, "b.bin": 4, "a.bin": 5}
+    flushes.answer(0.0, loaded=True, seq=1)
+    assert not flushes.waiters
+
+    rewritten = Flushes()  # a file rewritten before the fence: its newest version before it is waited for
+    rewritten.accept("a.bin")  # event 1, staged
+    rewritten.accept("x")  # event 2
+    rewritten.accept("a.bin")  # event 3
+    rewritten.wait(1, deadline=100.0, reply=concurrent.futures.Future())
+    rewritten.fenced(1)
+    assert not rewritten.answerable({"a.bin": 1, "x": 2})
+    assert rewritten.answerable({"a.bin": 3, "x": 2})
+    rewritten.accept("a.bin")  # event 4
+    rewritten.accept("a.bin")  # event 5: one with 4 (no fence between them)
+    assert rewritten._later["a.bin"] == [3, 5]
+    rewritten.committed([("a.bin", 1, 0.0)])
+    assert rewritten.pending["a.bin"] == 3 and rewritten._later["a.bin"] == [5]
 
     retried = Flushes()
     retried.accept("log")  # event 1: its upload failed, a retry of it waits
@@ -161,3 +180,36 @@ def test_a_commit_is_asked_for_at_once_when_it_would_answer_a_waiting_flush():
     retried.fenced(1)
     assert retried.answerable({"log": 1, "x": 2})  # staged up to its newest event: the commit clears it
     assert not retried.answerable({"x": 2})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["accept", "accept", "accept", "satisfy", "fence"]),
+                          st.sampled_from(["a", "b", "c"]), st.integers(0, 40), st.booleans()), max_size=60))
+def test_flushes_wait_on_exactly_the_events_not_yet_committed(ops):
+    """Against a model that keeps every event of a key not yet committed: the same keys pending,
+    and for every fence delivered (and one now) the same keys pending at or before it and their
+    newest event at or before it: what a flush waits on and what `answerable` asks to be staged."""
+    flushes, outstanding, latest, fences = Flushes(), {}, {}, []
+    for op, key, n, with_since in ops:
+        if op == "accept":
+            since = min(n, flushes.gen) if with_since and flushes.gen else None
+            gen = flushes.accept(key, since)
+            latest[key] = gen
+            outstanding.setdefault(key, set()).update({gen} | ({since} if since is not None else set()))
+        elif op == "satisfy":
+            gen = min(n, flushes.gen)
+            flushes.satisfy(key, gen)
+            if latest.get(key, 0) <= gen:
+                outstanding.pop(key, None)
+                latest.pop(key, None)
+            elif key in outstanding:
+                outstanding[key] = {e for e in outstanding[key] if e > gen}
+        else:
+            flushes.fenced(len(fences) + 1)
+            fences.append(flushes.gen)
+        assert set(flushes.pending) == set(outstanding)
+        for fence in (*fences, flushes.gen):  # (events between two fences are one to a flush)
+            waited = {k for k, events in outstanding.items() if min(events) <= fence}
+            assert {k for k, g in flushes.pending.items() if g <= fence} == waited, fence
+            for k in waited:
+                assert flushes._last_upto(k, fence) == max(e for e in outstanding[k] if e <= fence), (k, fence)
