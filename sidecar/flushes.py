@@ -32,7 +32,8 @@ class Flushes:
         self.latest: dict[str, int] = {}
         """Per key: the newest accepted event."""
         self.pending: dict[str, int] = {}
-        """Per key: the oldest accepted event not yet committed; a flush waits on these."""
+        """Per key: the oldest accepted event not yet committed (or a newer one no fence tells
+        apart from it); a flush waits on these."""
         self._later: dict[str, list[int]] = {}
         """Per key with more than one: its other events not yet committed, oldest first, one
         between two fences (the newest stands for them: no flush tells them apart). A commit of
@@ -50,11 +51,13 @@ class Flushes:
         turned out complete)."""
         self.gen += 1
         self.latest[key] = self.gen
+        if since is not None and since > self._last_fence:
+            since = None  # no fence between it and this event: no flush tells them apart
         oldest = self.pending.get(key)
-        if oldest is None and (since is None or since >= self.gen):
+        if oldest is None and since is None:
             self.pending[key] = self.gen  # the common case: nothing of the key is waited for yet
             return self.gen
-        later = self._later.setdefault(key, [])
+        later = self._later.get(key) or []
         if oldest is None:
             oldest = since
         elif since is not None and since < oldest:
@@ -67,6 +70,7 @@ class Flushes:
             later[-1] = self.gen  # no fence between the two: no flush tells them apart
         else:
             later.append(self.gen)
+        self._later[key] = later
         return self.gen
 
     def satisfy(self, key: str, gen: int) -> None:

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from runsync import config, keys, messages, status, tasks, transfer
 from runsync.ending import Ending
-from runsync.flushes import Flushes
+from runsync.flushes import Flushes, Waiter
 from runsync.ledger import Ledger
 from runsync.metrics import Metrics
 from runsync.uploads import Uploads
@@ -182,32 +182,64 @@ def test_a_commit_is_asked_for_at_once_when_it_would_answer_a_waiting_flush():
     assert not retried.answerable({"x": 2})
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["accept", "accept", "accept", "satisfy", "fence"]),
-                          st.sampled_from(["a", "b", "c"]), st.integers(0, 40), st.booleans()), max_size=60))
+def test_a_found_file_standing_for_the_rescan_keeps_one_number_when_no_fence_parts_them():
+    """100,000 files a rescan finds each stand for its event: with no fence delivered between
+    the two, no flush tells them apart, and no list of events is kept a file."""
+    flushes = Flushes()
+    rescan = flushes.accept(messages.RESCAN)  # event 1
+    for name in ("a", "b"):
+        flushes.accept(name, since=rescan)  # events 2, 3
+    assert flushes._later == {} and flushes.pending == {messages.RESCAN: 1, "a": 2, "b": 3}
+    flushes.fenced(1)  # a flush's fence after the rescan began: the file found next stands for it
+    flushes.accept("c", since=rescan)
+    assert flushes.pending["c"] == 1 and flushes._later == {"c": [4]}
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["accept", "accept", "commit", "satisfy", "fence", "ask"]),
+                          st.sampled_from(["a", "b"]), st.integers(0, 60), st.booleans()), max_size=40))
 def test_flushes_wait_on_exactly_the_events_not_yet_committed(ops):
     """Against a model that keeps every event of a key not yet committed: the same keys pending,
-    and for every fence delivered (and one now) the same keys pending at or before it and their
-    newest event at or before it: what a flush waits on and what `answerable` asks to be staged."""
-    flushes, outstanding, latest, fences = Flushes(), {}, {}, []
-    for op, key, n, with_since in ops:
+    and for every fence delivered (numbered in any order, and one now) the same keys pending at
+    or before it and their newest event at or before it: what a flush waits on and what
+    `answerable` asks to be staged; `answerable` says exactly whether committing the staged
+    versions (each a past newest event of its key, as a task's) clears a fence."""
+    import copy
+
+    flushes, outstanding, latest, fences, newest = Flushes(), {}, {}, [], {}
+    for op, key, n, flag in ops:
         if op == "accept":
-            since = min(n, flushes.gen) if with_since and flushes.gen else None
+            since = min(n, flushes.gen) if flag and flushes.gen else None
             gen = flushes.accept(key, since)
             latest[key] = gen
+            newest.setdefault(key, []).append(gen)
             outstanding.setdefault(key, set()).update({gen} | ({since} if since is not None else set()))
-        elif op == "satisfy":
-            gen = min(n, flushes.gen)
+        elif op in ("commit", "satisfy"):  # a task's version (its key's newest event then), or any
+            if op == "commit" and not newest.get(key):
+                continue
+            gen = newest[key][n % len(newest[key])] if op == "commit" else min(n, flushes.gen)
             flushes.satisfy(key, gen)
             if latest.get(key, 0) <= gen:
                 outstanding.pop(key, None)
                 latest.pop(key, None)
             elif key in outstanding:
                 outstanding[key] = {e for e in outstanding[key] if e > gen}
-        else:
-            flushes.fenced(len(fences) + 1)
+        elif op == "fence":
+            flushes.fenced(10_000 - len(fences) if flag else len(fences) + 1)
             fences.append(flushes.gen)
-        assert set(flushes.pending) == set(outstanding)
+        elif fences:  # ask: would committing these staged versions answer a waiter at this fence?
+            fence = fences[n % len(fences)]
+            staged = {k: newest[k][(n + i) % len(newest[k])]
+                      for i, k in enumerate(sorted(flushes.pending)) if (n >> i) & 1}
+            flushes.waiters, flushes._blocker = [Waiter(-1, 0.0, None, fence)], None
+            committed = copy.deepcopy(flushes)
+            committed.committed([(k, g, 0.0) for k, g in staged.items()])
+            assert flushes.answerable(staged) == (not any(g <= fence for g in committed.pending.values()))
+            flushes.waiters = []
+        for k, later in flushes._later.items():  # the books: sorted, after pending, ending at latest
+            assert later and later == sorted(set(later)) and flushes.pending[k] < later[0]
+        assert all(flushes.latest[k] == max(g, *flushes._later.get(k, [g])) for k, g in flushes.pending.items())
+        assert set(flushes.pending) == set(flushes.latest) == set(outstanding)
         for fence in (*fences, flushes.gen):  # (events between two fences are one to a flush)
             waited = {k for k, events in outstanding.items() if min(events) <= fence}
             assert {k for k, g in flushes.pending.items() if g <= fence} == waited, fence
