@@ -537,9 +537,9 @@ class Transfers:
             try:
                 objects.put(up.key, body, up.digest.size)
             except Exception:
-                if body.failed is not None:  # the stream ended short on purpose: nothing was sent
-                    raise body.failed from None
-                raise
+                if body.failed is None:
+                    raise
+                # the stream ended short on purpose, nothing was sent: `finish` says why
             return body.finish()
         finally:
             os.close(fd)
