@@ -34,6 +34,19 @@ class Digest:
     inode: tuple[int, int] = (0, 0)
     """(st_dev, st_ino) of the file hashed: the upload sends that file, or none."""
 
+    @property
+    def seen(self) -> tuple[int, int]:
+        """Its (size, mtime_ns) when looked at, to compare with `seen(os.fstat(...))` now."""
+        return self.size, self.mtime_ns
+
+
+def seen(st: os.stat_result) -> tuple[int, int]:
+    """A file's size and mtime (ns): the one test of "unchanged since it was looked at" (an
+    upload's file at its open, read and end; `sync --clean`; a restore's "already here") is
+    that these are equal. A rewrite at the same size within the same mtime tick is not seen,
+    as by rsync's quick check (size and mtime)."""
+    return st.st_size, st.st_mtime_ns
+
 
 # The path of an open descriptor, which reopens its very file (Linux): what was checked and
 # hashed is what the transfer managers read, whatever the name points to by then.
@@ -97,7 +110,7 @@ def hash_file(path: str | Path, root: str | Path | None = None, block: int = MiB
         while chunk := f.read(block):
             h.update(chunk)
         after = os.fstat(fd)
-    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+    if seen(before) != seen(after):
         raise FileChanged(str(path))
     return Digest(h.hexdigest(), after.st_size, after.st_mtime_ns, (after.st_dev, after.st_ino))
 
@@ -163,24 +176,24 @@ class Reading(io.RawIOBase):
     it sends a byte (it computes its checksum header from that buffer), so a file found changed
     at the end of the read, or a failed read, ends the stream short: the CRT refuses to send it
     ("body length must match Content-Length") and `finish` raises why. An exception raised
-    here would reach the CRT as an unknown error, its traceback on stderr. `expected`: the
-    file's (size, mtime_ns) when looked at."""
+    here would reach the CRT as an unknown error, its traceback on stderr. `looked`: the file
+    as it was looked at."""
 
-    def __init__(self, fd: int, path: str, expected: tuple[int, int], part_size: int):
+    def __init__(self, fd: int, path: str, looked: Digest, part_size: int):
         super().__init__()
-        self.fd, self.path, self.expected, self.part_size = fd, path, expected, part_size
+        self.fd, self.path, self.looked, self.part_size = fd, path, looked, part_size
         self.failed: BaseException | None = None
         """Why the stream ended short: `FileChanged`, or the read's OSError."""
         self._reset()
 
     def _reset(self) -> None:
-        self.parts = PartCRCs(self.expected[0], self.part_size)
+        self.parts = PartCRCs(self.looked.size, self.part_size)
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        size = self.expected[0]
+        size = self.looked.size
         view = memoryview(buffer).cast("B")
         if self.failed or self.parts.offset >= size or not len(view):
             return 0
@@ -211,8 +224,7 @@ class Reading(io.RawIOBase):
     def check(self) -> None:
         """`FileChanged` unless the file is as it was looked at (an empty one, which the CRT
         never reads, is asked before its PUT)."""
-        st = os.fstat(self.fd)
-        if (st.st_size, st.st_mtime_ns) != self.expected:
+        if seen(os.fstat(self.fd)) != self.looked.seen:
             raise FileChanged(self.path)
 
     def finish(self) -> Digests:
@@ -220,7 +232,7 @@ class Reading(io.RawIOBase):
         it did (then the PUT failed: nothing was sent)."""
         if self.failed is not None:
             raise self.failed
-        if self.parts.offset != self.expected[0]:
+        if self.parts.offset != self.looked.size:
             raise FileChanged(self.path)
         return self.parts.digests()
 
@@ -257,6 +269,6 @@ def holds(path: str | Path, entry, root: str | Path | None = None) -> bool:
         after = os.fstat(fd)
     finally:
         os.close(fd)
-    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+    if seen(before) != seen(after):
         raise FileChanged(str(path))
     return sums.crc64nvme == tuple(entry.crc64nvme)

@@ -358,7 +358,7 @@ def _local_state(target: str, entry: manifest.FileEntry, replace: bool, hash_equ
         return "missing"
     if not stat.S_ISREG(st.st_mode):
         return "missing"  # a link, a directory: replaced by the rename, never followed
-    if (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns):
+    if hashing.seen(st) == (entry.size, entry.mtime_ns):
         return "same"
     if st.st_size == entry.size and hash_equal:
         try:

@@ -281,7 +281,7 @@ def _clean(planned: tuple[list, list], digests, committed: manifest.Manifest) ->
             digest, key = hashed.get(intent.file.path, (None, ""))
             st = os.stat(intent.file.path)
             same = digest is not None and key == entry.key and \
-                (st.st_size, st.st_mtime_ns) == (digest.size, digest.mtime_ns)
+                hashing.seen(st) == digest.seen
             same = same or hashing.holds(intent.file.path, entry)
         except (FileNotFoundError, transfer.FileChanged):
             continue

@@ -313,7 +313,7 @@ def _open_hashed(up: "Upload") -> int:
     except NotRegular:
         raise FileChanged(up.path) from None
     st = os.fstat(fd)
-    if (st.st_size, st.st_mtime_ns) != (up.digest.size, up.digest.mtime_ns) or \
+    if hashing.seen(st) != up.digest.seen or \
             (up.digest.inode != (0, 0) and (st.st_dev, st.st_ino) != up.digest.inode):
         os.close(fd)
         raise FileChanged(up.path)
@@ -531,7 +531,7 @@ class Transfers:
         """The CRT reads the file into its own buffer, CRC'd as it lands (hashing.Reading)."""
         fd = _open_hashed(up)
         try:
-            body = hashing.Reading(fd, up.path, (up.digest.size, up.digest.mtime_ns), self.settings.multipart_chunksize)
+            body = hashing.Reading(fd, up.path, up.digest, self.settings.multipart_chunksize)
             if not up.digest.size:
                 body.check()
             try:
@@ -550,7 +550,7 @@ class Transfers:
         with os.fdopen(_open_hashed(up), "rb") as f:
             body = f.read(up.digest.size + 1)
             st = os.fstat(f.fileno())
-        if len(body) != up.digest.size or (st.st_size, st.st_mtime_ns) != (up.digest.size, up.digest.mtime_ns):
+        if len(body) != up.digest.size or hashing.seen(st) != up.digest.seen:
             raise FileChanged(up.path)  # written while read: not complete yet
         sums = hashing.of_buffer(body, self.settings.multipart_chunksize)
         # the parts' CRCs combined: the whole body's, with no second pass over it
@@ -574,7 +574,7 @@ class Transfers:
             if fd is not None:
                 os.close(fd)
         try:
-            if (st.st_size, st.st_mtime_ns) != (up.digest.size, up.digest.mtime_ns):
+            if hashing.seen(st) != up.digest.seen:
                 raise FileChanged(up.path)  # the object and our digests may each hold other bytes
             stored.check(self.s3, self.store.bucket, up.key, sums, up.digest.size, up.path)
         except (FileChanged, StoreError):

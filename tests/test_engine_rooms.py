@@ -195,6 +195,27 @@ def test_a_found_file_standing_for_the_rescan_keeps_one_number_when_no_fence_par
     assert flushes.pending["c"] == 1 and flushes._later == {"c": [4]}
 
 
+def test_flushes_answered_leave_no_fence_behind():
+    """A trainer that flushes after every save for weeks: an answered flush leaves nothing
+    behind (its fence used to stay, one entry a flush), whether the watcher's fence reached the
+    loop before the flush's request or after it."""
+    import concurrent.futures
+
+    flushes = Flushes()
+    for n in range(1, 201):
+        reply = concurrent.futures.Future()
+        flushes.accept("ckpt.pt")
+        if n % 2:  # the watcher's fence may reach the loop before the flush's request, or after
+            flushes.fenced(n)
+        flushes.wait(n, deadline=10.0, reply=reply)
+        if not n % 2:
+            flushes.fenced(n)
+        flushes.satisfy("ckpt.pt", flushes.gen)
+        flushes.answer(0.0, loaded=True, seq=n)
+        assert reply.result(timeout=0)["durable"]
+    assert flushes.fences == {} and flushes.waiters == []
+
+
 @settings(max_examples=500, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["accept", "accept", "commit", "satisfy", "fence", "ask"]),
                           st.sampled_from(["a", "b"]), st.integers(0, 60), st.booleans()), max_size=40))
