@@ -103,9 +103,14 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def timed(cmd: list[str], env: dict[str, str], dest: Path) -> float:
+def timed(cmd: list[str], env: dict[str, str], dest: Path, nbytes: int = 0) -> float:
     shutil.rmtree(dest, ignore_errors=True)
     subprocess.run(["sync"])
+    # As bench/main.py: every tool lands its bytes on memory just freed. Without it, the restore
+    # right after s5cmd's took 4.4-4.8 s and 2.6 CPU-s/GiB of 16 x 128 MiB, the same code one
+    # place later 1.9-3.1 s and 0.8-1.4 (bench/README.md, "The tool after s5cmd").
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tools.warm_pages(dest.parent, nbytes * 3 // 2)
     cpu, t = _children_cpu(), time.perf_counter()
     done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - t
@@ -164,9 +169,9 @@ def main() -> None:
                                      *code.command("restore-init")], code.env(env | pod)))
                 runs.append(("runsync after f1", codes[0].command("restore", f"bench/p/set{i}-f1", "--to", str(dest)), env))
                 for label, cmd, e in runs:
-                    s = timed(cmd, e, dest)
-                    samples.setdefault((name, label), []).append(s)
                     count, size = bench_main.FULL_SETS[name]
+                    s = timed(cmd, e, dest, count * size)
+                    samples.setdefault((name, label), []).append(s)
                     cpu.setdefault((name, label), []).append(CPU[-1] / (count * size / 2**30))
                     print(f"rep {rep} {name:>14} {label:>20} {s:7.2f} s  {cpu[(name, label)][-1]:.2f} CPU-s/GiB  "
                           f"load {os.getloadavg()[0]:.1f}", flush=True)
