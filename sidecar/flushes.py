@@ -40,7 +40,7 @@ class Flushes:
         a version clears the events up to it, and the key is pending from the next one: a log
         rewritten after a flush's fence is not waited for by that flush."""
         self.fences: dict[int, int] = {}
-        """Fences delivered and not yet taken by their waiter: fence → the event it stands for."""
+        """Fences delivered and not yet answered durable: fence → the event it stands for."""
         self._last_fence = 0
         """The event the newest delivered fence stands for."""
         self.waiters: list[Waiter] = []
@@ -116,8 +116,11 @@ class Flushes:
         still = []
         for w in self.waiters:
             if w.gen is None and w.fence in self.fences:
-                w.gen = self.fences.pop(w.fence)  # its waiter holds it now: one entry a flush no more
+                w.gen = self.fences[w.fence]
             if w.gen is not None and loaded and not any(g <= w.gen for g in self.pending.values()):
+                # Forgotten once answered (one entry a flush, for good, before); kept after a
+                # timeout: the SDK's embedded mode waits on one fence again (embedded.py).
+                self.fences.pop(w.fence, None)
                 w.reply.set_result({"durable": True, "manifest": seq,
                                     **({"unreadable": names} if (names := unreadable()) else {})})
             elif now >= w.deadline:

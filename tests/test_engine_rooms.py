@@ -216,6 +216,27 @@ def test_flushes_answered_leave_no_fence_behind():
     assert flushes.fences == {} and flushes.waiters == []
 
 
+def test_a_flush_waited_on_again_after_a_timeout_is_answered_on_the_same_fence():
+    """The SDK's embedded mode waits on one fence in slices (embedded.py): a slice that timed
+    out must leave the fence for the next one, which answers once the files are committed, and
+    names only what came before the fence (review)."""
+    import concurrent.futures
+
+    flushes = Flushes()
+    flushes.accept("a.log")
+    flushes.fenced(1)
+    first = concurrent.futures.Future()
+    flushes.wait(1, deadline=5.0, reply=first)
+    flushes.answer(5.0, loaded=True, seq=1)
+    assert first.result(timeout=0) == {"durable": False, "pending": ["a.log"]}
+    again = concurrent.futures.Future()
+    flushes.wait(1, deadline=10.0, reply=again)
+    flushes.satisfy("a.log", flushes.gen)
+    flushes.accept("b.log")  # written after the fence: not this flush's
+    flushes.answer(6.0, loaded=True, seq=2)
+    assert again.result(timeout=0)["durable"]
+
+
 @settings(max_examples=500, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["accept", "accept", "commit", "satisfy", "fence", "ask"]),
                           st.sampled_from(["a", "b"]), st.integers(0, 60), st.booleans()), max_size=40))
