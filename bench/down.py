@@ -103,14 +103,13 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def timed(cmd: list[str], env: dict[str, str], dest: Path, nbytes: int = 0) -> float:
+def timed(cmd: list[str], env: dict[str, str], dest: Path, nbytes: int) -> float:
     shutil.rmtree(dest, ignore_errors=True)
     subprocess.run(["sync"])
     # As bench/main.py: every tool lands its bytes on memory just freed. Without it, the restore
     # right after s5cmd's took 4.4-4.8 s and 2.6 CPU-s/GiB of 16 x 128 MiB, the same code one
     # place later 1.9-3.1 s and 0.8-1.4 (bench/README.md, "The tool after s5cmd").
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tools.warm_pages(dest.parent, nbytes * 3 // 2)
+    tools.warm_pages(dest.parent, nbytes * 3 // 2)  # (the run's temp dir, there from the start)
     cpu, t = _children_cpu(), time.perf_counter()
     done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - t
@@ -181,7 +180,8 @@ def main() -> None:
                 for fmt, run in (("f2", f"bench/p/set{i}"), ("f1", f"bench/p/set{i}-f1")):
                     raw = args.profile / f"{name.replace(' ', '')}-{fmt}.raw"
                     timed([str(BIN / "py-spy"), "record", "-f", "raw", "-r", "200", "-o", str(raw), "--",
-                           *codes[0].command("restore", run, "--to", str(dest))], env, dest)
+                           *codes[0].command("restore", run, "--to", str(dest))], env, dest,
+                          bench_main.FULL_SETS[name][0] * bench_main.FULL_SETS[name][1])
                     (args.profile / f"{raw.stem}.txt").write_text(top_frames(raw))
         print(f"\n| set | tool | median s | MB/s | vs s5cmd | CPU-s/GiB |\n|---|---|---|---|---|---|")
         for (name, label), xs in samples.items():
