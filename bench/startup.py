@@ -41,6 +41,7 @@ from pathlib import Path
 
 import boto3
 
+import tools
 from runsync import contract, keys, transfer
 from runsync_testing import locals3, ports
 
@@ -93,8 +94,7 @@ class Code:
 
     @classmethod
     def checkout(cls, label: str, root: Path, work: Path) -> "Code":
-        work.mkdir(parents=True)
-        (work / "runsync").symlink_to(root.resolve() / "sidecar")
+        tools.link_checkout(root, work)
         entry = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]["runsync"]
         return cls(label, str(work), entry)
 

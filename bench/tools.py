@@ -9,6 +9,7 @@ process the pod runs.
 
 from __future__ import annotations
 
+import compileall
 import dataclasses
 import json
 import os
@@ -245,11 +246,7 @@ class Before(Tool):
 
     def __init__(self, tool: Tool, tree: Path, work: Path):
         self.tool, self.name, self.needs = tool, f"{tool.name} (before)", tool.needs
-        work.mkdir(parents=True, exist_ok=True)
-        link = work / "runsync"
-        if not link.exists():
-            link.symlink_to(tree.resolve() / "sidecar")
-        self.path = str(work)
+        self.path = str(link_checkout(tree, work))
 
     def env(self, env: dict[str, str]) -> dict[str, str]:
         return {**env, "PYTHONPATH": self.path}
@@ -295,8 +292,19 @@ def codes(before, tmp) -> list[tuple[str, str]]:
     `--before` checkout's, as a package `runsync` linked from a dir under `tmp`."""
     found = [("after", "")]
     if before:
-        link = Path(tmp) / "before"
-        link.mkdir()
-        (link / "runsync").symlink_to(Path(before).resolve() / "sidecar")
-        found.insert(0, ("before", str(link)))
+        found.insert(0, ("before", str(link_checkout(Path(before), Path(tmp) / "before"))))
     return found
+
+
+def link_checkout(root: Path, work: Path) -> Path:
+    """`work`, made to hold `runsync`: a link to checkout `root`'s sidecar/, for PYTHONPATH. Its
+    bytecode is written first, as the image's `pip install` writes it (scripts/setup does the
+    same for this checkout): where PYTHONDONTWRITEBYTECODE is set, as on these machines, a tree
+    with none compiles every module again at each start, ~70 ms of restore-init's (bench/README.md,
+    "Bytecode")."""
+    compileall.compile_dir(root.resolve() / "sidecar", quiet=1)
+    work.mkdir(parents=True, exist_ok=True)
+    link = work / "runsync"
+    if not link.exists():
+        link.symlink_to(root.resolve() / "sidecar")
+    return work
