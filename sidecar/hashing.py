@@ -34,6 +34,11 @@ class Digest:
     inode: tuple[int, int] = (0, 0)
     """(st_dev, st_ino) of the file hashed: the upload sends that file, or none."""
 
+    @classmethod
+    def of(cls, st: os.stat_result, sha256: str = "") -> "Digest":
+        """The file `st` describes, as looked at then (`sha256` when it was read whole)."""
+        return cls(sha256, st.st_size, st.st_mtime_ns, (st.st_dev, st.st_ino))
+
     @property
     def seen(self) -> tuple[int, int]:
         """Its (size, mtime_ns) when looked at, to compare with `seen(os.fstat(...))` now."""
@@ -112,7 +117,7 @@ def hash_file(path: str | Path, root: str | Path | None = None, block: int = MiB
         after = os.fstat(fd)
     if seen(before) != seen(after):
         raise FileChanged(str(path))
-    return Digest(h.hexdigest(), after.st_size, after.st_mtime_ns, (after.st_dev, after.st_ino))
+    return Digest.of(after, h.hexdigest())
 
 
 def look(path: str | Path, root: str | Path | None = None) -> Digest:
@@ -123,7 +128,7 @@ def look(path: str | Path, root: str | Path | None = None) -> Digest:
         st = os.fstat(fd)
     finally:
         os.close(fd)
-    return Digest("", st.st_size, st.st_mtime_ns, (st.st_dev, st.st_ino))
+    return Digest.of(st)
 
 
 @dataclasses.dataclass(frozen=True)
