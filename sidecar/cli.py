@@ -243,13 +243,7 @@ def sidecar_cmd(
         return
     given = {"settle": settle_seconds, "rescan": rescan_seconds}
     settings = Settings(**{k: v for k, v in given.items() if v is not None})  # else the defaults
-    code = _run(lambda: runner.run(settings))
-    # The final manifest is committed and logged: exit now. The kubelet's grace period runs
-    # until the process is gone, and the interpreter's teardown of native transfer threads
-    # (the CRT's) can take a second of it.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    runner.exit_now(_run(lambda: runner.run(settings)))  # committed and logged: no teardown
 
 
 @app.command("restore-init")
@@ -257,7 +251,7 @@ def restore_init_cmd() -> None:
     """Restore the run's files into the run dir before the trainer starts (configured by RUNSYNC_*)."""
     from . import runner
 
-    raise typer.Exit(_run(runner.restore_init))
+    runner.exit_now(_run(runner.restore_init))  # every file placed: the trainer waits on no teardown
 
 
 @app.command("restore")

@@ -9,25 +9,15 @@ and the error line are cli.py's: 0; 1 when the store or a transfer failed; 2 for
 
 from __future__ import annotations
 
-import os
 import sys
 
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if args == ["restore-init"]:
+    if args in (["restore-init"], ["sidecar"]):
         from . import runner
 
-        sys.exit(_run(runner.restore_init))
-    if args == ["sidecar"]:
-        from . import runner
-
-        code = _run(runner.run)
-        # As cli.sidecar_cmd: the final manifest is committed and logged; the interpreter's
-        # teardown of the CRT's native threads would only spend the kubelet's grace period.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        runner.exit_now(_run(runner.restore_init if args == ["restore-init"] else runner.run))
     from .cli import app
 
     app(args=args)

@@ -250,6 +250,18 @@ def pre_stop(env=os.environ, timeout: float = 10.0) -> str:
         raise InputError(f"cannot reach the sidecar at {url} ({err}); is it running?") from None
 
 
+def exit_now(code: int) -> None:
+    """End this process with `code` once stdout and stderr are flushed, without the interpreter's
+    teardown. For a role whose work is done and closed (every file placed and its state written,
+    or the final manifest committed), teardown only holds what waits on the process: the
+    trainer's start after restore-init (~0.1 s after a large file: botocore's models freed
+    object by object; bench/README.md, "Teardown"), the kubelet's grace period after the
+    sidecar (the CRT's native threads)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def restore_init(env=os.environ) -> int:
     """`runsync restore-init`: take the replica's lease (after the previous pod's final flush),
     then restore the run's files into the run dir before any app container starts."""

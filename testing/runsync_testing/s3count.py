@@ -86,6 +86,13 @@ def install() -> None:
     botocore.session.Session.__init__ = init
     _count_crtclient(count, sent, lock, delay)
     atexit.register(write)
+    end = os._exit
+
+    def _exit(code: int) -> None:  # the in-pod roles end so (runner.exit_now): no atexit there
+        write()
+        end(code)
+
+    os._exit = _exit
 
 
 def _count_crtclient(count, sent, lock, delay) -> None:
