@@ -109,10 +109,11 @@ def sync_cmd(
             out.print(f"manifest {m.seq} of {run} replica {replica}: {_files(len(m.files))}, {_size(m.size)}")
         if clean:
             out.print(f"cleaned {_files(len(report.cleaned))}")
-    if report.failed:
-        for path, error in report.failed:
-            err.print(f"runsync: error: {path}: {error}", markup=False, highlight=False)
-        raise typer.Exit(1)
+    for path, error in report.failed:
+        err.print(f"runsync: error: {path}: {error}", markup=False, highlight=False)
+    from . import runner
+
+    runner.exit_now(1 if report.failed else 0)  # committed and reported: no teardown to wait for
 
 
 @app.command("ls")
@@ -296,16 +297,19 @@ def restore_cmd(
             "written": report.written, "bytes": report.bytes, "up_to_date": report.up_to_date,
             "kept_newer": report.kept_newer, "incomplete": list(report.incomplete), "manifests": report.manifests,
             "looked_back": report.looked_back})
-        return
-    if report.empty:
+    elif report.empty:
         err.print(f"runsync: {run} has no committed files in {_State.store}", markup=False, highlight=False)
         raise typer.Exit(1)
-    out.print(f"restored {_files(report.files)} ({_size(report.bytes)}) into {to}; "
-              f"{report.files_up_to_date} up to date, {len(report.kept_newer)} newer locally (kept)")
-    for line in restorer.describe_looked_back(report):
-        out.print(line, markup=False, highlight=False)
-    for d in report.incomplete:
-        out.print(f"skipped incomplete checkpoint {d}/ (no marker yet, or a replica's part missing)")
+    else:
+        out.print(f"restored {_files(report.files)} ({_size(report.bytes)}) into {to}; "
+                  f"{report.files_up_to_date} up to date, {len(report.kept_newer)} newer locally (kept)")
+        for line in restorer.describe_looked_back(report):
+            out.print(line, markup=False, highlight=False)
+        for d in report.incomplete:
+            out.print(f"skipped incomplete checkpoint {d}/ (no marker yet, or a replica's part missing)")
+    from . import runner
+
+    runner.exit_now(0)  # every file placed and reported: as restore-init, no teardown to wait for
 
 
 @app.command("gc")
