@@ -24,7 +24,7 @@ import boto3
 
 from runsync import contract
 from runsync_testing import downward, localkube, locals3, ports
-from tools import proc_cpu, proc_rss
+from tools import link_checkout, proc_cpu, proc_rss
 
 RUNSYNC = str(Path(sys.executable).with_name("runsync"))
 
@@ -80,10 +80,8 @@ def idle(server, files: int, seconds: float, bucket: str = "bench-idle", before:
 
 
 def _before_path(tree: Path, tmp: Path) -> str:
-    """The older code as the package `runsync` (as tools.Before does)."""
-    (tmp / "before").mkdir(exist_ok=True)
-    (tmp / "before" / "runsync").symlink_to(tree.resolve() / "sidecar")
-    return str(tmp / "before")
+    """The older code as the package `runsync` (as tools.Before does), compiled."""
+    return str(link_checkout(tree, tmp / "before"))
 
 
 def _idle_sidecar(env: dict, log_path: Path, seconds: float, profile: Path | None) -> dict:

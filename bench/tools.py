@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from py_compile import PycInvalidationMode
 
 from runsync import contract
 from runsync_testing import downward
@@ -296,13 +297,21 @@ def codes(before, tmp) -> list[tuple[str, str]]:
     return found
 
 
+def compiled(root: Path) -> None:
+    """Write the bytecode of checkout `root`'s runsync, as the image's `pip install` writes it:
+    where PYTHONDONTWRITEBYTECODE is set, as on these machines, a module with none (or stale, an
+    edit since scripts/setup) is compiled again at each start, ~70 ms of restore-init's
+    (bench/README.md, "Bytecode"). Both codes of a before/after, so neither pays it."""
+    compileall.compile_dir(root.resolve() / "sidecar", quiet=1, invalidation_mode=PycInvalidationMode.TIMESTAMP)
+
+
+compiled(HERE.parent)  # this checkout's, which every tool here runs
+
+
 def link_checkout(root: Path, work: Path) -> Path:
-    """`work`, made to hold `runsync`: a link to checkout `root`'s sidecar/, for PYTHONPATH. Its
-    bytecode is written first, as the image's `pip install` writes it (scripts/setup does the
-    same for this checkout): where PYTHONDONTWRITEBYTECODE is set, as on these machines, a tree
-    with none compiles every module again at each start, ~70 ms of restore-init's (bench/README.md,
-    "Bytecode")."""
-    compileall.compile_dir(root.resolve() / "sidecar", quiet=1)
+    """`work`, made to hold `runsync`: a link to checkout `root`'s sidecar/, for PYTHONPATH,
+    compiled (`compiled`)."""
+    compiled(root)
     work.mkdir(parents=True, exist_ok=True)
     link = work / "runsync"
     if not link.exists():

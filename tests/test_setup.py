@@ -34,6 +34,7 @@ def test_setup_keeps_a_venv_every_uid_can_run():
     assert "making .venv again" not in result.stderr
 
 
+@pytest.mark.slow
 def test_setup_leaves_our_modules_compiled_as_the_image_does():
     # The image's `pip install` writes every module's bytecode; an editable install writes none,
     # and where PYTHONDONTWRITEBYTECODE is set each runsync process compiled them all again.

@@ -86,11 +86,14 @@ def install() -> None:
     botocore.session.Session.__init__ = init
     _count_crtclient(count, sent, lock, delay)
     atexit.register(write)
-    end = os._exit
+    end, pid = os._exit, os.getpid()
 
-    def _exit(code: int) -> None:  # the in-pod roles end so (runner.exit_now): no atexit there
-        write()
-        end(code)
+    def _exit(code: int) -> None:  # runsync's processes end so (runner.exit_now): no atexit there
+        try:
+            if os.getpid() == pid:  # (a forked child's os._exit does not write its parent's counts)
+                write()
+        finally:
+            end(code)
 
     os._exit = _exit
 
