@@ -23,7 +23,7 @@ import socket
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -250,12 +250,12 @@ def pre_stop(env=os.environ, timeout: float = 10.0) -> str:
         raise InputError(f"cannot reach the sidecar at {url} ({err}); is it running?") from None
 
 
-def exit_now(code: int) -> None:
+def exit_now(code: int) -> NoReturn:
     """End this process with `code` once stdout and stderr are flushed, without the interpreter's
-    teardown. For a role whose work is done and closed (every file placed and its state written,
-    or the final manifest committed), teardown only holds what waits on the process: the
-    trainer's start after restore-init (~0.1 s after a large file: botocore's models freed
-    object by object; bench/README.md, "Teardown"), the kubelet's grace period after the
+    teardown. For a command whose work is done and closed (every file placed and its state
+    written, or its commit made; its report printed), teardown only holds what waits on the
+    process: the trainer's start after restore-init (0.1-0.2 s after a large file, whose ranges
+    built botocore's client; bench/README.md, "Teardown"), the kubelet's grace period after the
     sidecar (the CRT's native threads)."""
     sys.stdout.flush()
     sys.stderr.flush()
