@@ -103,8 +103,10 @@ class Code:
         with `profile`, under cProfile, its stats written to that file."""
         module, func = self.entry.split(":")
         script = f"import sys; from {module} import {func} as f; sys.argv[0] = 'runsync'; sys.exit(f())"
-        if profile:
-            script = f"import cProfile; cProfile.run({script!r}, {profile!r})"
+        if profile:  # restore-init ends in os._exit (runner.exit_now): the stats are written there
+            script = (f"import cProfile, os; p = cProfile.Profile(); end = os._exit\n"
+                      f"def _exit(code): p.disable(); p.dump_stats({profile!r}); end(code)\n"
+                      f"os._exit = _exit; p.enable()\n{script}")
         return [sys.executable, *python, "-c", script, *args]
 
     def env(self, env: dict[str, str]) -> dict[str, str]:

@@ -151,8 +151,10 @@ def test_the_startup_bench_runs(tmp_path):
     """bench/startup.py, tiny, so it cannot rot (its numbers are in bench/README.md, not asserted)."""
     bench = Path(__file__).resolve().parent.parent / "bench" / "startup.py"
     done = subprocess.run([sys.executable, str(bench), "--repeat", "1", "--size", "1000",
-                           "--save", str(tmp_path / "out.json")], capture_output=True, text=True, timeout=300)
+                           "--save", str(tmp_path / "out.json"), "--profile"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| restore-init: start → first S3 request" in done.stdout
+    profiled = done.stdout.split("cProfile of one restore-init")[-1]  # it ends in os._exit: stats written there
+    assert "runner.py" in profiled and "restore_init" in profiled, done.stdout[-3000:]
     saved = json.loads((tmp_path / "out.json").read_text())
     assert not {"rich", "typer", "prometheus_client"} & set(saved["after"]["imports"]["heavy_loaded"])
