@@ -26,7 +26,8 @@ from collections.abc import Callable
 
 from botocore.exceptions import ClientError, ReadTimeoutError, SSLError
 
-PART = 8 * 1024 * 1024
+MiB = 1024 * 1024
+PART = 8 * MiB
 """The CRT's ranged GET size: a larger object comes as several, delivered in order (a PUT's
 threshold for multipart is set apart: never reached by the small files sent here)."""
 
@@ -49,10 +50,12 @@ class Objects:
             self.host, self.prefix = f"{bucket}.s3.{region}.amazonaws.com", "/"
 
     def get(self, key: str, on_headers: Callable[[int, dict[str, str]], None],
-            on_body: Callable[[memoryview, int], None]) -> None:
+            on_body: Callable[[memoryview, int], None], size: int = 0) -> None:
         """GET `key`: `on_headers(status, headers)` once, then `on_body(chunk, offset)` in
         order, on the CRT's threads; an exception either raises is raised here, and the request
-        is stopped. Returns when the whole body was delivered."""
+        is stopped. Returns when the whole body was delivered. `size`, the object's bytes when
+        known, makes one of up to two parts one GET: the CRT asks for a second part only once
+        its first is in (a 14 MB checkpoint: two GETs, the second a round trip later)."""
         from awscrt.http import HttpHeaders, HttpRequest
         from awscrt.s3 import S3RequestType
 
@@ -68,6 +71,7 @@ class Objects:
 
         request = self.client.make_request(
             type=S3RequestType.GET_OBJECT, on_headers=headers, on_body=body,
+            part_size=-(-size // MiB) * MiB if PART < size <= 2 * PART else None,  # larger: parts in parallel
             request=HttpRequest("GET", self._path(key), HttpHeaders([("Host", self.host)])))
         self._wait(request, key, alive)
 

@@ -236,7 +236,7 @@ class _Job:
             check.update(chunk)
 
         try:
-            self.f.getter.get(self.want.key, on_headers, on_body)
+            self.f.getter.get(self.want.key, on_headers, on_body, self.want.size)
         except ClientError as err:
             if err.response["Error"]["Code"] != "InvalidRange":
                 raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -320,6 +321,9 @@ def render_chart(args: list[str] = (), namespace: str = "runsync-system") -> lis
     return [d for d in yaml.safe_load_all(result.stdout) if d]
 
 
+_REQUEST_LINE = re.compile(rb"(?:^|\r\n)(GET|HEAD|PUT|POST|DELETE) (\S+) HTTP/1\.1\r\n")
+
+
 class LinkProxy:
     """A loopback TCP proxy in front of S3, for a link that misbehaves: `up_rate` forwards each
     connection's request bytes at that many bytes/s (a slow uplink); `cut_after`, while `cut` is
@@ -327,7 +331,8 @@ class LinkProxy:
     midway, as a network or a dying server drops it; counted in `cuts`); `stall_after`, likewise,
     holds a connection open but sends nothing more once the server has sent that many bytes on
     it (a peer gone silent mid-body; counted in `stalls`, released by `close`). `connections`
-    counts the connections clients opened."""
+    counts the connections clients opened; `requests` holds each request's method and path as
+    the server got them (only bodies without such a line: the GETs of a restore)."""
 
     def __init__(self, endpoint: str, up_rate: float | None = None, cut_after: int | None = None,
                  stall_after: int | None = None):
@@ -335,6 +340,7 @@ class LinkProxy:
         self.upstream, self.up_rate, self.cut_after, self.cut = (host, int(port)), up_rate, cut_after, True
         self.stall_after, self.stalls, self._closed = stall_after, 0, threading.Event()
         self.cuts = self.connections = 0
+        self.requests: list[tuple[str, str]] = []
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         threading.Thread(target=self._accept, daemon=True).start()
@@ -365,6 +371,8 @@ class LinkProxy:
                     break
                 dst.sendall(data)
                 sent += len(data)
+                if not downstream:
+                    self.requests += [(m.decode(), p.decode()) for m, p in _REQUEST_LINE.findall(data)]
                 if not downstream and self.up_rate:
                     time.sleep(len(data) / self.up_rate)
         except OSError:

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from harness import error_line, restore_init, sha
+from harness import LinkProxy, error_line, restore_init, sha
 from runsync import contract
 
 pytestmark = [pytest.mark.s3]
@@ -266,3 +266,24 @@ def test_https_to_a_plain_http_port_is_named_as_the_wrong_scheme_not_a_certifica
     line = error_line(result)
     assert wrong in line and "AWS_CA_BUNDLE" not in line, line
     assert "fix: check AWS_ENDPOINT_URL_S3" in line, line
+
+
+def test_a_file_of_two_crt_parts_comes_in_one_get(s3_env, tmp_path, cli):
+    """A checkpoint between one and two of the CRT's 8 MiB parts (a 14 MB state dict): one GET,
+    not a first part and then, a round trip later, the second (crtobjects.Objects.get)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(14 * 1000 * 1000)
+    (src / "model.pt").write_bytes(data)
+    assert cli("sync", str(src), "--run", "team-a/proj/run-1").returncode == 0
+    proxy = LinkProxy(s3_env["AWS_ENDPOINT_URL_S3"])
+    try:
+        result = restore_init({**s3_env, "AWS_ENDPOINT_URL_S3": proxy.endpoint, "RUNSYNC_CRT": "1"},
+                              tmp_path / "pod", {}, tmp_path)
+    finally:
+        proxy.close()
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sha((tmp_path / "pod" / "model.pt").read_bytes()) == sha(data)
+    object_gets = [path for method, path in proxy.requests if method == "GET" and "/objects/" in path]
+    assert len(object_gets) == 1, proxy.requests
