@@ -10,7 +10,6 @@ value quoted as Go's `strconv.Quote` does (`\\n`, `\\"`, `\\xNN`, `\\uNNNN`...),
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
 import posixpath
 import re
@@ -132,6 +131,8 @@ def parse(annotations: Mapping[str, str]) -> RunConfig:
         if reader is None:
             if key in (contract.STATUS, contract.IMAGES):  # the operator's, not configuration
                 continue
+            import difflib
+
             close = difflib.get_close_matches(key, contract.ANNOTATIONS, n=1)
             hint = f"did you mean {close[0]}?" if close else "known: " + ", ".join(contract.ANNOTATIONS)
             raise ConfigError(key, "unknown runsync annotation", hint)

@@ -23,7 +23,6 @@ import concurrent.futures
 import dataclasses
 import errno
 import hashlib
-import http.client
 import os
 import threading
 from collections.abc import Callable
@@ -293,6 +292,8 @@ class _Socket:
 
     @classmethod
     def under(cls, body, key: str) -> "_Socket | None":
+        import http.client  # here: a restore of small files alone (the CRT's) needs none of it (11 ms)
+
         from botocore.response import StreamingBody  # (a StreamingChecksumBody is its subclass)
 
         raw = getattr(body, "_raw_stream", None)
@@ -321,6 +322,8 @@ class _Socket:
     def _io(self, call, arg):
         """As botocore's reads: a stall is its ReadTimeoutError (the message names the endpoint), a
         cut or reset connection is asked again; either way this connection is not reused."""
+        import http.client  # loaded by now (botocore's connections are its): a lookup per block
+
         try:
             return call(arg)
         except TimeoutError as err:
