@@ -100,12 +100,13 @@ class Code:
 
     def command(self, *args: str, python: tuple[str, ...] = (), profile: str = "") -> list[str]:
         """`runsync ARGS` as the console script runs it (its entry point), under `python`'s flags;
-        with `profile`, under cProfile, its stats written to that file."""
+        with `profile`, under cProfile, its stats written to that file when it ends in `os._exit`
+        (as restore-init does: runner.exit_now)."""
         module, func = self.entry.split(":")
         script = f"import sys; from {module} import {func} as f; sys.argv[0] = 'runsync'; sys.exit(f())"
         if profile:  # restore-init ends in os._exit (runner.exit_now): the stats are written there
             script = (f"import cProfile, os; p = cProfile.Profile(); end = os._exit\n"
-                      f"def _exit(code): p.disable(); p.dump_stats({profile!r}); end(code)\n"
+                      f"def _exit(code):\n    try: p.disable(); p.dump_stats({profile!r})\n    finally: end(code)\n"
                       f"os._exit = _exit; p.enable()\n{script}")
         return [sys.executable, *python, "-c", script, *args]
 

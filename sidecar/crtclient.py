@@ -247,7 +247,7 @@ def _s3_client(settings, endpoint: str | None, region: str) -> tuple:
         bootstrap=bootstrap, region=region, credential_provider=credentials,
         tls_mode=S3RequestTlsMode.DISABLED if plain else S3RequestTlsMode.ENABLED, tls_connection_options=tls,
         part_size=crtobjects.PART, multipart_upload_threshold=settings.multipart_threshold,
-        memory_limit=256 * 1024 * 1024,  # the CRT's least: restore-init's whole GETs are small (< 16 MiB)
+        memory_limit=256 * 1024 * 1024,  # the CRT's least: restore-init's whole GETs are small (<= 16 MiB)
         retry_config=S3RetryConfig(max_retries=settings.max_attempts - 1) if settings.max_attempts > 1 else None,
         connect_timeout_ms=int(settings.connect_timeout * 1000)), credentials
 

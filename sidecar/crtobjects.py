@@ -28,8 +28,9 @@ from botocore.exceptions import ClientError, ReadTimeoutError, SSLError
 
 MiB = 1024 * 1024
 PART = 8 * MiB
-"""The CRT's ranged GET size: a larger object comes as several, delivered in order (a PUT's
-threshold for multipart is set apart: never reached by the small files sent here)."""
+"""The CRT's ranged GET size: a larger object comes as several, delivered in order, but one of
+up to two parts in one GET (`Objects.get`). A PUT's threshold for multipart is set apart: never
+reached by the small files sent here."""
 
 
 class Objects:
@@ -71,7 +72,10 @@ class Objects:
 
         request = self.client.make_request(
             type=S3RequestType.GET_OBJECT, on_headers=headers, on_body=body,
-            part_size=-(-size // MiB) * MiB if PART < size <= 2 * PART else None,  # larger: parts in parallel
+            # One part that holds it all (in whole MiB), up to 2 x PART = 16 MiB, the most a small
+            # file is (fetch.py's threshold): each GET holds its part in the CRT's buffers until
+            # delivered, within the client's memory_limit; anything larger keeps 8 MiB parts.
+            part_size=-(-size // MiB) * MiB if PART < size <= 2 * PART else None,
             request=HttpRequest("GET", self._path(key), HttpHeaders([("Host", self.host)])))
         self._wait(request, key, alive)
 

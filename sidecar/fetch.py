@@ -27,6 +27,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import (
     ClientError, ConnectionError as BotoConnectionError, FlexibleChecksumError, IncompleteReadError, ReadTimeoutError,
@@ -35,6 +36,9 @@ from botocore.exceptions import (
 
 from . import checksums
 from .errors import StoreError
+
+if TYPE_CHECKING:  # imported where a socket is read (_Socket): a restore of small files needs none
+    import http.client
 
 MiB = 1024 * 1024
 RANGE = 16 * MiB

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -321,7 +320,35 @@ def render_chart(args: list[str] = (), namespace: str = "runsync-system") -> lis
     return [d for d in yaml.safe_load_all(result.stdout) if d]
 
 
-_REQUEST_LINE = re.compile(rb"(?:^|\r\n)(GET|HEAD|PUT|POST|DELETE) (\S+) HTTP/1\.1\r\n")
+class _Requests:
+    """The requests in one connection's bytes to the server, however they are split: each head
+    (request line and headers) appended to `into`, its body (Content-Length bytes) passed over."""
+
+    def __init__(self, into: list):
+        self.into, self.body_left = into, 0
+        self.pending: bytes | None = b""
+
+    def feed(self, data: bytes) -> None:
+        if self.pending is None:  # a body of unknown length went by: not followed further
+            return
+        self.pending += data
+        while True:
+            if self.body_left:
+                skipped = min(self.body_left, len(self.pending))
+                self.pending, self.body_left = self.pending[skipped:], self.body_left - skipped
+                if self.body_left:
+                    return
+            head, found, rest = self.pending.partition(b"\r\n\r\n")
+            if not found:
+                return
+            line, *fields = head.decode("latin-1").split("\r\n")
+            headers = {k.strip().lower(): v.strip() for k, _, v in (f.partition(":") for f in fields)}
+            method, path, _ = (line.split(" ", 2) + ["", ""])[:3]
+            self.into.append((method, path, headers.get("range", "")))
+            if "chunked" in headers.get("transfer-encoding", "").lower():
+                self.pending = None
+                return
+            self.pending, self.body_left = rest, int(headers.get("content-length") or 0)
 
 
 class LinkProxy:
@@ -331,8 +358,8 @@ class LinkProxy:
     midway, as a network or a dying server drops it; counted in `cuts`); `stall_after`, likewise,
     holds a connection open but sends nothing more once the server has sent that many bytes on
     it (a peer gone silent mid-body; counted in `stalls`, released by `close`). `connections`
-    counts the connections clients opened; `requests` holds each request's method and path as
-    the server got them (only bodies without such a line: the GETs of a restore)."""
+    counts the connections clients opened; `requests` holds each request the server got, as
+    (method, path, Range header or ""), in the order each connection sent them."""
 
     def __init__(self, endpoint: str, up_rate: float | None = None, cut_after: int | None = None,
                  stall_after: int | None = None):
@@ -340,7 +367,7 @@ class LinkProxy:
         self.upstream, self.up_rate, self.cut_after, self.cut = (host, int(port)), up_rate, cut_after, True
         self.stall_after, self.stalls, self._closed = stall_after, 0, threading.Event()
         self.cuts = self.connections = 0
-        self.requests: list[tuple[str, str]] = []
+        self.requests: list[tuple[str, str, str]] = []
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         threading.Thread(target=self._accept, daemon=True).start()
@@ -358,8 +385,11 @@ class LinkProxy:
 
     def _pipe(self, src: socket.socket, dst: socket.socket, downstream: bool) -> None:
         sent = 0
+        requests = None if downstream else _Requests(self.requests)
         try:
             while data := src.recv(16384):
+                if requests is not None:
+                    requests.feed(data)  # before the server has it: recorded by the time it answers
                 if downstream and self.cut and self.cut_after is not None and sent + len(data) > self.cut_after:
                     dst.sendall(data[:self.cut_after - sent])
                     self.cuts += 1
@@ -371,8 +401,6 @@ class LinkProxy:
                     break
                 dst.sendall(data)
                 sent += len(data)
-                if not downstream:
-                    self.requests += [(m.decode(), p.decode()) for m, p in _REQUEST_LINE.findall(data)]
                 if not downstream and self.up_rate:
                     time.sleep(len(data) / self.up_rate)
         except OSError:

@@ -100,9 +100,9 @@ def install() -> None:
 
 def _count_crtclient(count, sent, lock, delay) -> None:
     """The requests made through the CRT: restore-init's (runsync.crtclient) under botocore's
-    names; small files' whole-object GETs and PUTs (runsync.crtobjects; one request each, the
-    objects being under the CRT's 8 MiB part size) as "GetObject (CRT)" and "PutObject (CRT)",
-    so a test can tell which path a file took. Large files' CRT multipart uploads (s3transfer's
+    names; small files' whole-object GETs and PUTs (runsync.crtobjects) as "GetObject (CRT)" and
+    "PutObject (CRT)", one a call, so a test can tell which path a file took (on the wire a GET
+    of up to 16 MiB is one request, a larger one several: tests/harness.py's LinkProxy sees them). Large files' CRT multipart uploads (s3transfer's
     CRT manager) are not counted."""
     try:
         from runsync import crtclient, crtobjects
@@ -122,7 +122,7 @@ def _count_crtclient(count, sent, lock, delay) -> None:
     get, put, call = crtobjects.Objects.get, crtobjects.Objects.put, crtclient.Client._call
 
     def counted_get(self, key, on_headers, on_body, size=0):
-        sending("GetObject (CRT)", None)  # one: with its size the CRT asks in one GET (crtobjects.Objects.get)
+        sending("GetObject (CRT)", None)
         return get(self, key, on_headers, on_body, size)
 
     def counted_put(self, key, body, size):
