@@ -151,8 +151,8 @@ def test_sync_called_again_in_one_process_reuses_its_s3_client(tmp_path, s3_env)
 def test_the_startup_bench_runs(tmp_path):
     """bench/startup.py, tiny, so it cannot rot (its numbers are in bench/README.md, not asserted)."""
     bench = Path(__file__).resolve().parent.parent / "bench" / "startup.py"
-    done = subprocess.run([sys.executable, str(bench), "--repeat", "1", "--size", "1000",
-                           "--save", str(tmp_path / "out.json"), "--profile"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, str(bench), "--repeat", "1", "--size", "1000", "--profile",
+                           "--save", str(tmp_path / "out.json")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| restore-init: start → first S3 request" in done.stdout
     assert "cProfile of one restore-init" in done.stdout, done.stdout[-3000:]

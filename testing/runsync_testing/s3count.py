@@ -102,8 +102,8 @@ def _count_crtclient(count, sent, lock, delay) -> None:
     """The requests made through the CRT: restore-init's (runsync.crtclient) under botocore's
     names; small files' whole-object GETs and PUTs (runsync.crtobjects) as "GetObject (CRT)" and
     "PutObject (CRT)", one a call, so a test can tell which path a file took (on the wire a GET
-    of up to 16 MiB is one request, a larger one several: tests/harness.py's LinkProxy sees them). Large files' CRT multipart uploads (s3transfer's
-    CRT manager) are not counted."""
+    of up to 16 MiB is one request, a larger one several: tests/harness.py's LinkProxy sees
+    them). Large files' CRT multipart uploads (s3transfer's CRT manager) are not counted."""
     try:
         from runsync import crtclient, crtobjects
     except ImportError:
